@@ -1,0 +1,204 @@
+//! `PJRT_Buffer`: an array on a device. Host to device from typed slices; device to host
+//! into a slice the caller provides.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::client::{Client, ClientInner, Device};
+use super::{args, call, event, ffi};
+use crate::{DType, Element, Error, Result};
+
+/// An owned device buffer, destroyed on drop. It keeps its client alive.
+pub struct Buffer {
+    client: Arc<ClientInner>,
+    raw: NonNull<ffi::PJRT_Buffer>,
+    dtype: DType,
+    dims: Vec<i64>,
+}
+
+// SAFETY: a PJRT_Buffer wraps an xla::PjRtBuffer, which is thread-safe: reads, copies to
+// host and use as an execution argument may happen from several threads (pjrt_client.h).
+unsafe impl Send for Buffer {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Buffer {}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let mut a = args!(PJRT_Buffer_Destroy_Args);
+        a.buffer = self.raw.as_ptr();
+        let _ = call!(self.client.plugin, PJRT_Buffer_Destroy, &mut a);
+    }
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer({}{:?})", self.dtype, self.dims)
+    }
+}
+
+pub(crate) fn to_pjrt_type(d: DType) -> ffi::PJRT_Buffer_Type {
+    match d {
+        DType::Bool => ffi::PJRT_Buffer_Type_PRED,
+        DType::I8 => ffi::PJRT_Buffer_Type_S8,
+        DType::I16 => ffi::PJRT_Buffer_Type_S16,
+        DType::I32 => ffi::PJRT_Buffer_Type_S32,
+        DType::I64 => ffi::PJRT_Buffer_Type_S64,
+        DType::U8 => ffi::PJRT_Buffer_Type_U8,
+        DType::U16 => ffi::PJRT_Buffer_Type_U16,
+        DType::U32 => ffi::PJRT_Buffer_Type_U32,
+        DType::U64 => ffi::PJRT_Buffer_Type_U64,
+        DType::F16 => ffi::PJRT_Buffer_Type_F16,
+        DType::BF16 => ffi::PJRT_Buffer_Type_BF16,
+        DType::F32 => ffi::PJRT_Buffer_Type_F32,
+        DType::F64 => ffi::PJRT_Buffer_Type_F64,
+    }
+}
+
+pub(crate) fn from_pjrt_type(t: ffi::PJRT_Buffer_Type) -> Result<DType> {
+    DType::ALL
+        .into_iter()
+        .find(|&d| to_pjrt_type(d) == t)
+        .ok_or_else(|| Error::UnsupportedDType(format!("PJRT buffer type {t}")))
+}
+
+/// Bytes of an array of `dtype` and `dims`, with checked arithmetic.
+pub(crate) fn byte_size(what: &str, dtype: DType, dims: &[i64]) -> Result<usize> {
+    let mut n = dtype.size_in_bytes();
+    for &d in dims {
+        let d = usize::try_from(d)
+            .map_err(|_| Error::invalid(what, format!("negative dimension {d} in {dims:?}")))?;
+        n = n.checked_mul(d).ok_or_else(|| Error::invalid(what, format!("shape {dims:?} overflows")))?;
+    }
+    Ok(n)
+}
+
+impl Client {
+    /// Copies `data` (little-endian, row-major) to a new buffer of `dtype` and `dims` on
+    /// `device`. The host memory is only read during the call.
+    pub fn buffer_from_bytes(&self, dtype: DType, dims: &[i64], data: &[u8], device: &Device) -> Result<Buffer> {
+        let expected = byte_size("host buffer", dtype, dims)?;
+        if data.len() != expected {
+            return Err(Error::SizeMismatch {
+                what: format!("host buffer for {dtype}{dims:?}"),
+                expected,
+                got: data.len(),
+                unit: "bytes",
+            });
+        }
+        let mut a = args!(PJRT_Client_BufferFromHostBuffer_Args);
+        a.client = self.raw();
+        a.data = data.as_ptr().cast();
+        a.type_ = to_pjrt_type(dtype);
+        a.dims = dims.as_ptr();
+        a.num_dims = dims.len();
+        a.host_buffer_semantics = ffi::PJRT_HostBufferSemantics_kImmutableOnlyDuringCall;
+        a.device = device.raw.as_ptr();
+        call!(self.inner.plugin, PJRT_Client_BufferFromHostBuffer, &mut a)?;
+        // The host data was copied during the call; the event only needs releasing.
+        drop(event::Event::from_raw(&self.inner.plugin, a.done_with_host_buffer));
+        let raw = NonNull::new(a.buffer).ok_or(Error::Pjrt {
+            call: "PJRT_Client_BufferFromHostBuffer",
+            code: crate::ErrorCode::Internal,
+            message: "returned a null buffer".into(),
+        })?;
+        Ok(Buffer { client: self.inner.clone(), raw, dtype, dims: dims.to_vec() })
+    }
+
+    /// Copies a typed slice to a new buffer on `device`.
+    pub fn buffer_from_slice<T: Element>(&self, data: &[T], dims: &[i64], device: &Device) -> Result<Buffer> {
+        self.buffer_from_bytes(T::DTYPE, dims, bytemuck::cast_slice(data), device)
+    }
+}
+
+impl Buffer {
+    /// Wraps a buffer the plugin returned, reading its dtype and dimensions.
+    pub(crate) fn from_raw(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>) -> Result<Buffer> {
+        let mut t = args!(PJRT_Buffer_ElementType_Args);
+        t.buffer = raw.as_ptr();
+        let mut d = args!(PJRT_Buffer_Dimensions_Args);
+        d.buffer = raw.as_ptr();
+        // Own the handle first so that it is destroyed even if a query fails.
+        let mut buffer = Buffer { client: client.clone(), raw, dtype: DType::U8, dims: Vec::new() };
+        call!(client.plugin, PJRT_Buffer_ElementType, &mut t)?;
+        buffer.dtype = from_pjrt_type(t.type_)?;
+        call!(client.plugin, PJRT_Buffer_Dimensions, &mut d)?;
+        if !d.dims.is_null() {
+            // SAFETY: the buffer owns `num_dims` dimensions at `dims` while it lives.
+            buffer.dims = unsafe { std::slice::from_raw_parts(d.dims, d.num_dims) }.to_vec();
+        }
+        Ok(buffer)
+    }
+
+    pub(crate) fn raw(&self) -> *mut ffi::PJRT_Buffer {
+        self.raw.as_ptr()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The dimensions.
+    pub fn dims(&self) -> &[i64] {
+        &self.dims
+    }
+
+    /// The size of the array's data on the host, in bytes.
+    pub fn host_size_in_bytes(&self) -> usize {
+        // Cannot overflow: the plugin allocated this many bytes.
+        byte_size("buffer", self.dtype, &self.dims).unwrap_or(0)
+    }
+
+    /// Whether the buffer was deleted (for example donated to an execution).
+    pub fn is_deleted(&self) -> Result<bool> {
+        let mut a = args!(PJRT_Buffer_IsDeleted_Args);
+        a.buffer = self.raw();
+        call!(self.client.plugin, PJRT_Buffer_IsDeleted, &mut a)?;
+        Ok(a.is_deleted)
+    }
+
+    /// Copies the buffer into `dst`, which must hold exactly its bytes; waits until done.
+    pub fn copy_to_host_bytes(&self, dst: &mut [u8]) -> Result<()> {
+        let expected = self.host_size_in_bytes();
+        if dst.len() != expected {
+            return Err(Error::SizeMismatch {
+                what: format!("host destination for {}{:?}", self.dtype, self.dims),
+                expected,
+                got: dst.len(),
+                unit: "bytes",
+            });
+        }
+        let mut a = args!(PJRT_Buffer_ToHostBuffer_Args);
+        a.src = self.raw();
+        a.dst = dst.as_mut_ptr().cast();
+        a.dst_size = dst.len();
+        call!(self.client.plugin, PJRT_Buffer_ToHostBuffer, &mut a)?;
+        // `dst` is borrowed mutably until the copy is done: wait before returning.
+        event::wait_raw(&self.client.plugin, a.event)
+    }
+
+    /// Copies the buffer into a typed slice of exactly its length.
+    pub fn copy_to_host<T: Element>(&self, dst: &mut [T]) -> Result<()> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DTypeMismatch {
+                what: "host destination".into(),
+                expected: self.dtype.to_string(),
+                got: T::DTYPE.to_string(),
+            });
+        }
+        self.copy_to_host_bytes(bytemuck::cast_slice_mut(dst))
+    }
+
+    /// Copies the buffer into a new `Vec`.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        let n = self.host_size_in_bytes() / self.dtype.size_in_bytes();
+        let mut v = vec![T::zeroed(); n];
+        self.copy_to_host(&mut v)?;
+        Ok(v)
+    }
+
+    /// The client that owns the buffer.
+    pub fn client(&self) -> Client {
+        Client { inner: self.client.clone() }
+    }
+}

@@ -1,0 +1,171 @@
+//! `PJRT_Client` and its devices.
+
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::plugin::{plugin_str, Plugin};
+use super::{args, call, ffi};
+use crate::{Error, Result};
+
+/// A PJRT client: the runtime of one plugin. Cheap to clone; buffers, devices and
+/// executables keep it alive.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+pub(crate) struct ClientInner {
+    pub(crate) plugin: Arc<Plugin>,
+    pub(crate) raw: NonNull<ffi::PJRT_Client>,
+}
+
+// SAFETY: a PJRT_Client wraps an xla::PjRtClient, whose methods are thread-safe (pjrt_client.h:
+// "PjRtClient ... is thread-safe"); the C API header attaches no thread affinity to it.
+unsafe impl Send for ClientInner {}
+// SAFETY: see `Send`.
+unsafe impl Sync for ClientInner {}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        let mut a = args!(PJRT_Client_Destroy_Args);
+        a.client = self.raw.as_ptr();
+        let _ = call!(self.plugin, PJRT_Client_Destroy, &mut a);
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("platform", &self.platform_name())
+            .field("plugin", &self.inner.plugin)
+            .finish()
+    }
+}
+
+/// A device of a client. Borrowed from the client, which it keeps alive.
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) client: Arc<ClientInner>,
+    pub(crate) raw: NonNull<ffi::PJRT_Device>,
+}
+
+// SAFETY: a PJRT_Device is owned by its client and immutable to users; reading its
+// description is thread-safe like the client itself.
+unsafe impl Send for Device {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Device {}
+
+impl Client {
+    /// Creates a client on the plugin found by [`Plugin::load`] (`path`, else
+    /// `$PJRT_PLUGIN_PATH`, else the installed CPU plugin).
+    pub fn new(plugin_path: Option<&Path>) -> Result<Client> {
+        Client::with_plugin(Plugin::load(plugin_path)?)
+    }
+
+    /// Creates a client on an already loaded plugin.
+    pub fn with_plugin(plugin: Arc<Plugin>) -> Result<Client> {
+        let mut a = args!(PJRT_Client_Create_Args);
+        call!(plugin, PJRT_Client_Create, &mut a)?;
+        let raw = NonNull::new(a.client).ok_or(Error::Pjrt {
+            call: "PJRT_Client_Create",
+            code: crate::ErrorCode::Internal,
+            message: "returned a null client".into(),
+        })?;
+        Ok(Client { inner: Arc::new(ClientInner { plugin, raw }) })
+    }
+
+    /// The plugin this client runs on.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.inner.plugin
+    }
+
+    pub(crate) fn raw(&self) -> *mut ffi::PJRT_Client {
+        self.inner.raw.as_ptr()
+    }
+
+    /// The platform name, e.g. `cpu` or `cuda`.
+    pub fn platform_name(&self) -> Result<String> {
+        let mut a = args!(PJRT_Client_PlatformName_Args);
+        a.client = self.raw();
+        call!(self.inner.plugin, PJRT_Client_PlatformName, &mut a)?;
+        Ok(plugin_str(a.platform_name, a.platform_name_size))
+    }
+
+    /// The platform version string.
+    pub fn platform_version(&self) -> Result<String> {
+        let mut a = args!(PJRT_Client_PlatformVersion_Args);
+        a.client = self.raw();
+        call!(self.inner.plugin, PJRT_Client_PlatformVersion, &mut a)?;
+        Ok(plugin_str(a.platform_version, a.platform_version_size))
+    }
+
+    /// The devices this process can address.
+    pub fn devices(&self) -> Result<Vec<Device>> {
+        let mut a = args!(PJRT_Client_AddressableDevices_Args);
+        a.client = self.raw();
+        call!(self.inner.plugin, PJRT_Client_AddressableDevices, &mut a)?;
+        if a.addressable_devices.is_null() {
+            return Ok(Vec::new());
+        }
+        // SAFETY: the client owns an array of `num_addressable_devices` device pointers that
+        // lives as long as the client; we copy the pointers out.
+        let raws = unsafe { std::slice::from_raw_parts(a.addressable_devices, a.num_addressable_devices) };
+        Ok(raws
+            .iter()
+            .filter_map(|&d| NonNull::new(d))
+            .map(|raw| Device { client: self.inner.clone(), raw })
+            .collect())
+    }
+
+    /// The device at `index` among [`Client::devices`].
+    pub fn device(&self, index: usize) -> Result<Device> {
+        let devices = self.devices()?;
+        let n = devices.len();
+        devices.into_iter().nth(index).ok_or_else(|| {
+            Error::invalid("device", format!("index {index} out of range: the client has {n} device(s)"))
+        })
+    }
+}
+
+impl Device {
+    fn description(&self) -> Result<*mut ffi::PJRT_DeviceDescription> {
+        let mut a = args!(PJRT_Device_GetDescription_Args);
+        a.device = self.raw.as_ptr();
+        call!(self.client.plugin, PJRT_Device_GetDescription, &mut a)?;
+        Ok(a.device_description)
+    }
+
+    /// The device's id.
+    pub fn id(&self) -> Result<i32> {
+        let mut a = args!(PJRT_DeviceDescription_Id_Args);
+        a.device_description = self.description()?;
+        call!(self.client.plugin, PJRT_DeviceDescription_Id, &mut a)?;
+        Ok(a.id)
+    }
+
+    /// The device kind, e.g. `cpu`.
+    pub fn kind(&self) -> Result<String> {
+        let mut a = args!(PJRT_DeviceDescription_Kind_Args);
+        a.device_description = self.description()?;
+        call!(self.client.plugin, PJRT_DeviceDescription_Kind, &mut a)?;
+        Ok(plugin_str(a.device_kind, a.device_kind_size))
+    }
+
+    /// A short human-readable name of the device.
+    pub fn to_string_lossy(&self) -> String {
+        let describe = || -> Result<String> {
+            let mut a = args!(PJRT_DeviceDescription_ToString_Args);
+            a.device_description = self.description()?;
+            call!(self.client.plugin, PJRT_DeviceDescription_ToString, &mut a)?;
+            Ok(plugin_str(a.to_string, a.to_string_size))
+        };
+        describe().unwrap_or_else(|e| format!("<device: {e}>"))
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_string_lossy())
+    }
+}

@@ -1,0 +1,251 @@
+//! Compiling programs and running them: `PJRT_LoadedExecutable`.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::buffer::Buffer;
+use super::client::{Client, ClientInner};
+use super::compile_options::CompileOptions;
+use super::{args, call, event, ffi};
+use crate::{DType, Error, ErrorCode, Result};
+
+/// A program to compile.
+#[derive(Debug, Clone, Copy)]
+pub enum Program<'a> {
+    /// StableHLO/MHLO as MLIR text or bytecode (including a StableHLO portable artifact, as in
+    /// `jax.export`'s `mlir_module_serialized`).
+    Mlir(&'a [u8]),
+    /// A serialized `HloModuleProto`.
+    Hlo(&'a [u8]),
+}
+
+impl Program<'_> {
+    fn parts(&self) -> (&[u8], &'static str) {
+        match self {
+            Program::Mlir(code) => (code, "mlir"),
+            Program::Hlo(code) => (code, "hlo"),
+        }
+    }
+}
+
+/// A compiled program loaded on the client's devices, destroyed on drop.
+pub struct LoadedExecutable {
+    client: Arc<ClientInner>,
+    raw: NonNull<ffi::PJRT_LoadedExecutable>,
+    num_outputs: usize,
+    inputs: Option<Vec<ArgSpec>>,
+}
+
+/// The dtype and dimensions an argument must have.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ArgSpec {
+    pub dtype: DType,
+    pub dims: Vec<i64>,
+}
+
+// SAFETY: a PJRT_LoadedExecutable wraps an xla::PjRtLoadedExecutable, whose Execute may be
+// called concurrently from several threads (pjrt_client.h); it is immutable after loading.
+unsafe impl Send for LoadedExecutable {}
+// SAFETY: see `Send`.
+unsafe impl Sync for LoadedExecutable {}
+
+impl Drop for LoadedExecutable {
+    fn drop(&mut self) {
+        let mut a = args!(PJRT_LoadedExecutable_Destroy_Args);
+        a.executable = self.raw.as_ptr();
+        let _ = call!(self.client.plugin, PJRT_LoadedExecutable_Destroy, &mut a);
+    }
+}
+
+impl std::fmt::Debug for LoadedExecutable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadedExecutable(outputs: {})", self.num_outputs)
+    }
+}
+
+/// The `PJRT_Executable` behind a loaded one, destroyed on drop.
+struct Executable<'a> {
+    client: &'a ClientInner,
+    raw: NonNull<ffi::PJRT_Executable>,
+}
+
+impl Drop for Executable<'_> {
+    fn drop(&mut self) {
+        let mut a = args!(PJRT_Executable_Destroy_Args);
+        a.executable = self.raw.as_ptr();
+        let _ = call!(self.client.plugin, PJRT_Executable_Destroy, &mut a);
+    }
+}
+
+fn null_error(call: &'static str) -> Error {
+    Error::Pjrt { call, code: ErrorCode::Internal, message: "returned a null handle".into() }
+}
+
+impl Client {
+    /// Compiles a program for this client's devices.
+    pub fn compile(&self, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
+        let (code, format) = program.parts();
+        let mut p = args!(PJRT_Program);
+        // PJRT only reads `code` when compiling (the header marks it "in/out" because other
+        // entry points write it).
+        p.code = code.as_ptr() as *mut _;
+        p.code_size = code.len();
+        p.format = format.as_ptr().cast();
+        p.format_size = format.len();
+        let opts = options.to_proto_bytes();
+        let mut a = args!(PJRT_Client_Compile_Args);
+        a.client = self.raw();
+        a.program = &p;
+        a.compile_options = opts.as_ptr().cast();
+        a.compile_options_size = opts.len();
+        call!(self.inner.plugin, PJRT_Client_Compile, &mut a)?;
+        let raw = NonNull::new(a.executable).ok_or_else(|| null_error("PJRT_Client_Compile"))?;
+        LoadedExecutable::new(&self.inner, raw)
+    }
+
+    /// Loads an executable that [`LoadedExecutable::serialize`] wrote, on this client.
+    pub fn deserialize_executable(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
+        let mut a = args!(PJRT_Executable_DeserializeAndLoad_Args);
+        a.client = self.raw();
+        a.serialized_executable = bytes.as_ptr().cast();
+        a.serialized_executable_size = bytes.len();
+        call!(self.inner.plugin, PJRT_Executable_DeserializeAndLoad, &mut a)?;
+        let raw = NonNull::new(a.loaded_executable)
+            .ok_or_else(|| null_error("PJRT_Executable_DeserializeAndLoad"))?;
+        LoadedExecutable::new(&self.inner, raw)
+    }
+}
+
+impl LoadedExecutable {
+    fn new(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_LoadedExecutable>) -> Result<Self> {
+        let mut exe = LoadedExecutable { client: client.clone(), raw, num_outputs: 0, inputs: None };
+        let mut a = args!(PJRT_Executable_NumOutputs_Args);
+        a.executable = exe.executable()?.raw.as_ptr();
+        call!(client.plugin, PJRT_Executable_NumOutputs, &mut a)?;
+        exe.num_outputs = a.num_outputs;
+        Ok(exe)
+    }
+
+    fn executable(&self) -> Result<Executable<'_>> {
+        let mut a = args!(PJRT_LoadedExecutable_GetExecutable_Args);
+        a.loaded_executable = self.raw.as_ptr();
+        call!(self.client.plugin, PJRT_LoadedExecutable_GetExecutable, &mut a)?;
+        let raw = NonNull::new(a.executable).ok_or_else(|| null_error("PJRT_LoadedExecutable_GetExecutable"))?;
+        Ok(Executable { client: &self.client, raw })
+    }
+
+    /// Declares the arguments the program takes, so that [`LoadedExecutable::execute`] checks
+    /// every input's dtype and dimensions before running. PJRT itself does not check them on
+    /// every plugin: the CPU plugins reinterpret a buffer of the wrong type.
+    pub fn with_input_signature(mut self, inputs: Vec<ArgSpec>) -> Self {
+        self.inputs = Some(inputs);
+        self
+    }
+
+    /// The declared arguments, if any.
+    pub fn input_signature(&self) -> Option<&[ArgSpec]> {
+        self.inputs.as_deref()
+    }
+
+    fn check_inputs(&self, inputs: &[&Buffer]) -> Result<()> {
+        let Some(specs) = &self.inputs else { return Ok(()) };
+        if specs.len() != inputs.len() {
+            return Err(Error::ArgumentCount { what: "executable".into(), expected: specs.len(), got: inputs.len() });
+        }
+        for (i, (spec, b)) in specs.iter().zip(inputs).enumerate() {
+            if spec.dtype != b.dtype() {
+                return Err(Error::DTypeMismatch {
+                    what: format!("argument {i}"),
+                    expected: spec.dtype.to_string(),
+                    got: b.dtype().to_string(),
+                });
+            }
+            if spec.dims != b.dims() {
+                return Err(Error::ShapeMismatch {
+                    what: format!("argument {i}"),
+                    expected: spec.dims.clone(),
+                    got: b.dims().to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of outputs of one execution.
+    pub fn num_outputs(&self) -> usize {
+        self.num_outputs
+    }
+
+    /// Serializes the compiled executable, for [`Client::deserialize_executable`].
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        let exe = self.executable()?;
+        let mut a = args!(PJRT_Executable_Serialize_Args);
+        a.executable = exe.raw.as_ptr();
+        call!(self.client.plugin, PJRT_Executable_Serialize, &mut a)?;
+        let bytes = if a.serialized_bytes.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: the plugin wrote `serialized_bytes_size` bytes, backed by
+            // `serialized_executable` until its deleter runs below.
+            unsafe { std::slice::from_raw_parts(a.serialized_bytes as *const u8, a.serialized_bytes_size) }.to_vec()
+        };
+        if let (Some(deleter), false) = (a.serialized_executable_deleter, a.serialized_executable.is_null()) {
+            // SAFETY: releases the plugin's backing storage exactly once, after the copy.
+            unsafe { deleter(a.serialized_executable) };
+        }
+        Ok(bytes)
+    }
+
+    /// Runs the program on one device with `inputs`, returning its outputs.
+    ///
+    /// Inputs are borrowed. An input whose `donate` flag is set may be donated to an output
+    /// that aliases it (as `jax.jit(donate_argnums=...)` asks): after a successful call that
+    /// buffer is deleted and the caller should drop it. Inputs not marked are never donated.
+    pub fn execute(&self, inputs: &[&Buffer], donate: &[bool]) -> Result<Vec<Buffer>> {
+        if donate.len() != inputs.len() {
+            return Err(Error::ArgumentCount {
+                what: "donation flags".into(),
+                expected: inputs.len(),
+                got: donate.len(),
+            });
+        }
+        self.check_inputs(inputs)?;
+        let raws: Vec<*mut ffi::PJRT_Buffer> = inputs.iter().map(|b| b.raw()).collect();
+        let keep: Vec<i64> = (0..inputs.len() as i64).filter(|&i| !donate[i as usize]).collect();
+        let mut outs: Vec<*mut ffi::PJRT_Buffer> = vec![std::ptr::null_mut(); self.num_outputs];
+        let mut done: *mut ffi::PJRT_Event = std::ptr::null_mut();
+
+        let mut opts = args!(PJRT_ExecuteOptions);
+        opts.non_donatable_input_indices = keep.as_ptr();
+        opts.num_non_donatable_input_indices = keep.len();
+        let arg_lists: [*const *mut ffi::PJRT_Buffer; 1] = [raws.as_ptr()];
+        let out_lists: [*mut *mut ffi::PJRT_Buffer; 1] = [outs.as_mut_ptr()];
+        let mut a = args!(PJRT_LoadedExecutable_Execute_Args);
+        a.executable = self.raw.as_ptr();
+        a.options = &mut opts;
+        a.argument_lists = arg_lists.as_ptr();
+        a.num_devices = 1;
+        a.num_args = raws.len();
+        a.output_lists = out_lists.as_ptr();
+        a.device_complete_events = &mut done;
+        let result = call!(self.client.plugin, PJRT_LoadedExecutable_Execute, &mut a);
+        // Own every output handle before anything can fail, so none leaks.
+        let outputs = outs
+            .into_iter()
+            .filter_map(NonNull::new)
+            .map(|raw| Buffer::from_raw(&self.client, raw))
+            .collect::<Vec<_>>();
+        let completion = event::wait_raw(&self.client.plugin, done);
+        result?;
+        completion?;
+        let outputs = outputs.into_iter().collect::<Result<Vec<_>>>()?;
+        if outputs.len() != self.num_outputs {
+            return Err(Error::Pjrt {
+                call: "PJRT_LoadedExecutable_Execute",
+                code: ErrorCode::Internal,
+                message: format!("expected {} outputs, got {}", self.num_outputs, outputs.len()),
+            });
+        }
+        Ok(outputs)
+    }
+}

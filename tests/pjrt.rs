@@ -1,0 +1,236 @@
+//! The PJRT layer against JAX: programs that `scripts/export_pjrt_fixtures.py` exported into
+//! `hlo/pjrt/`, with the inputs and JAX's outputs saved beside them.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use flaxlayer::pjrt::{ArgSpec, Buffer, Client, CompileOptions, Device, LoadedExecutable, Program};
+use flaxlayer::{DType, Error};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo/pjrt")
+}
+
+fn client() -> &'static Client {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)"))
+}
+
+fn device() -> Device {
+    client().device(0).unwrap()
+}
+
+/// (dtype, dims, bytes) of every tensor in a fixture's safetensors, by name.
+struct Saved(Vec<u8>);
+
+impl Saved {
+    fn load(name: &str) -> Saved {
+        Saved(std::fs::read(fixtures().join(format!("{name}.safetensors"))).unwrap())
+    }
+    fn get(&self, key: &str) -> (DType, Vec<i64>, Vec<u8>) {
+        let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        let t = st.tensor(key).unwrap();
+        let dims = t.shape().iter().map(|&d| d as i64).collect();
+        (DType::from_safetensors(t.dtype()).unwrap(), dims, t.data().to_vec())
+    }
+    fn count(&self, prefix: &str) -> usize {
+        let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        st.names().iter().filter(|n| n.starts_with(prefix)).count()
+    }
+    fn inputs(&self) -> Vec<Buffer> {
+        (0..self.count("in/"))
+            .map(|i| {
+                let (dt, dims, bytes) = self.get(&format!("in/{i}"));
+                client().buffer_from_bytes(dt, &dims, &bytes, &device()).unwrap()
+            })
+            .collect()
+    }
+}
+
+fn compile(file: &str) -> LoadedExecutable {
+    let code = std::fs::read(fixtures().join(file)).unwrap();
+    client().compile(Program::Mlir(&code), &CompileOptions::default()).unwrap()
+}
+
+fn to_f64(dtype: DType, bytes: &[u8]) -> Vec<f64> {
+    let c = |n: usize| bytes.chunks_exact(n);
+    match dtype {
+        DType::F32 => c(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+        DType::F64 => c(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+        DType::BF16 => c(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f64()).collect(),
+        DType::I32 => c(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+        DType::I64 => c(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+        DType::Bool => bytes.iter().map(|&b| b as f64).collect(),
+        other => panic!("no conversion for {other}"),
+    }
+}
+
+/// Checks every output against JAX's and returns the max abs error.
+fn check_outputs(name: &str, outputs: &[Buffer]) -> f64 {
+    let saved = Saved::load(name);
+    assert_eq!(outputs.len(), saved.count("out/"), "{name}: output count");
+    let mut worst = 0f64;
+    for (i, out) in outputs.iter().enumerate() {
+        let (dt, dims, want) = saved.get(&format!("out/{i}"));
+        assert_eq!(out.dtype(), dt, "{name} out/{i} dtype");
+        assert_eq!(out.dims(), &dims[..], "{name} out/{i} dims");
+        let mut got = vec![0u8; out.host_size_in_bytes()];
+        out.copy_to_host_bytes(&mut got).unwrap();
+        let err = to_f64(dt, &got)
+            .iter()
+            .zip(to_f64(dt, &want))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        worst = worst.max(err);
+    }
+    println!("{name}: max abs error vs JAX = {worst:e}");
+    worst
+}
+
+fn run(name: &str, file: &str) -> f64 {
+    let exe = compile(file);
+    let inputs = Saved::load(name).inputs();
+    let refs: Vec<&Buffer> = inputs.iter().collect();
+    let outs = exe.execute(&refs, &vec![false; refs.len()]).unwrap();
+    check_outputs(name, &outs)
+}
+
+#[test]
+fn client_reports_platform_and_devices() {
+    let c = client();
+    assert_eq!(c.platform_name().unwrap(), "cpu");
+    assert!(!c.platform_version().unwrap().is_empty());
+    let devices = c.devices().unwrap();
+    assert!(!devices.is_empty());
+    assert_eq!(devices[0].kind().unwrap().to_lowercase(), "cpu");
+    let (major, _) = c.plugin().api_version();
+    assert_eq!(major, 0);
+}
+
+#[test]
+fn mlp_bytecode_matches_jax() {
+    assert!(run("mlp", "mlp.mlirbc") < 1e-6);
+}
+
+#[test]
+fn mlp_text_matches_jax() {
+    assert!(run("mlp", "mlp.mlir") < 1e-6);
+}
+
+#[test]
+fn mixed_dtypes_match_jax_exactly() {
+    assert_eq!(run("mixed", "mixed.mlirbc"), 0.0);
+}
+
+#[test]
+fn buffers_round_trip_typed_slices() {
+    let data: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+    let b = client().buffer_from_slice(&data, &[3, 4], &device()).unwrap();
+    assert_eq!(b.dtype(), DType::F32);
+    assert_eq!(b.dims(), &[3, 4]);
+    assert_eq!(b.to_vec::<f32>().unwrap(), data);
+    let mut wrong = vec![0i32; 12];
+    assert!(matches!(b.copy_to_host(&mut wrong), Err(Error::DTypeMismatch { .. })));
+    let mut short = vec![0f32; 11];
+    assert!(matches!(b.copy_to_host(&mut short), Err(Error::SizeMismatch { .. })));
+    let bad = client().buffer_from_slice(&data, &[5, 4], &device());
+    assert!(matches!(bad, Err(Error::SizeMismatch { expected: 80, got: 48, .. })));
+}
+
+#[test]
+fn donated_input_is_consumed_and_borrowed_input_is_kept() {
+    let exe = compile("donate.mlirbc");
+    let saved = Saved::load("donate");
+    let inputs = saved.inputs();
+    let refs: Vec<&Buffer> = inputs.iter().collect();
+    let kept = exe.execute(&refs, &[false, false]).unwrap();
+    assert!(!inputs[0].is_deleted().unwrap(), "an input not marked for donation must survive");
+    check_outputs("donate", &kept);
+    let outs = exe.execute(&refs, &[true, false]).unwrap();
+    assert!(inputs[0].is_deleted().unwrap(), "the donated state buffer is consumed");
+    assert!(!inputs[1].is_deleted().unwrap());
+    check_outputs("donate", &outs);
+    // Using the donated buffer again is an error, not a crash.
+    assert!(exe.execute(&refs, &[false, false]).is_err());
+}
+
+#[test]
+fn serialized_executable_runs_the_same() {
+    let exe = compile("mlp.mlirbc");
+    let bytes = exe.serialize().unwrap();
+    assert!(!bytes.is_empty());
+    let again = client().deserialize_executable(&bytes).unwrap();
+    let inputs = Saved::load("mlp").inputs();
+    let refs: Vec<&Buffer> = inputs.iter().collect();
+    let outs = again.execute(&refs, &[false; 5]).unwrap();
+    assert!(check_outputs("mlp", &outs) < 1e-6);
+    assert!(client().deserialize_executable(b"not an executable").is_err());
+}
+
+#[test]
+fn missing_plugin_path_names_it() {
+    let path = Path::new("/nonexistent/libpjrt_nothing.so");
+    let err = Client::new(Some(path)).unwrap_err();
+    let Error::PluginNotFound { tried, hint } = &err else { panic!("{err}") };
+    assert_eq!(tried[0].0, path);
+    assert!(hint.contains("PJRT_PLUGIN_PATH"));
+    assert!(err.to_string().contains("/nonexistent/libpjrt_nothing.so"));
+}
+
+#[test]
+fn a_file_that_is_not_a_plugin_is_refused() {
+    let not_a_library = fixtures().join("mlp.mlir");
+    let err = Client::new(Some(&not_a_library)).unwrap_err();
+    assert!(matches!(&err, Error::PluginNotFound { tried, .. } if tried[0].1.contains("dlopen")), "{err}");
+}
+
+#[test]
+fn a_library_without_get_pjrt_api_is_refused() {
+    let libm = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .expect("libm");
+    let err = Client::new(Some(libm)).unwrap_err();
+    assert!(matches!(&err, Error::PluginNotFound { tried, .. } if tried[0].1.contains("GetPjrtApi")), "{err}");
+}
+
+#[test]
+fn malformed_mlir_is_a_pjrt_error() {
+    let err = client().compile(Program::Mlir(b"module { this is not mlir"), &CompileOptions::default());
+    assert!(matches!(err, Err(Error::Pjrt { call: "PJRT_Client_Compile", .. })), "{err:?}");
+    let err = client().compile(Program::Mlir(b""), &CompileOptions::default());
+    assert!(err.is_err());
+}
+
+#[test]
+fn wrong_argument_count_is_an_error() {
+    let exe = compile("mlp.mlirbc");
+    let inputs = Saved::load("mlp").inputs();
+    let refs: Vec<&Buffer> = inputs.iter().take(4).collect();
+    let err = exe.execute(&refs, &[false; 4]).unwrap_err();
+    println!("{err}");
+    assert!(matches!(err, Error::Pjrt { .. } | Error::ArgumentCount { .. }), "{err}");
+    let err = exe.execute(&refs, &[false; 3]).unwrap_err();
+    assert!(matches!(err, Error::ArgumentCount { .. }), "{err}");
+}
+
+#[test]
+fn wrong_dtype_or_shape_is_an_error() {
+    let mut inputs = Saved::load("mlp").inputs();
+    let signature = inputs.iter().map(|b| ArgSpec { dtype: b.dtype(), dims: b.dims().to_vec() }).collect();
+    let exe = compile("mlp.mlirbc").with_input_signature(signature);
+    inputs[0] = client().buffer_from_slice(&[0i32; 64], &[4, 16], &device()).unwrap();
+    let refs: Vec<&Buffer> = inputs.iter().collect();
+    let err = exe.execute(&refs, &[false; 5]).unwrap_err();
+    assert!(
+        matches!(&err, Error::DTypeMismatch { what, expected, got } if what == "argument 0" && expected == "float32" && got == "int32"),
+        "{err}"
+    );
+    inputs[0] = client().buffer_from_slice(&[0f32; 60], &[4, 15], &device()).unwrap();
+    let refs: Vec<&Buffer> = inputs.iter().collect();
+    let err = exe.execute(&refs, &[false; 5]).unwrap_err();
+    assert!(matches!(&err, Error::ShapeMismatch { expected, got, .. } if expected == &[4, 16] && got == &[4, 15]), "{err}");
+    let err = exe.execute(&refs[..4], &[false; 4]).unwrap_err();
+    assert!(matches!(err, Error::ArgumentCount { expected: 5, got: 4, .. }), "{err}");
+}
