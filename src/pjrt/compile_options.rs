@@ -10,16 +10,20 @@ pub struct CompileOptions {
     pub num_partitions: i64,
     /// The device ordinal to compile for; -1 leaves it to the plugin.
     pub device_ordinal: i64,
+    /// Compile a portable executable, which runs on whichever device
+    /// [`LoadedExecutable::execute_on`](super::LoadedExecutable::execute_on) names.
+    pub portable: bool,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { num_replicas: 1, num_partitions: 1, device_ordinal: -1 }
+        CompileOptions { num_replicas: 1, num_partitions: 1, device_ordinal: -1, portable: false }
     }
 }
 
 // Field numbers from xla/pjrt/proto/compile_options.proto.
 const COMPILE_OPTIONS_EXECUTABLE_BUILD_OPTIONS: u32 = 3;
+const COMPILE_OPTIONS_COMPILE_PORTABLE_EXECUTABLE: u32 = 4;
 const BUILD_OPTIONS_DEVICE_ORDINAL: u32 = 1;
 const BUILD_OPTIONS_NUM_REPLICAS: u32 = 4;
 const BUILD_OPTIONS_NUM_PARTITIONS: u32 = 5;
@@ -33,6 +37,9 @@ impl CompileOptions {
         put_int64(&mut build, BUILD_OPTIONS_NUM_PARTITIONS, self.num_partitions);
         let mut out = Vec::new();
         put_bytes(&mut out, COMPILE_OPTIONS_EXECUTABLE_BUILD_OPTIONS, &build);
+        if self.portable {
+            put_int64(&mut out, COMPILE_OPTIONS_COMPILE_PORTABLE_EXECUTABLE, 1);
+        }
         out
     }
 }
@@ -69,5 +76,8 @@ mod tests {
             0x28, 0x01,
         ];
         assert_eq!(CompileOptions::default().to_proto_bytes(), expected);
+        let portable = CompileOptions { portable: true, ..Default::default() }.to_proto_bytes();
+        assert_eq!(&portable[..expected.len()], expected);
+        assert_eq!(&portable[expected.len()..], [0x20, 0x01]);
     }
 }

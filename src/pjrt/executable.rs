@@ -4,7 +4,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::buffer::Buffer;
-use super::client::{Client, ClientInner};
+use super::client::{Client, ClientInner, Device};
 use super::compile_options::CompileOptions;
 use super::{args, call, event, ffi};
 use crate::{DType, Error, ErrorCode, Result};
@@ -202,6 +202,12 @@ impl LoadedExecutable {
     /// that aliases it (as `jax.jit(donate_argnums=...)` asks): after a successful call that
     /// buffer is deleted and the caller should drop it. Inputs not marked are never donated.
     pub fn execute(&self, inputs: &[&Buffer], donate: &[bool]) -> Result<Vec<Buffer>> {
+        self.execute_on(inputs, donate, None)
+    }
+
+    /// [`LoadedExecutable::execute`] on `device`, for an executable compiled with
+    /// [`CompileOptions::portable`]; `None` runs on the executable's own device.
+    pub fn execute_on(&self, inputs: &[&Buffer], donate: &[bool], device: Option<&Device>) -> Result<Vec<Buffer>> {
         if donate.len() != inputs.len() {
             return Err(Error::ArgumentCount {
                 what: "donation flags".into(),
@@ -228,6 +234,7 @@ impl LoadedExecutable {
         a.num_args = raws.len();
         a.output_lists = out_lists.as_ptr();
         a.device_complete_events = &mut done;
+        a.execute_device = device.map_or(std::ptr::null_mut(), |d| d.raw.as_ptr());
         let result = call!(self.client.plugin, PJRT_LoadedExecutable_Execute, &mut a);
         // Own every output handle before anything can fail, so none leaks.
         let outputs = outs

@@ -1,0 +1,136 @@
+//! A bundle: one directory with `manifest.json`, `jax.export` serializations and weights.
+
+pub mod exported;
+mod manifest;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub use exported::{Aval, Exported};
+pub use manifest::{ComputationSpec, InputSpec, Manifest, MethodSpec, Role, Slot, VariableSpec};
+
+use crate::tensor::read_safetensors;
+use crate::{Error, Result, Tensor};
+
+/// The largest file a bundle may hold (computations, manifest): 1 GiB.
+const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// The file of a bundle's initial variables.
+pub const VARIABLES_FILE: &str = "variables.safetensors";
+
+/// A computation of a bundle: its roles and JAX's serialized export.
+#[derive(Debug, Clone)]
+pub struct BundleComputation {
+    pub spec: ComputationSpec,
+    pub exported: Exported,
+}
+
+/// An opened bundle: the manifest and every computation, parsed and cross-checked.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: Manifest,
+    computations: HashMap<String, BundleComputation>,
+}
+
+impl Bundle {
+    /// Opens the bundle directory `dir`, reading and checking every computation.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = Manifest::from_json(&read_capped(&dir.join("manifest.json"))?)?;
+        let mut computations = HashMap::new();
+        for spec in manifest.computations() {
+            let path = dir.join(&spec.file);
+            let exported = Exported::from_bytes(&read_capped(&path)?)
+                .map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
+            check_computation(&manifest, spec, &exported)?;
+            computations.insert(spec.file.clone(), BundleComputation { spec: spec.clone(), exported });
+        }
+        Ok(Bundle { dir, manifest, computations })
+    }
+
+    /// The bundle's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The computation stored in `file`.
+    pub fn computation(&self, file: &str) -> Result<&BundleComputation> {
+        self.computations.get(file).ok_or_else(|| Error::NotFound {
+            what: "computation",
+            name: file.into(),
+            available: self.computations.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The method named `name`.
+    pub fn method(&self, name: &str) -> Result<&MethodSpec> {
+        self.manifest.methods.get(name).ok_or_else(|| Error::NotFound {
+            what: "method",
+            name: name.into(),
+            available: self.manifest.methods.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The bundle's initial variables (`variables.safetensors`), if it has them.
+    pub fn variables(&self) -> Result<Option<Vec<(String, Tensor)>>> {
+        let path = self.dir.join(VARIABLES_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_safetensors(&path).map(Some)
+    }
+}
+
+fn read_capped(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Error::format(
+            path.display().to_string(),
+            format!("{} bytes is more than the {MAX_FILE_BYTES}-byte limit", meta.len()),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Checks that the manifest's roles fit JAX's avals: counts, and variables' dtypes and shapes.
+fn check_computation(manifest: &Manifest, spec: &ComputationSpec, exp: &Exported) -> Result<()> {
+    let bad = |reason: String| Err(Error::format(spec.file.clone(), reason));
+    if spec.args.len() != exp.in_avals.len() {
+        return bad(format!("manifest lists {} arguments, the export has {}", spec.args.len(), exp.in_avals.len()));
+    }
+    if spec.results.len() != exp.out_avals.len() {
+        return bad(format!("manifest lists {} results, the export has {}", spec.results.len(), exp.out_avals.len()));
+    }
+    if !exp.ordered_effects.is_empty() {
+        return bad(format!("ordered effects {:?} are not supported", exp.ordered_effects));
+    }
+    if exp.nr_devices != 1 {
+        return bad(format!("exported for {} devices; only single-device computations run", exp.nr_devices));
+    }
+    for (slot, aval) in spec.args.iter().chain(&spec.results).zip(exp.in_avals.iter().chain(&exp.out_avals)) {
+        let var = match slot.role {
+            Role::Param | Role::State => slot.name.as_deref().and_then(|n| manifest.variable(n)),
+            Role::Key => {
+                if aval.dtype != crate::DType::U32 || aval.shape != [2] {
+                    return bad(format!("the key is {}{:?}, expected uint32[2]", aval.dtype, aval.shape));
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let Some(var) = var else { return bad(format!("slot {slot:?} names no variable")) };
+        if var.dtype != aval.dtype || var.shape != aval.shape {
+            return bad(format!(
+                "variable {} is {}{:?} in the manifest but {}{:?} in the export",
+                var.name, var.dtype, var.shape, aval.dtype, aval.shape
+            ));
+        }
+    }
+    Ok(())
+}

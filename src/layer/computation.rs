@@ -1,0 +1,186 @@
+//! One bundle computation compiled for a device: maps the layer's variables, key and inputs
+//! onto JAX's flat arguments, and the flat results back.
+
+use crate::bundle::{Aval, BundleComputation, Role};
+use crate::pjrt::{ArgSpec, Buffer, Client, CompileOptions, Device, LoadedExecutable, Program};
+use crate::pytree::TreeDef;
+use crate::{DType, Error, Result};
+
+/// Where a flat argument comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The layer's variable with this index (manifest order).
+    Var(usize),
+    Key,
+    /// The input leaf with this index.
+    Input(usize),
+}
+
+/// Where a flat result goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sink {
+    Output(usize),
+    Var(usize),
+    Key,
+}
+
+/// A compiled computation and how to call it.
+pub(crate) struct Computation {
+    pub file: String,
+    pub batch_size: Option<i64>,
+    exe: LoadedExecutable,
+    device: Option<Device>,
+    /// JAX's platform-index argument, when the export has several platforms.
+    platform_index: Option<Buffer>,
+    /// Sources of the arguments the module keeps (`module_kept_var_idx`), in order, each
+    /// with whether it may be donated (state and key; params and inputs never are).
+    kept: Vec<(Source, bool)>,
+    pub sinks: Vec<Sink>,
+    /// The input leaves: names, avals.
+    pub input_names: Vec<String>,
+    pub input_avals: Vec<Aval>,
+    pub inputs_tree: TreeDef,
+    pub output_names: Vec<String>,
+    pub output_avals: Vec<Aval>,
+    pub outputs_tree: Option<TreeDef>,
+}
+
+impl Computation {
+    /// Compiles `comp` for `device`, resolving variable names against `variables`.
+    pub fn compile(
+        client: &Client,
+        device: &Device,
+        portable: bool,
+        comp: &BundleComputation,
+        variables: &[String],
+    ) -> Result<Computation> {
+        let exp = &comp.exported;
+        let spec = &comp.spec;
+        let var_index = |name: &Option<String>| -> Result<usize> {
+            let name = name.as_deref().unwrap_or_default();
+            variables.iter().position(|v| v == name).ok_or_else(|| Error::format(spec.file.clone(), format!("unknown variable {name:?}")))
+        };
+        let mut sources: Vec<(Source, bool)> = Vec::with_capacity(spec.args.len());
+        let (mut input_names, mut input_avals) = (Vec::new(), Vec::new());
+        for (slot, aval) in spec.args.iter().zip(&exp.in_avals) {
+            sources.push(match slot.role {
+                Role::Param => (Source::Var(var_index(&slot.name)?), false),
+                Role::State => (Source::Var(var_index(&slot.name)?), true),
+                Role::Key => (Source::Key, true),
+                Role::Input => {
+                    input_names.push(slot.name.clone().unwrap_or_default());
+                    input_avals.push(aval.clone());
+                    (Source::Input(input_names.len() - 1), false)
+                }
+                Role::Output => return Err(Error::format(spec.file.clone(), "an argument has role output")),
+            });
+        }
+        let mut sinks = Vec::with_capacity(spec.results.len());
+        let (mut output_names, mut output_avals) = (Vec::new(), Vec::new());
+        for (slot, aval) in spec.results.iter().zip(&exp.out_avals) {
+            sinks.push(match slot.role {
+                Role::Param | Role::State => Sink::Var(var_index(&slot.name)?),
+                Role::Key => Sink::Key,
+                Role::Output => {
+                    output_names.push(slot.name.clone().unwrap_or_default());
+                    output_avals.push(aval.clone());
+                    Sink::Output(output_names.len() - 1)
+                }
+                Role::Input => return Err(Error::format(spec.file.clone(), "a result has role input")),
+            });
+        }
+        let kept = exp
+            .module_kept_var_idx
+            .iter()
+            .map(|&i| sources.get(i).copied().ok_or_else(|| Error::format(spec.file.clone(), format!("kept argument {i} out of range"))))
+            .collect::<Result<Vec<_>>>()?;
+        let platform_index = platform_index(client, device, &exp.platforms, &spec.file)?;
+        let mut signature: Vec<ArgSpec> = Vec::new();
+        if platform_index.is_some() {
+            signature.push(ArgSpec { dtype: DType::I32, dims: vec![] });
+        }
+        signature.extend(exp.module_kept_var_idx.iter().map(|&i| ArgSpec {
+            dtype: exp.in_avals[i].dtype,
+            dims: exp.in_avals[i].shape.clone(),
+        }));
+        let options = CompileOptions { portable, ..CompileOptions::default() };
+        let exe = crate::layer::cache::compile(client, Program::Mlir(&exp.mlir_module), &options)?.with_input_signature(signature);
+        let inputs_tree = last_positional_arg(&exp.in_tree, &spec.file)?;
+        let outputs_tree = match &exp.out_tree {
+            TreeDef::Tuple(children) if !output_names.is_empty() => children.first().cloned(),
+            _ => None,
+        };
+        Ok(Computation {
+            file: spec.file.clone(),
+            batch_size: spec.batch_size,
+            exe,
+            device: portable.then(|| device.clone()),
+            platform_index,
+            kept,
+            sinks,
+            input_names,
+            input_avals,
+            inputs_tree,
+            output_names,
+            output_avals,
+            outputs_tree,
+        })
+    }
+
+    /// Whether every input fits this computation's avals.
+    pub fn accepts(&self, dims: &[Vec<i64>]) -> bool {
+        dims.len() == self.input_avals.len() && self.input_avals.iter().zip(dims).all(|(a, d)| &a.shape == d)
+    }
+
+    /// Runs on `vars`, `key` and `inputs`. With `donate`, state variables and the key may be
+    /// donated (consumed); params and inputs never are.
+    pub fn run(&self, vars: &[Buffer], key: Option<&Buffer>, inputs: &[Buffer], donate: bool) -> Result<Vec<Buffer>> {
+        let mut args: Vec<&Buffer> = Vec::with_capacity(self.kept.len() + 1);
+        let mut flags: Vec<bool> = Vec::with_capacity(self.kept.len() + 1);
+        if let Some(p) = &self.platform_index {
+            args.push(p);
+            flags.push(false);
+        }
+        for &(source, donatable) in &self.kept {
+            args.push(match source {
+                Source::Var(i) => &vars[i],
+                Source::Key => key.ok_or_else(|| Error::invalid(self.file.clone(), "needs a key"))?,
+                Source::Input(i) => &inputs[i],
+            });
+            flags.push(donate && donatable);
+        }
+        self.exe.execute_on(&args, &flags, self.device.as_ref())
+    }
+}
+
+/// The subtree of the last positional argument in JAX's `((args...), {kwargs})` in_tree.
+fn last_positional_arg(in_tree: &TreeDef, file: &str) -> Result<TreeDef> {
+    match in_tree {
+        TreeDef::Tuple(top) => match top.first() {
+            Some(TreeDef::Tuple(args)) => args.last().cloned(),
+            _ => None,
+        },
+        _ => None,
+    }
+    .ok_or_else(|| Error::format(file.to_string(), "in_tree is not ((args...), {kwargs}) with at least one argument"))
+}
+
+/// The buffer of JAX's platform-index argument for this client, if the export has several
+/// platforms; an error if the client's platform is not among them.
+fn platform_index(client: &Client, device: &Device, platforms: &[String], file: &str) -> Result<Option<Buffer>> {
+    let name = client.platform_name()?.to_lowercase();
+    let matches = |p: &String| {
+        let p = p.to_lowercase();
+        p == name || (p == "cuda" && name == "gpu") || (p == "gpu" && name == "cuda")
+    };
+    let Some(index) = platforms.iter().position(matches) else {
+        return Err(Error::invalid(
+            file.to_string(),
+            format!("exported for platforms {platforms:?}, but the PJRT client's platform is {name:?}"),
+        ));
+    };
+    if platforms.len() < 2 {
+        return Ok(None);
+    }
+    Ok(Some(client.buffer_from_slice(&[index as i32], &[], device)?))
+}

@@ -1,0 +1,364 @@
+//! `FlaxLayer` against JAX: every bundle under `hlo/` (written by `scripts/export_examples.py`)
+//! carries golden data that JAX computed with plain Flax at export time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use flaxlayer::pjrt::Client;
+use flaxlayer::tensor::read_safetensors;
+use flaxlayer::{Bundle, DType, Error, FlaxLayer, FlaxLayerConfig, PyTree, Tensor};
+
+const BUNDLES: [&str; 7] = ["cnn", "wrapper", "dense_bn_dropout", "mixed", "decoder", "mlp", "multi_platform"];
+
+fn hlo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
+}
+
+fn client() -> Client {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
+}
+
+fn bundle(name: &str) -> Arc<Bundle> {
+    Arc::new(Bundle::open(hlo(name)).unwrap())
+}
+
+fn layer(name: &str) -> FlaxLayer {
+    FlaxLayer::builder(bundle(name)).client(client()).build().unwrap()
+}
+
+struct Golden(BTreeMap<String, Tensor>);
+
+impl Golden {
+    fn load(name: &str) -> Golden {
+        Golden(read_safetensors(hlo(name).join("golden.safetensors")).unwrap().into_iter().collect())
+    }
+    /// Tensors under `prefix/`, with the prefix removed.
+    fn group(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let p = format!("{prefix}/");
+        self.0.iter().filter_map(|(k, v)| k.strip_prefix(&p).map(|k| (k.to_string(), v.clone()))).collect()
+    }
+    fn get(&self, key: &str) -> &Tensor {
+        self.0.get(key).unwrap_or_else(|| panic!("golden {key}"))
+    }
+}
+
+fn inputs(layer: &FlaxLayer, golden: &Golden) -> PyTree {
+    PyTree::from_named_leaves(layer.input_tree(), "inputs", golden.group("inputs")).unwrap()
+}
+
+/// Tolerance for a dtype: float32 math may differ from JAX's by a few ulps after compiler
+/// reassociation; integer and bool leaves must be equal.
+fn tolerance(t: &Tensor) -> f64 {
+    match t.dtype() {
+        DType::F32 => 2e-5,
+        DType::BF16 => 1e-2,
+        DType::F16 => 1e-3,
+        DType::F64 => 1e-9,
+        _ => 0.0,
+    }
+}
+
+/// Compares named tensors to golden ones (same names, dtypes, shapes; values within
+/// tolerance) and returns the max abs error.
+fn assert_close(what: &str, got: &[(String, Tensor)], want: &[(String, Tensor)]) -> f64 {
+    let got: BTreeMap<_, _> = got.iter().cloned().collect();
+    let want: BTreeMap<_, _> = want.iter().cloned().collect();
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{what}: names");
+    let mut worst = 0f64;
+    for (name, w) in &want {
+        let g = &got[name];
+        assert_eq!(g.dtype(), w.dtype(), "{what}/{name}: dtype");
+        assert_eq!(g.shape(), w.shape(), "{what}/{name}: shape");
+        let err = g.max_abs_diff(w).unwrap();
+        assert!(err <= tolerance(w), "{what}/{name}: max abs error {err:e} > {:e}", tolerance(w));
+        worst = worst.max(err);
+    }
+    println!("{what}: max abs error {worst:e}");
+    worst
+}
+
+fn named(tree: &PyTree) -> Vec<(String, Tensor)> {
+    tree.flatten_with_paths("outputs").into_iter().map(|(n, t)| (n, t.clone())).collect()
+}
+
+fn state_only(vars: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    vars.into_iter().filter(|(n, _)| !n.starts_with("params/")).collect()
+}
+
+#[test]
+fn init_on_device_equals_jax_init() {
+    for name in BUNDLES {
+        let layer = layer(name);
+        let want = read_safetensors(hlo(name).join("variables.safetensors")).unwrap();
+        assert_close(&format!("{name} init"), &layer.variables().unwrap(), &want);
+    }
+}
+
+#[test]
+fn inference_matches_jax() {
+    for name in BUNDLES {
+        let golden = Golden::load(name);
+        let mut layer = layer(name);
+        let x = inputs(&layer, &golden);
+        let out = layer.call(&x, false).unwrap();
+        assert_close(&format!("{name} inference"), &named(&out), &golden.group("inference"));
+        let state = state_only(layer.variables().unwrap());
+        assert_close(&format!("{name} inference state"), &state, &golden.group("inference_state"));
+    }
+}
+
+#[test]
+fn two_training_calls_match_jax_under_the_rng_contract() {
+    for name in BUNDLES {
+        let golden = Golden::load(name);
+        let mut layer = layer(name);
+        let x = inputs(&layer, &golden);
+        for step in 0..2 {
+            let out = layer.call(&x, true).unwrap();
+            assert_close(&format!("{name} training/{step}"), &named(&out), &golden.group(&format!("training/{step}")));
+        }
+        let state = state_only(layer.variables().unwrap());
+        assert_close(&format!("{name} after_training"), &state, &golden.group("after_training"));
+        let key = golden.get("key/after_training").to_vec::<u32>().unwrap();
+        assert_eq!(layer.key().unwrap().to_vec(), key, "{name}: key after two training calls");
+    }
+}
+
+#[test]
+fn dropout_masks_differ_between_steps_and_from_inference() {
+    let golden = Golden::load("dense_bn_dropout");
+    let mut layer = layer("dense_bn_dropout");
+    let x = inputs(&layer, &golden);
+    let a = layer.call(&x, true).unwrap();
+    let b = layer.call(&x, true).unwrap();
+    let (a, b) = (a.as_tensor().unwrap(), b.as_tensor().unwrap());
+    assert!(a.max_abs_diff(b).unwrap() > 1e-3, "two training steps drew the same dropout mask");
+}
+
+#[test]
+fn decoder_greedy_tokens_equal_jax() {
+    let golden = Golden::load("decoder");
+    let prompt = golden.get("greedy/prompt").to_vec::<i32>().unwrap();
+    let want = golden.get("greedy/tokens").to_vec::<i32>().unwrap();
+    let mut layer = layer("decoder");
+    let token = |t: i32| PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![t]).unwrap());
+    let mut logits = PyTree::None;
+    for &t in &prompt {
+        logits = layer.call(&token(t), false).unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let l = logits.as_tensor().unwrap().to_vec::<f32>().unwrap();
+        let best = l.iter().enumerate().fold(0, |best, (i, &v)| if v > l[best] { i } else { best }) as i32;
+        got.push(best);
+        logits = layer.call(&token(best), false).unwrap();
+    }
+    println!("decoder greedy tokens {got:?}");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn save_then_load_gives_the_same_outputs_variables_and_key() {
+    let golden = Golden::load("dense_bn_dropout");
+    let mut layer = layer("dense_bn_dropout");
+    let x = inputs(&layer, &golden);
+    layer.call(&x, true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    layer.save(dir.path()).unwrap();
+    let mut loaded = FlaxLayer::load_with(dir.path(), Some(client())).unwrap();
+    assert_eq!(loaded.variables().unwrap(), layer.variables().unwrap());
+    assert_eq!(loaded.key().unwrap(), layer.key().unwrap());
+    let a = layer.call(&x, true).unwrap();
+    let b = loaded.call(&x, true).unwrap();
+    assert_eq!(a, b, "the next training call after load must be identical");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+#[test]
+fn config_round_trips() {
+    let layer = FlaxLayer::builder(hlo("wrapper")).seed(7).client(client()).build().unwrap();
+    let config = layer.get_config();
+    assert_eq!(config.method, "my_flax_module_wrapper");
+    assert_eq!(config.seed, 7);
+    let json = config.to_json().unwrap();
+    let back = FlaxLayerConfig::from_json(&json).unwrap();
+    assert_eq!(back, config);
+    let rebuilt = FlaxLayer::from_config(&back).unwrap();
+    assert_eq!(rebuilt.get_config(), config);
+    assert_eq!(rebuilt.variables().unwrap(), layer.variables().unwrap(), "same seed, same init");
+    assert!(matches!(FlaxLayerConfig::from_json("{\"bundle\": 3}"), Err(Error::Json { .. })));
+}
+
+#[test]
+fn seed_changes_init_and_key() {
+    let a = FlaxLayer::builder(hlo("mlp")).seed(0).client(client()).build().unwrap();
+    let b = FlaxLayer::builder(hlo("mlp")).seed(1).client(client()).build().unwrap();
+    assert_ne!(a.variables().unwrap(), b.variables().unwrap());
+    assert_eq!(a.key().unwrap(), [0, 0]);
+    assert_eq!(b.key().unwrap(), [0, 1]);
+}
+
+#[test]
+fn weights_are_listed_and_counted_as_keras_does() {
+    let layer = layer("dense_bn_dropout");
+    let trainable: Vec<String> = layer.trainable_weights().into_iter().map(|w| w.name).collect();
+    let non_trainable: Vec<String> = layer.non_trainable_weights().into_iter().map(|w| w.name).collect();
+    assert_eq!(trainable.len(), 6);
+    assert!(trainable.iter().all(|n| n.starts_with("params/")));
+    assert_eq!(non_trainable, ["batch_stats/BatchNorm_0/mean", "batch_stats/BatchNorm_0/var"]);
+    // Dense 12->32, BatchNorm(32) scale+bias, Dense 32->3, plus 64 batch stats.
+    assert_eq!(layer.count_params(), (12 * 32 + 32) + 64 + (32 * 3 + 3) + 64);
+}
+
+#[test]
+fn given_variables_are_used_and_set_variables_replaces_them() {
+    let golden = Golden::load("mlp");
+    let mut vars = read_safetensors(hlo("mlp").join("variables.safetensors")).unwrap();
+    for (_, t) in vars.iter_mut() {
+        for v in t.as_mut_slice::<f32>().unwrap() {
+            *v *= 0.5;
+        }
+    }
+    let mut layer = FlaxLayer::builder(hlo("mlp")).variables(vars.clone()).client(client()).build().unwrap();
+    assert_eq!(layer.variables().unwrap(), vars);
+    let x = inputs(&layer, &golden);
+    let halved = layer.call(&x, false).unwrap();
+    let original = read_safetensors(hlo("mlp").join("variables.safetensors")).unwrap();
+    layer.set_variables(&original).unwrap();
+    let out = layer.call(&x, false).unwrap();
+    assert_close("mlp after set_variables", &named(&out), &golden.group("inference"));
+    assert_ne!(halved, out);
+}
+
+#[test]
+fn batch_sizes_pick_their_computation() {
+    let mut layer = layer("mlp");
+    for batch in [1usize, 8, 256] {
+        let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![batch, 64]).unwrap());
+        let out = layer.call(&x, false).unwrap();
+        assert_eq!(out.as_tensor().unwrap().shape(), &[batch, 10]);
+    }
+}
+
+#[test]
+fn inference_from_several_threads_on_one_layer() {
+    let golden = Golden::load("mlp");
+    let layer = Arc::new(layer("mlp"));
+    let x = Arc::new(inputs(&layer, &golden));
+    let want = golden.group("inference");
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (layer, x) = (layer.clone(), x.clone());
+            std::thread::spawn(move || (0..20).map(|_| named(&layer.predict(&x).unwrap())).collect::<Vec<_>>())
+        })
+        .collect();
+    for h in handles {
+        for out in h.join().unwrap() {
+            assert_close("mlp predict (threads)", &out, &want);
+        }
+    }
+}
+
+// ---- errors: typed, named, and leaving the layer untouched ----
+
+/// Everything a failed call must leave as it was.
+fn snapshot(layer: &FlaxLayer) -> (Vec<(String, Tensor)>, [u32; 2]) {
+    (layer.variables().unwrap(), layer.key().unwrap())
+}
+
+#[test]
+fn wrong_tree_is_a_tree_error_naming_the_path() {
+    let golden = Golden::load("mixed");
+    let mut layer = layer("mixed");
+    let x = inputs(&layer, &golden);
+    layer.call(&x, true).unwrap();
+    let before = snapshot(&layer);
+    let mut good: BTreeMap<String, PyTree> = match inputs(&layer, &golden) {
+        PyTree::Dict(d) => d,
+        other => panic!("{other:?}"),
+    };
+    good.remove("ids");
+    let err = layer.call(&PyTree::Dict(good), true).unwrap_err();
+    assert!(matches!(&err, Error::TreeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("ids"), "{err}");
+    let err = layer.call(&PyTree::tuple([]), true).unwrap_err();
+    assert!(matches!(&err, Error::TreeMismatch { .. }), "{err}");
+    assert_eq!(snapshot(&layer), before);
+}
+
+#[test]
+fn wrong_dtype_is_a_dtype_error_naming_the_input() {
+    let golden = Golden::load("mixed");
+    let mut layer = layer("mixed");
+    let before = snapshot(&layer);
+    let mut x = inputs(&layer, &golden);
+    if let PyTree::Dict(d) = &mut x {
+        d.insert("ids".into(), PyTree::leaf(Tensor::zeros(DType::I64, vec![3, 4]).unwrap()));
+    }
+    let err = layer.call(&x, true).unwrap_err();
+    assert!(
+        matches!(&err, Error::DTypeMismatch { what, expected, got } if what.contains("ids") && expected == "int32" && got == "int64"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&layer), before);
+}
+
+#[test]
+fn wrong_shape_is_a_shape_error_naming_the_input() {
+    let mut layer = layer("dense_bn_dropout");
+    let before = snapshot(&layer);
+    let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![4, 11]).unwrap());
+    let err = layer.call(&x, true).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeMismatch { what, expected, got } if what.contains("inputs") && expected == &[4, 12] && got == &[4, 11]),
+        "{err}"
+    );
+    let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![5, 12]).unwrap());
+    let err = layer.call(&x, false).unwrap_err();
+    assert!(matches!(&err, Error::ShapeMismatch { what, .. } if what.contains("[4]")), "{err}");
+    assert_eq!(snapshot(&layer), before);
+}
+
+#[test]
+fn bad_variables_are_refused_before_anything_changes() {
+    let mut layer = layer("dense_bn_dropout");
+    let before = snapshot(&layer);
+    let mut vars = layer.variables().unwrap();
+    vars[0].1 = Tensor::zeros(DType::F32, vec![31]).unwrap();
+    assert!(matches!(layer.set_variables(&vars), Err(Error::ShapeMismatch { .. })));
+    vars[0].1 = Tensor::zeros(DType::F64, vec![32]).unwrap();
+    assert!(matches!(layer.set_variables(&vars), Err(Error::DTypeMismatch { .. })));
+    let unknown = vec![("params/Nope/kernel".to_string(), Tensor::zeros(DType::F32, vec![1]).unwrap())];
+    assert!(matches!(layer.set_variables(&unknown), Err(Error::NotFound { .. })));
+    assert_eq!(snapshot(&layer), before);
+    let partial = layer.variables().unwrap().into_iter().take(3).collect();
+    let err = FlaxLayer::builder(hlo("dense_bn_dropout")).variables(partial).client(client()).build().unwrap_err();
+    assert!(matches!(err, Error::NotFound { what: "variable", .. }), "{err}");
+}
+
+#[test]
+fn unknown_method_and_missing_bundle_are_errors() {
+    let err = FlaxLayer::builder(hlo("mlp")).method("nope").client(client()).build().unwrap_err();
+    assert!(matches!(&err, Error::NotFound { what: "method", name, .. } if name == "nope"), "{err}");
+    let err = FlaxLayer::builder(hlo("no_such_bundle")).client(client()).build().unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+}
+
+#[test]
+fn load_of_a_corrupt_save_is_an_error() {
+    let layer = layer("mlp");
+    let dir = tempfile::tempdir().unwrap();
+    layer.save(dir.path()).unwrap();
+    std::fs::write(dir.path().join("layer.json"), b"{ not json").unwrap();
+    assert!(matches!(FlaxLayer::load_with(dir.path(), Some(client())), Err(Error::Json { .. })));
+    layer.save(dir.path()).unwrap();
+    std::fs::write(dir.path().join("variables.safetensors"), b"garbage").unwrap();
+    assert!(matches!(FlaxLayer::load_with(dir.path(), Some(client())), Err(Error::SafeTensors { .. })));
+}
