@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use exported::{Aval, Exported};
-pub use manifest::{ComputationSpec, InputSpec, Manifest, MethodSpec, Role, Slot, VariableSpec};
+pub use manifest::{ComputationSpec, InputSpec, Manifest, MethodSpec, Role, Slot, TrainSpec, VariableSpec};
 
 use crate::tensor::read_safetensors;
 use crate::{Error, Result, Tensor};
@@ -40,9 +40,7 @@ impl Bundle {
         let manifest = Manifest::from_json(&read_capped(&dir.join("manifest.json"))?)?;
         let mut computations = HashMap::new();
         for spec in manifest.computations() {
-            let path = dir.join(&spec.file);
-            let exported = Exported::from_bytes(&read_capped(&path)?)
-                .map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
+            let exported = Exported::read(dir.join(&spec.file))?;
             check_computation(&manifest, spec, &exported)?;
             computations.insert(spec.file.clone(), BundleComputation { spec: spec.clone(), exported });
         }
@@ -115,7 +113,12 @@ fn check_computation(manifest: &Manifest, spec: &ComputationSpec, exp: &Exported
     }
     for (slot, aval) in spec.args.iter().chain(&spec.results).zip(exp.in_avals.iter().chain(&exp.out_avals)) {
         let var = match slot.role {
-            Role::Param | Role::State => slot.name.as_deref().and_then(|n| manifest.variable(n)),
+            Role::Param | Role::State => {
+                slot.name.as_deref().and_then(|n| manifest.variable(n)).map(|v| (&v.name, v.dtype, &v.shape))
+            }
+            Role::OptState => {
+                slot.name.as_deref().and_then(|n| manifest.opt_state_leaf(n)).map(|v| (&v.name, v.dtype, &v.shape))
+            }
             Role::Key => {
                 if aval.dtype != crate::DType::U32 || aval.shape != [2] {
                     return bad(format!("the key is {}{:?}, expected uint32[2]", aval.dtype, aval.shape));
@@ -124,11 +127,11 @@ fn check_computation(manifest: &Manifest, spec: &ComputationSpec, exp: &Exported
             }
             _ => continue,
         };
-        let Some(var) = var else { return bad(format!("slot {slot:?} names no variable")) };
-        if var.dtype != aval.dtype || var.shape != aval.shape {
+        let Some((name, dtype, shape)) = var else { return bad(format!("slot {slot:?} names no variable")) };
+        if dtype != aval.dtype || *shape != aval.shape {
             return bad(format!(
-                "variable {} is {}{:?} in the manifest but {}{:?} in the export",
-                var.name, var.dtype, var.shape, aval.dtype, aval.shape
+                "variable {name} is {dtype}{shape:?} in the manifest but {}{:?} in the export",
+                aval.dtype, aval.shape
             ));
         }
     }

@@ -89,7 +89,7 @@ macro_rules! path_source {
         }
     )*};
 }
-path_source!(&Path, PathBuf, &PathBuf, &str, String);
+path_source!(&Path, PathBuf, &PathBuf, &str, String, &String);
 
 impl From<Bundle> for BundleSource {
     fn from(b: Bundle) -> Self {

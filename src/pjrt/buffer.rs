@@ -168,6 +168,9 @@ impl Buffer {
                 unit: "bytes",
             });
         }
+        if self.copy_from_host_memory(dst)? {
+            return Ok(());
+        }
         let mut a = args!(PJRT_Buffer_ToHostBuffer_Args);
         a.src = self.raw();
         a.dst = dst.as_mut_ptr().cast();
@@ -175,6 +178,87 @@ impl Buffer {
         call!(self.client.plugin, PJRT_Buffer_ToHostBuffer, &mut a)?;
         // `dst` is borrowed mutably until the copy is done: wait before returning.
         event::wait_raw(&self.client.plugin, a.event)
+    }
+
+    /// The fast path of a device-to-host copy for a buffer that lives in host memory (a CPU
+    /// plugin's): once the buffer is ready, a `memcpy` from its memory on this thread, instead
+    /// of `PJRT_Buffer_ToHostBuffer`, which hands the copy to a worker thread and wakes us when
+    /// done. Returns `false` (nothing copied) when the buffer is not on the CPU, its layout is
+    /// not dense row-major, or the plugin lacks an entry point.
+    fn copy_from_host_memory(&self, dst: &mut [u8]) -> Result<bool> {
+        if !self.is_on_cpu().unwrap_or(false) || !self.is_dense_row_major().unwrap_or(false) {
+            return Ok(false);
+        }
+        // An external reference keeps PJRT from donating or freeing the memory while we read.
+        let mut inc = args!(PJRT_Buffer_IncreaseExternalReferenceCount_Args);
+        inc.buffer = self.raw();
+        if call!(self.client.plugin, PJRT_Buffer_IncreaseExternalReferenceCount, &mut inc).is_err() {
+            return Ok(false);
+        }
+        let copied = self.wait_ready().and_then(|()| {
+            let mut p = args!(PJRT_Buffer_UnsafePointer_Args);
+            p.buffer = self.raw();
+            call!(self.client.plugin, PJRT_Buffer_UnsafePointer, &mut p)?;
+            if p.buffer_pointer == 0 {
+                return Ok(false);
+            }
+            // SAFETY: the buffer is on the CPU, ready (its definition event has fired), dense
+            // and row-major, so its memory holds exactly `dst.len()` bytes (checked by the
+            // caller against dtype and dims) at `buffer_pointer`. The external reference taken
+            // above keeps PJRT from donating, deleting or reusing that memory until we release
+            // it below; no execution writes to a ready buffer.
+            let src = unsafe { std::slice::from_raw_parts(p.buffer_pointer as *const u8, dst.len()) };
+            dst.copy_from_slice(src);
+            Ok(true)
+        });
+        let mut dec = args!(PJRT_Buffer_DecreaseExternalReferenceCount_Args);
+        dec.buffer = self.raw();
+        call!(self.client.plugin, PJRT_Buffer_DecreaseExternalReferenceCount, &mut dec)?;
+        copied
+    }
+
+    fn is_on_cpu(&self) -> Result<bool> {
+        let mut a = args!(PJRT_Buffer_IsOnCpu_Args);
+        a.buffer = self.raw();
+        call!(self.client.plugin, PJRT_Buffer_IsOnCpu, &mut a)?;
+        Ok(a.is_on_cpu)
+    }
+
+    /// Whether the buffer's memory layout is dense row-major (untiled, minor-to-major
+    /// descending), i.e. the host layout.
+    fn is_dense_row_major(&self) -> Result<bool> {
+        let mut a = args!(PJRT_Buffer_GetMemoryLayout_Args);
+        a.buffer = self.raw();
+        call!(self.client.plugin, PJRT_Buffer_GetMemoryLayout, &mut a)?;
+        if a.layout.type_ != ffi::PJRT_Buffer_MemoryLayout_Type_Tiled {
+            return Ok(false);
+        }
+        // SAFETY: `type_` says the union holds the tiled layout, whose arrays the buffer owns
+        // for its lifetime.
+        let tiled = unsafe { &a.layout.__bindgen_anon_1.tiled };
+        if tiled.num_tiles != 0 {
+            return Ok(false);
+        }
+        let m2m = if tiled.minor_to_major.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: as above; `minor_to_major_size` entries at `minor_to_major`.
+            unsafe { std::slice::from_raw_parts(tiled.minor_to_major, tiled.minor_to_major_size) }
+        };
+        let rank = self.dims.len() as i64;
+        Ok(m2m.len() == self.dims.len() && m2m.iter().enumerate().all(|(i, &d)| d == rank - 1 - i as i64))
+    }
+
+    /// Blocks until the buffer's data is defined (returns at once when it is).
+    fn wait_ready(&self) -> Result<()> {
+        let mut a = args!(PJRT_Buffer_ReadyEvent_Args);
+        a.buffer = self.raw();
+        call!(self.client.plugin, PJRT_Buffer_ReadyEvent, &mut a)?;
+        let Some(event) = event::Event::from_raw(&self.client.plugin, a.event) else { return Ok(()) };
+        if event.is_ready()? {
+            return event.into_error();
+        }
+        event.wait()
     }
 
     /// Copies the buffer into a typed slice of exactly its length.

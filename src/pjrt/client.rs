@@ -4,6 +4,7 @@ use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use super::options::ClientOptions;
 use super::plugin::{plugin_str, Plugin};
 use super::{args, call, ffi};
 use crate::{Error, Result};
@@ -58,14 +59,26 @@ unsafe impl Sync for Device {}
 
 impl Client {
     /// Creates a client on the plugin found by [`Plugin::load`] (`path`, else
-    /// `$PJRT_PLUGIN_PATH`, else the installed CPU plugin).
+    /// `$PJRT_PLUGIN_PATH`, else the installed CPU plugin), in low-latency mode where the
+    /// plugin has it: a CPU plugin runs executions on the calling thread
+    /// ([`ClientOptions::cpu_synchronous`]). A plugin that refuses that option gets none.
     pub fn new(plugin_path: Option<&Path>) -> Result<Client> {
-        Client::with_plugin(Plugin::load(plugin_path)?)
+        let plugin = Plugin::load(plugin_path)?;
+        Client::with_options(plugin.clone(), &ClientOptions::cpu_synchronous())
+            .or_else(|_| Client::with_plugin(plugin))
     }
 
     /// Creates a client on an already loaded plugin.
     pub fn with_plugin(plugin: Arc<Plugin>) -> Result<Client> {
+        Client::with_options(plugin, &ClientOptions::default())
+    }
+
+    /// Creates a client with plugin-specific create options.
+    pub fn with_options(plugin: Arc<Plugin>, options: &ClientOptions) -> Result<Client> {
+        let named = options.to_named_values();
         let mut a = args!(PJRT_Client_Create_Args);
+        a.create_options = named.as_ptr();
+        a.num_options = named.len();
         call!(plugin, PJRT_Client_Create, &mut a)?;
         let raw = NonNull::new(a.client).ok_or(Error::Pjrt {
             call: "PJRT_Client_Create",

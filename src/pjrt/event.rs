@@ -18,6 +18,21 @@ impl Event {
         NonNull::new(raw).map(|raw| Event { plugin: plugin.clone(), raw })
     }
 
+    /// Whether the event is ready, without blocking.
+    pub(crate) fn is_ready(&self) -> Result<bool> {
+        let mut a = args!(PJRT_Event_IsReady_Args);
+        a.event = self.raw.as_ptr();
+        call!(self.plugin, PJRT_Event_IsReady, &mut a)?;
+        Ok(a.is_ready)
+    }
+
+    /// The error a ready event carries, if any.
+    pub(crate) fn into_error(self) -> Result<()> {
+        let mut a = args!(PJRT_Event_Error_Args);
+        a.event = self.raw.as_ptr();
+        call!(self.plugin, PJRT_Event_Error, &mut a)
+    }
+
     /// Blocks until the event is ready; returns the error it carries, if any.
     pub(crate) fn wait(self) -> Result<()> {
         let mut a = args!(PJRT_Event_Await_Args);

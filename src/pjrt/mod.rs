@@ -9,6 +9,7 @@ mod compile_options;
 mod event;
 mod executable;
 mod ffi;
+mod options;
 mod plugin;
 
 pub use buffer::Buffer;
@@ -16,6 +17,7 @@ pub(crate) use buffer::byte_size;
 pub use client::{Client, Device};
 pub use compile_options::CompileOptions;
 pub use executable::{ArgSpec, LoadedExecutable, Program};
+pub use options::{ClientOptions, OptionValue};
 pub use plugin::{Plugin, PluginSource, DEFAULT_PLUGIN, PLUGIN_PATH_ENV};
 
 /// Builds a zeroed `*_Args` struct with its `struct_size` set: the one way args are made.

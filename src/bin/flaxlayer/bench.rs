@@ -1,0 +1,123 @@
+//! `flaxlayer bench`: per-call latency of a bundle's method, host in to host out.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use flaxlayer::{DType, FlaxLayer, PyTree, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    bundle: PathBuf,
+    #[arg(long)]
+    method: Option<String>,
+    /// Time the training computation.
+    #[arg(long)]
+    training: bool,
+    /// Timed calls.
+    #[arg(long, default_value_t = 1000)]
+    iters: usize,
+    /// Untimed calls first.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// The batch size (one of the exported ones); default: the first exported.
+    #[arg(long)]
+    batch: Option<i64>,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Time cold starts instead: each iteration opens the bundle, builds the layer (compiling,
+    /// or loading from the compile cache when `FLAXLAYER_CACHE` allows) and makes the first
+    /// call. The plugin is loaded once per process, before timing.
+    #[arg(long)]
+    cold_start: bool,
+}
+
+/// Random inputs of a signature: normal floats, small non-negative integers, random bools.
+fn random_inputs(layer: &FlaxLayer, batch: Option<i64>) -> Result<PyTree> {
+    let sigs = layer.input_signatures();
+    let sig = match batch {
+        None => sigs.first().context("the method has no computations")?,
+        Some(b) => match sigs.iter().find(|s| s.first().and_then(|(_, _, d)| d.first()) == Some(&b)) {
+            Some(s) => s,
+            None => bail!("batch {b} is not exported; exported: {:?}", sigs.iter().filter_map(|s| s.first().and_then(|(_, _, d)| d.first())).collect::<Vec<_>>()),
+        },
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut leaves = Vec::new();
+    for (name, dtype, dims) in sig {
+        let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+        let n: usize = shape.iter().product();
+        let t = match dtype {
+            DType::F32 => Tensor::from_vec(shape, (0..n).map(|_| StandardNormal.sample(&mut rng)).collect::<Vec<f32>>())?,
+            DType::F64 => Tensor::from_vec(shape, (0..n).map(|_| StandardNormal.sample(&mut rng)).collect::<Vec<f64>>())?,
+            DType::BF16 => Tensor::from_vec(shape, (0..n).map(|_| half::bf16::from_f32(StandardNormal.sample(&mut rng))).collect::<Vec<_>>())?,
+            DType::F16 => Tensor::from_vec(shape, (0..n).map(|_| half::f16::from_f32(StandardNormal.sample(&mut rng))).collect::<Vec<_>>())?,
+            DType::I32 => Tensor::from_vec(shape, (0..n).map(|_| rng.random_range(0..4)).collect::<Vec<i32>>())?,
+            DType::I64 => Tensor::from_vec(shape, (0..n).map(|_| rng.random_range(0..4)).collect::<Vec<i64>>())?,
+            DType::Bool => Tensor::from_bools(shape, &(0..n).map(|_| rng.random_bool(0.5)).collect::<Vec<_>>())?,
+            other => Tensor::zeros(*other, shape)?,
+        };
+        leaves.push((name.clone(), t));
+    }
+    Ok(PyTree::from_named_leaves(layer.input_tree(), "inputs", leaves)?)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let mut b = FlaxLayer::builder(&args.bundle);
+    if let Some(m) = &args.method {
+        b = b.method(m);
+    }
+    if let Some(p) = plugin {
+        b = b.plugin(p);
+    }
+    let mut layer = b.build().with_context(|| format!("loading {}", args.bundle.display()))?;
+    let inputs = random_inputs(&layer, args.batch)?;
+    let mut us = Vec::with_capacity(args.iters);
+    if args.cold_start {
+        let client = layer.client().clone();
+        let method = layer.method().to_string();
+        for _ in 0..args.iters {
+            let t = Instant::now();
+            let mut fresh = FlaxLayer::builder(&args.bundle).method(&method).client(client.clone()).build()?;
+            let out = fresh.call(&inputs, args.training)?;
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+            drop(out);
+        }
+    } else {
+        for _ in 0..args.warmup {
+            layer.call(&inputs, args.training)?;
+        }
+        for _ in 0..args.iters {
+            let t = Instant::now();
+            let out = layer.call(&inputs, args.training)?;
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+            drop(out);
+        }
+    }
+    us.sort_by(f64::total_cmp);
+    let (p10, median, p90) = (percentile(&us, 0.1), percentile(&us, 0.5), percentile(&us, 0.9));
+    let plugin = layer.client().plugin().path().to_path_buf();
+    if args.json {
+        let line = serde_json::json!({
+            "bundle": args.bundle, "method": layer.method(), "training": args.training,
+            "cold_start": args.cold_start, "cache": flaxlayer::layer::cache::cache_dir(),
+            "iters": args.iters, "median_us": median, "p10_us": p10, "p90_us": p90, "plugin": plugin,
+        });
+        println!("{line}");
+    } else {
+        println!("{} {} ({}), {} iters: median {median:.1} µs, p10 {p10:.1} µs, p90 {p90:.1} µs",
+            args.bundle.display(), layer.method(), if args.training { "training" } else { "inference" }, args.iters);
+    }
+    Ok(())
+}

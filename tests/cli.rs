@@ -1,0 +1,95 @@
+//! The `flaxlayer` binary against golden data that JAX computed (`scripts/export_examples.py`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flaxlayer::tensor::{read_safetensors, write_safetensors};
+use flaxlayer::Tensor;
+
+fn hlo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
+}
+
+fn flaxlayer(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flaxlayer")).args(args).output().unwrap()
+}
+
+fn golden(name: &str) -> BTreeMap<String, Tensor> {
+    read_safetensors(hlo(name).join("golden.safetensors")).unwrap().into_iter().collect()
+}
+
+fn group(g: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
+    g.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
+}
+
+fn write_inputs(g: &BTreeMap<String, Tensor>, path: &Path) {
+    let inputs = group(g, "inputs/");
+    let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_safetensors(path, &refs, None).unwrap();
+}
+
+#[test]
+fn run_training_two_steps_writes_jax_outputs_and_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = golden("dense_bn_dropout");
+    let (input, output, vars) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"), dir.path().join("vars.safetensors"));
+    write_inputs(&g, &input);
+    let bundle = hlo("dense_bn_dropout");
+    let out = flaxlayer(&[
+        "run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
+        "--training", "--steps", "2", "--seed", "0", "--save-variables", vars.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: BTreeMap<String, Tensor> = read_safetensors(&output).unwrap().into_iter().collect();
+    assert_eq!(got, group(&g, "training/1/"), "outputs of the second training call");
+    let got_vars: BTreeMap<String, Tensor> = read_safetensors(&vars).unwrap().into_iter().collect();
+    let init: BTreeMap<String, Tensor> = read_safetensors(bundle.join("variables.safetensors")).unwrap().into_iter().collect();
+    let after = group(&g, "after_training/");
+    assert_eq!(got_vars.len(), init.len());
+    for (name, t) in &got_vars {
+        let want = after.get(name).unwrap_or(&init[name]);
+        assert_eq!(t, want, "variable {name}");
+    }
+}
+
+#[test]
+fn run_names_dict_and_tuple_leaves_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = golden("mixed");
+    let (input, output) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    write_inputs(&g, &input);
+    let out = flaxlayer(&["run", hlo("mixed").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: BTreeMap<String, Tensor> = read_safetensors(&output).unwrap().into_iter().collect();
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["0", "1", "2"]);
+    assert_eq!(got, group(&g, "inference/"));
+}
+
+#[test]
+fn inspect_lists_methods_inputs_and_weights() {
+    let out = flaxlayer(&["inspect", hlo("wrapper").to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("method my_flax_module_wrapper (default)"), "{text}");
+    assert!(text.contains("0: float32[3, 6], 1: float32[3, 10]"), "{text}");
+    assert!(text.contains("trainable weights: 6 (420 params)"), "{text}");
+}
+
+#[test]
+fn bad_input_file_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    let wrong = Tensor::zeros(flaxlayer::DType::F32, vec![4, 13]).unwrap();
+    write_safetensors(&input, &[("inputs", &wrong)], None).unwrap();
+    let out = flaxlayer(&["run", hlo("dense_bn_dropout").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", dir.path().join("o").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inputs") && err.contains("[4, 12]") && err.contains("[4, 13]"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    write_safetensors(&input, &[("image", &wrong)], None).unwrap();
+    let out = flaxlayer(&["run", hlo("dense_bn_dropout").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", dir.path().join("o").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inputs"), "{err}");
+}
