@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use flaxlayer::layer::raw::RawLoop;
 use flaxlayer::{DType, FlaxLayer, PyTree, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -33,6 +34,10 @@ pub struct BenchArgs {
     /// call. The plugin is loaded once per process, before timing.
     #[arg(long)]
     cold_start: bool,
+    /// Time the same computation through a raw PJRT loop without the layer (the floor):
+    /// upload, execute, copy outputs into memory allocated once.
+    #[arg(long, conflicts_with = "cold_start")]
+    raw: bool,
 }
 
 /// Random inputs of a signature: normal floats, small non-negative integers, random bools.
@@ -65,6 +70,17 @@ fn random_inputs(layer: &FlaxLayer, batch: Option<i64>) -> Result<PyTree> {
     Ok(PyTree::from_named_leaves(layer.input_tree(), "inputs", leaves)?)
 }
 
+/// The bundle file of the method's computation for the mode and batch.
+fn computation_file(layer: &FlaxLayer, training: bool, batch: Option<i64>) -> Result<String> {
+    let method = layer.bundle().method(layer.method())?;
+    let list = if training { &method.training } else { &method.inference };
+    let spec = match batch {
+        None => list.first(),
+        Some(b) => list.iter().find(|c| c.batch_size == Some(b)),
+    };
+    Ok(spec.context("no computation for that batch")?.file.clone())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i]
@@ -84,7 +100,19 @@ pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
     let mut layer = b.build().with_context(|| format!("loading {}", args.bundle.display()))?;
     let inputs = random_inputs(&layer, args.batch)?;
     let mut us = Vec::with_capacity(args.iters);
-    if args.cold_start {
+    if args.raw {
+        let file = computation_file(&layer, args.training, args.batch)?;
+        let leaves = layer.input_tree().flatten(&inputs)?.into_iter().cloned().collect();
+        let mut raw = RawLoop::new(layer.client(), layer.bundle(), &file, layer.seed(), leaves)?;
+        for _ in 0..args.warmup {
+            raw.step()?;
+        }
+        for _ in 0..args.iters {
+            let t = Instant::now();
+            raw.step()?;
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    } else if args.cold_start {
         let client = layer.client().clone();
         let method = layer.method().to_string();
         for _ in 0..args.iters {
@@ -111,13 +139,16 @@ pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
     if args.json {
         let line = serde_json::json!({
             "bundle": args.bundle, "method": layer.method(), "training": args.training,
-            "cold_start": args.cold_start, "cache": flaxlayer::layer::cache::cache_dir(),
+            "cold_start": args.cold_start, "raw": args.raw, "cache": flaxlayer::layer::cache::cache_dir(),
             "iters": args.iters, "median_us": median, "p10_us": p10, "p90_us": p90, "plugin": plugin,
         });
         println!("{line}");
     } else {
         println!("{} {} ({}), {} iters: median {median:.1} µs, p10 {p10:.1} µs, p90 {p90:.1} µs",
             args.bundle.display(), layer.method(), if args.training { "training" } else { "inference" }, args.iters);
+        if args.raw {
+            println!("(raw PJRT loop, no layer)");
+        }
     }
     Ok(())
 }

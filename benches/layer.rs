@@ -1,0 +1,93 @@
+//! Criterion benchmarks: each workload through `FlaxLayer` and through a raw PJRT loop over
+//! the same executable (`RawLoop`, the floor). Clocks stop after the outputs are on the host.
+//!
+//! Run: `cargo bench --bench layer` (`scripts/bench_vs_jax.py` compares with JAX).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use flaxlayer::layer::raw::{zero_inputs, RawLoop};
+use flaxlayer::pjrt::Client;
+use flaxlayer::{Bundle, FlaxLayer, PyTree};
+
+fn hlo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
+}
+
+/// Times `n` calls of `f`.
+fn timed(n: u64, mut f: impl FnMut()) -> Duration {
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed()
+}
+
+/// One workload: the layer's call and the raw loop on the same computation and inputs.
+fn layer_vs_raw(c: &mut Criterion, group: &str, bundle: &str, file: &str, training: bool, batch: Option<u64>) {
+    let client = Client::new(None).expect("PJRT plugin");
+    let b = Bundle::open(hlo(bundle)).expect("bundle");
+    let inputs = zero_inputs(&b, file).expect("inputs");
+    let mut layer = FlaxLayer::builder(hlo(bundle)).client(client.clone()).build().expect("layer");
+    let tree = PyTree::from_named_leaves(
+        layer.input_tree(),
+        "inputs",
+        layer.input_tree().leaf_paths("inputs").into_iter().zip(inputs.iter().cloned()),
+    )
+    .expect("input tree");
+    let mut raw = RawLoop::new(&client, &b, file, 0, inputs).expect("raw loop");
+    let mut g = c.benchmark_group(group);
+    if let Some(n) = batch {
+        g.throughput(Throughput::Elements(n));
+    }
+    g.bench_function(BenchmarkId::new("flaxlayer", bundle), |bench| {
+        bench.iter_custom(|n| timed(n, || drop(layer.call(&tree, training).expect("call"))))
+    });
+    g.bench_function(BenchmarkId::new("raw_pjrt", bundle), |bench| {
+        bench.iter_custom(|n| timed(n, || raw.step().expect("step")))
+    });
+    g.finish();
+}
+
+fn mlp_latency(c: &mut Criterion) {
+    layer_vs_raw(c, "mlp_b1_latency", "mlp", "__call__.inference.b1.jaxexport", false, None);
+}
+
+fn cnn_throughput(c: &mut Criterion) {
+    layer_vs_raw(c, "cnn_b256_throughput", "cnn", "__call__.inference.b256.jaxexport", false, Some(256));
+}
+
+fn training_call(c: &mut Criterion) {
+    layer_vs_raw(c, "dense_bn_dropout_training", "dense_bn_dropout", "__call__.training.b4.jaxexport", true, None);
+}
+
+fn decode_step(c: &mut Criterion) {
+    layer_vs_raw(c, "decoder_step", "decoder", "__call__.inference.b1.jaxexport", false, None);
+}
+
+/// From opening the bundle to the first output, with and without the compile cache. The
+/// plugin and client are set up once, outside the clock.
+fn cold_start(c: &mut Criterion) {
+    let client = Client::new(None).expect("PJRT plugin");
+    let cache = std::env::temp_dir().join(format!("flaxlayer-bench-cache-{}", std::process::id()));
+    let mut g = c.benchmark_group("cold_start");
+    g.sample_size(10);
+    for (label, setting) in [("no_cache", "0".to_string()), ("warm_cache", cache.display().to_string())] {
+        // Single-threaded here: criterion runs benchmarks one at a time on this thread.
+        std::env::set_var(flaxlayer::layer::cache::CACHE_ENV, &setting);
+        let first = || {
+            let mut layer = FlaxLayer::builder(hlo("mlp")).client(client.clone()).build().expect("layer");
+            let x = PyTree::leaf(flaxlayer::Tensor::zeros(flaxlayer::DType::F32, vec![1, 64]).expect("x"));
+            drop(layer.call(&x, false).expect("call"));
+        };
+        first(); // fills the cache in the warm case
+        g.bench_function(label, |bench| bench.iter_custom(|n| timed(n, first)));
+    }
+    std::env::remove_var(flaxlayer::layer::cache::CACHE_ENV);
+    let _ = std::fs::remove_dir_all(&cache);
+    g.finish();
+}
+
+criterion_group!(benches, mlp_latency, cnn_throughput, training_call, decode_step, cold_start);
+criterion_main!(benches);
