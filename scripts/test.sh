@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Compiled executables are cached inside the repo for test runs (see README: compile cache).
+export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
 echo "== cargo test"
 cargo test --locked --all-targets
 cargo test --locked --doc

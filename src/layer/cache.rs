@@ -20,35 +20,58 @@ const MAGIC: &[u8; 8] = b"FLXLEXE1";
 
 /// The cache directory in force, or `None` when caching is off.
 pub fn cache_dir() -> Option<PathBuf> {
-    match std::env::var_os(CACHE_ENV) {
+    cache_dir_from(std::env::var_os(CACHE_ENV))
+}
+
+fn cache_dir_from(setting: Option<std::ffi::OsString>) -> Option<PathBuf> {
+    match setting {
         Some(v) if v == "0" || v.is_empty() => None,
         Some(v) => Some(PathBuf::from(v)),
         None => dirs::cache_dir().map(|d| d.join("flaxlayer")),
     }
 }
 
+/// What the cache did for one compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Loaded a valid entry.
+    Hit,
+    /// No entry: compiled and stored.
+    Miss,
+    /// An entry was corrupt or would not load: compiled and replaced it.
+    Replaced,
+}
+
 /// Compiles `program`, through the cache when it is on.
 pub(crate) fn compile(client: &Client, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
     match cache_dir() {
-        Some(dir) => compile_cached(&dir, client, program, options),
+        Some(dir) => compile_cached(&dir, client, program, options).map(|(exe, _)| exe),
         None => client.compile(program, options),
     }
 }
 
 /// Compiles through the cache in `dir`. Cache I/O failures never fail the compile.
-pub(crate) fn compile_cached(dir: &Path, client: &Client, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
+pub(crate) fn compile_cached(
+    dir: &Path,
+    client: &Client,
+    program: Program<'_>,
+    options: &CompileOptions,
+) -> Result<(LoadedExecutable, Outcome)> {
     let key = cache_key(client, program, options)?;
     let path = dir.join(format!("{key}.pjrtexe"));
-    if let Some(payload) = read_entry(&path) {
-        if let Ok(exe) = client.deserialize_executable(&payload) {
-            return Ok(exe);
-        }
-    }
+    let outcome = match read_entry(&path) {
+        Some(Some(payload)) => match client.deserialize_executable(&payload) {
+            Ok(exe) => return Ok((exe, Outcome::Hit)),
+            Err(_) => Outcome::Replaced,
+        },
+        Some(None) => Outcome::Replaced,
+        None => Outcome::Miss,
+    };
     let exe = client.compile(program, options)?;
     if let Ok(payload) = exe.serialize() {
         let _ = write_entry(dir, &path, &payload);
     }
-    Ok(exe)
+    Ok((exe, outcome))
 }
 
 fn cache_key(client: &Client, program: Program<'_>, options: &CompileOptions) -> Result<String> {
@@ -81,15 +104,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An entry's payload, if the file exists and its checksum holds.
-fn read_entry(path: &Path) -> Option<Vec<u8>> {
+/// `None` when there is no entry; `Some(None)` for a corrupt one; else its payload.
+fn read_entry(path: &Path) -> Option<Option<Vec<u8>>> {
     let bytes = std::fs::read(path).ok()?;
-    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
-    if rest.len() < 32 {
-        return None;
-    }
+    let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()).filter(|r| r.len() >= 32) else {
+        return Some(None);
+    };
     let (sum, payload) = rest.split_at(32);
-    (Sha256::digest(payload).as_slice() == sum).then(|| payload.to_vec())
+    Some((Sha256::digest(payload).as_slice() == sum).then(|| payload.to_vec()))
 }
 
 fn write_entry(dir: &Path, path: &Path, payload: &[u8]) -> Result<()> {
@@ -99,4 +121,75 @@ fn write_entry(dir: &Path, path: &Path, payload: &[u8]) -> Result<()> {
     bytes.extend_from_slice(&Sha256::digest(payload));
     bytes.extend_from_slice(payload);
     crate::atomic::write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mlp() -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo/pjrt/mlp.mlirbc");
+        std::fs::read(path).unwrap()
+    }
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
+    }
+
+    #[test]
+    fn setting_zero_turns_the_cache_off() {
+        assert_eq!(cache_dir_from(Some("0".into())), None);
+        assert_eq!(cache_dir_from(Some("".into())), None);
+        assert_eq!(cache_dir_from(Some("/x/y".into())), Some(PathBuf::from("/x/y")));
+        assert!(cache_dir_from(None).is_some_and(|d| d.ends_with("flaxlayer")));
+    }
+
+    #[test]
+    fn miss_then_hit_then_corrupt_entries_are_replaced() {
+        let client = Client::new(None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let code = mlp();
+        let opts = CompileOptions::default();
+        let (_, first) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        assert_eq!(first, Outcome::Miss);
+        let files = entries(dir.path());
+        assert_eq!(files.len(), 1);
+        let (_, second) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        assert_eq!(second, Outcome::Hit);
+
+        // A flipped payload byte fails the checksum: recompiled and replaced, never trusted.
+        let mut bytes = std::fs::read(&files[0]).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&files[0], &bytes).unwrap();
+        let (_, third) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        assert_eq!(third, Outcome::Replaced);
+        let (_, fourth) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        assert_eq!(fourth, Outcome::Hit);
+
+        // A valid checksum over bytes PJRT cannot load (stale format): replaced as well.
+        let junk = b"not an executable";
+        let mut entry = MAGIC.to_vec();
+        entry.extend_from_slice(&Sha256::digest(junk));
+        entry.extend_from_slice(junk);
+        std::fs::write(&files[0], &entry).unwrap();
+        let (_, fifth) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        assert_eq!(fifth, Outcome::Replaced);
+        std::fs::write(&files[0], b"short").unwrap();
+        let (_, sixth) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        assert_eq!(sixth, Outcome::Replaced);
+    }
+
+    #[test]
+    fn the_key_depends_on_program_and_options() {
+        let client = Client::new(None).unwrap();
+        let code = mlp();
+        let a = cache_key(&client, Program::Mlir(&code), &CompileOptions::default()).unwrap();
+        let b = cache_key(&client, Program::Mlir(&code[..code.len() - 1]), &CompileOptions::default()).unwrap();
+        let portable = CompileOptions { portable: true, ..CompileOptions::default() };
+        let c = cache_key(&client, Program::Mlir(&code), &portable).unwrap();
+        let d = cache_key(&client, Program::Hlo(&code), &CompileOptions::default()).unwrap();
+        assert_eq!(a, cache_key(&client, Program::Mlir(&code), &CompileOptions::default()).unwrap());
+        assert!(a != b && a != c && a != d);
+    }
 }
