@@ -22,6 +22,12 @@ impl Drop for TempGuard {
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file, tmp| file.write_all(bytes).map_err(|e| Error::io(tmp, e)))
+}
+
+/// Writes `path` atomically: `fill` writes the whole content into the temporary file (given
+/// open, and by path), which is then synced and renamed over `path`.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File, &Path) -> Result<()>) -> Result<()> {
     let file_name = path.file_name().ok_or_else(|| Error::invalid(path.display().to_string(), "the path has no file name"))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -34,8 +40,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     // `create_new`: never overwrite a stale or foreign file under the temporary name.
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut guard = TempGuard(Some(tmp.clone()));
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    fill(&mut file, &tmp)?;
     drop(file);
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     guard.0 = None;
     // Make the rename durable; best effort where a directory cannot be opened.

@@ -3,8 +3,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
 
@@ -449,19 +448,6 @@ pub fn serialize_safetensors<S: AsRef<str>>(
         .map_err(|source| Error::SafeTensors { what: "serialize_safetensors".into(), source })
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Removes a temporary file unless defused.
-struct TempGuard(Option<PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// Writes tensors to a safetensors file atomically: the file is written under a temporary
 /// name in the same directory, synced, then renamed over `path`, so readers see either the
 /// old file or the whole new one.
@@ -473,41 +459,11 @@ pub fn write_safetensors<S: AsRef<str>>(
     let path = path.as_ref();
     let what = path.display().to_string();
     check_unique_names(tensors, &what)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(&what, "the path has no file name"))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}-{n}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    // Claim the name first (`create_new`), so that a stale or foreign file is never
-    // overwritten and a missing directory is reported as an I/O error on the path.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    let mut guard = TempGuard(Some(tmp.clone()));
-    let items = tensors.iter().map(|(n, t)| (n.as_ref(), *t));
-    safetensors::serialize_to_file(items, metadata, &tmp)
-        .map_err(|source| Error::SafeTensors { what: what.clone(), source })?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    guard.0 = None;
-    // Make the rename itself durable; not every platform can open a directory, so this is
-    // best effort.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::atomic::write_atomic_with(path, |_, tmp| {
+        let items = tensors.iter().map(|(n, t)| (n.as_ref(), *t));
+        safetensors::serialize_to_file(items, metadata, tmp)
+            .map_err(|source| Error::SafeTensors { what: what.clone(), source })
+    })
 }
 
 #[cfg(test)]
