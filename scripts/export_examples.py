@@ -4,6 +4,10 @@
     .venv/bin/python scripts/export_examples.py            # all bundles into hlo/
     .venv/bin/python scripts/export_examples.py mlp cnn    # some of them
     .venv/bin/python scripts/export_examples.py --out-root /tmp/x
+
+Besides the FlaxLayer bundles (EXAMPLES): the data set `digits` (hlo/digits/data.safetensors,
+scripts/make_digits.py) and the training bundle `digits_train` (TRAIN_EXAMPLES,
+scripts/export_train.py, docs/training.md).
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import ml_dtypes
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax.core import DenyList
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import models  # noqa: E402
+import make_digits  # noqa: E402
 from export_flax import export_flax  # noqa: E402
+from export_train import epoch_permutation, export_train_step  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 HLO = os.path.join(REPO, "hlo")
@@ -135,18 +142,76 @@ def export_example(name: str, out_dir: str) -> dict:
         extra_golden=(lambda v: ex.extra_golden(module, v)) if ex.extra_golden else None)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainExample:
+    make_module: Callable[[], Any]
+    # () -> {"x_train", "y_train"[, "x_test", "y_test"]}
+    make_data: Callable[[], dict]
+    batch_size: int
+    loss: str = "softmax_cross_entropy"
+    # () -> (optax optimizer, its manifest description)
+    make_optimizer: Callable[[], tuple[Any, str]] | None = None
+    rng_streams: tuple[str, ...] = ("dropout",)
+    seed: int = 0
+
+    def sample_batch(self, data: dict) -> dict:
+        return {"x": data["x_train"][:self.batch_size], "y": data["y_train"][:self.batch_size]}
+
+
+TRAIN_EXAMPLES: dict[str, TrainExample] = {
+    "digits_train": TrainExample(
+        make_module=models.DigitsMLP,
+        make_data=make_digits.load_digits_split,
+        batch_size=32,
+        make_optimizer=lambda: (optax.adam(1e-3), "adam(learning_rate=0.001)"),
+    ),
+}
+
+# Data sets: name -> fn(out_dir) writing <out_dir>/data.safetensors.
+DATA: dict[str, Callable[[str], Any]] = {
+    "digits": lambda out_dir: make_digits.write_digits(os.path.join(out_dir, "data.safetensors")),
+}
+
+
+# (seed, epoch, n) of the batch-order golden `batch_order/<seed>/<epoch>/<n>` (int64 [n]):
+# the Rust and Python permutations must agree (docs/training.md).
+BATCH_ORDER_CASES = ((0, 0, 1437), (0, 1, 1437), (42, 5, 100), (2**64 - 1, 3, 33), (7, 0, 1), (7, 2, 2))
+
+
+def batch_order_golden() -> dict[str, np.ndarray]:
+    return {f"batch_order/{s}/{e}/{n}": epoch_permutation(s, e, n) for s, e, n in BATCH_ORDER_CASES}
+
+
+def export_train_example(name: str, out_dir: str) -> dict:
+    ex = TRAIN_EXAMPLES[name]
+    data = ex.make_data()
+    optimizer, optimizer_name = ex.make_optimizer() if ex.make_optimizer else (None, None)
+    return export_train_step(
+        ex.make_module(), ex.sample_batch(data), out_dir, loss=ex.loss, optimizer=optimizer,
+        optimizer_name=optimizer_name, seed=ex.seed, rng_streams=ex.rng_streams, golden_data=data,
+        extra_golden=batch_order_golden())
+
+
+ALL = [*EXAMPLES, *DATA, *TRAIN_EXAMPLES]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("names", nargs="*", help=f"bundles to export (default all: {', '.join(EXAMPLES)})")
+    p.add_argument("names", nargs="*", help=f"bundles to export (default all: {', '.join(ALL)})")
     p.add_argument("--out-root", default=HLO)
     args = p.parse_args(argv)
-    names = args.names or list(EXAMPLES)
+    names = args.names or ALL
     for n in names:
-        if n not in EXAMPLES:
+        if n not in ALL:
             raise SystemExit(f"unknown example {n!r}")
     for n in names:
         out = os.path.join(args.out_root, n)
-        export_example(n, out)
+        if n in EXAMPLES:
+            export_example(n, out)
+        elif n in DATA:
+            DATA[n](out)
+        else:
+            export_train_example(n, out)
         print(f"exported {out}")
     return 0
 

@@ -153,3 +153,17 @@ class TinyDense(nn.Module):
     @nn.compact
     def __call__(self, inputs):
         return nn.Dense(4)(inputs)
+
+
+class DigitsMLP(nn.Module):
+    """MLP for 8x8 digits with BatchNorm and Dropout (hlo/digits_train, a training bundle):
+    Dense(128, no bias: BatchNorm's bias replaces it), BatchNorm, relu, Dropout(0.2),
+    Dense(10) -> logits."""
+
+    @nn.compact
+    def __call__(self, inputs, training):
+        x = nn.Dense(128, use_bias=False)(inputs)
+        x = nn.BatchNorm(use_running_average=not training, momentum=0.9)(x)
+        x = nn.relu(x)
+        x = nn.Dropout(rate=0.2)(x, deterministic=not training)
+        return nn.Dense(10)(x)

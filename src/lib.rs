@@ -1,7 +1,7 @@
 //! Run Flax (JAX) models from Rust, through XLA's PJRT C API.
 //!
-//! The pipeline, bottom to top: [`pjrt`] (plugin, client, buffers, executables; the only
-//! `unsafe`) → [`Tensor`] / [`PyTree`] (host values) → [`bundle`] (manifest, serialized
+//! The pipeline, bottom to top: [`pjrt`] (plugin, client, buffers, executables; all the FFI
+//! code) → [`Tensor`] / [`PyTree`] (host values) → [`bundle`] (manifest, serialized
 //! exports, weights) → [`JaxLayer`] / [`FlaxLayer`] → the `flaxlayer` CLI.
 
 mod atomic;
@@ -17,5 +17,12 @@ pub use bundle::Bundle;
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorCode, Result};
 pub use layer::{FlaxLayer, FlaxLayerConfig, JaxLayer, WeightInfo};
+pub use layer::{Batch, Metrics, Trainer};
 pub use pytree::{PyTree, TreeDef};
 pub use tensor::Tensor;
+
+/// The README's Rust example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+

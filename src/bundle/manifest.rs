@@ -27,6 +27,38 @@ pub struct Manifest {
     pub variables: Vec<VariableSpec>,
     pub init: ComputationSpec,
     pub methods: BTreeMap<String, MethodSpec>,
+    /// The training loop's computations (`scripts/export_train.py`), when exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainSpec>,
+}
+
+/// The optional `train` section: an optimizer step and an evaluation step over batches
+/// (docs/bundle-format.md, docs/training.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSpec {
+    /// The method the steps apply.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// `softmax_cross_entropy` or `mse`.
+    pub loss: String,
+    /// A human description of the optax optimizer, e.g. `adam(learning_rate=0.001)`.
+    pub optimizer: String,
+    /// The leading dimension of every batch input.
+    pub batch_size: i64,
+    /// The training batch's leaves (`x`, `y`).
+    pub batch: Vec<InputSpec>,
+    /// What `train_step` reports: `loss`, `accuracy` (batch means).
+    pub metrics: Vec<String>,
+    /// What `eval_step` reports: `loss_sum`, `correct`, `count` (weighted sums).
+    pub eval_metrics: Vec<String>,
+    /// The optimizer state's leaves (`opt_state/0/mu/Dense_0/kernel`, ...), in the steps' order.
+    pub opt_state: Vec<InputSpec>,
+    /// `init_opt_state(params) -> opt_state`.
+    pub init_opt_state: ComputationSpec,
+    /// `train_step(params, state, opt_state, key, batch) -> (params, state, opt_state, key, metrics)`.
+    pub train_step: ComputationSpec,
+    /// `eval_step(params, state, batch + w) -> metric sums`.
+    pub eval_step: ComputationSpec,
 }
 
 /// One variable leaf.
@@ -58,7 +90,7 @@ pub struct MethodSpec {
     pub training: Vec<ComputationSpec>,
 }
 
-/// An input leaf as exported (with the sample batch).
+/// An input leaf as exported (with the sample batch); also a batch or optimizer-state leaf.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputSpec {
     pub name: String,
@@ -93,6 +125,11 @@ pub enum Role {
     Key,
     Input,
     Output,
+    /// An optimizer-state leaf, named as in `train.opt_state`.
+    #[serde(rename = "opt_state")]
+    OptState,
+    /// A scalar metric (`loss`, `accuracy`, `loss_sum`, ...), named.
+    Metric,
 }
 
 impl Manifest {
@@ -125,12 +162,17 @@ impl Manifest {
                 return bad(format!("method {name:?} lacks an inference or a training computation"));
             }
         }
+        if let Some(t) = &self.train {
+            if t.batch_size <= 0 {
+                return bad(format!("train.batch_size {} is not positive", t.batch_size));
+            }
+        }
         for c in self.computations() {
             if c.file.contains('/') || c.file.contains('\\') || c.file.starts_with('.') {
                 return bad(format!("computation file {:?} must be a plain file name in the bundle", c.file));
             }
             for s in c.args.iter().chain(&c.results) {
-                let named = matches!(s.role, Role::Param | Role::State | Role::Input | Role::Output);
+                let named = matches!(s.role, Role::Param | Role::State | Role::Input | Role::Output | Role::OptState | Role::Metric);
                 if named && s.name.is_none() {
                     return bad(format!("{}: a {:?} slot has no name", c.file, s.role));
                 }
@@ -140,14 +182,28 @@ impl Manifest {
                         return bad(format!("{}: slot names unknown variable {name:?}", c.file));
                     }
                 }
+                if s.role == Role::OptState {
+                    let name = s.name.as_deref().unwrap_or_default();
+                    if self.opt_state_leaf(name).is_none() {
+                        return bad(format!("{}: slot names unknown optimizer state {name:?}", c.file));
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// Every computation of the bundle.
+    /// Every computation of the bundle (the train section's last).
     pub fn computations(&self) -> impl Iterator<Item = &ComputationSpec> {
-        std::iter::once(&self.init).chain(self.methods.values().flat_map(|m| m.inference.iter().chain(&m.training)))
+        let train = self.train.iter().flat_map(|t| [&t.init_opt_state, &t.train_step, &t.eval_step]);
+        std::iter::once(&self.init)
+            .chain(self.methods.values().flat_map(|m| m.inference.iter().chain(&m.training)))
+            .chain(train)
+    }
+
+    /// The optimizer-state leaf named `name` (`train.opt_state`).
+    pub fn opt_state_leaf(&self, name: &str) -> Option<&InputSpec> {
+        self.train.as_ref()?.opt_state.iter().find(|v| v.name == name)
     }
 
     /// The variable named `name`.
@@ -182,6 +238,45 @@ mod tests {
         let m = parse(&minimal()).unwrap();
         assert_eq!(m.variables[0].dtype, DType::F32);
         assert_eq!(m.computations().count(), 3);
+    }
+
+    fn with_train() -> serde_json::Value {
+        let mut m = minimal();
+        m["train"] = serde_json::json!({
+            "method": "__call__", "loss": "mse", "optimizer": "sgd", "batch_size": 2,
+            "batch": [{"name": "x", "dtype": "float32", "shape": [2, 2]}, {"name": "y", "dtype": "float32", "shape": [2, 2]}],
+            "metrics": ["loss"], "eval_metrics": ["count", "loss_sum"],
+            "opt_state": [{"name": "opt_state/0/mu/w", "dtype": "float32", "shape": [2]}],
+            "init_opt_state": {"file": "o.jaxexport", "args": [{"role": "param", "name": "params/w"}], "results": [{"role": "opt_state", "name": "opt_state/0/mu/w"}]},
+            "train_step": {"batch_size": 2, "file": "t.jaxexport", "args": [{"role": "opt_state", "name": "opt_state/0/mu/w"}, {"role": "input", "name": "x"}], "results": [{"role": "metric", "name": "loss"}]},
+            "eval_step": {"batch_size": 2, "file": "e.jaxexport", "args": [], "results": [{"role": "metric", "name": "count"}]}
+        });
+        m
+    }
+
+    #[test]
+    fn train_section_is_optional_and_parsed() {
+        assert!(parse(&minimal()).unwrap().train.is_none());
+        let m = parse(&with_train()).unwrap();
+        let t = m.train.as_ref().unwrap();
+        assert_eq!((t.batch_size, t.opt_state.len()), (2, 1));
+        assert_eq!(m.computations().count(), 6);
+        assert_eq!(t.train_step.args[0].role, Role::OptState);
+        assert_eq!(t.train_step.results[0].role, Role::Metric);
+        assert!(m.opt_state_leaf("opt_state/0/mu/w").is_some());
+        let cases: Vec<(&str, serde_json::Value)> = vec![
+            ("/train/batch_size", serde_json::json!(0)),
+            ("/train/train_step/args/0/name", serde_json::json!("opt_state/nope")),
+            ("/train/eval_step/file", serde_json::json!("../e.jaxexport")),
+        ];
+        for (ptr, value) in cases {
+            let mut m = with_train();
+            *m.pointer_mut(ptr).unwrap() = value;
+            assert!(matches!(parse(&m), Err(Error::InvalidFormat { .. })), "{ptr}");
+        }
+        let mut m = with_train();
+        m["train"]["train_step"]["results"][0] = serde_json::json!({"role": "metric"});
+        assert!(matches!(parse(&m), Err(Error::InvalidFormat { .. })), "unnamed metric");
     }
 
     #[test]

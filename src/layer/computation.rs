@@ -14,6 +14,8 @@ pub(crate) enum Source {
     Key,
     /// The input leaf with this index.
     Input(usize),
+    /// The optimizer-state leaf with this index (`train.opt_state` order).
+    OptState(usize),
 }
 
 /// Where a flat result goes.
@@ -22,6 +24,10 @@ pub(crate) enum Sink {
     Output(usize),
     Var(usize),
     Key,
+    /// The optimizer-state leaf with this index.
+    OptState(usize),
+    /// The metric with this index in `metric_names`.
+    Metric(usize),
 }
 
 /// A compiled computation and how to call it.
@@ -43,6 +49,8 @@ pub(crate) struct Computation {
     pub output_names: Vec<String>,
     pub output_avals: Vec<Aval>,
     pub outputs_tree: Option<TreeDef>,
+    /// The names of the `metric` results, in order.
+    pub metric_names: Vec<String>,
 }
 
 impl Computation {
@@ -54,11 +62,27 @@ impl Computation {
         comp: &BundleComputation,
         variables: &[String],
     ) -> Result<Computation> {
+        Computation::compile_with_opt_state(client, device, portable, comp, variables, &[])
+    }
+
+    /// [`Computation::compile`], also resolving optimizer-state names against `opt_state`.
+    pub fn compile_with_opt_state(
+        client: &Client,
+        device: &Device,
+        portable: bool,
+        comp: &BundleComputation,
+        variables: &[String],
+        opt_state: &[String],
+    ) -> Result<Computation> {
         let exp = &comp.exported;
         let spec = &comp.spec;
         let var_index = |name: &Option<String>| -> Result<usize> {
             let name = name.as_deref().unwrap_or_default();
             variables.iter().position(|v| v == name).ok_or_else(|| Error::format(spec.file.clone(), format!("unknown variable {name:?}")))
+        };
+        let opt_index = |name: &Option<String>| -> Result<usize> {
+            let name = name.as_deref().unwrap_or_default();
+            opt_state.iter().position(|v| v == name).ok_or_else(|| Error::format(spec.file.clone(), format!("unknown optimizer state {name:?}")))
         };
         let mut sources: Vec<(Source, bool)> = Vec::with_capacity(spec.args.len());
         let (mut input_names, mut input_avals) = (Vec::new(), Vec::new());
@@ -72,11 +96,14 @@ impl Computation {
                     input_avals.push(aval.clone());
                     (Source::Input(input_names.len() - 1), false)
                 }
-                Role::Output => return Err(Error::format(spec.file.clone(), "an argument has role output")),
+                Role::OptState => (Source::OptState(opt_index(&slot.name)?), true),
+                Role::Output | Role::Metric => {
+                    return Err(Error::format(spec.file.clone(), format!("an argument has role {:?}", slot.role)))
+                }
             });
         }
         let mut sinks = Vec::with_capacity(spec.results.len());
-        let (mut output_names, mut output_avals) = (Vec::new(), Vec::new());
+        let (mut output_names, mut output_avals, mut metric_names) = (Vec::new(), Vec::new(), Vec::new());
         for (slot, aval) in spec.results.iter().zip(&exp.out_avals) {
             sinks.push(match slot.role {
                 Role::Param | Role::State => Sink::Var(var_index(&slot.name)?),
@@ -85,6 +112,11 @@ impl Computation {
                     output_names.push(slot.name.clone().unwrap_or_default());
                     output_avals.push(aval.clone());
                     Sink::Output(output_names.len() - 1)
+                }
+                Role::OptState => Sink::OptState(opt_index(&slot.name)?),
+                Role::Metric => {
+                    metric_names.push(slot.name.clone().unwrap_or_default());
+                    Sink::Metric(metric_names.len() - 1)
                 }
                 Role::Input => return Err(Error::format(spec.file.clone(), "a result has role input")),
             });
@@ -124,7 +156,18 @@ impl Computation {
             output_names,
             output_avals,
             outputs_tree,
+            metric_names,
         })
+    }
+
+    /// Lets params be donated too (a train step updates them in place), like state and key.
+    pub fn donating_params(mut self) -> Computation {
+        for (source, donatable) in &mut self.kept {
+            if matches!(source, Source::Var(_)) {
+                *donatable = true;
+            }
+        }
+        self
     }
 
     /// Whether every input fits this computation's avals.
@@ -135,6 +178,18 @@ impl Computation {
     /// Runs on `vars`, `key` and `inputs`. With `donate`, state variables and the key may be
     /// donated (consumed); params and inputs never are.
     pub fn run(&self, vars: &[Buffer], key: Option<&Buffer>, inputs: &[Buffer], donate: bool) -> Result<Vec<Buffer>> {
+        self.run_with_opt_state(vars, &[], key, inputs, donate)
+    }
+
+    /// [`Computation::run`] with optimizer-state leaves, donated like state under `donate`.
+    pub fn run_with_opt_state(
+        &self,
+        vars: &[Buffer],
+        opt_state: &[Buffer],
+        key: Option<&Buffer>,
+        inputs: &[Buffer],
+        donate: bool,
+    ) -> Result<Vec<Buffer>> {
         let mut args: Vec<&Buffer> = Vec::with_capacity(self.kept.len() + 1);
         let mut flags: Vec<bool> = Vec::with_capacity(self.kept.len() + 1);
         if let Some(p) = &self.platform_index {
@@ -146,6 +201,9 @@ impl Computation {
                 Source::Var(i) => &vars[i],
                 Source::Key => key.ok_or_else(|| Error::invalid(self.file.clone(), "needs a key"))?,
                 Source::Input(i) => &inputs[i],
+                Source::OptState(i) => {
+                    opt_state.get(i).ok_or_else(|| Error::invalid(self.file.clone(), "needs the optimizer state"))?
+                }
             });
             flags.push(donate && donatable);
         }

@@ -166,6 +166,8 @@ impl JaxLayer {
                 Sink::Output(_) => outputs.push(buf),
                 Sink::Var(i) => self.vars[i] = buf,
                 Sink::Key => self.key = buf,
+                // Only train computations (see `Trainer`) have these.
+                Sink::OptState(_) | Sink::Metric(_) => {}
             }
         }
         download_outputs(comp, &outputs)
@@ -298,7 +300,7 @@ fn shape_error(comps: &[Computation], dims: &[Vec<i64>]) -> Error {
     Error::invalid("inputs", "fit no exported computation")
 }
 
-fn to_tensor(b: &Buffer) -> Result<Tensor> {
+pub(super) fn to_tensor(b: &Buffer) -> Result<Tensor> {
     let shape = b.dims().iter().map(|&d| d as usize).collect();
     let mut t = Tensor::zeros(b.dtype(), shape)?;
     b.copy_to_host_bytes(t.as_mut_bytes())?;
@@ -315,7 +317,7 @@ fn download_outputs(comp: &Computation, outputs: &[Buffer]) -> Result<PyTree> {
 
 /// Checks and uploads variables by name, in manifest order. With `complete`, every variable
 /// must be given; otherwise absent ones are `None`.
-fn upload_variables(
+pub(super) fn upload_variables(
     client: &Client,
     device: &Device,
     specs: &[VariableSpec],
@@ -360,7 +362,7 @@ fn upload_variables(
 
 /// Runs the bundle's `init(key, init_inputs)` on device. Init inputs only give shapes (Flax
 /// initializers do not read input values), so they are zeros.
-fn run_init(client: &Client, device: &Device, portable: bool, init: &BundleComputation, names: &[String], key: &Buffer) -> Result<Vec<Buffer>> {
+pub(super) fn run_init(client: &Client, device: &Device, portable: bool, init: &BundleComputation, names: &[String], key: &Buffer) -> Result<Vec<Buffer>> {
     let comp = Computation::compile(client, device, portable, init, names)?;
     let zeros = comp
         .input_avals

@@ -8,6 +8,7 @@ use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::{Bundle, FlaxLayer, PyTree, Tensor};
 
 mod bench;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "flaxlayer", version, about = "Run Flax (JAX) bundles through PJRT")]
@@ -27,6 +28,8 @@ enum Command {
     Run(RunArgs),
     /// Per-call latency (median, p10, p90 µs), host in to host out, on random inputs.
     Bench(bench::BenchArgs),
+    /// Train a bundle with a train section on a safetensors data set; optionally checkpoint.
+    Train(train::TrainArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { bundle } => inspect(&bundle, cli.plugin.as_deref()),
         Command::Run(args) => run_bundle(args, cli.plugin.as_deref()),
         Command::Bench(args) => bench::run(args, cli.plugin),
+        Command::Train(args) => train::run(args, cli.plugin),
     }
 }
 

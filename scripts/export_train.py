@@ -1,0 +1,386 @@
+"""Export a Flax linen module's training loop (optax) to a flaxlayer bundle.
+
+    from export_train import export_train_step
+    export_train_step(module, {"x": x[:32], "y": y[:32]}, "hlo/my_model",
+                      loss="softmax_cross_entropy", optimizer=optax.adam(1e-3))
+
+The bundle is a normal FlaxLayer bundle (written by `export_flax`, for the model's inputs at
+the training batch size) plus the computations `init_opt_state`, `train_step` and
+`eval_step` and an optional `train` section in manifest.json (docs/bundle-format.md,
+docs/training.md). Golden data of the same loop run in plain JAX goes into
+golden.safetensors under `train/` when `golden_data` is given.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+import flax
+import flax.linen as nn
+import optax
+from flax.core import DenyList
+
+from export_flax import (  # reuse: naming, serialization, location stripping, manifest JSON
+    KEY_IMPL,
+    _check_exported,
+    _export_one,
+    _sds,
+    _spec,
+    _split_variables,
+    dumps_json,
+    export_flax,
+    method_name_of,
+    named_leaves,
+    takes_training,
+)
+
+__all__ = [
+    "export_train_step",
+    "epoch_permutation",
+    "epoch_batches",
+    "LOSSES",
+    "GOLDEN_STEPS",
+]
+
+LOSSES = ("softmax_cross_entropy", "mse")
+GOLDEN_STEPS = 20
+DEFAULT_OPTIMIZER_NAME = "adam(learning_rate=0.001)"
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+# --------------------------------------------------------------------------
+# Batch order (docs/training.md); the Rust twin is flaxlayer::layer::epoch_permutation
+# --------------------------------------------------------------------------
+
+class _SplitMix64:
+    def __init__(self, state: int):
+        self.state = state & _MASK64
+
+    def next(self) -> int:
+        self.state = (self.state + _GOLDEN) & _MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the n training examples in epoch `epoch` (0-based): Fisher-Yates driven by
+    SplitMix64 seeded with `seed XOR ((epoch + 1) * 0x9E3779B97F4A7C15)` (wrapping u64)."""
+    rng = _SplitMix64((seed & _MASK64) ^ (((epoch + 1) * _GOLDEN) & _MASK64))
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = rng.next() % (i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return np.asarray(perm, dtype=np.int64)
+
+
+def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[np.ndarray]:
+    """Consecutive slices of `batch_size` of the epoch's permutation; the last partial slice
+    is dropped."""
+    perm = epoch_permutation(seed, epoch, n)
+    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n // batch_size)]
+
+
+# --------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------
+
+def _per_example(loss: str, out, y):
+    """(per-example loss f32[B], per-example correct f32[B] or None)."""
+    if loss == "softmax_cross_entropy":
+        l = optax.softmax_cross_entropy_with_integer_labels(out.astype(jnp.float32), y)
+        correct = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
+        return l, correct
+    if loss == "mse":
+        d = (out.astype(jnp.float32) - y.astype(jnp.float32)) ** 2
+        return d.reshape(d.shape[0], -1).mean(axis=1), None
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def _check_batch(loss: str, batch: dict):
+    if not isinstance(batch, dict) or set(batch) != {"x", "y"}:
+        raise ValueError('sample_batch must be a dict {"x": inputs, "y": targets}')
+    y = np.asarray(batch["y"])
+    if loss == "softmax_cross_entropy":
+        if y.dtype != np.int32 or y.ndim != 1:
+            raise ValueError(f"softmax_cross_entropy needs int32 labels of shape [B], got {y.dtype}{list(y.shape)}")
+    elif loss == "mse":
+        if not np.issubdtype(y.dtype, np.floating):
+            raise ValueError(f"mse needs float targets, got {y.dtype}")
+    else:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    bs = {int(np.shape(a)[0]) for a in jax.tree_util.tree_leaves(batch) if np.ndim(a) > 0}
+    if len(bs) != 1 or any(np.ndim(a) == 0 for a in jax.tree_util.tree_leaves(batch)):
+        raise ValueError("every leaf of sample_batch needs the same leading (batch) dimension")
+    return bs.pop()
+
+
+# --------------------------------------------------------------------------
+# The step functions
+# --------------------------------------------------------------------------
+
+def make_step_functions(module, *, loss, optimizer, method, rng_streams):
+    """(init_opt_state, train_step, eval_step) as plain Python functions of raw key data.
+
+    The optimizer state crosses the functions' boundary as a flat dict {path: array}, the
+    path `/`-joined from the optax state pytree (`0/mu/Dense_0/kernel`): jax.export and the
+    runtime only take tuples, lists and dicts, not optax's NamedTuples."""
+    training_arg = takes_training(module, method)
+    train_kw = {"training": True} if training_arg else {}
+    infer_kw = {"training": False} if training_arg else {}
+
+    def apply(params, state, x, rngs, kw):
+        out, mutated = module.apply({"params": params, **state}, x, method=method, rngs=rngs,
+                                    mutable=DenyList(["params"]), **kw)
+        mutated = flax.core.unfreeze(mutated)
+        return out, {c: mutated.get(c, state[c]) for c in state}
+
+    def to_flat(opt_state):
+        return dict(named_leaves(opt_state, "0"))
+
+    def from_flat(flat, params):
+        like = jax.eval_shape(optimizer.init, params)
+        names = [n for n, _ in named_leaves(like, "0")]
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), [flat[n] for n in names])
+
+    def init_opt_state(params):
+        return to_flat(optimizer.init(params))
+
+    def train_step(params, state, opt_state, key, batch):
+        K = jax.random.wrap_key_data(key, impl=KEY_IMPL)
+        K, k = jax.random.split(K)
+        rngs = {s: k for s in rng_streams}
+
+        def loss_fn(p):
+            out, new_state = apply(p, state, batch["x"], rngs, train_kw)
+            if not isinstance(out, jax.Array):
+                raise ValueError("training needs a method returning one array")
+            per, correct = _per_example(loss, out, batch["y"])
+            return per.mean(), (new_state, correct)
+
+        (l, (new_state, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, new_opt_state = optimizer.update(grads, from_flat(opt_state, params), params)
+        new_params = optax.apply_updates(params, updates)
+        metrics = {"loss": l}
+        if correct is not None:
+            metrics["accuracy"] = correct.mean()
+        return new_params, new_state, to_flat(new_opt_state), jax.random.key_data(K), metrics
+
+    def eval_step(params, state, batch):
+        out, _ = apply(params, state, batch["x"], None, infer_kw)
+        per, correct = _per_example(loss, out, batch["y"])
+        w = batch["w"]
+        metrics = {"loss_sum": jnp.sum(w * per), "count": jnp.sum(w)}
+        if correct is not None:
+            metrics["correct"] = jnp.sum(w * correct)
+        return metrics
+
+    return init_opt_state, train_step, eval_step
+
+
+def run_golden(train_step, eval_step, init_opt_state, variables, data, *, seed, batch_size,
+               steps=GOLDEN_STEPS) -> dict[str, np.ndarray]:
+    """The loop in plain JAX (jitted Python functions): `steps` train steps in the documented
+    batch order from `variables`, K0 = key(seed) and a fresh opt state, then eval on the
+    test split (padded last batch, w = 0). Returns golden tensors named `train/...`."""
+    x_train, y_train = np.asarray(data["x_train"]), np.asarray(data["y_train"])
+    n = len(y_train)
+    params, state = _split_variables(variables)
+    opt_state = jax.jit(init_opt_state)(params)
+    key = jax.random.key_data(jax.random.key(seed, impl=KEY_IMPL))
+    step = jax.jit(train_step)
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n} training examples do not fill a batch of {batch_size}")
+    metrics: dict[str, list] = {}
+    for i in range(steps):
+        idx = epoch_batches(seed, i // per_epoch, n, batch_size)[i % per_epoch]
+        params, state, opt_state, key, m = step(params, state, opt_state, key,
+                                                {"x": x_train[idx], "y": y_train[idx]})
+        for k, v in m.items():
+            metrics.setdefault(k, []).append(np.float32(v))
+    g = {f"train/{k}": np.asarray(v, np.float32) for k, v in metrics.items()}
+    for nm, x in named_leaves({"params": params, **state}, "variables"):
+        g[f"train/after/{nm}"] = np.asarray(x)
+    g["train/key_after"] = np.asarray(key)
+    if "x_test" in data:
+        sums = evaluate(eval_step, params, state, data["x_test"], data["y_test"], batch_size)
+        count = sums["count"]
+        g["train/eval/count"] = np.float64(count)
+        g["train/eval/loss"] = np.float64(sums["loss_sum"] / count)
+        if "correct" in sums:
+            g["train/eval/accuracy"] = np.float64(sums["correct"] / count)
+    return g
+
+
+def evaluate(eval_step, params, state, x, y, batch_size) -> dict[str, float]:
+    """Sums of eval_step's metrics over the data set in order, the last batch padded with
+    zeros and weight 0; per-batch float32 sums added up in float64 (as the runtime does)."""
+    x, y = np.asarray(x), np.asarray(y)
+    fn = jax.jit(eval_step)
+    sums: dict[str, float] = {}
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        real = len(yb)
+        pad = batch_size - real
+        if pad:
+            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
+            yb = np.concatenate([yb, np.zeros((pad,) + yb.shape[1:], yb.dtype)])
+        w = np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)])
+        m = fn(params, state, {"w": w, "x": xb, "y": yb})
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(np.float32(v))
+    return sums
+
+
+# --------------------------------------------------------------------------
+# The exporter
+# --------------------------------------------------------------------------
+
+def _role_specs(tree, role, bare):
+    return [_spec(n, x, role=role) for n, x in named_leaves(tree, bare)]
+
+
+def export_train_step(
+    module: nn.Module,
+    sample_batch: dict,
+    out_dir: str,
+    *,
+    loss: str = "softmax_cross_entropy",
+    optimizer: optax.GradientTransformation | None = None,
+    optimizer_name: str | None = None,
+    method=None,
+    variables=None,
+    seed: int = 0,
+    rng_streams: Sequence[str] = ("dropout",),
+    platforms: Sequence[str] = ("cpu",),
+    golden_data: dict[str, Any] | None = None,
+    golden_steps: int = GOLDEN_STEPS,
+    extra_golden: dict[str, Any] | Callable[[dict], dict] | None = None,
+) -> dict:
+    """Export `module` with its training step to the bundle directory `out_dir`; returns the
+    manifest.
+
+    Args:
+      module: a flax.linen.Module; its method returns logits [B, C] (softmax_cross_entropy) or
+        predictions shaped like the targets (mse).
+      sample_batch: {"x": inputs (array or PyTree), "y": targets}: int32 labels [B] for
+        softmax_cross_entropy, floats for mse. B is the training batch size.
+      loss: "softmax_cross_entropy" or "mse".
+      optimizer: an optax GradientTransformation; default optax.adam(1e-3).
+      optimizer_name: a human description for the manifest (default: the adam default's,
+        else "custom").
+      method, variables, seed, rng_streams, platforms: as for export_flax (the FlaxLayer part
+        of the bundle is exported at the batch size B).
+      golden_data: {"x_train", "y_train"[, "x_test", "y_test"]}: record the plain-JAX loop's
+        first `golden_steps` losses (docs/training.md) in golden.safetensors.
+      extra_golden: more golden tensors, as for export_flax.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    sample_batch = jax.tree_util.tree_map(np.asarray, sample_batch)
+    batch_size = _check_batch(loss, sample_batch)
+    if optimizer is None:
+        optimizer = optax.adam(1e-3)
+        optimizer_name = optimizer_name or DEFAULT_OPTIMIZER_NAME
+    optimizer_name = optimizer_name or "custom"
+    rng_streams = tuple(rng_streams)
+    platforms = tuple(platforms)
+    init_opt_state, train_step, eval_step = make_step_functions(
+        module, loss=loss, optimizer=optimizer, method=method, rng_streams=rng_streams)
+
+    captured: dict[str, Any] = {}
+
+    def golden(v):
+        captured["variables"] = v  # export_flax's bundled variables (plain numpy)
+        g = {}
+        if golden_data is not None:
+            g.update(run_golden(train_step, eval_step, init_opt_state, v, golden_data,
+                                seed=seed, batch_size=batch_size, steps=golden_steps))
+        extra = extra_golden(v) if callable(extra_golden) else (extra_golden or {})
+        for k in extra:
+            if k in g:
+                raise ValueError(f"extra_golden name {k!r} clashes with a train golden name")
+        g.update(extra)
+        return g
+
+    manifest = export_flax(module, sample_batch["x"], out_dir, method=method, variables=variables,
+                           seed=seed, rng_streams=rng_streams, platforms=platforms,
+                           extra_golden=golden)
+
+    # ---- shapes ------------------------------------------------------------
+    params, state = _split_variables(captured["variables"])
+    p_sds, s_sds = _sds(params), _sds(state)
+    key_sds = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    batch_sds = _sds(sample_batch)
+    w_sds = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+    eval_sds = {**batch_sds, "w": w_sds}
+    opt_sds = jax.eval_shape(init_opt_state, p_sds)
+    opt_named = {"opt_state": opt_sds}
+
+    param_args = _role_specs({"params": params}, "param", "params")
+    state_args = _role_specs(state, "state", "state")
+    opt_specs = _role_specs(opt_named, "opt_state", "opt_state")
+    key_spec = _spec(None, key_sds, role="key")
+
+    files: dict[str, bytes] = {}
+    entries: dict[str, dict] = {}
+
+    # init_opt_state(params) -> opt_state
+    exp = _export_one(init_opt_state, "init_opt_state", (), (p_sds,), platforms)
+    args, results = param_args, opt_specs
+    _check_exported(exp, args, results)
+    files["init_opt_state.jaxexport"] = bytes(exp.serialize())
+    entries["init_opt_state"] = {"file": "init_opt_state.jaxexport", "args": args, "results": results}
+
+    # train_step(params, state, opt_state, key, batch) -> (params, state, opt_state, key, metrics)
+    out = jax.eval_shape(train_step, p_sds, s_sds, opt_sds, key_sds, batch_sds)
+    if (jax.tree_util.tree_structure(out[0]) != jax.tree_util.tree_structure(p_sds)
+            or jax.tree_util.tree_structure(out[2]) != jax.tree_util.tree_structure(opt_sds)):
+        raise ValueError("train_step changed the structure of params or opt_state")
+    exp = _export_one(train_step, "train_step", (0, 1, 2, 3),
+                      (p_sds, s_sds, opt_sds, key_sds, batch_sds), platforms)
+    args = param_args + state_args + opt_specs + [key_spec] + _role_specs(batch_sds, "input", "batch")
+    results = (param_args + state_args + opt_specs + [key_spec]
+               + _role_specs(out[4], "metric", "metrics"))
+    _check_exported(exp, args, results)
+    fname = f"train_step.b{batch_size}.jaxexport"
+    files[fname] = bytes(exp.serialize())
+    entries["train_step"] = {"batch_size": batch_size, "file": fname, "args": args, "results": results}
+    metric_names = [n for n, _ in named_leaves(out[4], "metrics")]
+
+    # eval_step(params, state, batch + w) -> metric sums
+    ev = jax.eval_shape(eval_step, p_sds, s_sds, eval_sds)
+    exp = _export_one(eval_step, "eval_step", (), (p_sds, s_sds, eval_sds), platforms)
+    args = param_args + state_args + _role_specs(eval_sds, "input", "batch")
+    results = _role_specs(ev, "metric", "metrics")
+    _check_exported(exp, args, results)
+    fname = f"eval_step.b{batch_size}.jaxexport"
+    files[fname] = bytes(exp.serialize())
+    entries["eval_step"] = {"batch_size": batch_size, "file": fname, "args": args, "results": results}
+
+    manifest["train"] = {
+        "method": method_name_of(method),
+        "loss": loss,
+        "optimizer": optimizer_name,
+        "batch_size": batch_size,
+        "batch": [_spec(n, x) for n, x in named_leaves(batch_sds, "batch")],
+        "metrics": metric_names,
+        "eval_metrics": [n for n, _ in named_leaves(ev, "metrics")],
+        "opt_state": [_spec(n, x) for n, x in named_leaves(opt_named, "opt_state")],
+        **entries,
+    }
+    for fname, data in files.items():
+        with open(os.path.join(out_dir, fname), "wb") as f:
+            f.write(data)
+    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
+        f.write(dumps_json(manifest) + "\n")
+    return manifest
