@@ -1,6 +1,6 @@
 //! A persistent cache of compiled executables (`PJRT_Executable_Serialize`, then
 //! deserialize-and-load), keyed by the program bytes, the plugin and its version, the compile
-//! options and the device kind.
+//! options, `$XLA_FLAGS` and the device kind.
 //!
 //! It lives in `$FLAXLAYER_CACHE` if that is a path, else in the user's cache directory
 //! (`~/.cache/flaxlayer`); `FLAXLAYER_CACHE=0` turns it off. An entry carries a checksum: a
@@ -95,6 +95,9 @@ fn cache_key(client: &Client, program: Program<'_>, options: &CompileOptions) ->
     field(client.platform_name()?.as_bytes());
     field(client.platform_version()?.as_bytes());
     field(&options.to_proto_bytes());
+    // Plugins read XLA's flags from the environment; executables compiled under other flags
+    // are other executables.
+    field(std::env::var_os("XLA_FLAGS").unwrap_or_default().as_encoded_bytes());
     let kinds: Vec<String> = client.devices()?.iter().map(|d| d.kind().unwrap_or_default()).collect();
     field(kinds.join(",").as_bytes());
     Ok(hex(&h.finalize()))

@@ -1,6 +1,8 @@
 //! One bundle computation compiled for a device: maps the layer's variables, key and inputs
 //! onto JAX's flat arguments, and the flat results back.
 
+use std::sync::{Mutex, OnceLock};
+
 use crate::bundle::{Aval, BundleComputation, Role};
 use crate::pjrt::{ArgSpec, Buffer, Client, CompileOptions, Device, LoadedExecutable, Program};
 use crate::pytree::TreeDef;
@@ -30,11 +32,18 @@ pub(crate) enum Sink {
     Metric(usize),
 }
 
-/// A compiled computation and how to call it.
+/// A computation and how to call it. It is compiled on first use (or by
+/// [`Computation::ensure_compiled`]), so a layer only compiles the batch sizes and modes it runs.
 pub(crate) struct Computation {
     pub file: String,
     pub batch_size: Option<i64>,
-    exe: LoadedExecutable,
+    exe: OnceLock<LoadedExecutable>,
+    /// Serializes the first compile; later calls only read `exe`.
+    compiling: Mutex<()>,
+    client: Client,
+    options: CompileOptions,
+    mlir: Vec<u8>,
+    signature: Vec<ArgSpec>,
     device: Option<Device>,
     /// JAX's platform-index argument, when the export has several platforms.
     platform_index: Option<Buffer>,
@@ -54,19 +63,19 @@ pub(crate) struct Computation {
 }
 
 impl Computation {
-    /// Compiles `comp` for `device`, resolving variable names against `variables`.
-    pub fn compile(
+    /// Prepares `comp` for `device`, resolving variable names against `variables`.
+    pub fn new(
         client: &Client,
         device: &Device,
         portable: bool,
         comp: &BundleComputation,
         variables: &[String],
     ) -> Result<Computation> {
-        Computation::compile_with_opt_state(client, device, portable, comp, variables, &[])
+        Computation::new_with_opt_state(client, device, portable, comp, variables, &[])
     }
 
-    /// [`Computation::compile`], also resolving optimizer-state names against `opt_state`.
-    pub fn compile_with_opt_state(
+    /// [`Computation::new`], also resolving optimizer-state names against `opt_state`.
+    pub fn new_with_opt_state(
         client: &Client,
         device: &Device,
         portable: bool,
@@ -135,8 +144,6 @@ impl Computation {
             dtype: exp.in_avals[i].dtype,
             dims: exp.in_avals[i].shape.clone(),
         }));
-        let options = CompileOptions { portable, ..CompileOptions::default() };
-        let exe = crate::layer::cache::compile(client, Program::Mlir(&exp.mlir_module), &options)?.with_input_signature(signature);
         let inputs_tree = last_positional_arg(&exp.in_tree, &spec.file)?;
         let outputs_tree = match &exp.out_tree {
             TreeDef::Tuple(children) if !output_names.is_empty() => children.first().cloned(),
@@ -145,7 +152,12 @@ impl Computation {
         Ok(Computation {
             file: spec.file.clone(),
             batch_size: spec.batch_size,
-            exe,
+            exe: OnceLock::new(),
+            compiling: Mutex::new(()),
+            client: client.clone(),
+            options: CompileOptions { portable, ..CompileOptions::default() },
+            mlir: exp.mlir_module.clone(),
+            signature,
             device: portable.then(|| device.clone()),
             platform_index,
             kept,
@@ -158,6 +170,25 @@ impl Computation {
             outputs_tree,
             metric_names,
         })
+    }
+
+    /// The executable, compiled (or loaded from the compile cache) on first use.
+    fn executable(&self) -> Result<&LoadedExecutable> {
+        if let Some(exe) = self.exe.get() {
+            return Ok(exe);
+        }
+        let _guard = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(exe) = self.exe.get() {
+            return Ok(exe);
+        }
+        let exe = crate::layer::cache::compile(&self.client, Program::Mlir(&self.mlir), &self.options)?
+            .with_input_signature(self.signature.clone());
+        Ok(self.exe.get_or_init(|| exe))
+    }
+
+    /// Compiles now rather than on the first call.
+    pub fn ensure_compiled(&self) -> Result<()> {
+        self.executable().map(|_| ())
     }
 
     /// Lets params be donated too (a train step updates them in place), like state and key.
@@ -207,7 +238,7 @@ impl Computation {
             });
             flags.push(donate && donatable);
         }
-        self.exe.execute_on(&args, &flags, self.device.as_ref())
+        self.executable()?.execute_on(&args, &flags, self.device.as_ref())
     }
 }
 

@@ -91,13 +91,15 @@ impl JaxLayer {
         let spec = bundle.method(&method)?;
         let specs = manifest.variables.clone();
         let names: Vec<String> = specs.iter().map(|v| v.name.clone()).collect();
-        let compile_all = |list: &[crate::bundle::ComputationSpec]| -> Result<Vec<Computation>> {
+        let prepare_all = |list: &[crate::bundle::ComputationSpec]| -> Result<Vec<Computation>> {
             list.iter()
-                .map(|c| Computation::compile(&client, &device, portable, bundle.computation(&c.file)?, &names))
+                .map(|c| Computation::new(&client, &device, portable, bundle.computation(&c.file)?, &names))
                 .collect()
         };
-        let inference = compile_all(&spec.inference)?;
-        let training = compile_all(&spec.training)?;
+        let inference = prepare_all(&spec.inference)?;
+        let training = prepare_all(&spec.training)?;
+        // Each computation compiles on its first call (or loads from the compile cache), so a
+        // layer pays only for the batch sizes and modes it runs.
         let seed = options.seed.unwrap_or(manifest.seed);
         let key_data = options.key.unwrap_or_else(|| seed_key(seed));
         let key = client.buffer_from_slice(&key_data, &[2], &device)?;
@@ -363,7 +365,7 @@ pub(super) fn upload_variables(
 /// Runs the bundle's `init(key, init_inputs)` on device. Init inputs only give shapes (Flax
 /// initializers do not read input values), so they are zeros.
 pub(super) fn run_init(client: &Client, device: &Device, portable: bool, init: &BundleComputation, names: &[String], key: &Buffer) -> Result<Vec<Buffer>> {
-    let comp = Computation::compile(client, device, portable, init, names)?;
+    let comp = Computation::new(client, device, portable, init, names)?;
     let zeros = comp
         .input_avals
         .iter()

@@ -297,7 +297,9 @@ impl Trainer {
         let var_names: Vec<String> = var_specs.iter().map(|v| v.name.clone()).collect();
         let opt_names: Vec<String> = spec.opt_state.iter().map(|v| v.name.clone()).collect();
         let compile = |file: &str| -> Result<Computation> {
-            Computation::compile_with_opt_state(&client, &device, portable, bundle.computation(file)?, &var_names, &opt_names)
+            let c = Computation::new_with_opt_state(&client, &device, portable, bundle.computation(file)?, &var_names, &opt_names)?;
+            c.ensure_compiled()?;
+            Ok(c)
         };
         let train = compile(&spec.train_step.file)?.donating_params();
         let eval = compile(&spec.eval_step.file)?;

@@ -29,9 +29,10 @@ pub struct BenchArgs {
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
-    /// Time cold starts instead: each iteration opens the bundle, builds the layer (compiling,
-    /// or loading from the compile cache when `FLAXLAYER_CACHE` allows) and makes the first
-    /// call. The plugin is loaded once per process, before timing.
+    /// Time cold starts instead: each iteration opens the bundle, builds the layer with the
+    /// bundle's variables, compiles the computation it calls (or loads it from the compile
+    /// cache when `FLAXLAYER_CACHE` allows) and makes the first call. The plugin is loaded
+    /// once per process, before timing.
     #[arg(long)]
     cold_start: bool,
     /// Time the same computation through a raw PJRT loop without the layer (the floor):
@@ -117,7 +118,12 @@ pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
         let method = layer.method().to_string();
         for _ in 0..args.iters {
             let t = Instant::now();
-            let mut fresh = FlaxLayer::builder(&args.bundle).method(&method).client(client.clone()).build()?;
+            let mut builder = FlaxLayer::builder(&args.bundle).method(&method).client(client.clone());
+            let vars = args.bundle.join(flaxlayer::bundle::VARIABLES_FILE);
+            if vars.is_file() {
+                builder = builder.variables_file(&vars)?;
+            }
+            let mut fresh = builder.build()?;
             let out = fresh.call(&inputs, args.training)?;
             us.push(t.elapsed().as_secs_f64() * 1e6);
             drop(out);
