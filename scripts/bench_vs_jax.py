@@ -71,6 +71,7 @@ class FlError(Exception):
 
 def _short_err(text: str) -> str:
     text = re.sub(r"0x[0-9a-fA-F]+", "0x…", text)  # addresses vary per run
+    text = text.replace(REPO + os.sep, "").replace(REPO, ".")  # no paths of this machine
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
     if not lines:
         return "no output"
@@ -453,14 +454,14 @@ def main(argv=None) -> int:
         for label, bundle, batch in COLD_WORKLOADS:
             warm_dir = os.path.join(work, f"warm-cache-{label}")
             cold, warm = series(f"cold {label}"), series(f"warm {label}")
-            args = (bundle, "--cold-start") + (("--batch", batch) if batch else ())
+            cold_args = (bundle, "--cold-start") + (("--batch", batch) if batch else ())
             warm_fill = Series()
-            warm_fill.add(lambda: run_fl(*args, "--iters", "1", env={"FLAXLAYER_CACHE": warm_dir})["median_us"])
+            warm_fill.add(lambda: run_fl(*cold_args, "--iters", "1", env={"FLAXLAYER_CACHE": warm_dir})["median_us"])
             if warm_fill.err:
                 warm["fl"].err = f"filling the cache: {warm_fill.err}"
             for r in range(cold_rounds):
-                cold["fl"].add(lambda: run_fl(*args, "--iters", str(n), env={"FLAXLAYER_CACHE": "0"})["median_us"])
-                warm["fl"].add(lambda: run_fl(*args, "--iters", str(n), env={"FLAXLAYER_CACHE": warm_dir})["median_us"])
+                cold["fl"].add(lambda: run_fl(*cold_args, "--iters", str(n), env={"FLAXLAYER_CACHE": "0"})["median_us"])
+                warm["fl"].add(lambda: run_fl(*cold_args, "--iters", str(n), env={"FLAXLAYER_CACHE": warm_dir})["median_us"])
             if label == "cnn b256":
                 for _ in range(it["jax_cold"]):
                     cold["jax"].add(jax_cold_start)

@@ -21,3 +21,8 @@ target/release/examples/demo "$out/dense_bn_dropout"
 echo
 echo "== 4. the CLI on the same bundle"
 target/release/flaxlayer inspect "$out/cnn"
+target/release/flaxlayer bench "$out/cnn" --iters 200 --warmup 20
+echo
+echo "== 5. training from Rust: MLP + BatchNorm + Dropout on scikit-learn's digits (hlo/digits_train)"
+target/release/flaxlayer train hlo/digits_train --data hlo/digits/data.safetensors \
+  --epochs 6 --batch-size 32 --seed 0 --json

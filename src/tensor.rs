@@ -69,27 +69,98 @@ fn alloc_words(what: &str, len: usize) -> Result<Vec<u64>> {
     Ok(words)
 }
 
+/// Checks that `bytes` hold a `dtype` array of `shape`: the length, and 0/1 bool bytes.
+fn check_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<()> {
+    let expected = checked_num_bytes("Tensor::new", dtype, shape)?;
+    if bytes.len() != expected {
+        return Err(Error::SizeMismatch {
+            what: format!("Tensor::new({dtype}, {shape:?})"),
+            expected,
+            got: bytes.len(),
+            unit: "bytes",
+        });
+    }
+    if dtype == DType::Bool {
+        if let Some(pos) = bytes.iter().position(|&b| b > 1) {
+            return Err(Error::invalid(
+                "Tensor::new(bool)",
+                format!("byte {pos} is {}; bool elements must be 0 or 1", bytes[pos]),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A borrowed host array: a dtype, a shape and little-endian bytes in C order, for example a
+/// tensor inside a safetensors file. Checked like [`Tensor::new`], but not copied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorView<'a> {
+    dtype: DType,
+    shape: Vec<usize>,
+    data: &'a [u8],
+}
+
+impl<'a> TensorView<'a> {
+    /// A view of `bytes` as a `dtype` array of `shape`.
+    pub fn new(dtype: DType, shape: Vec<usize>, data: &'a [u8]) -> Result<TensorView<'a>> {
+        check_bytes(dtype, &shape, data)?;
+        Ok(TensorView { dtype, shape, data })
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The shape as `i64`s (PJRT's dims).
+    pub fn dims_i64(&self) -> Vec<i64> {
+        self.shape.iter().map(|&d| d as i64).collect()
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// An owned copy.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        Tensor::new(self.dtype, self.shape.clone(), self.data)
+    }
+}
+
+/// Host arrays that can be viewed without copying: [`Tensor`] and [`TensorView`].
+pub trait AsView {
+    /// The borrowed view.
+    fn as_view(&self) -> TensorView<'_>;
+}
+
+impl AsView for Tensor {
+    fn as_view(&self) -> TensorView<'_> {
+        self.view()
+    }
+}
+
+impl AsView for TensorView<'_> {
+    fn as_view(&self) -> TensorView<'_> {
+        self.clone()
+    }
+}
+
 impl Tensor {
+    /// A borrowed view of this tensor.
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView { dtype: self.dtype, shape: self.shape.clone(), data: self.as_bytes() }
+    }
+
     /// A tensor from raw little-endian bytes in C order. The byte length must be the shape's
     /// element count times the dtype's size; a `bool` tensor's bytes must each be 0 or 1.
     pub fn new(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor> {
-        let expected = checked_num_bytes("Tensor::new", dtype, &shape)?;
-        if bytes.len() != expected {
-            return Err(Error::SizeMismatch {
-                what: format!("Tensor::new({dtype}, {shape:?})"),
-                expected,
-                got: bytes.len(),
-                unit: "bytes",
-            });
-        }
-        if dtype == DType::Bool {
-            if let Some(pos) = bytes.iter().position(|&b| b > 1) {
-                return Err(Error::invalid(
-                    "Tensor::new(bool)",
-                    format!("byte {pos} is {}; bool elements must be 0 or 1", bytes[pos]),
-                ));
-            }
-        }
+        check_bytes(dtype, &shape, bytes)?;
         let mut words = alloc_words("Tensor::new", bytes.len())?;
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
         Ok(Tensor { dtype, shape, words, len: bytes.len() })
@@ -413,17 +484,28 @@ pub fn load_safetensors_bytes(bytes: &[u8], what: &str) -> Result<Vec<(String, T
 pub fn load_safetensors_bytes_with_metadata(bytes: &[u8], what: &str) -> Result<SafeTensorsContents> {
     let st_err = |source| Error::SafeTensors { what: what.to_string(), source };
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(st_err)?;
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(st_err)?;
+    let out = safetensors_views(bytes, what)?
+        .into_iter()
+        .map(|(name, v)| Ok((name, v.to_tensor()?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Views every tensor of an in-memory safetensors file without copying, sorted by name. The
+/// bytes are untrusted and checked as in [`load_safetensors_bytes`].
+pub fn safetensors_views<'a>(bytes: &'a [u8], what: &str) -> Result<Vec<(String, TensorView<'a>)>> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|source| Error::SafeTensors { what: what.to_string(), source })?;
     let mut out = Vec::with_capacity(st.len());
     for (name, view) in st.iter() {
         let dtype = DType::from_safetensors(view.dtype())
             .map_err(|e| Error::format(what, format!("tensor {name:?}: {e}")))?;
-        let t = Tensor::new(dtype, view.shape().to_vec(), view.data())
+        let v = TensorView::new(dtype, view.shape().to_vec(), view.data())
             .map_err(|e| Error::format(what, format!("tensor {name:?}: {e}")))?;
-        out.push((name.to_string(), t));
+        out.push((name.to_string(), v));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((out, meta.metadata().clone().unwrap_or_default()))
+    Ok(out)
 }
 
 /// Checks names are unique (safetensors keys tensors by name).

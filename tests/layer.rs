@@ -362,3 +362,16 @@ fn load_of_a_corrupt_save_is_an_error() {
     std::fs::write(dir.path().join("variables.safetensors"), b"garbage").unwrap();
     assert!(matches!(FlaxLayer::load_with(dir.path(), Some(client())), Err(Error::SafeTensors { .. })));
 }
+
+#[test]
+fn variables_file_is_checked_and_used() {
+    let golden = Golden::load("mlp");
+    let mut layer = FlaxLayer::builder(hlo("mlp")).variables_file(hlo("mlp").join("variables.safetensors")).client(client()).build().unwrap();
+    let x = inputs(&layer, &golden);
+    let out = layer.call(&x, false).unwrap();
+    assert_close("mlp from variables_file", &named(&out), &golden.group("inference"));
+    let missing = FlaxLayer::builder(hlo("mlp")).variables_file(hlo("mlp").join("nope.safetensors")).client(client()).build();
+    assert!(matches!(missing, Err(Error::Io { .. })), "{missing:?}");
+    let wrong = FlaxLayer::builder(hlo("mlp")).variables_file(hlo("dense_bn_dropout").join("variables.safetensors")).client(client()).build();
+    assert!(matches!(wrong, Err(Error::NotFound { .. } | Error::ShapeMismatch { .. })), "{wrong:?}");
+}

@@ -162,7 +162,7 @@ fn save_load_resumes_bit_exactly() {
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     // The checkpoint is also a FlaxLayer bundle with the trained variables.
-    let layer = FlaxLayer::builder(dir.path()).variables_file(dir.path().join("variables.safetensors")).unwrap().client(client()).build().unwrap();
+    let layer = FlaxLayer::builder(dir.path()).variables_file(dir.path().join("variables.safetensors")).client(client()).build().unwrap();
     assert_eq!(layer.variables().unwrap(), saved.0);
 }
 

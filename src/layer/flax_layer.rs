@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::jax_layer::{JaxLayer, LayerOptions};
 use crate::bundle::{Bundle, VARIABLES_FILE};
 use crate::pjrt::Client;
-use crate::tensor::{read_safetensors, write_safetensors};
+use crate::tensor::write_safetensors;
 use crate::{Error, Result, Tensor};
 
 /// The file that [`FlaxLayer::save`] writes beside the bundle and the variables.
@@ -124,9 +124,11 @@ impl FlaxLayerBuilder {
         self
     }
 
-    /// Initial variables read from a safetensors file.
-    pub fn variables_file(self, path: impl AsRef<Path>) -> Result<Self> {
-        Ok(self.variables(read_safetensors(path)?))
+    /// Initial variables from a safetensors file, read at `build()` and uploaded straight
+    /// from the file's bytes (no intermediate host tensors).
+    pub fn variables_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.options.variables_file = Some(path.as_ref().to_path_buf());
+        self
     }
 
     /// The seed of `init` and of the RNG key (`jax.random.key(seed)`); default: the bundle's.
@@ -232,7 +234,8 @@ impl FlaxLayer {
         }
         let options = LayerOptions {
             method: Some(saved.config.method),
-            variables: Some(read_safetensors(dir.join(VARIABLES_FILE))?),
+            variables: None,
+            variables_file: Some(dir.join(VARIABLES_FILE)),
             seed: Some(saved.config.seed),
             key: Some(saved.key),
             device: saved.config.device,

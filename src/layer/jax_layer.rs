@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::computation::{Computation, Sink};
 use crate::bundle::{Bundle, BundleComputation, VariableSpec};
 use crate::pjrt::{Buffer, Client, Device};
+use crate::tensor::{AsView, TensorView};
 use crate::{DType, Error, PyTree, Result, Tensor, TreeDef};
 
 /// A variable's name, dtype and shape.
@@ -30,8 +31,11 @@ impl WeightInfo {
 pub struct LayerOptions {
     /// The method to call; the bundle's default method when `None`.
     pub method: Option<String>,
-    /// Initial variables by Flax path; the bundle's `init` runs on device when `None`.
+    /// Initial variables by Flax path; the bundle's `init` runs on device when neither this
+    /// nor `variables_file` is given.
     pub variables: Option<Vec<(String, Tensor)>>,
+    /// Initial variables from a safetensors file (when `variables` is `None`).
+    pub variables_file: Option<PathBuf>,
     /// The seed of the RNG key (and of `init`); the bundle's seed when `None`.
     pub seed: Option<u64>,
     /// The key to start from instead of the seed's (for resuming).
@@ -103,12 +107,17 @@ impl JaxLayer {
         let seed = options.seed.unwrap_or(manifest.seed);
         let key_data = options.key.unwrap_or_else(|| seed_key(seed));
         let key = client.buffer_from_slice(&key_data, &[2], &device)?;
-        let vars = match options.variables {
-            Some(given) => upload_variables(&client, &device, &specs, &given, true)?
-                .into_iter()
-                .map(|b| b.ok_or_else(|| Error::invalid("variables", "missing")))
-                .collect::<Result<Vec<_>>>()?,
-            None => {
+        let all = |uploaded: Vec<Option<Buffer>>| -> Result<Vec<Buffer>> {
+            uploaded.into_iter().map(|b| b.ok_or_else(|| Error::invalid("variables", "missing"))).collect()
+        };
+        let vars = match (options.variables, options.variables_file) {
+            (Some(given), _) => all(upload_variables(&client, &device, &specs, &given, true)?)?,
+            (None, Some(path)) => {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let views = crate::tensor::safetensors_views(&bytes, &path.display().to_string())?;
+                all(upload_variables(&client, &device, &specs, &views, true)?)?
+            }
+            (None, None) => {
                 let init = bundle.computation(&manifest.init.file)?;
                 run_init(&client, &device, portable, init, &names, &key)?
             }
@@ -323,18 +332,19 @@ pub(super) fn upload_variables(
     client: &Client,
     device: &Device,
     specs: &[VariableSpec],
-    given: &[(String, Tensor)],
+    given: &[(String, impl AsView)],
     complete: bool,
 ) -> Result<Vec<Option<Buffer>>> {
+    let given: Vec<(&str, TensorView)> = given.iter().map(|(n, t)| (n.as_str(), t.as_view())).collect();
     let available = || specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
-    for (name, _) in given {
-        if !specs.iter().any(|s| &s.name == name) {
-            return Err(Error::NotFound { what: "variable", name: name.clone(), available: available() });
+    for (name, _) in &given {
+        if !specs.iter().any(|s| s.name == *name) {
+            return Err(Error::NotFound { what: "variable", name: name.to_string(), available: available() });
         }
     }
-    let mut found: Vec<Option<&Tensor>> = Vec::with_capacity(specs.len());
+    let mut found: Vec<Option<&TensorView>> = Vec::with_capacity(specs.len());
     for spec in specs {
-        let t = given.iter().find(|(n, _)| n == &spec.name).map(|(_, t)| t);
+        let t = given.iter().find(|(n, _)| *n == spec.name).map(|(_, t)| t);
         match t {
             Some(t) if t.dtype() != spec.dtype => {
                 return Err(Error::DTypeMismatch {

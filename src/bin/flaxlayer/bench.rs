@@ -121,7 +121,7 @@ pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
             let mut builder = FlaxLayer::builder(&args.bundle).method(&method).client(client.clone());
             let vars = args.bundle.join(flaxlayer::bundle::VARIABLES_FILE);
             if vars.is_file() {
-                builder = builder.variables_file(&vars)?;
+                builder = builder.variables_file(&vars);
             }
             let mut fresh = builder.build()?;
             let out = fresh.call(&inputs, args.training)?;

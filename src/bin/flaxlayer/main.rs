@@ -89,7 +89,7 @@ fn build_layer(bundle: &Path, method: Option<&str>, seed: Option<u64>, variables
         b = b.seed(s);
     }
     if let Some(v) = variables {
-        b = b.variables_file(v)?;
+        b = b.variables_file(v);
     }
     if let Some(p) = plugin {
         b = b.plugin(p);
