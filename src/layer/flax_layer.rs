@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::jax_layer::{JaxLayer, LayerOptions};
+use super::saved;
 use crate::bundle::{Bundle, VARIABLES_FILE};
 use crate::pjrt::Client;
 use crate::tensor::write_safetensors;
@@ -196,22 +197,14 @@ impl FlaxLayer {
     /// written to a temporary name and renamed; `layer.json` comes last.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let src = self.bundle().dir();
-        let files = std::iter::once("manifest.json".to_string())
-            .chain(self.bundle().manifest().computations().map(|c| c.file.clone()));
-        for file in files {
-            let bytes = std::fs::read(src.join(&file)).map_err(|e| Error::io(src.join(&file), e))?;
-            crate::atomic::write_atomic(&dir.join(&file), &bytes)?;
-        }
+        saved::copy_bundle(self.bundle(), dir)?;
         let vars = self.variables()?;
         let refs: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
         write_safetensors(dir.join(VARIABLES_FILE), &refs, None)?;
         let mut config = self.get_config();
         config.bundle = PathBuf::from(".");
         let saved = SavedLayer { format: LAYER_FORMAT.into(), version: 1, config, key: self.key()? };
-        let json = serde_json::to_vec_pretty(&saved).map_err(|source| Error::Json { what: LAYER_FILE.into(), source })?;
-        crate::atomic::write_atomic(&dir.join(LAYER_FILE), &json)
+        saved::write_json(&dir.join(LAYER_FILE), &saved)
     }
 
     /// Loads a layer that [`FlaxLayer::save`] wrote: same outputs, variables and key.
@@ -222,16 +215,7 @@ impl FlaxLayer {
     /// [`FlaxLayer::load`] on a given client.
     pub fn load_with(dir: impl AsRef<Path>, client: Option<Client>) -> Result<FlaxLayer> {
         let dir = dir.as_ref();
-        let path = dir.join(LAYER_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let saved: SavedLayer =
-            serde_json::from_slice(&bytes).map_err(|source| Error::Json { what: path.display().to_string(), source })?;
-        if saved.format != LAYER_FORMAT || saved.version != 1 {
-            return Err(Error::format(
-                path.display().to_string(),
-                format!("format {:?} version {} (expected {LAYER_FORMAT:?} version 1)", saved.format, saved.version),
-            ));
-        }
+        let saved: SavedLayer = saved::read_json(&dir.join(LAYER_FILE), LAYER_FORMAT)?;
         let options = LayerOptions {
             method: Some(saved.config.method),
             variables: None,

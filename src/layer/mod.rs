@@ -5,6 +5,7 @@ pub mod cache;
 mod computation;
 mod flax_layer;
 mod jax_layer;
+mod saved;
 mod trainer;
 pub mod raw;
 

@@ -553,14 +553,7 @@ impl Trainer {
     /// itself a bundle, so a [`FlaxLayer`] can also be built on it.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let src = self.bundle.dir();
-        let files = std::iter::once("manifest.json".to_string())
-            .chain(self.bundle.manifest().computations().map(|c| c.file.clone()));
-        for file in files {
-            let bytes = std::fs::read(src.join(&file)).map_err(|e| Error::io(src.join(&file), e))?;
-            crate::atomic::write_atomic(&dir.join(&file), &bytes)?;
-        }
+        super::saved::copy_bundle(&self.bundle, dir)?;
         let meta = |content: &str| -> Option<HashMap<String, String>> {
             Some(HashMap::from([
                 ("format".to_string(), "flaxlayer.bundle".to_string()),
@@ -585,8 +578,7 @@ impl Trainer {
             device: self.device_index,
             plugin: Some(self.client.plugin().path().to_path_buf()),
         };
-        let json = serde_json::to_vec_pretty(&saved).map_err(|source| Error::Json { what: TRAINER_FILE.into(), source })?;
-        crate::atomic::write_atomic(&dir.join(TRAINER_FILE), &json)
+        super::saved::write_json(&dir.join(TRAINER_FILE), &saved)
     }
 
     /// Loads a checkpoint that [`Trainer::save`] wrote; training continues bit for bit as
@@ -598,16 +590,7 @@ impl Trainer {
     /// [`Trainer::load`] on a given client.
     pub fn load_with(dir: impl AsRef<Path>, client: Option<Client>) -> Result<Trainer> {
         let dir = dir.as_ref();
-        let path = dir.join(TRAINER_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let saved: SavedTrainer =
-            serde_json::from_slice(&bytes).map_err(|source| Error::Json { what: path.display().to_string(), source })?;
-        if saved.format != TRAINER_FORMAT || saved.version != 1 {
-            return Err(Error::format(
-                path.display().to_string(),
-                format!("format {:?} version {} (expected {TRAINER_FORMAT:?} version 1)", saved.format, saved.version),
-            ));
-        }
+        let saved: SavedTrainer = super::saved::read_json(&dir.join(TRAINER_FILE), TRAINER_FORMAT)?;
         let read = |file: &str| -> Result<Vec<(String, Tensor)>> {
             let p = dir.join(file);
             let (tensors, meta) = read_safetensors_with_metadata(&p)?;
