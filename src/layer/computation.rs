@@ -149,6 +149,19 @@ impl Computation {
             TreeDef::Tuple(children) if !output_names.is_empty() => children.first().cloned(),
             _ => None,
         };
+        // The manifest's input and output slots must be exactly the leaves of JAX's trees, or
+        // flattening user inputs would feed the wrong arguments.
+        let bad_count = |what: &str, slots: usize, leaves: usize| {
+            Error::format(spec.file.clone(), format!("the manifest names {slots} {what} but JAX's tree has {leaves} leaves"))
+        };
+        if inputs_tree.num_leaves() != input_names.len() && !input_names.is_empty() {
+            return Err(bad_count("inputs", input_names.len(), inputs_tree.num_leaves()));
+        }
+        if let Some(tree) = &outputs_tree {
+            if tree.num_leaves() != output_names.len() {
+                return Err(bad_count("outputs", output_names.len(), tree.num_leaves()));
+            }
+        }
         Ok(Computation {
             file: spec.file.clone(),
             batch_size: spec.batch_size,
