@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use flaxlayer::layer::cache::CacheSetting;
 use flaxlayer::layer::raw::{zero_inputs, RawLoop};
 use flaxlayer::pjrt::Client;
 use flaxlayer::{Bundle, FlaxLayer, PyTree};
@@ -73,18 +74,20 @@ fn cold_start(c: &mut Criterion) {
     let cache = std::env::temp_dir().join(format!("flaxlayer-bench-cache-{}", std::process::id()));
     let mut g = c.benchmark_group("cold_start");
     g.sample_size(10);
-    for (label, setting) in [("no_cache", "0".to_string()), ("warm_cache", cache.display().to_string())] {
-        // Single-threaded here: criterion runs benchmarks one at a time on this thread.
-        std::env::set_var(flaxlayer::layer::cache::CACHE_ENV, &setting);
+    for (label, setting) in [("no_cache", CacheSetting::Off), ("warm_cache", CacheSetting::Dir(cache.clone()))] {
         let first = || {
-            let mut layer = FlaxLayer::builder(hlo("mlp")).client(client.clone()).build().expect("layer");
+            let mut layer = FlaxLayer::builder(hlo("mlp"))
+                .variables_file(hlo("mlp").join("variables.safetensors"))
+                .compile_cache(setting.clone())
+                .client(client.clone())
+                .build()
+                .expect("layer");
             let x = PyTree::leaf(flaxlayer::Tensor::zeros(flaxlayer::DType::F32, vec![1, 64]).expect("x"));
             drop(layer.call(&x, false).expect("call"));
         };
         first(); // fills the cache in the warm case
         g.bench_function(label, |bench| bench.iter_custom(|n| timed(n, first)));
     }
-    std::env::remove_var(flaxlayer::layer::cache::CACHE_ENV);
     let _ = std::fs::remove_dir_all(&cache);
     g.finish();
 }

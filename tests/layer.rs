@@ -375,3 +375,25 @@ fn variables_file_is_checked_and_used() {
     let wrong = FlaxLayer::builder(hlo("mlp")).variables_file(hlo("dense_bn_dropout").join("variables.safetensors")).client(client()).build();
     assert!(matches!(wrong, Err(Error::NotFound { .. } | Error::ShapeMismatch { .. })), "{wrong:?}");
 }
+
+#[test]
+fn compile_cache_setting_is_honoured() {
+    use flaxlayer::layer::cache::CacheSetting;
+    let dir = tempfile::tempdir().unwrap();
+    let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![1, 64]).unwrap());
+    let count = || std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0);
+    let mut off = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Off).client(client()).build().unwrap();
+    off.call(&x, false).unwrap();
+    assert_eq!(count(), 0);
+    let cached = dir.path().join("cache");
+    let mut on = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Dir(cached.clone())).client(client()).build().unwrap();
+    let entries = || std::fs::read_dir(&cached).unwrap().count();
+    assert_eq!(entries(), 1, "init compiled through the cache");
+    on.call(&x, false).unwrap();
+    assert_eq!(entries(), 2, "the batch-1 inference computation compiled on its first call");
+    on.call(&PyTree::leaf(Tensor::zeros(DType::F32, vec![8, 64]).unwrap()), false).unwrap();
+    assert_eq!(entries(), 3, "batch 8 compiled lazily, on its own first call");
+    let mut again = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Dir(cached.clone())).client(client()).build().unwrap();
+    assert_eq!(again.call(&x, false).unwrap(), off.call(&x, false).unwrap());
+    assert_eq!(entries(), 3, "a warm cache adds nothing");
+}

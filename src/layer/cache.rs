@@ -18,7 +18,30 @@ pub const CACHE_ENV: &str = "FLAXLAYER_CACHE";
 
 const MAGIC: &[u8; 8] = b"FLXLEXE1";
 
-/// The cache directory in force, or `None` when caching is off.
+/// Where a layer keeps compiled executables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CacheSetting {
+    /// `$FLAXLAYER_CACHE` if set (`0` turns the cache off), else the user's cache directory.
+    #[default]
+    FromEnv,
+    /// No cache: every computation compiles.
+    Off,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+impl CacheSetting {
+    /// The directory this setting names, or `None` when caching is off.
+    pub fn dir(&self) -> Option<PathBuf> {
+        match self {
+            CacheSetting::FromEnv => cache_dir(),
+            CacheSetting::Off => None,
+            CacheSetting::Dir(d) => Some(d.clone()),
+        }
+    }
+}
+
+/// The cache directory in force by the environment, or `None` when caching is off.
 pub fn cache_dir() -> Option<PathBuf> {
     cache_dir_from(std::env::var_os(CACHE_ENV))
 }
@@ -42,10 +65,10 @@ pub(crate) enum Outcome {
     Replaced,
 }
 
-/// Compiles `program`, through the cache when it is on.
-pub(crate) fn compile(client: &Client, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
-    match cache_dir() {
-        Some(dir) => compile_cached(&dir, client, program, options).map(|(exe, _)| exe),
+/// Compiles `program`, through the cache in `dir` when there is one.
+pub(crate) fn compile(dir: Option<&Path>, client: &Client, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
+    match dir {
+        Some(dir) => compile_cached(dir, client, program, options).map(|(exe, _)| exe),
         None => client.compile(program, options),
     }
 }

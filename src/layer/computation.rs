@@ -1,6 +1,7 @@
 //! One bundle computation compiled for a device: maps the layer's variables, key and inputs
 //! onto JAX's flat arguments, and the flat results back.
 
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use crate::bundle::{Aval, BundleComputation, Role};
@@ -44,6 +45,8 @@ pub(crate) struct Computation {
     options: CompileOptions,
     mlir: Vec<u8>,
     signature: Vec<ArgSpec>,
+    /// The compile cache directory, if caching is on.
+    cache: Option<PathBuf>,
     device: Option<Device>,
     /// JAX's platform-index argument, when the export has several platforms.
     platform_index: Option<Buffer>,
@@ -171,6 +174,7 @@ impl Computation {
             options: CompileOptions { portable, ..CompileOptions::default() },
             mlir: exp.mlir_module.clone(),
             signature,
+            cache: crate::layer::cache::cache_dir(),
             device: portable.then(|| device.clone()),
             platform_index,
             kept,
@@ -194,9 +198,15 @@ impl Computation {
         if let Some(exe) = self.exe.get() {
             return Ok(exe);
         }
-        let exe = crate::layer::cache::compile(&self.client, Program::Mlir(&self.mlir), &self.options)?
+        let exe = crate::layer::cache::compile(self.cache.as_deref(), &self.client, Program::Mlir(&self.mlir), &self.options)?
             .with_input_signature(self.signature.clone());
         Ok(self.exe.get_or_init(|| exe))
+    }
+
+    /// Uses the compile cache in `dir` (`None`: no cache) instead of the environment's.
+    pub fn with_cache(mut self, dir: Option<PathBuf>) -> Computation {
+        self.cache = dir;
+        self
     }
 
     /// Compiles now rather than on the first call.

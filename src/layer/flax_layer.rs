@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::cache::CacheSetting;
 use super::jax_layer::{JaxLayer, LayerOptions};
 use super::saved;
 use crate::bundle::{Bundle, VARIABLES_FILE};
@@ -150,6 +151,13 @@ impl FlaxLayerBuilder {
         self
     }
 
+    /// Where compiled executables are cached: by default `$FLAXLAYER_CACHE`, else the user's
+    /// cache directory (`FLAXLAYER_CACHE=0` turns it off).
+    pub fn compile_cache(mut self, setting: CacheSetting) -> Self {
+        self.options.cache = setting;
+        self
+    }
+
     /// Shares an existing PJRT client.
     pub fn client(mut self, client: Client) -> Self {
         self.options.client = Some(client);
@@ -225,6 +233,7 @@ impl FlaxLayer {
             device: saved.config.device,
             plugin: if client.is_some() { None } else { saved.config.plugin.filter(|p| p.is_file()) },
             client,
+            cache: CacheSetting::default(),
         };
         Ok(FlaxLayer { inner: JaxLayer::new(Arc::new(Bundle::open(dir)?), options)? })
     }

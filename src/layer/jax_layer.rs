@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::cache::CacheSetting;
 use super::computation::{Computation, Sink};
 use crate::bundle::{Bundle, BundleComputation, VariableSpec};
 use crate::pjrt::{Buffer, Client, Device};
@@ -46,6 +47,8 @@ pub struct LayerOptions {
     pub plugin: Option<PathBuf>,
     /// A client to share instead of creating one.
     pub client: Option<Client>,
+    /// Where compiled executables are cached.
+    pub cache: CacheSetting,
 }
 
 /// The raw `uint32[2]` data of `jax.random.key(seed)` (threefry): `[seed >> 32, seed & 0xffffffff]`.
@@ -90,6 +93,7 @@ impl JaxLayer {
         };
         let device = client.device(options.device)?;
         let portable = options.device != 0;
+        let cache = options.cache.dir();
         let manifest = bundle.manifest();
         let method = options.method.unwrap_or_else(|| manifest.default_method.clone());
         let spec = bundle.method(&method)?;
@@ -97,7 +101,7 @@ impl JaxLayer {
         let names: Vec<String> = specs.iter().map(|v| v.name.clone()).collect();
         let prepare_all = |list: &[crate::bundle::ComputationSpec]| -> Result<Vec<Computation>> {
             list.iter()
-                .map(|c| Computation::new(&client, &device, portable, bundle.computation(&c.file)?, &names))
+                .map(|c| Ok(Computation::new(&client, &device, portable, bundle.computation(&c.file)?, &names)?.with_cache(cache.clone())))
                 .collect()
         };
         let inference = prepare_all(&spec.inference)?;
@@ -119,7 +123,7 @@ impl JaxLayer {
             }
             (None, None) => {
                 let init = bundle.computation(&manifest.init.file)?;
-                run_init(&client, &device, portable, init, &names, &key)?
+                run_init(&client, &device, portable, init, &names, &key, cache.clone())?
             }
         };
         Ok(JaxLayer {
@@ -374,8 +378,16 @@ pub(super) fn upload_variables(
 
 /// Runs the bundle's `init(key, init_inputs)` on device. Init inputs only give shapes (Flax
 /// initializers do not read input values), so they are zeros.
-pub(super) fn run_init(client: &Client, device: &Device, portable: bool, init: &BundleComputation, names: &[String], key: &Buffer) -> Result<Vec<Buffer>> {
-    let comp = Computation::new(client, device, portable, init, names)?;
+pub(super) fn run_init(
+    client: &Client,
+    device: &Device,
+    portable: bool,
+    init: &BundleComputation,
+    names: &[String],
+    key: &Buffer,
+    cache: Option<PathBuf>,
+) -> Result<Vec<Buffer>> {
+    let comp = Computation::new(client, device, portable, init, names)?.with_cache(cache);
     let zeros = comp
         .input_avals
         .iter()

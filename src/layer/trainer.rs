@@ -314,7 +314,7 @@ impl Trainer {
                 let key = client.buffer_from_slice(&seed_key(seed), &[2], &device)?;
                 let vars = match given {
                     Some(given) => upload(&given)?,
-                    None => run_init(&client, &device, portable, bundle.computation(&manifest.init.file)?, &var_names, &key)?,
+                    None => run_init(&client, &device, portable, bundle.computation(&manifest.init.file)?, &var_names, &key, crate::layer::cache::cache_dir())?,
                 };
                 let init = compile(&spec.init_opt_state.file)?;
                 let outs = init.run_with_opt_state(&vars, &[], None, &[], false)?;
