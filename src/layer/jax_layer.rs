@@ -241,8 +241,7 @@ impl JaxLayer {
 
     /// The current RNG key data.
     pub fn key(&self) -> Result<[u32; 2]> {
-        let v = self.key.to_vec::<u32>()?;
-        Ok([v[0], v[1]])
+        key_data(&self.key)
     }
 
     /// Replaces the RNG key data.
@@ -265,6 +264,16 @@ impl JaxLayer {
     pub fn output_signature(&self) -> Vec<(String, DType, Vec<i64>)> {
         self.inference.first().map(|c| signature(&c.output_names, &c.output_avals)).unwrap_or_default()
     }
+}
+
+/// The raw `uint32[2]` data of a key buffer.
+pub(super) fn key_data(key: &Buffer) -> Result<[u32; 2]> {
+    let v = key.to_vec::<u32>()?;
+    <[u32; 2]>::try_from(v.as_slice()).map_err(|_| Error::ShapeMismatch {
+        what: "the RNG key".into(),
+        expected: vec![2],
+        got: key.dims().to_vec(),
+    })
 }
 
 fn signature(names: &[String], avals: &[crate::bundle::Aval]) -> Vec<(String, DType, Vec<i64>)> {

@@ -522,11 +522,7 @@ impl Trainer {
 
     /// The current RNG key data.
     pub fn key(&self) -> Result<[u32; 2]> {
-        let v = self.key.to_vec::<u32>()?;
-        match v.as_slice() {
-            &[a, b] => Ok([a, b]),
-            _ => Err(Error::ShapeMismatch { what: "the key".into(), expected: vec![2], got: vec![v.len() as i64] }),
-        }
+        super::jax_layer::key_data(&self.key)
     }
 
     /// A [`FlaxLayer`] over the same bundle and client with the trained variables and the
