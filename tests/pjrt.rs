@@ -234,3 +234,53 @@ fn wrong_dtype_or_shape_is_an_error() {
     let err = exe.execute(&refs[..4], &[false; 4]).unwrap_err();
     assert!(matches!(err, Error::ArgumentCount { expected: 5, got: 4, .. }), "{err}");
 }
+
+/// Builds a fake plugin: a shared library whose `GetPjrtApi` returns a table with API major
+/// version `major` and `entries` null function pointers.
+fn fake_plugin(dir: &Path, major: i32, entries: usize) -> PathBuf {
+    let src = dir.join(format!("fake_{major}_{entries}.c"));
+    let so = dir.join(format!("libfake_{major}_{entries}.so"));
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stddef.h>\n\
+             typedef struct {{ size_t struct_size; void* ext; int major; int minor; }} Version;\n\
+             typedef struct {{ size_t struct_size; void* ext; Version v; void* fns[{n}]; }} Api;\n\
+             static Api api = {{ offsetof(Api, fns) + {entries} * sizeof(void*), 0, {{ sizeof(Version), 0, {major}, 81 }}, {{0}} }};\n\
+             const Api* GetPjrtApi(void) {{ return &api; }}\n",
+            n = entries.max(1)
+        ),
+    )
+    .unwrap();
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) to build the fake plugin");
+    assert!(status.success());
+    so
+}
+
+#[test]
+fn a_plugin_of_another_major_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let so = fake_plugin(dir.path(), 1, 4);
+    let err = flaxlayer::pjrt::Plugin::load_path(&so, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+    assert!(matches!(err, Error::PluginVersion { major: 1, minor: 81, expected_major: 0, .. }), "{err}");
+    let err = Client::new(Some(&so)).unwrap_err();
+    assert!(err.to_string().contains("C API 1.81"), "{err}");
+}
+
+#[test]
+fn a_plugin_missing_an_entry_point_is_unsupported_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    // A table that ends before PJRT_Plugin_Initialize: the entry lies past `struct_size`.
+    let short = fake_plugin(dir.path(), 0, 0);
+    let err = flaxlayer::pjrt::Plugin::load_path(&short, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { function: "PJRT_Plugin_Initialize" }), "{err}");
+    // A table that has the slots, but null: every call is Unsupported too.
+    let nulls = fake_plugin(dir.path(), 0, 8);
+    let err = flaxlayer::pjrt::Plugin::load_path(&nulls, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { function: "PJRT_Plugin_Initialize" }), "{err}");
+}
