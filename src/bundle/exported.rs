@@ -153,9 +153,14 @@ impl Exported {
     }
 
     /// The platform index to pass for `platform` (a name as JAX spells it: `cpu`, `cuda`,
-    /// `rocm`, `tpu`), if the module was lowered for it.
+    /// `rocm`, `tpu`; a PJRT client's `gpu` counts as `cuda`), if the module was lowered for it.
     pub fn platform_index(&self, platform: &str) -> Option<usize> {
-        self.platforms.iter().position(|p| p.eq_ignore_ascii_case(platform))
+        let same = |p: &str| {
+            p.eq_ignore_ascii_case(platform)
+                || (p.eq_ignore_ascii_case("cuda") && platform.eq_ignore_ascii_case("gpu"))
+                || (p.eq_ignore_ascii_case("gpu") && platform.eq_ignore_ascii_case("cuda"))
+        };
+        self.platforms.iter().position(|p| same(p))
     }
 
     /// The avals of the arguments the module takes, in order.
@@ -937,6 +942,7 @@ mod tests {
         assert_eq!(e.platform_index("cuda"), Some(1));
         assert_eq!(e.platform_index("CPU"), Some(0));
         assert_eq!(e.platform_index("tpu"), None);
+        assert_eq!(e.platform_index("gpu"), Some(1), "a PJRT GPU client's name");
         assert_eq!(e.num_module_args(), 2);
         let e = Exported::from_bytes(&fixture("ordered_effect")).unwrap();
         assert_eq!(e.ordered_effects.len(), 1);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use crate::bundle::{Aval, BundleComputation, Role};
+use crate::bundle::{Aval, BundleComputation, Exported, Role};
 use crate::pjrt::{ArgSpec, Buffer, Client, CompileOptions, Device, LoadedExecutable, Program};
 use crate::pytree::TreeDef;
 use crate::{DType, Error, Result};
@@ -138,15 +138,12 @@ impl Computation {
             .iter()
             .map(|&i| sources.get(i).copied().ok_or_else(|| Error::format(spec.file.clone(), format!("kept argument {i} out of range"))))
             .collect::<Result<Vec<_>>>()?;
-        let platform_index = platform_index(client, device, &exp.platforms, &spec.file)?;
+        let platform_index = platform_index_arg(client, device, exp, &spec.file)?;
         let mut signature: Vec<ArgSpec> = Vec::new();
         if platform_index.is_some() {
             signature.push(ArgSpec { dtype: DType::I32, dims: vec![] });
         }
-        signature.extend(exp.module_kept_var_idx.iter().map(|&i| ArgSpec {
-            dtype: exp.in_avals[i].dtype,
-            dims: exp.in_avals[i].shape.clone(),
-        }));
+        signature.extend(exp.kept_in_avals().into_iter().map(|a| ArgSpec { dtype: a.dtype, dims: a.shape.clone() }));
         let inputs_tree = last_positional_arg(&exp.in_tree, &spec.file)?;
         let outputs_tree = match &exp.out_tree {
             TreeDef::Tuple(children) if !output_names.is_empty() => children.first().cloned(),
@@ -279,19 +276,15 @@ fn last_positional_arg(in_tree: &TreeDef, file: &str) -> Result<TreeDef> {
 
 /// The buffer of JAX's platform-index argument for this client, if the export has several
 /// platforms; an error if the client's platform is not among them.
-fn platform_index(client: &Client, device: &Device, platforms: &[String], file: &str) -> Result<Option<Buffer>> {
-    let name = client.platform_name()?.to_lowercase();
-    let matches = |p: &String| {
-        let p = p.to_lowercase();
-        p == name || (p == "cuda" && name == "gpu") || (p == "gpu" && name == "cuda")
-    };
-    let Some(index) = platforms.iter().position(matches) else {
+pub(crate) fn platform_index_arg(client: &Client, device: &Device, exp: &Exported, file: &str) -> Result<Option<Buffer>> {
+    let name = client.platform_name()?;
+    let Some(index) = exp.platform_index(&name) else {
         return Err(Error::invalid(
             file.to_string(),
-            format!("exported for platforms {platforms:?}, but the PJRT client's platform is {name:?}"),
+            format!("exported for platforms {:?}, but the PJRT client's platform is {name:?}", exp.platforms),
         ));
     };
-    if platforms.len() < 2 {
+    if !exp.has_platform_index_arg() {
         return Ok(None);
     }
     Ok(Some(client.buffer_from_slice(&[index as i32], &[], device)?))

@@ -63,9 +63,8 @@ impl RawLoop {
             return Err(Error::ArgumentCount { what: "raw loop inputs".into(), expected: input_index, got: inputs.len() });
         }
         let mut args = Vec::new();
-        if exp.platforms.len() > 1 {
-            let index = exp.platforms.iter().position(|p| p == "cpu").unwrap_or(0) as i32;
-            args.push(RawArg::Resident(client.buffer_from_slice(&[index], &[], &device)?));
+        if let Some(index) = super::computation::platform_index_arg(client, &device, exp, file)? {
+            args.push(RawArg::Resident(index));
         }
         for &i in &exp.module_kept_var_idx {
             args.push(match input_slots[i] {
@@ -73,7 +72,7 @@ impl RawLoop {
                 None => RawArg::Resident(all[i].take().ok_or_else(|| Error::invalid(file, "argument kept twice"))?),
             });
         }
-        let offset = usize::from(exp.platforms.len() > 1);
+        let offset = usize::from(exp.has_platform_index_arg());
         let kept_position = |name: &Option<String>, role: Role| {
             exp.module_kept_var_idx
                 .iter()
