@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use flaxlayer::layer::cache::CacheSetting;
 use flaxlayer::layer::raw::{zero_inputs, RawLoop};
 use flaxlayer::pjrt::Client;
-use flaxlayer::{Bundle, FlaxLayer, PyTree};
+use flaxlayer::{Mode, Bundle, FlaxLayer, PyTree};
 
 fn hlo(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
@@ -83,7 +83,7 @@ fn cold_start(c: &mut Criterion) {
                 .build()
                 .expect("layer");
             let x = PyTree::leaf(flaxlayer::Tensor::zeros(flaxlayer::DType::F32, vec![1, 64]).expect("x"));
-            drop(layer.call(&x, false).expect("call"));
+            drop(layer.call(&x, Mode::Inference).expect("call"));
         };
         first(); // fills the cache in the warm case
         g.bench_function(label, |bench| bench.iter_custom(|n| timed(n, first)));

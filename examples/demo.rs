@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use flaxlayer::tensor::read_safetensors;
-use flaxlayer::{FlaxLayer, PyTree, Tensor};
+use flaxlayer::{FlaxLayer, Mode, PyTree, Tensor};
 
 fn main() -> Result<()> {
     let dir = std::env::args().nth(1).context("usage: demo BUNDLE_DIR")?;
@@ -26,11 +26,11 @@ fn main() -> Result<()> {
     let inputs = PyTree::from_named_leaves(layer.input_tree(), "inputs", group("inputs/"))?;
 
     let mut worst = 0f64;
-    for (label, training, golden_prefix) in
-        [("inference", false, "inference/"), ("training call 1", true, "training/0/"), ("training call 2", true, "training/1/")]
+    for (label, mode, golden_prefix) in
+        [("inference", Mode::Inference, "inference/"), ("training call 1", Mode::Training, "training/0/"), ("training call 2", Mode::Training, "training/1/")]
     {
         let t = Instant::now();
-        let out = layer.call(&inputs, training)?;
+        let out = layer.call(&inputs, mode)?;
         let us = t.elapsed().as_secs_f64() * 1e6;
         println!("\n{label} ({us:.0} µs)");
         let outputs: BTreeMap<String, &Tensor> = out.flatten_with_paths("outputs").into_iter().collect();

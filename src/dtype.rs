@@ -72,6 +72,15 @@ impl DType {
         }
     }
 
+    /// The bytes of an array of this dtype and `shape`, with checked arithmetic: an error
+    /// (never a wrap or a panic) when the size does not fit in `usize`.
+    pub fn array_bytes(self, shape: &[usize]) -> Result<usize> {
+        shape
+            .iter()
+            .try_fold(self.size_in_bytes(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| Error::invalid("array size", format!("a {self} array of shape {shape:?} overflows usize bytes")))
+    }
+
     /// Whether this is a floating-point type.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
@@ -174,5 +183,12 @@ mod tests {
             assert_eq!(DType::from_safetensors(d.to_safetensors()).unwrap(), d);
         }
         assert!(matches!("complex64".parse::<DType>(), Err(Error::UnsupportedDType(_))));
+    }
+
+    #[test]
+    fn array_bytes_are_checked() {
+        assert_eq!(DType::BF16.array_bytes(&[3, 4]).unwrap(), 24);
+        assert_eq!(DType::F64.array_bytes(&[]).unwrap(), 8);
+        assert!(DType::F64.array_bytes(&[usize::MAX / 4]).is_err());
     }
 }

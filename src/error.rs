@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::DType;
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -56,10 +58,14 @@ impl ErrorCode {
 }
 
 /// Everything that can go wrong in `flaxlayer`.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display`, so `fn main() -> flaxlayer::Result<()>` shows a
+/// readable message. Errors that wrap another one (I/O, JSON, safetensors) include its text in
+/// their own message and do not repeat it as a `source()`, so `anyhow`'s `{:#}` prints it once.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No PJRT plugin could be loaded. `tried` lists every path with the reason it failed.
+    /// No PJRT plugin could be loaded. `tried` lists every candidate with the reason it failed.
     #[error("no PJRT plugin could be loaded; tried:\n{}\n{hint}", format_tried(.tried))]
     PluginNotFound { tried: Vec<(PathBuf, String)>, hint: String },
 
@@ -81,11 +87,16 @@ pub enum Error {
 
     /// A value has the wrong dtype.
     #[error("{what}: expected dtype {expected}, got {got}")]
-    DTypeMismatch { what: String, expected: String, got: String },
+    DTypeMismatch { what: String, expected: DType, got: DType },
 
     /// A value has the wrong shape.
     #[error("{what}: expected shape {expected:?}, got {got:?}")]
-    ShapeMismatch { what: String, expected: Vec<i64>, got: Vec<i64> },
+    ShapeMismatch { what: String, expected: Vec<usize>, got: Vec<usize> },
+
+    /// A batch size that no computation of the method was exported for, in a call that cannot
+    /// pad or split (training calls, stateful inference, methods not marked paddable).
+    #[error("{what}: batch must be one of {available:?}, got {got}{}", reason_suffix(.reason))]
+    BatchSize { what: String, got: usize, available: Vec<usize>, reason: String },
 
     /// A host slice has the wrong number of elements or bytes.
     #[error("{what}: expected {expected} {unit}, got {got}")]
@@ -111,17 +122,37 @@ pub enum Error {
     #[error("{what}: {reason}")]
     InvalidArgument { what: String, reason: String },
 
+    /// A computation failed on the device after the layer's state had been donated to it: the
+    /// params, state or key it held are gone. Every later call refuses with this error;
+    /// rebuild the layer (or load a saved one) to continue.
+    #[error("the layer's device state was lost when {computation} failed ({cause}); rebuild or reload the layer")]
+    StateLost { computation: String, cause: String },
+
     /// An I/O error, with the path it concerns.
-    #[error("{path:?}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     /// JSON (manifest, config) could not be read or written.
-    #[error("{what}: {source}")]
-    Json { what: String, #[source] source: serde_json::Error },
+    #[error("{what}: {cause}")]
+    Json { what: String, cause: serde_json::Error },
 
     /// safetensors could not be read or written.
-    #[error("{what}: {source}")]
-    SafeTensors { what: String, #[source] source: safetensors::SafeTensorError },
+    #[error("{what}: {cause}")]
+    SafeTensors { what: String, cause: safetensors::SafeTensorError },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+fn reason_suffix(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({reason})")
+    }
 }
 
 fn format_tried(tried: &[(PathBuf, String)]) -> String {
@@ -130,8 +161,18 @@ fn format_tried(tried: &[(PathBuf, String)]) -> String {
 
 impl Error {
     /// An [`Error::Io`] for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        Error::Io { path: path.into(), cause }
+    }
+
+    /// An [`Error::Json`] for `what`.
+    pub fn json(what: impl Into<String>, cause: serde_json::Error) -> Self {
+        Error::Json { what: what.into(), cause }
+    }
+
+    /// An [`Error::SafeTensors`] for `what`.
+    pub fn safetensors(what: impl Into<String>, cause: safetensors::SafeTensorError) -> Self {
+        Error::SafeTensors { what: what.into(), cause }
     }
 
     /// An [`Error::InvalidFormat`].
@@ -154,6 +195,18 @@ mod tests {
     #[test]
     fn error_is_send_sync() {
         ensure_send_sync::<Error>();
+    }
+
+    #[test]
+    fn debug_reads_like_display_and_io_says_its_cause_once() {
+        let e = Error::io("/no/such/file", std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(format!("{e:?}"), e.to_string());
+        assert_eq!(e.to_string(), "/no/such/file: entity not found");
+        assert!(std::error::Error::source(&e).is_none(), "the cause is in the message, not repeated as a source");
+        let e = Error::DTypeMismatch { what: "input \"x\"".into(), expected: DType::F32, got: DType::I64 };
+        assert_eq!(format!("{e:?}"), "input \"x\": expected dtype float32, got int64");
+        let e = Error::BatchSize { what: "input \"x\"".into(), got: 3, available: vec![1, 8], reason: String::new() };
+        assert_eq!(e.to_string(), "input \"x\": batch must be one of [1, 8], got 3");
     }
 
     #[test]

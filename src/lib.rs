@@ -1,28 +1,31 @@
-//! Run Flax (JAX) models from Rust, through XLA's PJRT C API.
-//!
-//! The pipeline, bottom to top: [`pjrt`] (plugin, client, buffers, executables; all the FFI
-//! code) → [`Tensor`] / [`PyTree`] (host values) → [`bundle`] (manifest, serialized
-//! exports, weights) → [`JaxLayer`] / [`FlaxLayer`] → the `flaxlayer` CLI.
+#![doc = include_str!("../docs/rustdoc.md")]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod atomic;
 pub mod bundle;
 mod dtype;
 mod error;
+mod files;
 pub mod layer;
+#[allow(unsafe_code)]
 pub mod pjrt;
 pub mod pytree;
+mod spec;
 pub mod tensor;
 
 pub use bundle::Bundle;
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorCode, Result};
-pub use layer::{FlaxLayer, FlaxLayerConfig, JaxLayer, WeightInfo};
-pub use layer::{Batch, Metrics, Trainer};
-pub use pytree::{PyTree, TreeDef};
-pub use tensor::Tensor;
+pub use layer::{AsInputs, Batch, Builder, FlaxLayer, FlaxLayerConfig, JaxLayer, Metrics, Mode, Trainer};
+pub use pytree::{PyTree, Tree, TreeDef, TreeView};
+pub use spec::TensorSpec;
+pub use tensor::{Tensor, TensorView};
 
-/// The README's Rust example, compiled and run as a doctest.
+/// The `ndarray` this crate is built with, so that arrays passed in and out have its types.
+pub use ndarray;
+
+/// The README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-

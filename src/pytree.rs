@@ -1,4 +1,9 @@
-//! PyTrees of host tensors, and tree structures (`TreeDef`) as JAX serializes them.
+//! PyTrees: JAX's built-in containers (tuple, list, dict, `None`) around leaves.
+//!
+//! One generic [`Tree`] serves three uses with one set of walkers:
+//! - [`PyTree`] = `Tree<Tensor>`: host values, the inputs and outputs of a layer;
+//! - [`TreeView`] = `Tree<TensorView>`: borrowed host values (zero-copy inputs);
+//! - [`TreeDef`] = `Tree<()>`: a structure without values, as JAX serializes `PyTreeDef`s.
 //!
 //! Names follow the bundle format: tuple and list indices as numbers, dict keys as
 //! themselves, levels joined by `/`; a bare leaf is named by a root name the caller gives
@@ -7,23 +12,33 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorView};
 use crate::{Error, Result};
 
-/// A nested value of tensors: JAX's built-in PyTree node types.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PyTree {
-    /// An array.
-    Leaf(Tensor),
+/// A nested value: JAX's built-in PyTree node types around leaves of type `L`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Tree<L> {
+    /// A leaf (an array, or `()` in a [`TreeDef`]).
+    Leaf(L),
     /// Python's `None`: a node with no children (and no leaves).
     None,
     /// A tuple.
-    Tuple(Vec<PyTree>),
+    Tuple(Vec<Tree<L>>),
     /// A list.
-    List(Vec<PyTree>),
+    List(Vec<Tree<L>>),
     /// A dict with string keys, kept sorted as JAX flattens them.
-    Dict(BTreeMap<String, PyTree>),
+    Dict(BTreeMap<String, Tree<L>>),
 }
+
+/// A tree of host tensors: a layer's inputs and outputs.
+pub type PyTree = Tree<Tensor>;
+
+/// A tree of borrowed host arrays: inputs passed without copying them first.
+pub type TreeView<'a> = Tree<TensorView<'a>>;
+
+/// The structure of a tree without its values: JAX's `PyTreeDef` for the node types JAX
+/// serializes without a registry (leaf, `None`, tuple, list, dict with string keys).
+pub type TreeDef = Tree<()>;
 
 /// Joins a path prefix and one more level.
 fn join(prefix: &str, segment: &str) -> String {
@@ -48,31 +63,57 @@ fn key_list<'a>(keys: impl Iterator<Item = &'a String>) -> String {
     format!("[{}]", keys.map(String::as_str).collect::<Vec<_>>().join(", "))
 }
 
-impl PyTree {
+impl<L> Tree<L> {
     /// A leaf.
-    pub fn leaf(t: Tensor) -> PyTree {
-        PyTree::Leaf(t)
+    pub fn leaf(value: L) -> Tree<L> {
+        Tree::Leaf(value)
     }
 
     /// A dict; with a repeated key the last value wins, as in a Python dict literal.
-    pub fn dict<K: Into<String>>(items: impl IntoIterator<Item = (K, PyTree)>) -> PyTree {
-        PyTree::Dict(items.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    pub fn dict<K: Into<String>>(items: impl IntoIterator<Item = (K, Tree<L>)>) -> Tree<L> {
+        Tree::Dict(items.into_iter().map(|(k, v)| (k.into(), v)).collect())
     }
 
     /// A tuple.
-    pub fn tuple(items: impl IntoIterator<Item = PyTree>) -> PyTree {
-        PyTree::Tuple(items.into_iter().collect())
+    pub fn tuple(items: impl IntoIterator<Item = Tree<L>>) -> Tree<L> {
+        Tree::Tuple(items.into_iter().collect())
     }
 
     /// A list.
-    pub fn list(items: impl IntoIterator<Item = PyTree>) -> PyTree {
-        PyTree::List(items.into_iter().collect())
+    pub fn list(items: impl IntoIterator<Item = Tree<L>>) -> Tree<L> {
+        Tree::List(items.into_iter().collect())
     }
 
-    /// The tensor of a leaf.
-    pub fn as_tensor(&self) -> Option<&Tensor> {
+    /// The value of a leaf node.
+    pub fn as_leaf(&self) -> Option<&L> {
         match self {
-            PyTree::Leaf(t) => Some(t),
+            Tree::Leaf(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// The child nodes with their path segments (indices, or dict keys), in flatten order.
+    fn children(&self) -> Vec<(String, &Tree<L>)> {
+        match self {
+            Tree::Leaf(_) | Tree::None => Vec::new(),
+            Tree::Tuple(c) | Tree::List(c) => c.iter().enumerate().map(|(i, c)| (i.to_string(), c)).collect(),
+            Tree::Dict(m) => m.iter().map(|(k, c)| (k.clone(), c)).collect(),
+        }
+    }
+
+    /// The child nodes, in flatten order.
+    pub fn child_nodes(&self) -> Vec<&Tree<L>> {
+        match self {
+            Tree::Leaf(_) | Tree::None => Vec::new(),
+            Tree::Tuple(c) | Tree::List(c) => c.iter().collect(),
+            Tree::Dict(m) => m.values().collect(),
+        }
+    }
+
+    /// A dict node's keys (sorted).
+    pub fn keys(&self) -> Option<Vec<&str>> {
+        match self {
+            Tree::Dict(m) => Some(m.keys().map(String::as_str).collect()),
             _ => None,
         }
     }
@@ -81,134 +122,117 @@ impl PyTree {
     /// `list of 3`, `dict with keys [a, b]`.
     pub fn describe(&self) -> String {
         match self {
-            PyTree::Leaf(_) => "leaf".into(),
-            PyTree::None => "None".into(),
-            PyTree::Tuple(c) => format!("tuple of {}", c.len()),
-            PyTree::List(c) => format!("list of {}", c.len()),
-            PyTree::Dict(m) => format!("dict with keys {}", key_list(m.keys())),
+            Tree::Leaf(_) => "leaf".into(),
+            Tree::None => "None".into(),
+            Tree::Tuple(c) => format!("tuple of {}", c.len()),
+            Tree::List(c) => format!("list of {}", c.len()),
+            Tree::Dict(m) => format!("dict with keys {}", key_list(m.keys())),
         }
     }
 
     /// The sub-tree at `path` (`"0/ids"`; `""` is the tree itself). A dict key that
     /// contains `/` cannot be reached this way.
-    pub fn get(&self, path: &str) -> Option<&PyTree> {
+    pub fn get(&self, path: &str) -> Option<&Tree<L>> {
         if path.is_empty() {
             return Some(self);
         }
         let mut node = self;
         for seg in path.split('/') {
             node = match node {
-                PyTree::Tuple(c) | PyTree::List(c) => c.get(seg.parse::<usize>().ok()?)?,
-                PyTree::Dict(m) => m.get(seg)?,
-                PyTree::Leaf(_) | PyTree::None => return None,
+                Tree::Tuple(c) | Tree::List(c) => c.get(seg.parse::<usize>().ok()?)?,
+                Tree::Dict(m) => m.get(seg)?,
+                Tree::Leaf(_) | Tree::None => return None,
             };
         }
         Some(node)
     }
 
-    /// The tensor at `path`, or [`Error::NotFound`] listing the leaf paths there are
-    /// (a bare leaf is found under `""`).
-    pub fn get_tensor(&self, path: &str) -> Result<&Tensor> {
-        self.get(path).and_then(PyTree::as_tensor).ok_or_else(|| Error::NotFound {
-            what: "PyTree leaf",
-            name: path.to_string(),
-            available: self
-                .flatten_with_paths("")
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    /// The leaf at `path`; a bare leaf is found under `""` and under any root name.
+    pub fn get_leaf(&self, path: &str) -> Option<&L> {
+        match self {
+            Tree::Leaf(x) => Some(x),
+            _ => self.get(path)?.as_leaf(),
+        }
     }
 
     /// The number of leaves.
     pub fn num_leaves(&self) -> usize {
         match self {
-            PyTree::Leaf(_) => 1,
-            PyTree::None => 0,
-            PyTree::Tuple(c) | PyTree::List(c) => c.iter().map(PyTree::num_leaves).sum(),
-            PyTree::Dict(m) => m.values().map(PyTree::num_leaves).sum(),
+            Tree::Leaf(_) => 1,
+            _ => self.child_nodes().into_iter().map(Tree::num_leaves).sum(),
+        }
+    }
+
+    /// Calls `f` with each leaf's path and value, in flatten order. This is the one walk that
+    /// every read-only traversal here is built on.
+    fn visit<'a>(&'a self, path: &str, f: &mut impl FnMut(&str, &'a L)) {
+        match self {
+            Tree::Leaf(x) => f(path, x),
+            _ => {
+                for (seg, c) in self.children() {
+                    c.visit(&join(path, &seg), f);
+                }
+            }
         }
     }
 
     /// The leaves in JAX's flatten order.
-    pub fn leaves(&self) -> Vec<&Tensor> {
-        fn walk<'a>(t: &'a PyTree, out: &mut Vec<&'a Tensor>) {
-            match t {
-                PyTree::Leaf(x) => out.push(x),
-                PyTree::None => {}
-                PyTree::Tuple(c) | PyTree::List(c) => c.iter().for_each(|c| walk(c, out)),
-                PyTree::Dict(m) => m.values().for_each(|c| walk(c, out)),
-            }
-        }
+    pub fn leaves(&self) -> Vec<&L> {
         let mut out = Vec::new();
-        walk(self, &mut out);
-        out
-    }
-
-    /// The leaves in JAX's flatten order, moved out.
-    pub fn into_leaves(self) -> Vec<Tensor> {
-        fn walk(t: PyTree, out: &mut Vec<Tensor>) {
-            match t {
-                PyTree::Leaf(x) => out.push(x),
-                PyTree::None => {}
-                PyTree::Tuple(c) | PyTree::List(c) => c.into_iter().for_each(|c| walk(c, out)),
-                PyTree::Dict(m) => m.into_values().for_each(|c| walk(c, out)),
-            }
-        }
-        let mut out = Vec::new();
-        walk(self, &mut out);
+        self.visit("", &mut |_, x| out.push(x));
         out
     }
 
     /// The leaves in flatten order with their paths; a bare leaf is named `root_name`.
-    pub fn flatten_with_paths(&self, root_name: &str) -> Vec<(String, &Tensor)> {
-        fn walk<'a>(t: &'a PyTree, path: &str, out: &mut Vec<(String, &'a Tensor)>) {
+    pub fn flatten_with_paths(&self, root_name: &str) -> Vec<(String, &L)> {
+        let mut out = Vec::new();
+        self.visit("", &mut |p, x| out.push((if p.is_empty() { root_name.to_string() } else { p.to_string() }, x)));
+        out
+    }
+
+    /// The path of every leaf, in flatten order; a bare leaf is named `root_name`.
+    pub fn leaf_paths(&self, root_name: &str) -> Vec<String> {
+        self.flatten_with_paths(root_name).into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// The same tree with every leaf mapped by `f`, which also gets the leaf's path.
+    pub fn map<'a, M>(&'a self, mut f: impl FnMut(&str, &'a L) -> M) -> Tree<M> {
+        fn walk<'a, L, M>(t: &'a Tree<L>, path: &str, f: &mut impl FnMut(&str, &'a L) -> M) -> Tree<M> {
             match t {
-                PyTree::Leaf(x) => out.push((path.to_string(), x)),
-                PyTree::None => {}
-                PyTree::Tuple(c) | PyTree::List(c) => {
-                    for (i, c) in c.iter().enumerate() {
-                        walk(c, &join(path, &i.to_string()), out);
-                    }
-                }
-                PyTree::Dict(m) => {
-                    for (k, c) in m {
-                        walk(c, &join(path, k), out);
-                    }
-                }
+                Tree::Leaf(x) => Tree::Leaf(f(path, x)),
+                Tree::None => Tree::None,
+                Tree::Tuple(c) => Tree::Tuple(c.iter().enumerate().map(|(i, c)| walk(c, &join(path, &i.to_string()), f)).collect()),
+                Tree::List(c) => Tree::List(c.iter().enumerate().map(|(i, c)| walk(c, &join(path, &i.to_string()), f)).collect()),
+                Tree::Dict(m) => Tree::Dict(m.iter().map(|(k, c)| (k.clone(), walk(c, &join(path, k), f))).collect()),
             }
         }
-        if let PyTree::Leaf(x) = self {
-            return vec![(root_name.to_string(), x)];
-        }
-        let mut out = Vec::new();
-        walk(self, "", &mut out);
-        out
+        walk(self, "", &mut f)
     }
 
     /// The tree's structure.
     pub fn structure(&self) -> TreeDef {
-        match self {
-            PyTree::Leaf(_) => TreeDef::Leaf,
-            PyTree::None => TreeDef::None,
-            PyTree::Tuple(c) => TreeDef::Tuple(c.iter().map(PyTree::structure).collect()),
-            PyTree::List(c) => TreeDef::List(c.iter().map(PyTree::structure).collect()),
-            PyTree::Dict(m) => TreeDef::Dict {
-                keys: m.keys().cloned().collect(),
-                children: m.values().map(PyTree::structure).collect(),
-            },
+        self.map(|_, _| ())
+    }
+
+    /// The leaves in JAX's flatten order, moved out.
+    pub fn into_leaves(self) -> Vec<L> {
+        fn walk<L>(t: Tree<L>, out: &mut Vec<L>) {
+            match t {
+                Tree::Leaf(x) => out.push(x),
+                Tree::None => {}
+                Tree::Tuple(c) | Tree::List(c) => c.into_iter().for_each(|c| walk(c, out)),
+                Tree::Dict(m) => m.into_values().for_each(|c| walk(c, out)),
+            }
         }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
     }
 
     /// Builds a tree of structure `def` from leaves named by their paths (a bare leaf is
     /// named `root_name`). Every leaf of `def` must be given, and nothing else.
-    pub fn from_named_leaves(
-        def: &TreeDef,
-        root_name: &str,
-        leaves: impl IntoIterator<Item = (String, Tensor)>,
-    ) -> Result<PyTree> {
-        let mut named: HashMap<String, Tensor> = HashMap::new();
+    pub fn from_named_leaves(def: &TreeDef, root_name: &str, leaves: impl IntoIterator<Item = (String, L)>) -> Result<Tree<L>> {
+        let mut named: HashMap<String, L> = HashMap::new();
         for (name, t) in leaves {
             if named.contains_key(&name) {
                 return Err(Error::invalid("PyTree::from_named_leaves", format!("leaf {name:?} given twice")));
@@ -234,128 +258,104 @@ impl PyTree {
         if !named.is_empty() {
             let mut extra: Vec<String> = named.into_keys().collect();
             extra.sort();
-            return Err(Error::invalid(
-                "PyTree::from_named_leaves",
-                format!("leaves not in the tree: {}", extra.join(", ")),
-            ));
+            return Err(Error::invalid("PyTree::from_named_leaves", format!("leaves not in the tree: {}", extra.join(", "))));
         }
         def.unflatten(ordered)
     }
 }
 
-impl From<Tensor> for PyTree {
-    fn from(t: Tensor) -> PyTree {
-        PyTree::Leaf(t)
+impl PyTree {
+    /// The tensor of a leaf.
+    pub fn as_tensor(&self) -> Option<&Tensor> {
+        self.as_leaf()
+    }
+
+    /// The tensor at `path`, or [`Error::NotFound`] listing the leaf paths there are
+    /// (a bare leaf is found under `""` and any root name).
+    pub fn get_tensor(&self, path: &str) -> Result<&Tensor> {
+        self.get_leaf(path).ok_or_else(|| Error::NotFound {
+            what: "PyTree leaf",
+            name: path.to_string(),
+            available: self.leaf_paths("").join(", "),
+        })
+    }
+
+    /// Borrowed views of every leaf, for a call that should not copy the tensors.
+    pub fn view(&self) -> TreeView<'_> {
+        self.map(|_, t| t.view())
     }
 }
 
-impl fmt::Display for PyTree {
-    /// Python-like: `({'ids': int32[2,8]}, None)`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PyTree::Leaf(t) => {
-                let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
-                write!(f, "{}[{}]", t.dtype(), dims.join(","))
-            }
-            PyTree::None => f.write_str("None"),
-            PyTree::Tuple(c) => write_seq(f, "(", ")", c.iter(), c.len() == 1),
-            PyTree::List(c) => write_seq(f, "[", "]", c.iter(), false),
-            PyTree::Dict(m) => write_dict(f, m.iter()),
+impl<L> std::ops::Index<&str> for Tree<L> {
+    type Output = L;
+    /// The leaf at a path, as ort's `SessionOutputs["name"]`: `out["logits"]`,
+    /// `out["1/ids"]`. Panics when there is no leaf there; use [`Tree::get_leaf`] to ask.
+    fn index(&self, path: &str) -> &L {
+        match self.get_leaf(path) {
+            Some(x) => x,
+            None => panic!("no leaf at path {path:?}; leaves: {:?}", self.leaf_paths("")),
         }
     }
 }
 
-/// The structure of a PyTree: JAX's `PyTreeDef` for the node types JAX serializes without a
-/// registry (leaf, `None`, tuple, list, dict with string keys).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum TreeDef {
-    /// An array.
-    Leaf,
-    /// `None`.
-    None,
-    /// A tuple.
-    Tuple(Vec<TreeDef>),
-    /// A list.
-    List(Vec<TreeDef>),
-    /// A dict: `keys[i]` names `children[i]`; JAX keeps keys sorted, and flattens in key
-    /// order. [`TreeDef::dict`] sorts; deserialized trees are checked to be sorted.
-    Dict { keys: Vec<String>, children: Vec<TreeDef> },
+impl<L> std::ops::Index<usize> for Tree<L> {
+    type Output = L;
+    /// The `i`-th leaf in flatten order (`out[0]` for a bare output). Panics when there are
+    /// fewer leaves.
+    fn index(&self, i: usize) -> &L {
+        let leaves = self.leaves();
+        let n = leaves.len();
+        match leaves.into_iter().nth(i) {
+            Some(x) => x,
+            None => panic!("leaf index {i} out of range: the tree has {n} leaves"),
+        }
+    }
+}
+
+impl From<Tensor> for PyTree {
+    fn from(t: Tensor) -> PyTree {
+        Tree::Leaf(t)
+    }
+}
+
+impl<'a> From<TensorView<'a>> for TreeView<'a> {
+    fn from(t: TensorView<'a>) -> TreeView<'a> {
+        Tree::Leaf(t)
+    }
+}
+
+impl<T: crate::Element> From<ndarray::ArrayD<T>> for PyTree {
+    fn from(a: ndarray::ArrayD<T>) -> PyTree {
+        Tree::Leaf(Tensor::from(a))
+    }
+}
+
+impl<K: Into<String>> FromIterator<(K, PyTree)> for PyTree {
+    /// A dict from `(key, value)` pairs.
+    fn from_iter<I: IntoIterator<Item = (K, PyTree)>>(items: I) -> PyTree {
+        Tree::dict(items)
+    }
 }
 
 impl TreeDef {
     /// A dict node, with keys sorted; a repeated key is an error.
-    pub fn dict<K: Into<String>>(items: impl IntoIterator<Item = (K, TreeDef)>) -> Result<TreeDef> {
-        let mut items: Vec<(String, TreeDef)> = items.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        items.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = items.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(Error::invalid("TreeDef::dict", format!("key {:?} given twice", w[0].0)));
+    pub fn dict_checked<K: Into<String>>(items: impl IntoIterator<Item = (K, TreeDef)>) -> Result<TreeDef> {
+        let mut m = BTreeMap::new();
+        for (k, v) in items {
+            let k = k.into();
+            if m.contains_key(&k) {
+                return Err(Error::invalid("TreeDef::dict", format!("key {k:?} given twice")));
+            }
+            m.insert(k, v);
         }
-        let (keys, children) = items.into_iter().unzip();
-        Ok(TreeDef::Dict { keys, children })
-    }
-
-    /// The number of leaves.
-    pub fn num_leaves(&self) -> usize {
-        match self {
-            TreeDef::Leaf => 1,
-            TreeDef::None => 0,
-            _ => self.children().iter().map(TreeDef::num_leaves).sum(),
-        }
-    }
-
-    /// The child nodes (none for a leaf or `None`).
-    pub fn children(&self) -> &[TreeDef] {
-        match self {
-            TreeDef::Leaf | TreeDef::None => &[],
-            TreeDef::Tuple(c) | TreeDef::List(c) => c,
-            TreeDef::Dict { children, .. } => children,
-        }
-    }
-
-    /// The `i`-th child.
-    pub fn child(&self, i: usize) -> Option<&TreeDef> {
-        self.children().get(i)
-    }
-
-    /// A dict node's keys.
-    pub fn keys(&self) -> Option<&[String]> {
-        match self {
-            TreeDef::Dict { keys, .. } => Some(keys),
-            _ => None,
-        }
-    }
-
-    /// The path name of each child: indices, or dict keys.
-    fn child_names(&self) -> Vec<String> {
-        match self {
-            TreeDef::Dict { keys, .. } => keys.clone(),
-            _ => (0..self.children().len()).map(|i| i.to_string()).collect(),
-        }
-    }
-
-    /// The sub-tree at `path` (`"0/ids"`; `""` is the tree itself).
-    pub fn get(&self, path: &str) -> Option<&TreeDef> {
-        if path.is_empty() {
-            return Some(self);
-        }
-        let mut node = self;
-        for seg in path.split('/') {
-            node = match node {
-                TreeDef::Tuple(c) | TreeDef::List(c) => c.get(seg.parse::<usize>().ok()?)?,
-                TreeDef::Dict { keys, children } => children.get(keys.iter().position(|k| k == seg)?)?,
-                TreeDef::Leaf | TreeDef::None => return None,
-            };
-        }
-        Some(node)
+        Ok(Tree::Dict(m))
     }
 
     /// An exported function's `in_tree` is `((args...), {kwargs})`: returns the args tuple
     /// and the kwargs dict.
     pub fn args_kwargs(&self) -> Result<(&TreeDef, &TreeDef)> {
         match self {
-            TreeDef::Tuple(c) if c.len() == 2 && matches!(c[0], TreeDef::Tuple(_)) && matches!(c[1], TreeDef::Dict { .. }) => {
-                Ok((&c[0], &c[1]))
-            }
+            Tree::Tuple(c) if c.len() == 2 && matches!(c[0], Tree::Tuple(_)) && matches!(c[1], Tree::Dict(_)) => Ok((&c[0], &c[1])),
             other => Err(Error::TreeMismatch {
                 path: "<root>".into(),
                 expected: "tuple of 2 (an args tuple and a kwargs dict)".into(),
@@ -364,149 +364,66 @@ impl TreeDef {
         }
     }
 
-    /// The node's kind, as error messages show it: `leaf`, `None`, `tuple of 2`,
-    /// `list of 3`, `dict with keys [a, b]`.
-    pub fn describe(&self) -> String {
-        match self {
-            TreeDef::Leaf => "leaf".into(),
-            TreeDef::None => "None".into(),
-            TreeDef::Tuple(c) => format!("tuple of {}", c.len()),
-            TreeDef::List(c) => format!("list of {}", c.len()),
-            TreeDef::Dict { keys, .. } => format!("dict with keys {}", key_list(keys.iter())),
-        }
-    }
-
-    /// The path of every leaf, in flatten order; a bare leaf is named `root_name`.
-    pub fn leaf_paths(&self, root_name: &str) -> Vec<String> {
-        fn walk(d: &TreeDef, path: &str, out: &mut Vec<String>) {
-            match d {
-                TreeDef::Leaf => out.push(path.to_string()),
-                TreeDef::None => {}
-                _ => {
-                    for (name, c) in d.child_names().iter().zip(d.children()) {
-                        walk(c, &join(path, name), out);
-                    }
-                }
-            }
-        }
-        if *self == TreeDef::Leaf {
-            return vec![root_name.to_string()];
-        }
-        let mut out = Vec::new();
-        walk(self, "", &mut out);
-        out
-    }
-
     /// The mismatch error at `path` between this node and `tree`'s.
-    fn mismatch(&self, path: &str, tree: &PyTree) -> Error {
+    fn mismatch<L>(&self, path: &str, tree: &Tree<L>) -> Error {
         Error::TreeMismatch { path: shown(path), expected: self.describe(), got: tree.describe() }
     }
 
     /// Whether `tree`'s top node has this node's kind and arity (and dict keys).
-    fn node_matches(&self, tree: &PyTree) -> bool {
+    fn node_matches<L>(&self, tree: &Tree<L>) -> bool {
         match (self, tree) {
-            (TreeDef::Leaf, PyTree::Leaf(_)) | (TreeDef::None, PyTree::None) => true,
-            (TreeDef::Tuple(d), PyTree::Tuple(t)) | (TreeDef::List(d), PyTree::List(t)) => d.len() == t.len(),
-            (TreeDef::Dict { keys, .. }, PyTree::Dict(m)) => {
-                keys.len() == m.len() && keys.iter().all(|k| m.contains_key(k))
-            }
+            (Tree::Leaf(()), Tree::Leaf(_)) | (Tree::None, Tree::None) => true,
+            (Tree::Tuple(d), Tree::Tuple(t)) | (Tree::List(d), Tree::List(t)) => d.len() == t.len(),
+            (Tree::Dict(d), Tree::Dict(m)) => d.len() == m.len() && d.keys().all(|k| m.contains_key(k)),
             _ => false,
         }
     }
 
-    /// The leaves of `tree` in flatten order, after checking that `tree` has this
-    /// structure; a difference is an [`Error::TreeMismatch`] naming the first path where
-    /// they differ.
-    pub fn flatten<'a>(&self, tree: &'a PyTree) -> Result<Vec<&'a Tensor>> {
-        fn walk<'a>(d: &TreeDef, t: &'a PyTree, path: &str, out: &mut Vec<&'a Tensor>) -> Result<()> {
+    /// Checks that `tree` has this structure: a difference is an [`Error::TreeMismatch`]
+    /// naming the first path where they differ.
+    pub fn check<L>(&self, tree: &Tree<L>) -> Result<()> {
+        fn walk<L>(d: &TreeDef, t: &Tree<L>, path: &str) -> Result<()> {
             if !d.node_matches(t) {
                 return Err(d.mismatch(path, t));
             }
-            match (d, t) {
-                (TreeDef::Leaf, PyTree::Leaf(x)) => out.push(x),
-                (TreeDef::Tuple(dc), PyTree::Tuple(tc)) | (TreeDef::List(dc), PyTree::List(tc)) => {
-                    for (i, (dc, tc)) in dc.iter().zip(tc).enumerate() {
-                        walk(dc, tc, &join(path, &i.to_string()), out)?;
-                    }
-                }
-                (TreeDef::Dict { keys, children }, PyTree::Dict(m)) => {
-                    for (k, dc) in keys.iter().zip(children) {
-                        let tc = m.get(k).ok_or_else(|| d.mismatch(path, t))?;
-                        walk(dc, tc, &join(path, k), out)?;
-                    }
-                }
-                _ => {}
+            for ((seg, dc), tc) in d.children().into_iter().zip(t.child_nodes()) {
+                walk(dc, tc, &join(path, &seg))?;
             }
             Ok(())
         }
-        let mut out = Vec::with_capacity(self.num_leaves());
-        walk(self, tree, "", &mut out)?;
-        Ok(out)
+        walk(self, tree, "")
+    }
+
+    /// The leaves of `tree` in flatten order, after checking that `tree` has this
+    /// structure ([`TreeDef::check`]).
+    pub fn flatten<'a, L>(&self, tree: &'a Tree<L>) -> Result<Vec<&'a L>> {
+        self.check(tree)?;
+        Ok(tree.leaves())
     }
 
     /// Like [`TreeDef::flatten`], moving the leaves out of `tree`.
-    pub fn flatten_owned(&self, tree: PyTree) -> Result<Vec<Tensor>> {
-        fn walk(d: &TreeDef, t: PyTree, path: &str, out: &mut Vec<Tensor>) -> Result<()> {
-            if !d.node_matches(&t) {
-                return Err(d.mismatch(path, &t));
-            }
-            match (d, t) {
-                (TreeDef::Leaf, PyTree::Leaf(x)) => out.push(x),
-                (TreeDef::Tuple(dc), PyTree::Tuple(tc)) | (TreeDef::List(dc), PyTree::List(tc)) => {
-                    for (i, (dc, tc)) in dc.iter().zip(tc).enumerate() {
-                        walk(dc, tc, &join(path, &i.to_string()), out)?;
-                    }
-                }
-                (TreeDef::Dict { keys, children }, PyTree::Dict(mut m)) => {
-                    for (k, dc) in keys.iter().zip(children) {
-                        let tc = m.remove(k).ok_or_else(|| Error::TreeMismatch {
-                            path: shown(&join(path, k)),
-                            expected: dc.describe(),
-                            got: "nothing (a repeated key in the structure)".into(),
-                        })?;
-                        walk(dc, tc, &join(path, k), out)?;
-                    }
-                }
-                _ => {}
-            }
-            Ok(())
-        }
-        let mut out = Vec::with_capacity(self.num_leaves());
-        walk(self, tree, "", &mut out)?;
-        Ok(out)
+    pub fn flatten_owned<L>(&self, tree: Tree<L>) -> Result<Vec<L>> {
+        self.check(&tree)?;
+        Ok(tree.into_leaves())
     }
 
     /// A tree of this structure from leaves in flatten order.
-    pub fn unflatten(&self, leaves: Vec<Tensor>) -> Result<PyTree> {
-        fn build(d: &TreeDef, it: &mut std::vec::IntoIter<Tensor>) -> Result<PyTree> {
-            Ok(match d {
-                TreeDef::Leaf => PyTree::Leaf(it.next().ok_or_else(|| {
-                    Error::invalid("TreeDef::unflatten", "ran out of leaves")
-                })?),
-                TreeDef::None => PyTree::None,
-                TreeDef::Tuple(c) => PyTree::Tuple(c.iter().map(|c| build(c, it)).collect::<Result<_>>()?),
-                TreeDef::List(c) => PyTree::List(c.iter().map(|c| build(c, it)).collect::<Result<_>>()?),
-                TreeDef::Dict { keys, children } => {
-                    let mut m = BTreeMap::new();
-                    for (k, c) in keys.iter().zip(children) {
-                        if m.insert(k.clone(), build(c, it)?).is_some() {
-                            return Err(Error::invalid("TreeDef::unflatten", format!("dict key {k:?} repeats")));
-                        }
-                    }
-                    PyTree::Dict(m)
-                }
-            })
+    pub fn unflatten<L>(&self, leaves: Vec<L>) -> Result<Tree<L>> {
+        fn build<L>(d: &TreeDef, it: &mut std::vec::IntoIter<L>) -> Tree<L> {
+            match d {
+                // `unflatten` checked the count, so there is a leaf for every position.
+                Tree::Leaf(()) => it.next().map_or(Tree::None, Tree::Leaf),
+                Tree::None => Tree::None,
+                Tree::Tuple(c) => Tree::Tuple(c.iter().map(|c| build(c, it)).collect()),
+                Tree::List(c) => Tree::List(c.iter().map(|c| build(c, it)).collect()),
+                Tree::Dict(m) => Tree::Dict(m.iter().map(|(k, c)| (k.clone(), build(c, it))).collect()),
+            }
         }
         let expected = self.num_leaves();
         if leaves.len() != expected {
-            return Err(Error::SizeMismatch {
-                what: "TreeDef::unflatten".into(),
-                expected,
-                got: leaves.len(),
-                unit: "leaves",
-            });
+            return Err(Error::SizeMismatch { what: "TreeDef::unflatten".into(), expected, got: leaves.len(), unit: "leaves" });
         }
-        build(self, &mut leaves.into_iter())
+        Ok(build(self, &mut leaves.into_iter()))
     }
 }
 
@@ -533,59 +450,56 @@ fn py_repr(s: &str) -> String {
     out
 }
 
-fn write_seq<T: fmt::Display>(
-    f: &mut fmt::Formatter<'_>,
-    open: &str,
-    close: &str,
-    items: impl Iterator<Item = T>,
-    trailing_comma: bool,
-) -> fmt::Result {
-    f.write_str(open)?;
-    for (i, c) in items.enumerate() {
-        if i > 0 {
-            f.write_str(", ")?;
+/// Writes a tree Python-style, each leaf through `leaf`.
+fn write_tree<L>(f: &mut fmt::Formatter<'_>, t: &Tree<L>, leaf: &dyn Fn(&mut fmt::Formatter<'_>, &L) -> fmt::Result) -> fmt::Result {
+    let seq = |f: &mut fmt::Formatter<'_>, open: &str, close: &str, c: &[Tree<L>], trailing: bool| -> fmt::Result {
+        f.write_str(open)?;
+        for (i, c) in c.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write_tree(f, c, leaf)?;
         }
-        write!(f, "{c}")?;
+        if trailing {
+            f.write_str(",")?;
+        }
+        f.write_str(close)
+    };
+    match t {
+        Tree::Leaf(x) => leaf(f, x),
+        Tree::None => f.write_str("None"),
+        Tree::Tuple(c) => seq(f, "(", ")", c, c.len() == 1),
+        Tree::List(c) => seq(f, "[", "]", c, false),
+        Tree::Dict(m) => {
+            f.write_str("{")?;
+            for (i, (k, c)) in m.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{}: ", py_repr(k))?;
+                write_tree(f, c, leaf)?;
+            }
+            f.write_str("}")
+        }
     }
-    if trailing_comma {
-        f.write_str(",")?;
-    }
-    f.write_str(close)
 }
 
-fn write_dict<K: AsRef<str>, V: fmt::Display>(
-    f: &mut fmt::Formatter<'_>,
-    items: impl Iterator<Item = (K, V)>,
-) -> fmt::Result {
-    f.write_str("{")?;
-    for (i, (k, v)) in items.enumerate() {
-        if i > 0 {
-            f.write_str(", ")?;
-        }
-        write!(f, "{}: {v}", py_repr(k.as_ref()))?;
-    }
-    f.write_str("}")
-}
-
-/// The body of JAX's `PyTreeDef(...)` text.
-struct TreeBody<'a>(&'a TreeDef);
-
-impl fmt::Display for TreeBody<'_> {
+impl fmt::Display for PyTree {
+    /// Python-like: `({'ids': int32[2,8]}, None)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            TreeDef::Leaf => f.write_str("*"),
-            TreeDef::None => f.write_str("None"),
-            TreeDef::Tuple(c) => write_seq(f, "(", ")", c.iter().map(TreeBody), c.len() == 1),
-            TreeDef::List(c) => write_seq(f, "[", "]", c.iter().map(TreeBody), false),
-            TreeDef::Dict { keys, children } => write_dict(f, keys.iter().zip(children.iter().map(TreeBody))),
-        }
+        write_tree(f, self, &|f, t: &Tensor| {
+            let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+            write!(f, "{}[{}]", t.dtype(), dims.join(","))
+        })
     }
 }
 
 impl fmt::Display for TreeDef {
     /// As JAX prints it: `PyTreeDef(((*, {'a': *}), {}))`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PyTreeDef({})", TreeBody(self))
+        f.write_str("PyTreeDef(")?;
+        write_tree(f, self, &|f, _: &()| f.write_str("*"))?;
+        f.write_str(")")
     }
 }
 
@@ -635,10 +549,10 @@ mod tests {
     fn bare_leaf_is_named_by_root() {
         let tree = leaf(5.0);
         assert_eq!(tree.flatten_with_paths("outputs")[0].0, "outputs");
-        assert_eq!(TreeDef::Leaf.leaf_paths("outputs"), vec!["outputs"]);
+        assert_eq!(TreeDef::Leaf(()).leaf_paths("outputs"), vec!["outputs"]);
         assert_eq!(PyTree::None.flatten_with_paths("x").len(), 0);
         assert_eq!(TreeDef::Tuple(vec![]).leaf_paths("x"), Vec::<String>::new());
-        let d = TreeDef::dict([("x", TreeDef::Leaf), ("ids", TreeDef::Leaf)]).unwrap();
+        let d = TreeDef::dict([("x", TreeDef::Leaf(())), ("ids", TreeDef::Leaf(()))]);
         assert_eq!(d.leaf_paths("inputs"), vec!["ids", "x"]);
     }
 
@@ -652,7 +566,7 @@ mod tests {
         let named: Vec<(String, Tensor)> =
             tree.flatten_with_paths("inputs").into_iter().map(|(p, t)| (p, t.clone())).collect();
         assert_eq!(PyTree::from_named_leaves(&def, "inputs", named).unwrap(), tree);
-        let bare = PyTree::from_named_leaves(&TreeDef::Leaf, "inputs", [("inputs".to_string(), t(1.0))]).unwrap();
+        let bare = PyTree::from_named_leaves(&TreeDef::Leaf(()), "inputs", [("inputs".to_string(), t(1.0))]).unwrap();
         assert_eq!(bare, leaf(1.0));
     }
 
@@ -670,9 +584,9 @@ mod tests {
         let e = tree.get_tensor("2/0").unwrap_err();
         assert!(matches!(&e, Error::NotFound { available, .. } if available == "0, 1/ids, 1/x, 2/1"), "{e}");
         let def = tree.structure();
-        assert_eq!(def.get("1/x"), Some(&TreeDef::Leaf));
-        assert_eq!(def.get("1"), def.child(1));
-        assert_eq!(def.get("1").unwrap().keys().unwrap(), &["ids".to_string(), "x".to_string()]);
+        assert_eq!(def.get("1/x"), Some(&TreeDef::Leaf(())));
+        assert_eq!(def.get("1"), def.child_nodes().get(1).copied());
+        assert_eq!(def.get("1").unwrap().keys().unwrap(), ["ids", "x"]);
         assert_eq!(def.get("9"), None);
     }
 
@@ -732,6 +646,20 @@ mod tests {
     }
 
     #[test]
+    fn index_by_path_and_position() {
+        let tree = sample();
+        assert_eq!(tree["1/x"], t(1.0));
+        assert_eq!(tree[3], t(3.0));
+        let bare = leaf(5.0);
+        assert_eq!(bare["outputs"], t(5.0));
+        assert_eq!(bare[0], t(5.0));
+        assert!(std::panic::catch_unwind(|| tree["1/nope"].clone()).is_err());
+        let view = tree.view();
+        assert_eq!(view["1/ids"].as_bytes(), t(2.0).as_bytes());
+        assert_eq!(view.structure(), tree.structure());
+    }
+
+    #[test]
     fn unflatten_and_named_errors() {
         let def = sample().structure();
         let e = def.unflatten(vec![t(0.0)]).unwrap_err();
@@ -747,27 +675,28 @@ mod tests {
 
     #[test]
     fn treedef_dict_sorts_and_rejects_duplicates() {
-        let d = TreeDef::dict([("b", TreeDef::Leaf), ("a", TreeDef::None)]).unwrap();
-        assert_eq!(d, TreeDef::Dict { keys: vec!["a".into(), "b".into()], children: vec![TreeDef::None, TreeDef::Leaf] });
-        assert!(TreeDef::dict([("a", TreeDef::Leaf), ("a", TreeDef::Leaf)]).is_err());
+        let d = TreeDef::dict_checked([("b", TreeDef::Leaf(())), ("a", TreeDef::None)]).unwrap();
+        assert_eq!(d.keys().unwrap(), ["a", "b"]);
+        assert_eq!(d.leaf_paths("x"), ["b"]);
+        assert!(TreeDef::dict_checked([("a", TreeDef::Leaf(())), ("a", TreeDef::Leaf(()))]).is_err());
     }
 
     #[test]
     fn args_kwargs() {
-        let def = TreeDef::Tuple(vec![TreeDef::Tuple(vec![TreeDef::Leaf]), TreeDef::dict([("k", TreeDef::Leaf)]).unwrap()]);
+        let def = TreeDef::Tuple(vec![TreeDef::Tuple(vec![TreeDef::Leaf(())]), TreeDef::dict([("k", TreeDef::Leaf(()))])]);
         let (a, k) = def.args_kwargs().unwrap();
-        assert_eq!(a, &TreeDef::Tuple(vec![TreeDef::Leaf]));
-        assert_eq!(k.keys().unwrap(), &["k".to_string()]);
-        assert!(matches!(TreeDef::Leaf.args_kwargs(), Err(Error::TreeMismatch { .. })));
+        assert_eq!(a, &TreeDef::Tuple(vec![TreeDef::Leaf(())]));
+        assert_eq!(k.keys().unwrap(), ["k"]);
+        assert!(matches!(TreeDef::Leaf(()).args_kwargs(), Err(Error::TreeMismatch { .. })));
     }
 
     #[test]
     fn display_like_jax() {
         let d = TreeDef::Tuple(vec![
-            TreeDef::Tuple(vec![TreeDef::Leaf]),
+            TreeDef::Tuple(vec![TreeDef::Leaf(())]),
             TreeDef::Tuple(vec![]),
             TreeDef::List(vec![]),
-            TreeDef::dict([("it's", TreeDef::Leaf), ("a\\b", TreeDef::None)]).unwrap(),
+            TreeDef::dict([("it's", TreeDef::Leaf(())), ("a\\b", TreeDef::None)]),
         ]);
         assert_eq!(d.to_string(), r#"PyTreeDef(((*,), (), [], {'a\\b': None, "it's": *}))"#);
         let z = PyTree::leaf(Tensor::zeros(DType::BF16, vec![2, 3]).unwrap());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use flaxlayer::pjrt::Client;
-use flaxlayer::{DType, FlaxLayer, PyTree, Tensor};
+use flaxlayer::{Mode, DType, FlaxLayer, PyTree, Tensor};
 
 fn source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo/dense_bn_dropout")
@@ -23,8 +23,8 @@ fn try_bundle(dir: &Path) -> bool {
     let result = catch_unwind(AssertUnwindSafe(|| -> flaxlayer::Result<()> {
         let mut layer = FlaxLayer::builder(dir).variables_file(dir.join("variables.safetensors")).client(client()).build()?;
         let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![4, 12])?);
-        layer.call(&x, false)?;
-        layer.call(&x, true)?;
+        layer.call(&x, Mode::Inference)?;
+        layer.call(&x, Mode::Training)?;
         Ok(())
     }));
     match result {

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use flaxlayer::pjrt::Client;
 use flaxlayer::tensor::read_safetensors;
-use flaxlayer::{Bundle, DType, Error, FlaxLayer, FlaxLayerConfig, PyTree, Tensor};
+use flaxlayer::{Mode, Bundle, DType, Error, FlaxLayer, FlaxLayerConfig, PyTree, Tensor};
 
 const BUNDLES: [&str; 7] = ["cnn", "wrapper", "dense_bn_dropout", "mixed", "decoder", "mlp", "multi_platform"];
 
@@ -90,7 +90,7 @@ fn state_only(vars: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
 #[test]
 fn init_on_device_equals_jax_init() {
     for name in BUNDLES {
-        let layer = layer(name);
+        let layer = FlaxLayer::builder(bundle(name)).init_variables().client(client()).build().unwrap();
         let want = read_safetensors(hlo(name).join("variables.safetensors")).unwrap();
         assert_close(&format!("{name} init"), &layer.variables().unwrap(), &want);
     }
@@ -102,7 +102,7 @@ fn inference_matches_jax() {
         let golden = Golden::load(name);
         let mut layer = layer(name);
         let x = inputs(&layer, &golden);
-        let out = layer.call(&x, false).unwrap();
+        let out = layer.call(&x, Mode::Inference).unwrap();
         assert_close(&format!("{name} inference"), &named(&out), &golden.group("inference"));
         let state = state_only(layer.variables().unwrap());
         assert_close(&format!("{name} inference state"), &state, &golden.group("inference_state"));
@@ -116,7 +116,7 @@ fn two_training_calls_match_jax_under_the_rng_contract() {
         let mut layer = layer(name);
         let x = inputs(&layer, &golden);
         for step in 0..2 {
-            let out = layer.call(&x, true).unwrap();
+            let out = layer.call(&x, Mode::Training).unwrap();
             assert_close(&format!("{name} training/{step}"), &named(&out), &golden.group(&format!("training/{step}")));
         }
         let state = state_only(layer.variables().unwrap());
@@ -131,8 +131,8 @@ fn dropout_masks_differ_between_steps_and_from_inference() {
     let golden = Golden::load("dense_bn_dropout");
     let mut layer = layer("dense_bn_dropout");
     let x = inputs(&layer, &golden);
-    let a = layer.call(&x, true).unwrap();
-    let b = layer.call(&x, true).unwrap();
+    let a = layer.call(&x, Mode::Training).unwrap();
+    let b = layer.call(&x, Mode::Training).unwrap();
     let (a, b) = (a.as_tensor().unwrap(), b.as_tensor().unwrap());
     assert!(a.max_abs_diff(b).unwrap() > 1e-3, "two training steps drew the same dropout mask");
 }
@@ -146,14 +146,14 @@ fn decoder_greedy_tokens_equal_jax() {
     let token = |t: i32| PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![t]).unwrap());
     let mut logits = PyTree::None;
     for &t in &prompt {
-        logits = layer.call(&token(t), false).unwrap();
+        logits = layer.call(&token(t), Mode::Inference).unwrap();
     }
     let mut got = Vec::new();
     for _ in 0..want.len() {
         let l = logits.as_tensor().unwrap().to_vec::<f32>().unwrap();
         let best = l.iter().enumerate().fold(0, |best, (i, &v)| if v > l[best] { i } else { best }) as i32;
         got.push(best);
-        logits = layer.call(&token(best), false).unwrap();
+        logits = layer.call(&token(best), Mode::Inference).unwrap();
     }
     println!("decoder greedy tokens {got:?}");
     assert_eq!(got, want);
@@ -164,14 +164,14 @@ fn save_then_load_gives_the_same_outputs_variables_and_key() {
     let golden = Golden::load("dense_bn_dropout");
     let mut layer = layer("dense_bn_dropout");
     let x = inputs(&layer, &golden);
-    layer.call(&x, true).unwrap();
+    layer.call(&x, Mode::Training).unwrap();
     let dir = tempfile::tempdir().unwrap();
     layer.save(dir.path()).unwrap();
     let mut loaded = FlaxLayer::load_with(dir.path(), Some(client())).unwrap();
     assert_eq!(loaded.variables().unwrap(), layer.variables().unwrap());
     assert_eq!(loaded.key().unwrap(), layer.key().unwrap());
-    let a = layer.call(&x, true).unwrap();
-    let b = loaded.call(&x, true).unwrap();
+    let a = layer.call(&x, Mode::Training).unwrap();
+    let b = loaded.call(&x, Mode::Training).unwrap();
     assert_eq!(a, b, "the next training call after load must be identical");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -198,9 +198,12 @@ fn config_round_trips() {
 
 #[test]
 fn seed_changes_init_and_key() {
-    let a = FlaxLayer::builder(hlo("mlp")).seed(0).client(client()).build().unwrap();
-    let b = FlaxLayer::builder(hlo("mlp")).seed(1).client(client()).build().unwrap();
+    let a = FlaxLayer::builder(hlo("mlp")).seed(0).init_variables().client(client()).build().unwrap();
+    let b = FlaxLayer::builder(hlo("mlp")).seed(1).init_variables().client(client()).build().unwrap();
     assert_ne!(a.variables().unwrap(), b.variables().unwrap());
+    let c = FlaxLayer::builder(hlo("mlp")).seed(1).client(client()).build().unwrap();
+    assert_eq!(c.variables().unwrap(), read_safetensors(hlo("mlp").join("variables.safetensors")).unwrap(), "a seed alone keeps the bundle's variables");
+    assert_eq!(c.key().unwrap(), [0, 1]);
     assert_eq!(a.key().unwrap(), [0, 0]);
     assert_eq!(b.key().unwrap(), [0, 1]);
 }
@@ -229,10 +232,10 @@ fn given_variables_are_used_and_set_variables_replaces_them() {
     let mut layer = FlaxLayer::builder(hlo("mlp")).variables(vars.clone()).client(client()).build().unwrap();
     assert_eq!(layer.variables().unwrap(), vars);
     let x = inputs(&layer, &golden);
-    let halved = layer.call(&x, false).unwrap();
+    let halved = layer.call(&x, Mode::Inference).unwrap();
     let original = read_safetensors(hlo("mlp").join("variables.safetensors")).unwrap();
     layer.set_variables(&original).unwrap();
-    let out = layer.call(&x, false).unwrap();
+    let out = layer.call(&x, Mode::Inference).unwrap();
     assert_close("mlp after set_variables", &named(&out), &golden.group("inference"));
     assert_ne!(halved, out);
 }
@@ -242,7 +245,7 @@ fn batch_sizes_pick_their_computation() {
     let mut layer = layer("mlp");
     for batch in [1usize, 8, 256] {
         let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![batch, 64]).unwrap());
-        let out = layer.call(&x, false).unwrap();
+        let out = layer.call(&x, Mode::Inference).unwrap();
         assert_eq!(out.as_tensor().unwrap().shape(), &[batch, 10]);
     }
 }
@@ -278,17 +281,17 @@ fn wrong_tree_is_a_tree_error_naming_the_path() {
     let golden = Golden::load("mixed");
     let mut layer = layer("mixed");
     let x = inputs(&layer, &golden);
-    layer.call(&x, true).unwrap();
+    layer.call(&x, Mode::Training).unwrap();
     let before = snapshot(&layer);
     let mut good: BTreeMap<String, PyTree> = match inputs(&layer, &golden) {
         PyTree::Dict(d) => d,
         other => panic!("{other:?}"),
     };
     good.remove("ids");
-    let err = layer.call(&PyTree::Dict(good), true).unwrap_err();
+    let err = layer.call(&PyTree::Dict(good), Mode::Training).unwrap_err();
     assert!(matches!(&err, Error::TreeMismatch { .. }), "{err}");
     assert!(err.to_string().contains("ids"), "{err}");
-    let err = layer.call(&PyTree::tuple([]), true).unwrap_err();
+    let err = layer.call(&PyTree::tuple([]), Mode::Training).unwrap_err();
     assert!(matches!(&err, Error::TreeMismatch { .. }), "{err}");
     assert_eq!(snapshot(&layer), before);
 }
@@ -302,9 +305,9 @@ fn wrong_dtype_is_a_dtype_error_naming_the_input() {
     if let PyTree::Dict(d) = &mut x {
         d.insert("ids".into(), PyTree::leaf(Tensor::zeros(DType::I64, vec![3, 4]).unwrap()));
     }
-    let err = layer.call(&x, true).unwrap_err();
+    let err = layer.call(&x, Mode::Training).unwrap_err();
     assert!(
-        matches!(&err, Error::DTypeMismatch { what, expected, got } if what.contains("ids") && expected == "int32" && got == "int64"),
+        matches!(&err, Error::DTypeMismatch { what, expected, got } if what.contains("ids") && *expected == DType::I32 && *got == DType::I64),
         "{err}"
     );
     assert_eq!(snapshot(&layer), before);
@@ -315,14 +318,15 @@ fn wrong_shape_is_a_shape_error_naming_the_input() {
     let mut layer = layer("dense_bn_dropout");
     let before = snapshot(&layer);
     let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![4, 11]).unwrap());
-    let err = layer.call(&x, true).unwrap_err();
+    let err = layer.call(&x, Mode::Training).unwrap_err();
     assert!(
         matches!(&err, Error::ShapeMismatch { what, expected, got } if what.contains("inputs") && expected == &[4, 12] && got == &[4, 11]),
         "{err}"
     );
     let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![5, 12]).unwrap());
-    let err = layer.call(&x, false).unwrap_err();
-    assert!(matches!(&err, Error::ShapeMismatch { what, .. } if what.contains("[4]")), "{err}");
+    let err = layer.call(&x, Mode::Training).unwrap_err();
+    assert!(matches!(&err, Error::BatchSize { got: 5, available, .. } if available == &[4]), "{err}");
+    assert!(err.to_string().contains("batch must be one of [4], got 5"), "{err}");
     assert_eq!(snapshot(&layer), before);
 }
 
@@ -368,7 +372,7 @@ fn variables_file_is_checked_and_used() {
     let golden = Golden::load("mlp");
     let mut layer = FlaxLayer::builder(hlo("mlp")).variables_file(hlo("mlp").join("variables.safetensors")).client(client()).build().unwrap();
     let x = inputs(&layer, &golden);
-    let out = layer.call(&x, false).unwrap();
+    let out = layer.call(&x, Mode::Inference).unwrap();
     assert_close("mlp from variables_file", &named(&out), &golden.group("inference"));
     let missing = FlaxLayer::builder(hlo("mlp")).variables_file(hlo("mlp").join("nope.safetensors")).client(client()).build();
     assert!(matches!(missing, Err(Error::Io { .. })), "{missing:?}");
@@ -383,17 +387,17 @@ fn compile_cache_setting_is_honoured() {
     let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![1, 64]).unwrap());
     let count = || std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0);
     let mut off = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Off).client(client()).build().unwrap();
-    off.call(&x, false).unwrap();
+    off.call(&x, Mode::Inference).unwrap();
     assert_eq!(count(), 0);
     let cached = dir.path().join("cache");
-    let mut on = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Dir(cached.clone())).client(client()).build().unwrap();
+    let mut on = FlaxLayer::builder(hlo("mlp")).init_variables().compile_cache(CacheSetting::Dir(cached.clone())).client(client()).build().unwrap();
     let entries = || std::fs::read_dir(&cached).unwrap().count();
     assert_eq!(entries(), 1, "init compiled through the cache");
-    on.call(&x, false).unwrap();
+    on.call(&x, Mode::Inference).unwrap();
     assert_eq!(entries(), 2, "the batch-1 inference computation compiled on its first call");
-    on.call(&PyTree::leaf(Tensor::zeros(DType::F32, vec![8, 64]).unwrap()), false).unwrap();
+    on.call(&PyTree::leaf(Tensor::zeros(DType::F32, vec![8, 64]).unwrap()), Mode::Inference).unwrap();
     assert_eq!(entries(), 3, "batch 8 compiled lazily, on its own first call");
     let mut again = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Dir(cached.clone())).client(client()).build().unwrap();
-    assert_eq!(again.call(&x, false).unwrap(), off.call(&x, false).unwrap());
+    assert_eq!(again.call(&x, Mode::Inference).unwrap(), off.call(&x, Mode::Inference).unwrap());
     assert_eq!(entries(), 3, "a warm cache adds nothing");
 }

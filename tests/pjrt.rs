@@ -224,7 +224,7 @@ fn wrong_dtype_or_shape_is_an_error() {
     let refs: Vec<&Buffer> = inputs.iter().collect();
     let err = exe.execute(&refs, &[false; 5]).unwrap_err();
     assert!(
-        matches!(&err, Error::DTypeMismatch { what, expected, got } if what == "argument 0" && expected == "float32" && got == "int32"),
+        matches!(&err, Error::DTypeMismatch { what, expected, got } if what == "argument 0" && *expected == flaxlayer::DType::F32 && *got == flaxlayer::DType::I32),
         "{err}"
     );
     inputs[0] = client().buffer_from_slice(&[0f32; 60], &[4, 15], &device()).unwrap();

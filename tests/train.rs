@@ -75,7 +75,7 @@ fn rel(a: f64, b: f64) -> f64 {
 type Snapshot = (Vec<(String, Tensor)>, Vec<(String, Tensor)>, [u32; 2], u64);
 
 fn snapshot(t: &Trainer) -> Snapshot {
-    (t.variables().unwrap(), t.opt_state().unwrap(), t.key().unwrap(), t.steps())
+    (t.layer().variables().unwrap(), t.opt_state().unwrap(), t.layer().key().unwrap(), t.steps())
 }
 
 #[test]
@@ -112,14 +112,14 @@ fn first_steps_match_jax_golden() {
     assert_eq!(t.steps(), GOLDEN_STEPS as u64);
 
     let mut worst_var = 0f64;
-    for (name, got) in t.variables().unwrap() {
+    for (name, got) in t.layer().variables().unwrap() {
         let want = &golden()[&format!("train/after/{name}")];
         let err = got.max_abs_diff(want).unwrap();
         assert!(err <= 1e-5, "{name} after {GOLDEN_STEPS} steps: max abs diff {err:e}");
         worst_var = worst_var.max(err);
     }
     println!("variables after 20 steps: max abs diff vs JAX {worst_var:e}");
-    assert_eq!(t.key().unwrap().to_vec(), golden()["train/key_after"].to_vec::<u32>().unwrap());
+    assert_eq!(t.layer().key().unwrap().to_vec(), golden()["train/key_after"].to_vec::<u32>().unwrap());
 
     let m = t.evaluate(&data()["x_test"], &data()["y_test"]).unwrap();
     let g = |k: &str| golden()[k].to_vec::<f64>().unwrap()[0];
@@ -200,7 +200,7 @@ fn a_bad_batch_is_a_typed_error_and_changes_nothing() {
     assert!(matches!(&err, Error::ShapeMismatch { what, .. } if what.contains("\"x\"") && what.contains("32")), "{err}");
     let err = t.step(&Batch::new(x.clone(), Tensor::zeros(DType::I64, vec![32]).unwrap())).unwrap_err();
     assert!(
-        matches!(&err, Error::DTypeMismatch { what, expected, got } if what.contains("\"y\"") && expected == "int32" && got == "int64"),
+        matches!(&err, Error::DTypeMismatch { what, expected, got } if what.contains("\"y\"") && *expected == DType::I32 && *got == DType::I64),
         "{err}"
     );
     let err = t.step(&Batch::new(x.clone(), Tensor::zeros(DType::F32, vec![32]).unwrap())).unwrap_err();
@@ -250,7 +250,7 @@ fn trains_digits_to_95_percent_test_accuracy() {
 
     // The trained variables serve inference through a FlaxLayer: the same predictions.
     let layer = t.to_flax_layer().unwrap();
-    assert_eq!(layer.variables().unwrap(), t.variables().unwrap());
+    assert_eq!(layer.variables().unwrap(), t.layer().variables().unwrap());
     let (x, y) = (&d["x_test"], &d["y_test"]);
     let idx: Vec<usize> = (0..320).collect();
     let mut correct = 0;

@@ -55,13 +55,12 @@ impl Aval {
         if t.dtype() != self.dtype {
             return Err(Error::DTypeMismatch {
                 what: what.to_string(),
-                expected: self.dtype.to_string(),
-                got: t.dtype().to_string(),
+                expected: self.dtype,
+                got: t.dtype(),
             });
         }
-        let dims = t.dims_i64();
-        if dims != self.shape {
-            return Err(Error::ShapeMismatch { what: what.to_string(), expected: self.shape.clone(), got: dims });
+        if t.shape() != self.dims() {
+            return Err(Error::ShapeMismatch { what: what.to_string(), expected: self.dims(), got: t.shape().to_vec() });
         }
         Ok(())
     }
@@ -620,7 +619,7 @@ fn read_tree(t: Table<'_>, what: &str, path: &str, depth: usize) -> Result<TreeD
     Ok(match kind {
         0 => {
             no_children("leaf")?;
-            TreeDef::Leaf
+            TreeDef::Leaf(())
         }
         1 => {
             no_children("None")?;
@@ -643,7 +642,7 @@ fn read_tree(t: Table<'_>, what: &str, path: &str, depth: usize) -> Result<TreeD
                     format!("the tree's dict at {at} has keys out of order or repeated: {:?}, {:?}", w[0], w[1]),
                 ));
             }
-            TreeDef::Dict { children: children(&keys)?, keys }
+            TreeDef::Dict(keys.iter().cloned().zip(children(&keys)?).collect())
         }
         5 => {
             let name = t.string(tree::CUSTOM_NAME)?.unwrap_or("");
@@ -917,7 +916,7 @@ mod tests {
     fn mixed_fixture_details() {
         let e = Exported::from_bytes(&fixture("mixed")).unwrap();
         let (args, kwargs) = e.in_tree.args_kwargs().unwrap();
-        assert_eq!(args.children().len(), 4);
+        assert_eq!(args.child_nodes().len(), 4);
         assert_eq!(kwargs.keys().unwrap(), &["scale".to_string()]);
         // The unused argument (index 5, f32[4]) is dropped from the module.
         assert_eq!(e.module_kept_var_idx, vec![0, 1, 2, 3, 4, 6]);

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DType, Error, Result};
+use crate::spec::TensorSpec;
+use crate::{Error, Result};
 
 /// The `format` string of a bundle manifest.
 pub const FORMAT: &str = "flaxlayer.bundle";
@@ -24,8 +25,14 @@ pub struct Manifest {
     pub rng_streams: Vec<String>,
     pub platforms: Vec<String>,
     pub default_method: String,
-    pub variables: Vec<VariableSpec>,
-    pub init: ComputationSpec,
+    /// Where `variables.safetensors` came from: `init` (the module's init under the seed) or
+    /// `given` (the exporter's `variables=`). Absent in older bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables_origin: Option<String>,
+    /// Every variable leaf, by Flax path (`params/Dense_0/kernel`); its collection is the
+    /// first component.
+    pub variables: Vec<TensorSpec>,
+    pub init: InitSpec,
     pub methods: BTreeMap<String, MethodSpec>,
     /// The training loop's computations (`scripts/export_train.py`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,13 +53,13 @@ pub struct TrainSpec {
     /// The leading dimension of every batch input.
     pub batch_size: i64,
     /// The training batch's leaves (`x`, `y`).
-    pub batch: Vec<InputSpec>,
+    pub batch: Vec<TensorSpec>,
     /// What `train_step` reports: `loss`, `accuracy` (batch means).
     pub metrics: Vec<String>,
     /// What `eval_step` reports: `loss_sum`, `correct`, `count` (weighted sums).
     pub eval_metrics: Vec<String>,
     /// The optimizer state's leaves (`opt_state/0/mu/Dense_0/kernel`, ...), in the steps' order.
-    pub opt_state: Vec<InputSpec>,
+    pub opt_state: Vec<TensorSpec>,
     /// `init_opt_state(params) -> opt_state`.
     pub init_opt_state: ComputationSpec,
     /// `train_step(params, state, opt_state, key, batch) -> (params, state, opt_state, key, metrics)`.
@@ -61,22 +68,20 @@ pub struct TrainSpec {
     pub eval_step: ComputationSpec,
 }
 
-/// One variable leaf.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VariableSpec {
-    /// The Flax path joined with `/`, e.g. `params/Dense_0/kernel`.
-    pub name: String,
-    /// The collection, the first component of `name`.
-    pub collection: String,
-    pub dtype: DType,
-    pub shape: Vec<i64>,
-}
-
-impl VariableSpec {
-    /// Whether this is a trainable parameter (collection `params`).
-    pub fn is_param(&self) -> bool {
-        self.collection == "params"
-    }
+/// The `init` computation: `init(key, inputs) -> variables`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitSpec {
+    #[serde(flatten)]
+    pub computation: ComputationSpec,
+    /// The inputs `init` was traced with (their shapes; their values are in `inputs_file`
+    /// when init reads them).
+    #[serde(default)]
+    pub inputs: Vec<TensorSpec>,
+    /// A safetensors file of the bundle holding the init inputs' values, by input name. The
+    /// exporter writes it when init keeps an input argument (data-dependent init, such as
+    /// ActNorm): then the runtime feeds these values, as `module.init(key, x)` saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_file: Option<String>,
 }
 
 /// One exported method: an inference and a training computation per batch size.
@@ -84,28 +89,47 @@ impl VariableSpec {
 pub struct MethodSpec {
     #[serde(default)]
     pub takes_training: bool,
+    /// The input leaves as exported with the sample batch.
     #[serde(default)]
-    pub inputs: Vec<InputSpec>,
+    pub inputs: Vec<TensorSpec>,
     pub inference: Vec<ComputationSpec>,
     pub training: Vec<ComputationSpec>,
+    /// Whether inference may run a batch padded up to an exported size (absent: no).
+    #[serde(default)]
+    pub batching: Batching,
 }
 
-/// An input leaf as exported (with the sample batch); also a batch or optimizer-state leaf.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InputSpec {
-    pub name: String,
-    pub dtype: DType,
-    pub shape: Vec<i64>,
+/// What the exporter verified about the method's batch axis (the leading axis of every
+/// input leaf): whether inference treats rows independently, so that the runtime may pad a
+/// batch up to an exported size, or split it into chunks, and slice the outputs back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batching {
+    /// Inference rows are independent: padded and chunked calls give the rows' own outputs.
+    #[serde(default)]
+    pub paddable: bool,
+    /// The value padding rows are filled with.
+    #[serde(default)]
+    pub pad_value: f64,
+    /// Why the method is not paddable, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Inference writes back state (a decode cache): padding must then keep the state's size.
+    #[serde(default)]
+    pub stateful: bool,
 }
 
 /// One serialized computation and the roles of its flat arguments and results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ComputationSpec {
     #[serde(default)]
-    pub batch_size: Option<i64>,
+    pub batch_size: Option<usize>,
     pub file: String,
     pub args: Vec<Slot>,
     pub results: Vec<Slot>,
+    /// The custom-call targets the module calls (`lapack_sgeqrf_ffi`, ...), which the
+    /// plugin must have handlers for. Absent in older bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_call_targets: Option<Vec<String>>,
 }
 
 /// What a flat argument or result is.
@@ -114,6 +138,10 @@ pub struct Slot {
     pub role: Role,
     #[serde(default)]
     pub name: Option<String>,
+    /// For an output: whether its leading axis is the batch (it is the batch size in every
+    /// exported batch size). Absent: unknown, and the runtime does not pad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batched: Option<bool>,
 }
 
 /// The role of a flat argument or result.
@@ -136,7 +164,7 @@ impl Manifest {
     /// Parses and checks a manifest.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest> {
         let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|source| Error::Json { what: "manifest.json".into(), source })?;
+            .map_err(|e| Error::json("manifest.json", e))?;
         m.validate()?;
         Ok(m)
     }
@@ -152,10 +180,17 @@ impl Manifest {
         if !self.methods.contains_key(&self.default_method) {
             return bad(format!("default_method {:?} is not among the methods", self.default_method));
         }
+        let mut seen = std::collections::HashSet::new();
         for v in &self.variables {
-            if v.name.split('/').next() != Some(v.collection.as_str()) {
-                return bad(format!("variable {:?} is not in its collection {:?}", v.name, v.collection));
+            if v.name.is_empty() || v.name.split('/').any(str::is_empty) {
+                return bad(format!("variable name {:?} has an empty path component", v.name));
             }
+            if !seen.insert(v.name.as_str()) {
+                return bad(format!("variable {:?} is listed twice", v.name));
+            }
+        }
+        if let Some(f) = &self.init.inputs_file {
+            check_file_name(f).map_err(|reason| Error::format("manifest.json", format!("init.inputs_file: {reason}")))?;
         }
         for (name, m) in &self.methods {
             if m.inference.is_empty() || m.training.is_empty() {
@@ -168,9 +203,7 @@ impl Manifest {
             }
         }
         for c in self.computations() {
-            if c.file.contains('/') || c.file.contains('\\') || c.file.starts_with('.') {
-                return bad(format!("computation file {:?} must be a plain file name in the bundle", c.file));
-            }
+            check_file_name(&c.file).map_err(|reason| Error::format("manifest.json", format!("computation file: {reason}")))?;
             for s in c.args.iter().chain(&c.results) {
                 let named = matches!(s.role, Role::Param | Role::State | Role::Input | Role::Output | Role::OptState | Role::Metric);
                 if named && s.name.is_none() {
@@ -196,20 +229,28 @@ impl Manifest {
     /// Every computation of the bundle (the train section's last).
     pub fn computations(&self) -> impl Iterator<Item = &ComputationSpec> {
         let train = self.train.iter().flat_map(|t| [&t.init_opt_state, &t.train_step, &t.eval_step]);
-        std::iter::once(&self.init)
+        std::iter::once(&self.init.computation)
             .chain(self.methods.values().flat_map(|m| m.inference.iter().chain(&m.training)))
             .chain(train)
     }
 
     /// The optimizer-state leaf named `name` (`train.opt_state`).
-    pub fn opt_state_leaf(&self, name: &str) -> Option<&InputSpec> {
+    pub fn opt_state_leaf(&self, name: &str) -> Option<&TensorSpec> {
         self.train.as_ref()?.opt_state.iter().find(|v| v.name == name)
     }
 
     /// The variable named `name`.
-    pub fn variable(&self, name: &str) -> Option<&VariableSpec> {
+    pub fn variable(&self, name: &str) -> Option<&TensorSpec> {
         self.variables.iter().find(|v| v.name == name)
     }
+}
+
+/// A file a manifest names must be a plain file name inside the bundle directory.
+fn check_file_name(file: &str) -> std::result::Result<(), String> {
+    if file.is_empty() || file.contains('/') || file.contains('\\') || file.starts_with('.') {
+        return Err(format!("{file:?} must be a plain file name in the bundle"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -236,7 +277,8 @@ mod tests {
     #[test]
     fn minimal_manifest_parses() {
         let m = parse(&minimal()).unwrap();
-        assert_eq!(m.variables[0].dtype, DType::F32);
+        assert_eq!(m.variables[0].dtype, crate::DType::F32);
+        assert_eq!(m.methods["__call__"].batching, Batching::default());
         assert_eq!(m.computations().count(), 3);
     }
 
@@ -285,7 +327,7 @@ mod tests {
             ("/format", serde_json::json!("other")),
             ("/version", serde_json::json!(2)),
             ("/default_method", serde_json::json!("nope")),
-            ("/variables/0/collection", serde_json::json!("batch_stats")),
+            ("/variables/0/name", serde_json::json!("params//w")),
             ("/init/file", serde_json::json!("../etc/passwd")),
             ("/init/results/0/name", serde_json::json!("params/unknown")),
         ];

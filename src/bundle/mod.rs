@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use exported::{Aval, Exported};
-pub use manifest::{ComputationSpec, InputSpec, Manifest, MethodSpec, Role, Slot, TrainSpec, VariableSpec};
+pub use manifest::{Batching, ComputationSpec, InitSpec, Manifest, MethodSpec, Role, Slot, TrainSpec};
 
 use crate::tensor::read_safetensors;
 use crate::{Error, Result, Tensor};
@@ -77,11 +77,25 @@ impl Bundle {
 
     /// The bundle's initial variables (`variables.safetensors`), if it has them.
     pub fn variables(&self) -> Result<Option<Vec<(String, Tensor)>>> {
-        let path = self.dir.join(VARIABLES_FILE);
+        let path = self.variables_path();
         if !path.exists() {
             return Ok(None);
         }
         read_safetensors(&path).map(Some)
+    }
+
+    /// The path of `variables.safetensors` (which may not exist).
+    pub fn variables_path(&self) -> PathBuf {
+        self.dir.join(VARIABLES_FILE)
+    }
+
+    /// The values `init` was traced with, when the bundle stores them (`init.inputs_file`:
+    /// init reads its inputs' values, as data-dependent initializers do).
+    pub fn init_inputs(&self) -> Result<Option<Vec<(String, Tensor)>>> {
+        match &self.manifest.init.inputs_file {
+            Some(file) => read_safetensors(self.dir.join(file)).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -128,7 +142,8 @@ fn check_computation(manifest: &Manifest, spec: &ComputationSpec, exp: &Exported
             _ => continue,
         };
         let Some((name, dtype, shape)) = var else { return bad(format!("slot {slot:?} names no variable")) };
-        if dtype != aval.dtype || *shape != aval.shape {
+        let same_shape = shape.len() == aval.shape.len() && shape.iter().zip(&aval.shape).all(|(&a, &b)| i64::try_from(a) == Ok(b));
+        if dtype != aval.dtype || !same_shape {
             return bad(format!(
                 "variable {name} is {dtype}{shape:?} in the manifest but {}{:?} in the export",
                 aval.dtype, aval.shape

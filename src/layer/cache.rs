@@ -1,10 +1,15 @@
 //! A persistent cache of compiled executables (`PJRT_Executable_Serialize`, then
 //! deserialize-and-load), keyed by the program bytes, the plugin and its version, the compile
-//! options, `$XLA_FLAGS` and the device kind.
+//! options, `$XLA_FLAGS`, the device kind and the host CPU's features.
 //!
 //! It lives in `$FLAXLAYER_CACHE` if that is a path, else in the user's cache directory
 //! (`~/.cache/flaxlayer`); `FLAXLAYER_CACHE=0` turns it off. An entry carries a checksum: a
-//! corrupt or stale one is recompiled and replaced, never trusted.
+//! corrupt or stale one is recompiled and replaced.
+//!
+//! **An entry is native code.** Loading one runs what it holds, so the cache directory must be
+//! as trusted as the binary: this module creates it private to the user (mode 0700), and the
+//! key includes the CPU features, so a cache shared between machines never hands one CPU code
+//! compiled for instructions it lacks.
 
 use std::path::{Path, PathBuf};
 
@@ -123,16 +128,63 @@ fn cache_key(client: &Client, program: Program<'_>, options: &CompileOptions) ->
     field(std::env::var_os("XLA_FLAGS").unwrap_or_default().as_encoded_bytes());
     let kinds: Vec<String> = client.devices()?.iter().map(|d| d.kind().unwrap_or_default()).collect();
     field(kinds.join(",").as_bytes());
+    field(cpu_features().as_bytes());
     Ok(hex(&h.finalize()))
+}
+
+/// The host CPU's architecture and the instruction-set extensions XLA's CPU code generator
+/// may use, as detected at run time.
+pub(crate) fn cpu_features() -> String {
+    let mut found: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! detect {
+            ($($f:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($f) {
+                    found.push($f);
+                }
+            )*};
+        }
+        detect!(
+            "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "lzcnt",
+            "movbe", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avx512bf16",
+            "avx512fp16", "avx512vbmi", "avx512ifma", "avxvnni"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! detect {
+            ($($f:tt),*) => {$(
+                if std::arch::is_aarch64_feature_detected!($f) {
+                    found.push($f);
+                }
+            )*};
+        }
+        detect!("neon", "fp16", "dotprod", "bf16", "i8mm", "sve", "sve2", "sme");
+    }
+    format!("{}:{}", std::env::consts::ARCH, found.join(","))
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Creates the cache directory (and its parents) if missing, the directory itself private to
+/// the user (0700): its entries are native code.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).map_err(|e| crate::Error::io(dir, e))
+}
+
 /// `None` when there is no entry; `Some(None)` for a corrupt one; else its payload.
 fn read_entry(path: &Path) -> Option<Option<Vec<u8>>> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = crate::files::read(path, crate::files::MAX_FILE_BYTES).ok()?;
     let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()).filter(|r| r.len() >= 32) else {
         return Some(None);
     };
@@ -141,7 +193,7 @@ fn read_entry(path: &Path) -> Option<Option<Vec<u8>>> {
 }
 
 fn write_entry(dir: &Path, path: &Path, payload: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    create_private_dir(dir)?;
     let mut bytes = Vec::with_capacity(MAGIC.len() + 32 + payload.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&Sha256::digest(payload));
@@ -217,5 +269,18 @@ mod tests {
         let d = cache_key(&client, Program::Hlo(&code), &CompileOptions::default()).unwrap();
         assert_eq!(a, cache_key(&client, Program::Mlir(&code), &CompileOptions::default()).unwrap());
         assert!(a != b && a != c && a != d);
+    }
+
+    #[test]
+    fn the_key_has_the_cpu_features_and_the_directory_is_private() {
+        let f = cpu_features();
+        assert!(f.starts_with(std::env::consts::ARCH), "{f}");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(f.contains("avx2"), std::arch::is_x86_feature_detected!("avx2"), "{f}");
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b/cache");
+        create_private_dir(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }

@@ -1,221 +1,225 @@
 //! `FlaxLayer`: the Rust counterpart of Keras' `keras.layers.FlaxLayer`, over a bundle that
-//! `scripts/export_flax.py` wrote.
+//! the exporter (`flaxlayer_export.export_flax`) wrote: a [`JaxLayer`] with Flax's naming of
+//! weights, a config, and saving.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::cache::CacheSetting;
-use super::jax_layer::{JaxLayer, LayerOptions};
-use super::saved;
+use super::inputs::AsInputs;
+use super::jax_layer::JaxLayer;
+use super::mode::Mode;
+use super::options::{Build, Builder, BundleSource, Options, VariablesSource};
+use super::saved::{self, SAVE_ID_KEY};
 use crate::bundle::{Bundle, VARIABLES_FILE};
 use crate::pjrt::Client;
-use crate::tensor::write_safetensors;
+use crate::pytree::PyTree;
+use crate::spec::TensorSpec;
+use crate::tensor::{read_safetensors_with_metadata, write_safetensors};
 use crate::{Error, Result, Tensor};
 
 /// The file that [`FlaxLayer::save`] writes beside the bundle and the variables.
 pub const LAYER_FILE: &str = "layer.json";
 const LAYER_FORMAT: &str = "flaxlayer.layer";
 
-/// A Flax module's exported methods, run on a PJRT device. Params are the `params`
+/// A Flax module's exported method, run on a PJRT device. Params are the `params`
 /// collection; every other collection (`batch_stats`, `cache`, ...) is non-trainable state,
 /// as with Keras' `FlaxLayer` (`mutable=DenyList(["params"])`).
 ///
-/// It dereferences to [`JaxLayer`], which has `call`, `predict`, `variables`, ...
+/// It starts from the bundle's own variables (what the exporter bundled), or runs the
+/// bundle's `init` on the device when asked ([`Builder::init_variables`]) or when the bundle
+/// has none. [`FlaxLayer::as_jax_layer`] gives the general [`JaxLayer`] underneath.
 #[derive(Debug)]
 pub struct FlaxLayer {
-    inner: JaxLayer,
+    layer: JaxLayer,
 }
 
-impl std::ops::Deref for FlaxLayer {
-    type Target = JaxLayer;
-    fn deref(&self) -> &JaxLayer {
-        &self.inner
-    }
-}
-
-impl std::ops::DerefMut for FlaxLayer {
-    fn deref_mut(&mut self) -> &mut JaxLayer {
-        &mut self.inner
-    }
-}
-
-/// What [`FlaxLayer::get_config`] returns: enough to rebuild the layer (without its trained
-/// weights, as in Keras).
+/// What [`FlaxLayer::get_config`] returns: enough to rebuild the layer, without its trained
+/// weights, as in Keras. The plugin is not part of it: a config (or a saved layer) never
+/// names native code to load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlaxLayerConfig {
     /// The bundle directory.
     pub bundle: PathBuf,
+    /// The method the layer calls.
     pub method: String,
+    /// The seed of the key (and of `init` when it runs).
     pub seed: u64,
+    /// The device index.
     #[serde(default)]
     pub device: usize,
-    #[serde(default)]
-    pub plugin: Option<PathBuf>,
 }
 
 impl FlaxLayerConfig {
     /// The config as JSON.
     pub fn to_json(&self) -> Result<String> {
-        serde_json::to_string_pretty(self).map_err(|source| Error::Json { what: "layer config".into(), source })
+        serde_json::to_string_pretty(self).map_err(|e| Error::json("layer config", e))
     }
 
     /// A config from JSON.
     pub fn from_json(s: &str) -> Result<FlaxLayerConfig> {
-        serde_json::from_str(s).map_err(|source| Error::Json { what: "layer config".into(), source })
+        serde_json::from_str(s).map_err(|e| Error::json("layer config", e))
     }
 }
 
-/// What `layer.json` holds.
+/// What `layer.json` holds. Older files may name a plugin: it is ignored.
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedLayer {
     format: String,
     version: u32,
     config: FlaxLayerConfig,
     key: [u32; 2],
+    /// The id every file of this save carries (absent in files of older versions).
+    #[serde(default)]
+    save_id: Option<String>,
 }
 
-/// Where the bundle comes from: a directory or an opened bundle.
-pub enum BundleSource {
-    Path(PathBuf),
-    Bundle(Arc<Bundle>),
-}
-
-macro_rules! path_source {
-    ($($t:ty),*) => {$(
-        impl From<$t> for BundleSource {
-            fn from(p: $t) -> Self {
-                BundleSource::Path(AsRef::<Path>::as_ref(&p).to_path_buf())
-            }
-        }
-    )*};
-}
-path_source!(&Path, PathBuf, &PathBuf, &str, String, &String);
-
-impl From<Bundle> for BundleSource {
-    fn from(b: Bundle) -> Self {
-        BundleSource::Bundle(Arc::new(b))
+impl Build for FlaxLayer {
+    fn build(bundle: Arc<Bundle>, options: Options) -> Result<FlaxLayer> {
+        Ok(FlaxLayer { layer: JaxLayer::new(bundle, options)? })
     }
 }
 
-impl From<Arc<Bundle>> for BundleSource {
-    fn from(b: Arc<Bundle>) -> Self {
-        BundleSource::Bundle(b)
-    }
-}
-
-/// Builds a [`FlaxLayer`]; see [`FlaxLayer::builder`].
-pub struct FlaxLayerBuilder {
-    source: BundleSource,
-    options: LayerOptions,
-}
-
-impl FlaxLayerBuilder {
-    /// The method to call (a method name, or the exported name of an unbound function);
-    /// default: the bundle's default method.
-    pub fn method(mut self, name: impl Into<String>) -> Self {
-        self.options.method = Some(name.into());
-        self
-    }
-
-    /// Initial variables by Flax path (`params/Dense_0/kernel`, ...): all of them. Without
-    /// them, the bundle's `init` runs on the device with the seed.
-    pub fn variables(mut self, variables: Vec<(String, Tensor)>) -> Self {
-        self.options.variables = Some(variables);
-        self
-    }
-
-    /// Initial variables from a safetensors file, read at `build()` and uploaded straight
-    /// from the file's bytes (no intermediate host tensors).
-    pub fn variables_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.options.variables_file = Some(path.as_ref().to_path_buf());
-        self
-    }
-
-    /// The seed of `init` and of the RNG key (`jax.random.key(seed)`); default: the bundle's.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.options.seed = Some(seed);
-        self
-    }
-
-    /// The device index; default 0.
-    pub fn device(mut self, index: usize) -> Self {
-        self.options.device = index;
-        self
-    }
-
-    /// The PJRT plugin `.so`; default `$PJRT_PLUGIN_PATH`, else the installed CPU plugin.
-    pub fn plugin(mut self, path: impl Into<PathBuf>) -> Self {
-        self.options.plugin = Some(path.into());
-        self
-    }
-
-    /// Where compiled executables are cached: by default `$FLAXLAYER_CACHE`, else the user's
-    /// cache directory (`FLAXLAYER_CACHE=0` turns it off).
-    pub fn compile_cache(mut self, setting: CacheSetting) -> Self {
-        self.options.cache = setting;
-        self
-    }
-
-    /// Shares an existing PJRT client.
-    pub fn client(mut self, client: Client) -> Self {
-        self.options.client = Some(client);
-        self
-    }
-
-    /// Opens the bundle, compiles the method, and sets up variables and key.
-    pub fn build(self) -> Result<FlaxLayer> {
-        let bundle = match self.source {
-            BundleSource::Path(p) => Arc::new(Bundle::open(p)?),
-            BundleSource::Bundle(b) => b,
-        };
-        Ok(FlaxLayer { inner: JaxLayer::new(bundle, self.options)? })
+impl From<JaxLayer> for FlaxLayer {
+    fn from(layer: JaxLayer) -> FlaxLayer {
+        FlaxLayer { layer }
     }
 }
 
 impl FlaxLayer {
     /// Starts building a layer over a bundle directory or an opened [`Bundle`].
-    pub fn builder(bundle: impl Into<BundleSource>) -> FlaxLayerBuilder {
-        FlaxLayerBuilder { source: bundle.into(), options: LayerOptions::default() }
+    ///
+    /// ```no_run
+    /// # fn main() -> flaxlayer::Result<()> {
+    /// let layer = flaxlayer::FlaxLayer::builder("hlo/mlp").seed(0).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(bundle: impl Into<BundleSource>) -> Builder<FlaxLayer> {
+        Builder::new(bundle)
+    }
+
+    /// The general layer underneath.
+    pub fn as_jax_layer(&self) -> &JaxLayer {
+        &self.layer
+    }
+
+    /// The general layer underneath, mutably.
+    pub fn as_jax_layer_mut(&mut self) -> &mut JaxLayer {
+        &mut self.layer
+    }
+
+    /// The general layer underneath, by value.
+    pub fn into_jax_layer(self) -> JaxLayer {
+        self.layer
+    }
+
+    /// The bundle.
+    pub fn bundle(&self) -> &Arc<Bundle> {
+        self.layer.bundle()
+    }
+
+    /// The method this layer calls.
+    pub fn method(&self) -> &str {
+        self.layer.method()
+    }
+
+    /// The PJRT client.
+    pub fn client(&self) -> &Client {
+        self.layer.client()
+    }
+
+    /// Calls the layer: see [`JaxLayer::call`].
+    pub fn call(&mut self, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
+        self.layer.call(inputs, mode)
+    }
+
+    /// An inference call from `&self`, for several threads: see [`JaxLayer::predict`].
+    pub fn predict(&self, inputs: impl AsInputs) -> Result<PyTree> {
+        self.layer.predict(inputs)
+    }
+
+    /// Copies every variable to the host, by Flax path: see [`JaxLayer::variables`].
+    pub fn variables(&self) -> Result<Vec<(String, Tensor)>> {
+        self.layer.variables()
+    }
+
+    /// Replaces named variables: see [`JaxLayer::set_variables`].
+    pub fn set_variables(&mut self, variables: &[(String, Tensor)]) -> Result<()> {
+        self.layer.set_variables(variables)
+    }
+
+    /// The current RNG key data.
+    pub fn key(&self) -> Result<[u32; 2]> {
+        self.layer.key()
+    }
+
+    /// Replaces the RNG key data.
+    pub fn set_key(&mut self, key: [u32; 2]) -> Result<()> {
+        self.layer.set_key(key)
+    }
+
+    /// The tree structure of the method's inputs: see [`JaxLayer::input_tree`].
+    pub fn input_tree(&self) -> &crate::pytree::TreeDef {
+        self.layer.input_tree()
+    }
+
+    /// The `params` collection's leaves, as Keras' `trainable_weights`.
+    pub fn trainable_weights(&self) -> Vec<TensorSpec> {
+        self.layer.trainable_weights()
+    }
+
+    /// Every other collection's leaves (`batch_stats`, `cache`, ...).
+    pub fn non_trainable_weights(&self) -> Vec<TensorSpec> {
+        self.layer.non_trainable_weights()
+    }
+
+    /// The number of scalars in all weights, as Keras' `count_params()`.
+    pub fn count_params(&self) -> u64 {
+        self.layer.count_params()
     }
 
     /// The layer's config.
     pub fn get_config(&self) -> FlaxLayerConfig {
         FlaxLayerConfig {
-            bundle: self.bundle().dir().to_path_buf(),
-            method: self.method().to_string(),
-            seed: self.seed(),
-            device: self.device_index(),
-            plugin: Some(self.client().plugin().path().to_path_buf()),
+            bundle: self.layer.bundle().dir().to_path_buf(),
+            method: self.layer.method().to_string(),
+            seed: self.layer.seed(),
+            device: self.layer.device_index(),
         }
     }
 
-    /// A new layer from a config: the bundle's `init` runs with the config's seed.
+    /// A new layer from a config, on the plugin that [`crate::pjrt::Plugin::load`] finds:
+    /// the bundle's variables (or its `init` under the config's seed when it has none), and
+    /// the seed's key.
     pub fn from_config(config: &FlaxLayerConfig) -> Result<FlaxLayer> {
-        let mut b = FlaxLayer::builder(&config.bundle).method(&config.method).seed(config.seed).device(config.device);
-        if let Some(p) = &config.plugin {
-            b = b.plugin(p);
-        }
-        b.build()
+        FlaxLayer::builder(&config.bundle).method(&config.method).seed(config.seed).device(config.device).build()
     }
 
-    /// Saves the layer into `dir`: the bundle's manifest and computations, the variables
-    /// (`variables.safetensors`, by Flax path) and `layer.json` (config and key). Every file is
-    /// written to a temporary name and renamed; `layer.json` comes last.
+    /// Saves the layer into `dir` as a whole: the bundle's manifest and computations, the
+    /// variables (`variables.safetensors`, by Flax path) and `layer.json` (config and key).
+    /// The directory is written next to `dir` and swapped in at once, so a crash leaves the
+    /// old save or the new one.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let dir = dir.as_ref();
-        saved::copy_bundle(self.bundle(), dir)?;
         let vars = self.variables()?;
-        let refs: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        write_safetensors(dir.join(VARIABLES_FILE), &refs, None)?;
+        let key = self.key()?;
+        let save_id = saved::new_save_id();
         let mut config = self.get_config();
         config.bundle = PathBuf::from(".");
-        let saved = SavedLayer { format: LAYER_FORMAT.into(), version: 1, config, key: self.key()? };
-        saved::write_json(&dir.join(LAYER_FILE), &saved)
+        saved::write_dir(dir.as_ref(), |staging| {
+            saved::copy_bundle(self.layer.bundle(), staging)?;
+            let refs: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let meta = HashMap::from([(SAVE_ID_KEY.to_string(), save_id.clone())]);
+            write_safetensors(staging.join(VARIABLES_FILE), &refs, Some(meta))?;
+            let saved = SavedLayer { format: LAYER_FORMAT.into(), version: 1, config, key, save_id: Some(save_id.clone()) };
+            saved::write_json(&staging.join(LAYER_FILE), &saved)
+        })
     }
 
-    /// Loads a layer that [`FlaxLayer::save`] wrote: same outputs, variables and key.
+    /// Loads a layer that [`FlaxLayer::save`] wrote: same outputs, variables and key. The
+    /// plugin comes from the caller's environment, as for a new layer.
     pub fn load(dir: impl AsRef<Path>) -> Result<FlaxLayer> {
         FlaxLayer::load_with(dir, None)
     }
@@ -224,17 +228,20 @@ impl FlaxLayer {
     pub fn load_with(dir: impl AsRef<Path>, client: Option<Client>) -> Result<FlaxLayer> {
         let dir = dir.as_ref();
         let saved: SavedLayer = saved::read_json(&dir.join(LAYER_FILE), LAYER_FORMAT)?;
-        let options = LayerOptions {
+        let vars_path = dir.join(VARIABLES_FILE);
+        let (variables, meta) = read_safetensors_with_metadata(&vars_path)?;
+        if let Some(id) = &saved.save_id {
+            saved::check_save_id(&vars_path, meta.get(SAVE_ID_KEY), id)?;
+        }
+        let options = Options {
             method: Some(saved.config.method),
-            variables: None,
-            variables_file: Some(dir.join(VARIABLES_FILE)),
+            variables: VariablesSource::Given(variables),
             seed: Some(saved.config.seed),
             key: Some(saved.key),
             device: saved.config.device,
-            plugin: if client.is_some() { None } else { saved.config.plugin.filter(|p| p.is_file()) },
             client,
-            cache: CacheSetting::default(),
+            ..Options::default()
         };
-        Ok(FlaxLayer { inner: JaxLayer::new(Arc::new(Bundle::open(dir)?), options)? })
+        FlaxLayer::build(Arc::new(Bundle::open(dir)?), options)
     }
 }

@@ -63,8 +63,9 @@ impl RawLoop {
             return Err(Error::ArgumentCount { what: "raw loop inputs".into(), expected: input_index, got: inputs.len() });
         }
         let mut args = Vec::new();
-        if let Some(index) = super::computation::platform_index_arg(client, &device, exp, file)? {
-            args.push(RawArg::Resident(index));
+        let placement = super::placement::Placement::single(client.clone(), 0)?;
+        if let Some(index) = super::computation::platform_index_arg(&placement, exp, file)? {
+            args.push(RawArg::Resident(index.into_single()?));
         }
         for &i in &exp.module_kept_var_idx {
             args.push(match input_slots[i] {
@@ -87,7 +88,7 @@ impl RawLoop {
                 _ => None,
             })
             .collect();
-        let host = exp.out_avals.iter().map(|a| Ok(vec![0u8; crate::pjrt::byte_size("output", a.dtype, &a.shape)?])).collect::<Result<_>>()?;
+        let host = exp.out_avals.iter().map(|a| Ok(Tensor::zeros(a.dtype, a.dims())?.as_bytes().to_vec())).collect::<Result<_>>()?;
         Ok(RawLoop { client: client.clone(), device, exe, args, inputs, feeds_back, host })
     }
 

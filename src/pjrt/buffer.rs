@@ -266,8 +266,8 @@ impl Buffer {
         if T::DTYPE != self.dtype {
             return Err(Error::DTypeMismatch {
                 what: "host destination".into(),
-                expected: self.dtype.to_string(),
-                got: T::DTYPE.to_string(),
+                expected: self.dtype,
+                got: T::DTYPE,
             });
         }
         self.copy_to_host_bytes(bytemuck::cast_slice_mut(dst))

@@ -156,15 +156,15 @@ impl LoadedExecutable {
             if spec.dtype != b.dtype() {
                 return Err(Error::DTypeMismatch {
                     what: format!("argument {i}"),
-                    expected: spec.dtype.to_string(),
-                    got: b.dtype().to_string(),
+                    expected: spec.dtype,
+                    got: b.dtype(),
                 });
             }
             if spec.dims != b.dims() {
                 return Err(Error::ShapeMismatch {
                     what: format!("argument {i}"),
-                    expected: spec.dims.clone(),
-                    got: b.dims().to_vec(),
+                    expected: spec.dims.iter().map(|&d| d as usize).collect(),
+                    got: b.dims().iter().map(|&d| d as usize).collect(),
                 });
             }
         }

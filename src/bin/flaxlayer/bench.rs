@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use flaxlayer::layer::raw::RawLoop;
-use flaxlayer::{DType, FlaxLayer, PyTree, Tensor};
+use flaxlayer::{DType, JaxLayer, Mode, PyTree, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -23,9 +23,10 @@ pub struct BenchArgs {
     /// Untimed calls first.
     #[arg(long, default_value_t = 100)]
     warmup: usize,
-    /// The batch size (one of the exported ones); default: the first exported.
+    /// The batch size; default: the first exported. Paddable bundles take any size at
+    /// inference (padded to an exported size, or split above the largest).
     #[arg(long)]
-    batch: Option<i64>,
+    batch: Option<usize>,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -41,22 +42,20 @@ pub struct BenchArgs {
     raw: bool,
 }
 
-/// Random inputs of a signature: normal floats, small non-negative integers, random bools.
-fn random_inputs(layer: &FlaxLayer, batch: Option<i64>) -> Result<PyTree> {
-    let sigs = layer.input_signatures();
-    let sig = match batch {
-        None => sigs.first().context("the method has no computations")?,
-        Some(b) => match sigs.iter().find(|s| s.first().and_then(|(_, _, d)| d.first()) == Some(&b)) {
-            Some(s) => s,
-            None => bail!("batch {b} is not exported; exported: {:?}", sigs.iter().filter_map(|s| s.first().and_then(|(_, _, d)| d.first())).collect::<Vec<_>>()),
-        },
-    };
+/// Random inputs for a batch of `batch` rows (default: the first exported size): normal
+/// floats, small non-negative integers, random bools.
+fn random_inputs(layer: &JaxLayer, mode: Mode, batch: Option<usize>) -> Result<PyTree> {
+    let specs = layer.input_specs(mode);
+    let sig = specs.first().context("the method has no computations")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut leaves = Vec::new();
-    for (name, dtype, dims) in sig {
-        let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+    for spec in sig {
+        let mut shape = spec.shape.clone();
+        if let (Some(b), Some(first)) = (batch, shape.first_mut()) {
+            *first = b;
+        }
         let n: usize = shape.iter().product();
-        let t = match dtype {
+        let t = match spec.dtype {
             DType::F32 => Tensor::from_vec(shape, (0..n).map(|_| StandardNormal.sample(&mut rng)).collect::<Vec<f32>>())?,
             DType::F64 => Tensor::from_vec(shape, (0..n).map(|_| StandardNormal.sample(&mut rng)).collect::<Vec<f64>>())?,
             DType::BF16 => Tensor::from_vec(shape, (0..n).map(|_| half::bf16::from_f32(StandardNormal.sample(&mut rng))).collect::<Vec<_>>())?,
@@ -64,22 +63,22 @@ fn random_inputs(layer: &FlaxLayer, batch: Option<i64>) -> Result<PyTree> {
             DType::I32 => Tensor::from_vec(shape, (0..n).map(|_| rng.random_range(0..4)).collect::<Vec<i32>>())?,
             DType::I64 => Tensor::from_vec(shape, (0..n).map(|_| rng.random_range(0..4)).collect::<Vec<i64>>())?,
             DType::Bool => Tensor::from_bools(shape, &(0..n).map(|_| rng.random_bool(0.5)).collect::<Vec<_>>())?,
-            other => Tensor::zeros(*other, shape)?,
+            other => Tensor::zeros(other, shape)?,
         };
-        leaves.push((name.clone(), t));
+        leaves.push((spec.name.clone(), t));
     }
     Ok(PyTree::from_named_leaves(layer.input_tree(), "inputs", leaves)?)
 }
 
-/// The bundle file of the method's computation for the mode and batch.
-fn computation_file(layer: &FlaxLayer, training: bool, batch: Option<i64>) -> Result<String> {
-    let method = layer.bundle().method(layer.method())?;
-    let list = if training { &method.training } else { &method.inference };
+/// The bundle file of the method's computation for the mode and an exported batch size.
+fn computation_file(layer: &JaxLayer, mode: Mode, batch: Option<usize>) -> Result<String> {
+    let method = layer.method_spec()?;
+    let list = if mode.is_training() { &method.training } else { &method.inference };
     let spec = match batch {
         None => list.first(),
         Some(b) => list.iter().find(|c| c.batch_size == Some(b)),
     };
-    Ok(spec.context("no computation for that batch")?.file.clone())
+    Ok(spec.context("--raw needs an exported batch size")?.file.clone())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -91,7 +90,8 @@ pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let mut b = FlaxLayer::builder(&args.bundle);
+    let mode = Mode::from_training(args.training);
+    let mut b = JaxLayer::builder(&args.bundle);
     if let Some(m) = &args.method {
         b = b.method(m);
     }
@@ -99,10 +99,10 @@ pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
         b = b.plugin(p);
     }
     let mut layer = b.build().with_context(|| format!("loading {}", args.bundle.display()))?;
-    let inputs = random_inputs(&layer, args.batch)?;
+    let inputs = random_inputs(&layer, mode, args.batch)?;
     let mut us = Vec::with_capacity(args.iters);
     if args.raw {
-        let file = computation_file(&layer, args.training, args.batch)?;
+        let file = computation_file(&layer, mode, args.batch)?;
         let leaves = layer.input_tree().flatten(&inputs)?.into_iter().cloned().collect();
         let mut raw = RawLoop::new(layer.client(), layer.bundle(), &file, layer.seed(), leaves)?;
         for _ in 0..args.warmup {
@@ -118,23 +118,18 @@ pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
         let method = layer.method().to_string();
         for _ in 0..args.iters {
             let t = Instant::now();
-            let mut builder = FlaxLayer::builder(&args.bundle).method(&method).client(client.clone());
-            let vars = args.bundle.join(flaxlayer::bundle::VARIABLES_FILE);
-            if vars.is_file() {
-                builder = builder.variables_file(&vars);
-            }
-            let mut fresh = builder.build()?;
-            let out = fresh.call(&inputs, args.training)?;
+            let mut fresh = JaxLayer::builder(&args.bundle).method(&method).client(client.clone()).build()?;
+            let out = fresh.call(&inputs, mode)?;
             us.push(t.elapsed().as_secs_f64() * 1e6);
             drop(out);
         }
     } else {
         for _ in 0..args.warmup {
-            layer.call(&inputs, args.training)?;
+            layer.call(&inputs, mode)?;
         }
         for _ in 0..args.iters {
             let t = Instant::now();
-            let out = layer.call(&inputs, args.training)?;
+            let out = layer.call(&inputs, mode)?;
             us.push(t.elapsed().as_secs_f64() * 1e6);
             drop(out);
         }
@@ -146,7 +141,7 @@ pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
         let line = serde_json::json!({
             "bundle": args.bundle, "method": layer.method(), "training": args.training,
             "cold_start": args.cold_start, "raw": args.raw, "cache": flaxlayer::layer::cache::cache_dir(),
-            "iters": args.iters, "median_us": median, "p10_us": p10, "p90_us": p90, "plugin": plugin,
+            "batch": args.batch, "iters": args.iters, "median_us": median, "p10_us": p10, "p90_us": p90, "plugin": plugin,
         });
         println!("{line}");
     } else {

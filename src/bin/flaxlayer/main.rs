@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use flaxlayer::tensor::{read_safetensors, write_safetensors};
-use flaxlayer::{Bundle, FlaxLayer, PyTree, Tensor};
+use flaxlayer::{Bundle, JaxLayer, Mode, PyTree, Tensor};
 
 mod bench;
 mod train;
@@ -48,9 +48,13 @@ struct RunArgs {
     training: bool,
     #[arg(long)]
     seed: Option<u64>,
-    /// Variables to start from (by Flax path) instead of running init.
-    #[arg(long)]
+    /// Variables to start from (by Flax path) instead of the bundle's own.
+    #[arg(long, conflicts_with = "init")]
     variables: Option<PathBuf>,
+    /// Run the bundle's init on the device with the seed instead of starting from the
+    /// bundle's own variables.
+    #[arg(long)]
+    init: bool,
     /// Make N successive calls on the same inputs and write the last outputs.
     #[arg(long, default_value_t = 1)]
     steps: usize,
@@ -80,24 +84,27 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn build_layer(bundle: &Path, method: Option<&str>, seed: Option<u64>, variables: Option<&Path>, plugin: Option<&Path>) -> Result<FlaxLayer> {
-    let mut b = FlaxLayer::builder(bundle);
-    if let Some(m) = method {
+fn build_layer(args: &RunArgs, plugin: Option<&Path>) -> Result<JaxLayer> {
+    let mut b = JaxLayer::builder(&args.bundle);
+    if let Some(m) = &args.method {
         b = b.method(m);
     }
-    if let Some(s) = seed {
+    if let Some(s) = args.seed {
         b = b.seed(s);
     }
-    if let Some(v) = variables {
+    if let Some(v) = &args.variables {
         b = b.variables_file(v);
+    }
+    if args.init {
+        b = b.init_variables();
     }
     if let Some(p) = plugin {
         b = b.plugin(p);
     }
-    b.build().with_context(|| format!("loading bundle {}", bundle.display()))
+    b.build().with_context(|| format!("loading bundle {}", args.bundle.display()))
 }
 
-fn shape(dtype: flaxlayer::DType, dims: &[i64]) -> String {
+fn shape(dtype: flaxlayer::DType, dims: &[usize]) -> String {
     format!("{dtype}{dims:?}")
 }
 
@@ -106,8 +113,14 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     let m = bundle.manifest();
     println!("bundle {}  (module {}, seed {}, platforms {:?})", path.display(), m.module, m.seed, m.platforms);
     println!("rng streams: {:?}", m.rng_streams);
+    let origin = match (bundle.variables_path().is_file(), m.variables_origin.as_deref()) {
+        (false, _) => "none bundled: init runs on the device".to_string(),
+        (true, Some(o)) => format!("variables.safetensors ({o})"),
+        (true, None) => "variables.safetensors".to_string(),
+    };
+    println!("variables: {origin}");
     let (params, state): (Vec<_>, Vec<_>) = m.variables.iter().partition(|v| v.is_param());
-    let count = |vs: &[&flaxlayer::bundle::VariableSpec]| -> u64 { vs.iter().map(|v| v.shape.iter().product::<i64>() as u64).sum() };
+    let count = |vs: &[&flaxlayer::TensorSpec]| -> u64 { vs.iter().map(|v| v.num_elements().unwrap_or(0) as u64).sum() };
     println!("trainable weights: {} ({} params)", params.len(), count(&params));
     println!("non-trainable weights: {} ({} values)", state.len(), count(&state));
     for v in &m.variables {
@@ -116,18 +129,25 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     for (name, method) in &m.methods {
         let default = if *name == m.default_method { " (default)" } else { "" };
         println!("method {name}{default}");
+        let b = &method.batching;
+        let batching = if b.paddable {
+            format!("any batch size (padded to an exported size, split above the largest; pad value {})", b.pad_value)
+        } else {
+            format!("exported sizes only ({})", b.reason.as_deref().unwrap_or("not marked paddable"))
+        };
+        println!("  batching: {batching}{}", if b.stateful { "; stateful inference" } else { "" });
         for (mode, comps) in [("inference", &method.inference), ("training", &method.training)] {
             for c in comps {
                 let comp = bundle.computation(&c.file)?;
                 let exp = &comp.exported;
-                let ins: Vec<String> = c.args.iter().zip(&exp.in_avals)
-                    .filter(|(s, _)| s.role == flaxlayer::bundle::Role::Input)
-                    .map(|(s, a)| format!("{}: {}", s.name.as_deref().unwrap_or(""), shape(a.dtype, &a.shape)))
-                    .collect();
-                let outs: Vec<String> = c.results.iter().zip(&exp.out_avals)
-                    .filter(|(s, _)| s.role == flaxlayer::bundle::Role::Output)
-                    .map(|(s, a)| format!("{}: {}", s.name.as_deref().unwrap_or(""), shape(a.dtype, &a.shape)))
-                    .collect();
+                let leaves = |slots: &[flaxlayer::bundle::Slot], avals: &[flaxlayer::bundle::Aval], role| -> Vec<String> {
+                    slots.iter().zip(avals)
+                        .filter(|(s, _)| s.role == role)
+                        .map(|(s, a)| format!("{}: {}", s.name.as_deref().unwrap_or(""), shape(a.dtype, &a.dims())))
+                        .collect()
+                };
+                let ins = leaves(&c.args, &exp.in_avals, flaxlayer::bundle::Role::Input);
+                let outs = leaves(&c.results, &exp.out_avals, flaxlayer::bundle::Role::Output);
                 println!("  {mode:<9} batch {:>4}  in ({})  out ({})", c.batch_size.map_or("-".into(), |b| b.to_string()), ins.join(", "), outs.join(", "));
             }
         }
@@ -143,12 +163,12 @@ fn run_bundle(args: RunArgs, plugin: Option<&Path>) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let mut layer = build_layer(&args.bundle, args.method.as_deref(), args.seed, args.variables.as_deref(), plugin)?;
+    let mut layer = build_layer(&args, plugin)?;
     let named = read_safetensors(&args.input).with_context(|| format!("reading --input {}", args.input.display()))?;
     let inputs = PyTree::from_named_leaves(layer.input_tree(), "inputs", named).context("building the inputs from --input")?;
     let mut outputs = PyTree::None;
     for _ in 0..args.steps {
-        outputs = layer.call(&inputs, args.training)?;
+        outputs = layer.call(&inputs, Mode::from_training(args.training))?;
     }
     let named: Vec<(String, &Tensor)> = outputs.flatten_with_paths("outputs");
     write_safetensors(&args.output, &named, None).with_context(|| format!("writing --output {}", args.output.display()))?;

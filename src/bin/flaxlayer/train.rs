@@ -59,7 +59,24 @@ fn read_data(path: &Path) -> Result<Data> {
     Ok(Data { x_train, y_train, test })
 }
 
+/// Checks, before any training, that a checkpoint can be written at `dir`: its parent exists
+/// (or can be made) and takes new files.
+fn check_save_destination(dir: &Path) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("--save {}: cannot create {}", dir.display(), parent.display()))?;
+    let probe = parent.join(format!(".flaxlayer-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("--save {}: {} is not writable", dir.display(), parent.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 pub fn run(args: TrainArgs, plugin: Option<PathBuf>) -> Result<()> {
+    if let Some(dir) = &args.save {
+        check_save_destination(dir)?;
+    }
     let data = read_data(&args.data)?;
     let mut trainer = match &args.resume {
         Some(dir) => {
@@ -100,7 +117,8 @@ pub fn run(args: TrainArgs, plugin: Option<PathBuf>) -> Result<()> {
         );
     }
     let first = trainer.epoch(n);
-    for epoch in first..first + args.epochs {
+    let last = first.checked_add(args.epochs).context("--epochs overflows the epoch count")?;
+    for epoch in first..last {
         let started = Instant::now();
         let bar = progress_bar(args.json, per_epoch as u64, epoch + 1);
         bar.set_position(trainer.steps() % per_epoch as u64);
@@ -118,7 +136,7 @@ pub fn run(args: TrainArgs, plugin: Option<PathBuf>) -> Result<()> {
         report(epoch + 1, &train, test.as_ref(), started.elapsed().as_secs_f64(), args.json)?;
     }
     if let (Some(dir), false) = (&args.save, args.json) {
-        eprintln!("checkpoint: {} (resume with --resume, or load it as a FlaxLayer bundle)", dir.display());
+        eprintln!("checkpoint: {} (resume with --resume; as a bundle it runs with the trained variables)", dir.display());
     }
     Ok(())
 }

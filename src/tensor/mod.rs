@@ -1,13 +1,17 @@
-//! Host tensors: a dtype, a shape and little-endian bytes in C order; safetensors I/O.
+//! Host tensors: a dtype, a shape and little-endian bytes in C order.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
 
 use crate::{DType, Element, Error, Result};
+
+mod io;
+pub use io::{
+    load_safetensors_bytes, load_safetensors_bytes_with_metadata, read_safetensors, read_safetensors_with_metadata,
+    safetensors_views, serialize_safetensors, write_safetensors, SafeTensorsContents,
+};
 
 // Tensor bytes are the in-memory representation of the elements, and PJRT, safetensors and
 // numpy all use little-endian bytes.
@@ -93,18 +97,21 @@ fn check_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<()> {
 
 /// A borrowed host array: a dtype, a shape and little-endian bytes in C order, for example a
 /// tensor inside a safetensors file. Checked like [`Tensor::new`], but not copied.
+///
+/// An `ndarray` view converts without copying when it is in standard (C) order, and with one
+/// copy otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorView<'a> {
     dtype: DType,
     shape: Vec<usize>,
-    data: &'a [u8],
+    data: Cow<'a, [u8]>,
 }
 
 impl<'a> TensorView<'a> {
     /// A view of `bytes` as a `dtype` array of `shape`.
     pub fn new(dtype: DType, shape: Vec<usize>, data: &'a [u8]) -> Result<TensorView<'a>> {
         check_bytes(dtype, &shape, data)?;
-        Ok(TensorView { dtype, shape, data })
+        Ok(TensorView { dtype, shape, data: Cow::Borrowed(data) })
     }
 
     /// The element type.
@@ -123,13 +130,30 @@ impl<'a> TensorView<'a> {
     }
 
     /// The bytes.
-    pub fn as_bytes(&self) -> &'a [u8] {
-        self.data
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data
     }
 
     /// An owned copy.
     pub fn to_tensor(&self) -> Result<Tensor> {
-        Tensor::new(self.dtype, self.shape.clone(), self.data)
+        Tensor::new(self.dtype, self.shape.clone(), &self.data)
+    }
+
+    /// A view of an `ndarray` view: borrowed when the array is in standard (C) order,
+    /// copied into C order otherwise.
+    pub fn from_array_view<T: Element, D: ndarray::Dimension>(array: ndarray::ArrayView<'a, T, D>) -> TensorView<'a> {
+        let shape = array.shape().to_vec();
+        let data = match array.to_slice() {
+            Some(s) => Cow::Borrowed(bytemuck::cast_slice(s)),
+            None => Cow::Owned(bytemuck::cast_slice(&array.iter().copied().collect::<Vec<T>>()).to_vec()),
+        };
+        TensorView { dtype: T::DTYPE, shape, data }
+    }
+}
+
+impl<'a, T: Element, D: ndarray::Dimension> From<ndarray::ArrayView<'a, T, D>> for TensorView<'a> {
+    fn from(array: ndarray::ArrayView<'a, T, D>) -> TensorView<'a> {
+        TensorView::from_array_view(array)
     }
 }
 
@@ -154,7 +178,7 @@ impl AsView for TensorView<'_> {
 impl Tensor {
     /// A borrowed view of this tensor.
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { dtype: self.dtype, shape: self.shape.clone(), data: self.as_bytes() }
+        TensorView { dtype: self.dtype, shape: self.shape.clone(), data: Cow::Borrowed(self.as_bytes()) }
     }
 
     /// A tensor from raw little-endian bytes in C order. The byte length must be the shape's
@@ -286,8 +310,8 @@ impl Tensor {
         } else {
             Err(Error::DTypeMismatch {
                 what: what.to_string(),
-                expected: T::DTYPE.to_string(),
-                got: self.dtype.to_string(),
+                expected: T::DTYPE,
+                got: self.dtype,
             })
         }
     }
@@ -316,8 +340,8 @@ impl Tensor {
         if self.dtype != DType::Bool {
             return Err(Error::DTypeMismatch {
                 what: "Tensor::to_bools".into(),
-                expected: DType::Bool.to_string(),
-                got: self.dtype.to_string(),
+                expected: DType::Bool,
+                got: self.dtype,
             });
         }
         Ok(self.as_bytes().iter().map(|&b| b != 0).collect())
@@ -381,8 +405,8 @@ impl Tensor {
         if self.shape != other.shape {
             return Err(Error::ShapeMismatch {
                 what: "Tensor::max_abs_diff".into(),
-                expected: self.dims_i64(),
-                got: other.dims_i64(),
+                expected: self.shape.clone(),
+                got: other.shape.clone(),
             });
         }
         let a = self.to_f64_vec();
@@ -454,98 +478,6 @@ impl safetensors::View for &Tensor {
     fn data_len(&self) -> usize {
         self.len
     }
-}
-
-/// Tensors and the `__metadata__` map of a safetensors file.
-pub type SafeTensorsContents = (Vec<(String, Tensor)>, HashMap<String, String>);
-
-/// Reads every tensor of a safetensors file, sorted by name.
-pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
-    Ok(read_safetensors_with_metadata(path)?.0)
-}
-
-/// Reads every tensor of a safetensors file, sorted by name, and its metadata.
-pub fn read_safetensors_with_metadata(path: impl AsRef<Path>) -> Result<SafeTensorsContents> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    load_safetensors_bytes_with_metadata(&bytes, &path.display().to_string())
-}
-
-/// Reads every tensor of an in-memory safetensors file, sorted by name. `what` names the
-/// source in errors.
-pub fn load_safetensors_bytes(bytes: &[u8], what: &str) -> Result<Vec<(String, Tensor)>> {
-    Ok(load_safetensors_bytes_with_metadata(bytes, what)?.0)
-}
-
-/// Reads every tensor of an in-memory safetensors file, sorted by name, and its metadata.
-///
-/// The bytes are untrusted: the safetensors crate caps the header size and checks every
-/// offset, dtype and shape against the buffer; the tensors are then copied out.
-pub fn load_safetensors_bytes_with_metadata(bytes: &[u8], what: &str) -> Result<SafeTensorsContents> {
-    let st_err = |source| Error::SafeTensors { what: what.to_string(), source };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(st_err)?;
-    let out = safetensors_views(bytes, what)?
-        .into_iter()
-        .map(|(name, v)| Ok((name, v.to_tensor()?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((out, meta.metadata().clone().unwrap_or_default()))
-}
-
-/// Views every tensor of an in-memory safetensors file without copying, sorted by name. The
-/// bytes are untrusted and checked as in [`load_safetensors_bytes`].
-pub fn safetensors_views<'a>(bytes: &'a [u8], what: &str) -> Result<Vec<(String, TensorView<'a>)>> {
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|source| Error::SafeTensors { what: what.to_string(), source })?;
-    let mut out = Vec::with_capacity(st.len());
-    for (name, view) in st.iter() {
-        let dtype = DType::from_safetensors(view.dtype())
-            .map_err(|e| Error::format(what, format!("tensor {name:?}: {e}")))?;
-        let v = TensorView::new(dtype, view.shape().to_vec(), view.data())
-            .map_err(|e| Error::format(what, format!("tensor {name:?}: {e}")))?;
-        out.push((name.to_string(), v));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
-/// Checks names are unique (safetensors keys tensors by name).
-fn check_unique_names<S: AsRef<str>>(tensors: &[(S, &Tensor)], what: &str) -> Result<()> {
-    let mut seen = HashSet::new();
-    for (name, _) in tensors {
-        if !seen.insert(name.as_ref()) {
-            return Err(Error::invalid(what, format!("tensor name {:?} appears twice", name.as_ref())));
-        }
-    }
-    Ok(())
-}
-
-/// Serializes tensors to safetensors bytes.
-pub fn serialize_safetensors<S: AsRef<str>>(
-    tensors: &[(S, &Tensor)],
-    metadata: Option<HashMap<String, String>>,
-) -> Result<Vec<u8>> {
-    check_unique_names(tensors, "serialize_safetensors")?;
-    let items = tensors.iter().map(|(n, t)| (n.as_ref(), *t));
-    safetensors::serialize(items, metadata)
-        .map_err(|source| Error::SafeTensors { what: "serialize_safetensors".into(), source })
-}
-
-/// Writes tensors to a safetensors file atomically: the file is written under a temporary
-/// name in the same directory, synced, then renamed over `path`, so readers see either the
-/// old file or the whole new one.
-pub fn write_safetensors<S: AsRef<str>>(
-    path: impl AsRef<Path>,
-    tensors: &[(S, &Tensor)],
-    metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
-    let path = path.as_ref();
-    let what = path.display().to_string();
-    check_unique_names(tensors, &what)?;
-    crate::atomic::write_atomic_with(path, |_, tmp| {
-        let items = tensors.iter().map(|(n, t)| (n.as_ref(), *t));
-        safetensors::serialize_to_file(items, metadata, tmp)
-            .map_err(|source| Error::SafeTensors { what: what.clone(), source })
-    })
 }
 
 #[cfg(test)]
@@ -651,6 +583,16 @@ mod tests {
     }
 
     #[test]
+    fn views_of_ndarray_borrow_when_contiguous() {
+        let a = ndarray::Array::from_shape_vec((2, 3), vec![1.0f32, 2., 3., 4., 5., 6.]).unwrap();
+        let v = TensorView::from(a.view());
+        assert_eq!(v.as_bytes().as_ptr(), a.as_ptr() as *const u8, "no copy for a C-order view");
+        assert_eq!(v.shape(), &[2, 3]);
+        let t = TensorView::from(a.t());
+        assert_eq!(t.to_tensor().unwrap().as_slice::<f32>().unwrap(), &[1., 4., 2., 5., 3., 6.]);
+    }
+
+    #[test]
     fn reshape() {
         let t = Tensor::from_vec(vec![6], (0..6).collect::<Vec<i64>>()).unwrap();
         let r = t.clone().reshape(vec![2, 3]).unwrap();
@@ -702,83 +644,5 @@ mod tests {
         let b = Tensor::from_bools(vec![2], &[true, false]).unwrap();
         assert_eq!(b.to_string(), "bool[2] [true, false]");
         assert_eq!(Tensor::scalar(7i32).to_string(), "int32[] [7]");
-    }
-
-    fn sample_tensors() -> Vec<(String, Tensor)> {
-        vec![
-            ("b/bool".into(), Tensor::from_bools(vec![3], &[true, false, true]).unwrap()),
-            ("a/f32".into(), Tensor::from_vec(vec![2, 2], vec![1.0f32, 2., 3., 4.]).unwrap()),
-            ("c/bf16".into(), Tensor::from_vec(vec![1], vec![bf16::from_f32(0.5)]).unwrap()),
-            ("d/i64".into(), Tensor::from_vec(vec![], vec![-7i64]).unwrap()),
-            ("e/u8_empty".into(), Tensor::zeros(DType::U8, vec![0, 3]).unwrap()),
-            ("f/f64".into(), Tensor::from_vec(vec![3], vec![1.0f64, -2.0, 3.5]).unwrap()),
-        ]
-    }
-
-    #[test]
-    fn safetensors_file_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.safetensors");
-        let tensors = sample_tensors();
-        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(&path, &refs, Some(meta.clone())).unwrap();
-        // Same bytes as the crate's own serializer.
-        assert_eq!(std::fs::read(&path).unwrap(), serialize_safetensors(&refs, Some(meta.clone())).unwrap());
-        let (back, back_meta) = read_safetensors_with_metadata(&path).unwrap();
-        let mut expected = tensors.clone();
-        expected.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(back, expected);
-        assert_eq!(back_meta, meta);
-        // Overwrite in place; no temporary files are left behind.
-        write_safetensors(&path, &refs[..1], None).unwrap();
-        assert_eq!(read_safetensors(&path).unwrap().len(), 1);
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("w.safetensors")]);
-    }
-
-    #[test]
-    fn safetensors_write_errors_leave_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = Tensor::scalar(1.0f32);
-        let path = dir.path().join("dup.safetensors");
-        let e = write_safetensors(&path, &[("x", &t), ("x", &t)], None).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-        let e = write_safetensors(dir.path().join("missing/dir/x.safetensors"), &[("x", &t)], None).unwrap_err();
-        assert!(matches!(e, Error::Io { .. }), "{e}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        assert!(matches!(read_safetensors(&path), Err(Error::Io { .. })));
-    }
-
-    #[test]
-    fn safetensors_bad_bytes() {
-        for bad in [&b""[..], &b"\x01\x00"[..], &[0xff; 8][..], &b"\x02\x00\x00\x00\x00\x00\x00\x00{]"[..]] {
-            let e = load_safetensors_bytes(bad, "bad").unwrap_err();
-            assert!(matches!(e, Error::SafeTensors { .. }), "{e}");
-        }
-        // A header claiming more data than there is.
-        let t = Tensor::from_vec(vec![4], vec![1.0f32; 4]).unwrap();
-        let bytes = serialize_safetensors(&[("x", &t)], None).unwrap();
-        let e = load_safetensors_bytes(&bytes[..bytes.len() - 1], "short").unwrap_err();
-        assert!(matches!(e, Error::SafeTensors { .. }), "{e}");
-        // A dtype this crate does not handle.
-        let header = br#"{"x":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}}"#;
-        let mut f8 = (header.len() as u64).to_le_bytes().to_vec();
-        f8.extend_from_slice(header);
-        f8.extend_from_slice(&[0, 0]);
-        let e = load_safetensors_bytes(&f8, "f8").unwrap_err();
-        assert!(matches!(e, Error::InvalidFormat { .. }), "{e}");
-        // A bool that is not 0 or 1.
-        let header = br#"{"x":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}}"#;
-        let mut b = (header.len() as u64).to_le_bytes().to_vec();
-        b.extend_from_slice(header);
-        b.extend_from_slice(&[1, 7]);
-        let e = load_safetensors_bytes(&b, "bool").unwrap_err();
-        assert!(matches!(e, Error::InvalidFormat { .. }), "{e}");
-        // Truncations of a good file never panic.
-        let good = serialize_safetensors(&sample_tensors().iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>(), None).unwrap();
-        for n in 0..good.len() {
-            assert!(load_safetensors_bytes(&good[..n], "cut").is_err());
-        }
     }
 }

@@ -1,0 +1,216 @@
+//! The one builder of [`JaxLayer`](super::JaxLayer), [`FlaxLayer`](super::FlaxLayer) and
+//! [`Trainer`](super::Trainer): which bundle, which method, where the variables and the key
+//! come from, and where it runs.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::cache::CacheSetting;
+use crate::bundle::Bundle;
+use crate::pjrt::Client;
+use crate::{Result, Tensor};
+
+/// Where the bundle comes from: a directory or an opened bundle.
+#[derive(Debug, Clone)]
+pub enum BundleSource {
+    /// A bundle directory, opened at `build()`.
+    Path(PathBuf),
+    /// An opened bundle (shared between layers without reading it again).
+    Bundle(Arc<Bundle>),
+}
+
+impl BundleSource {
+    /// The bundle, opened if it is a path.
+    pub fn open(self) -> Result<Arc<Bundle>> {
+        match self {
+            BundleSource::Path(p) => Ok(Arc::new(Bundle::open(p)?)),
+            BundleSource::Bundle(b) => Ok(b),
+        }
+    }
+}
+
+macro_rules! path_source {
+    ($($t:ty),*) => {$(
+        impl From<$t> for BundleSource {
+            fn from(p: $t) -> Self {
+                BundleSource::Path(AsRef::<Path>::as_ref(&p).to_path_buf())
+            }
+        }
+    )*};
+}
+path_source!(&Path, PathBuf, &PathBuf, &str, String, &String);
+
+impl From<Bundle> for BundleSource {
+    fn from(b: Bundle) -> Self {
+        BundleSource::Bundle(Arc::new(b))
+    }
+}
+
+impl From<Arc<Bundle>> for BundleSource {
+    fn from(b: Arc<Bundle>) -> Self {
+        BundleSource::Bundle(b)
+    }
+}
+
+/// Where a layer's variables come from.
+#[derive(Debug, Clone, Default)]
+pub enum VariablesSource {
+    /// The bundle's own `variables.safetensors` (what the exporter bundled: the module's init
+    /// under its seed, or the `variables=` it was given); `init` on the device when the bundle
+    /// has none. The default, as Keras' `FlaxLayer(variables=...)`.
+    #[default]
+    Bundle,
+    /// Run the bundle's `init` on the device with the seed, even when the bundle has
+    /// variables.
+    Init,
+    /// These variables, by Flax path: all of them.
+    Given(Vec<(String, Tensor)>),
+    /// A safetensors file of variables by Flax path, uploaded straight from its bytes.
+    File(PathBuf),
+}
+
+/// Everything a builder collects. The fields are public so that a program can keep one and
+/// build several layers from it.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The method to call; the bundle's default method when `None`.
+    pub method: Option<String>,
+    /// Where the variables come from.
+    pub variables: VariablesSource,
+    /// The seed of the RNG key (and of `init` when it runs); the bundle's seed when `None`.
+    pub seed: Option<u64>,
+    /// The key to start from instead of the seed's (resuming).
+    pub key: Option<[u32; 2]>,
+    /// The device index among the client's devices.
+    pub device: usize,
+    /// The PJRT plugin `.so`; see [`crate::pjrt::Plugin::load`] for the search order.
+    pub plugin: Option<PathBuf>,
+    /// A client to share instead of creating one.
+    pub client: Option<Client>,
+    /// Where compiled executables are cached.
+    pub cache: CacheSetting,
+    /// Trainer only: the seed of the batch order; the seed when `None`.
+    pub shuffle_seed: Option<u64>,
+}
+
+impl Options {
+    /// The client these options name: the given one, or a new one on the plugin.
+    pub(crate) fn client(&self) -> Result<Client> {
+        match &self.client {
+            Some(c) => Ok(c.clone()),
+            None => Client::new(self.plugin.as_deref()),
+        }
+    }
+}
+
+/// What a [`Builder`] builds.
+pub trait Build: Sized {
+    /// Builds from an opened bundle and the options.
+    fn build(bundle: Arc<Bundle>, options: Options) -> Result<Self>;
+}
+
+/// Builds a [`JaxLayer`](super::JaxLayer), a [`FlaxLayer`](super::FlaxLayer) or a
+/// [`Trainer`](super::Trainer): `FlaxLayer::builder(dir).seed(0).build()?`.
+#[must_use = "a builder does nothing until .build()"]
+pub struct Builder<T> {
+    source: BundleSource,
+    options: Options,
+    target: PhantomData<fn() -> T>,
+}
+
+impl<T: Build> Builder<T> {
+    /// A builder over a bundle directory or an opened bundle, with default options.
+    pub fn new(bundle: impl Into<BundleSource>) -> Builder<T> {
+        Builder { source: bundle.into(), options: Options::default(), target: PhantomData }
+    }
+
+    /// A builder with options collected elsewhere.
+    pub fn with_options(bundle: impl Into<BundleSource>, options: Options) -> Builder<T> {
+        Builder { source: bundle.into(), options, target: PhantomData }
+    }
+
+    /// The method to call (a method name, or the exported name of an unbound function);
+    /// default: the bundle's default method.
+    pub fn method(mut self, name: impl Into<String>) -> Self {
+        self.options.method = Some(name.into());
+        self
+    }
+
+    /// Start from these variables (by Flax path: `params/Dense_0/kernel`, ...), all of them.
+    pub fn variables(mut self, variables: Vec<(String, Tensor)>) -> Self {
+        self.options.variables = VariablesSource::Given(variables);
+        self
+    }
+
+    /// Start from the variables of a safetensors file, uploaded straight from its bytes.
+    pub fn variables_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.options.variables = VariablesSource::File(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Run the bundle's `init` on the device with the seed instead of starting from the
+    /// bundle's own variables. Without this, `init` runs only for a bundle that has no
+    /// `variables.safetensors`.
+    pub fn init_variables(mut self) -> Self {
+        self.options.variables = VariablesSource::Init;
+        self
+    }
+
+    /// The seed of the RNG key (`jax.random.key(seed)`) and of `init` when it runs; default:
+    /// the bundle's. It does not re-run `init`: see [`Builder::init_variables`].
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.options.seed = Some(seed);
+        self
+    }
+
+    /// Start from this raw key data instead of the seed's key.
+    pub fn key(mut self, key: [u32; 2]) -> Self {
+        self.options.key = Some(key);
+        self
+    }
+
+    /// The device index; default 0.
+    pub fn device(mut self, index: usize) -> Self {
+        self.options.device = index;
+        self
+    }
+
+    /// The PJRT plugin `.so`; default: the search of [`crate::pjrt::Plugin::load`].
+    pub fn plugin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.options.plugin = Some(path.into());
+        self
+    }
+
+    /// Shares an existing PJRT client.
+    pub fn client(mut self, client: Client) -> Self {
+        self.options.client = Some(client);
+        self
+    }
+
+    /// Where compiled executables are cached: by default `$FLAXLAYER_CACHE`, else the user's
+    /// cache directory (`FLAXLAYER_CACHE=0` turns it off).
+    pub fn compile_cache(mut self, setting: CacheSetting) -> Self {
+        self.options.cache = setting;
+        self
+    }
+
+    /// The options collected so far.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Opens the bundle and builds.
+    pub fn build(self) -> Result<T> {
+        T::build(self.source.open()?, self.options)
+    }
+}
+
+impl Builder<super::Trainer> {
+    /// The seed of the batch order ([`epoch_permutation`](super::epoch_permutation));
+    /// default: the seed.
+    pub fn shuffle_seed(mut self, seed: u64) -> Self {
+        self.options.shuffle_seed = Some(seed);
+        self
+    }
+}

@@ -1,0 +1,244 @@
+//! `DeviceState`: the device-resident variables, optimizer state and RNG key of a layer or
+//! trainer, with the one path that checks host values and uploads them, and the one path
+//! that writes a computation's results back.
+
+use super::computation::{Computation, Sink, Source};
+use super::placement::{DeviceArray, Placement};
+use crate::pjrt::Client;
+use crate::spec::{self, TensorSpec};
+use crate::tensor::{AsView, TensorView};
+use crate::{Error, Result, Tensor};
+
+/// Named arrays of one kind (the variables, or the optimizer state), in manifest order.
+#[derive(Debug, Default)]
+struct Group {
+    specs: Vec<TensorSpec>,
+    arrays: Vec<DeviceArray>,
+}
+
+/// What a failed execution took with it.
+#[derive(Debug, Clone)]
+struct Lost {
+    computation: String,
+    cause: String,
+}
+
+/// The state a layer's computations read and write on the device: variables (params and
+/// non-trainable collections), the optimizer state of a trainer, and the RNG key.
+///
+/// Calls check every host value before anything is uploaded, and upload everything before
+/// anything is replaced, so a refused call changes nothing. If an execution fails on the
+/// device after state was donated to it, the state is gone: the layer says so
+/// ([`Error::StateLost`]) on that call and on every later one.
+#[derive(Debug)]
+pub(crate) struct DeviceState {
+    placement: Placement,
+    vars: Group,
+    opt: Group,
+    key: DeviceArray,
+    lost: Option<Lost>,
+}
+
+impl DeviceState {
+    /// State with these variables (checked against `specs`, all of them) and key.
+    pub fn new(placement: Placement, specs: Vec<TensorSpec>, vars: Vec<DeviceArray>, key: [u32; 2]) -> Result<DeviceState> {
+        if specs.len() != vars.len() {
+            return Err(Error::ArgumentCount { what: "variables".into(), expected: specs.len(), got: vars.len() });
+        }
+        let key = placement.upload_key(key)?;
+        Ok(DeviceState { placement, vars: Group { specs, arrays: vars }, opt: Group::default(), key, lost: None })
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.placement.client
+    }
+
+    /// The variables' specs, in manifest order.
+    pub fn variable_specs(&self) -> &[TensorSpec] {
+        &self.vars.specs
+    }
+
+    /// The optimizer state's specs (empty outside a trainer).
+    pub fn opt_state_specs(&self) -> &[TensorSpec] {
+        &self.opt.specs
+    }
+
+    /// `Err(StateLost)` once an execution consumed the state.
+    pub fn check_alive(&self) -> Result<()> {
+        match &self.lost {
+            None => Ok(()),
+            Some(l) => Err(Error::StateLost { computation: l.computation.clone(), cause: l.cause.clone() }),
+        }
+    }
+
+    /// Checks named host values against `specs` and uploads them, in `specs` order: every
+    /// name must be known, given once, and of the spec's dtype and shape. With `complete`,
+    /// every spec must be given; otherwise absent ones are `None`. Nothing is uploaded
+    /// unless everything fits. `kind` names the values in errors (`variable`, ...).
+    pub fn upload_named<V: AsView>(
+        &self,
+        kind: &'static str,
+        specs: &[TensorSpec],
+        given: &[(String, V)],
+        complete: bool,
+    ) -> Result<Vec<Option<DeviceArray>>> {
+        let views = check_named(kind, specs, given, complete)?;
+        views.into_iter().map(|v| v.map(|v| self.placement.upload(&v)).transpose()).collect()
+    }
+
+    /// Copies every variable to the host, by Flax path.
+    pub fn variables(&self) -> Result<Vec<(String, Tensor)>> {
+        self.check_alive()?;
+        download(&self.vars)
+    }
+
+    /// Replaces the named variables (all or some): checked and uploaded before any is
+    /// replaced.
+    pub fn set_variables<V: AsView>(&mut self, given: &[(String, V)]) -> Result<()> {
+        self.check_alive()?;
+        let uploaded = self.upload_named("variable", &self.vars.specs, given, false)?;
+        replace(&mut self.vars, uploaded);
+        Ok(())
+    }
+
+    /// Copies the optimizer state to the host, by `opt_state/...` name.
+    pub fn opt_state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.check_alive()?;
+        download(&self.opt)
+    }
+
+    /// Sets the optimizer state's specs and values (all of them).
+    pub fn init_opt_state(&mut self, specs: Vec<TensorSpec>, arrays: Vec<DeviceArray>) -> Result<()> {
+        if specs.len() != arrays.len() {
+            return Err(Error::ArgumentCount { what: "optimizer state".into(), expected: specs.len(), got: arrays.len() });
+        }
+        self.opt = Group { specs, arrays };
+        Ok(())
+    }
+
+    /// The raw `uint32[2]` data of the key.
+    pub fn key(&self) -> Result<[u32; 2]> {
+        self.check_alive()?;
+        let t = self.key.to_tensor()?;
+        let v = t.to_vec::<u32>()?;
+        <[u32; 2]>::try_from(v.as_slice())
+            .map_err(|_| Error::ShapeMismatch { what: "the RNG key".into(), expected: vec![2], got: t.shape().to_vec() })
+    }
+
+    /// Replaces the key data.
+    pub fn set_key(&mut self, key: [u32; 2]) -> Result<()> {
+        self.check_alive()?;
+        self.key = self.placement.upload_key(key)?;
+        Ok(())
+    }
+
+    /// The array a computation argument comes from.
+    pub fn source(&self, source: Source) -> Result<&DeviceArray> {
+        fn group<'g>(g: &'g Group, i: usize, what: &str) -> Result<&'g DeviceArray> {
+            let n = g.arrays.len();
+            g.arrays.get(i).ok_or_else(|| Error::invalid(what.to_string(), format!("index {i} out of range ({n})")))
+        }
+        match source {
+            Source::Var(i) => group(&self.vars, i, "variable"),
+            Source::OptState(i) => group(&self.opt, i, "optimizer state"),
+            Source::Key => Ok(&self.key),
+            Source::Input(_) => Err(Error::invalid("device state", "an input is not state")),
+        }
+    }
+
+    /// Runs `comp` on this state and `inputs` without donating anything: the state is only
+    /// read. Returns every result, in order.
+    pub fn run(&self, comp: &Computation, inputs: &[DeviceArray]) -> Result<Vec<DeviceArray>> {
+        self.check_alive()?;
+        comp.run(self, inputs, false)
+    }
+
+    /// Runs `comp`, donating the state it replaces, and writes its state results back
+    /// ([`DeviceState::apply`]). Returns the outputs and metrics, in their sink order.
+    ///
+    /// When the execution fails after a donated buffer was consumed, the state is lost: this
+    /// and every later call return [`Error::StateLost`].
+    pub fn run_and_apply(&mut self, comp: &Computation, inputs: &[DeviceArray]) -> Result<Vec<(Sink, DeviceArray)>> {
+        self.check_alive()?;
+        match comp.run(self, inputs, true) {
+            Ok(results) => self.apply(comp, results),
+            Err(e) => {
+                let consumed = comp.donated_sources().any(|s| self.source(s).map_or(true, DeviceArray::is_deleted));
+                if consumed {
+                    self.lost = Some(Lost { computation: comp.file.clone(), cause: e.to_string() });
+                    return Err(self.check_alive().err().unwrap_or(e));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a computation's results back: variables, optimizer state and key replace the
+    /// state's; outputs and metrics are returned with their sinks.
+    fn apply(&mut self, comp: &Computation, results: Vec<DeviceArray>) -> Result<Vec<(Sink, DeviceArray)>> {
+        if results.len() != comp.sinks.len() {
+            return Err(Error::ArgumentCount { what: format!("results of {}", comp.file), expected: comp.sinks.len(), got: results.len() });
+        }
+        let mut rest = Vec::new();
+        for (&sink, array) in comp.sinks.iter().zip(results) {
+            match sink {
+                Sink::Var(i) => self.vars.arrays[i] = array,
+                Sink::OptState(i) => self.opt.arrays[i] = array,
+                Sink::Key => self.key = array,
+                Sink::Output(_) | Sink::Metric(_) => rest.push((sink, array)),
+            }
+        }
+        Ok(rest)
+    }
+}
+
+/// The check half of [`DeviceState::upload_named`]: the views of the given values in `specs`
+/// order, after checking names (known, not repeated), dtypes and shapes.
+pub(crate) fn check_named<'a, V: AsView>(
+    kind: &'static str,
+    specs: &[TensorSpec],
+    given: &'a [(String, V)],
+    complete: bool,
+) -> Result<Vec<Option<TensorView<'a>>>> {
+    let mut seen = std::collections::HashSet::new();
+    for (name, _) in given {
+        if spec::find(specs, name).is_none() {
+            return Err(Error::NotFound { what: kind, name: name.clone(), available: spec::names(specs) });
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(Error::invalid(format!("{kind} {name:?}"), "given twice"));
+        }
+    }
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match given.iter().find(|(n, _)| *n == spec.name) {
+            Some((_, v)) => {
+                let v = v.as_view();
+                spec.check(kind, v.dtype(), v.shape())?;
+                out.push(Some(v));
+            }
+            None if complete => {
+                let available = given.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(Error::NotFound { what: kind, name: spec.name.clone(), available: format!("(given: {available})") });
+            }
+            None => out.push(None),
+        }
+    }
+    Ok(out)
+}
+
+fn download(group: &Group) -> Result<Vec<(String, Tensor)>> {
+    group.specs.iter().zip(&group.arrays).map(|(s, a)| Ok((s.name.clone(), a.to_tensor()?))).collect()
+}
+
+fn replace(group: &mut Group, uploaded: Vec<Option<DeviceArray>>) {
+    for (slot, new) in group.arrays.iter_mut().zip(uploaded) {
+        if let Some(new) = new {
+            *slot = new;
+        }
+    }
+}
