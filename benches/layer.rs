@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use flaxlayer::layer::cache::CacheSetting;
 use flaxlayer::layer::raw::{zero_inputs, RawLoop};
 use flaxlayer::pjrt::Client;
-use flaxlayer::{Mode, Bundle, FlaxLayer, PyTree};
+use flaxlayer::{Bundle, FlaxLayer, Mode, PyTree};
 
 fn hlo(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
@@ -26,7 +26,7 @@ fn timed(n: u64, mut f: impl FnMut()) -> Duration {
 }
 
 /// One workload: the layer's call and the raw loop on the same computation and inputs.
-fn layer_vs_raw(c: &mut Criterion, group: &str, bundle: &str, file: &str, training: bool, batch: Option<u64>) {
+fn layer_vs_raw(c: &mut Criterion, group: &str, bundle: &str, file: &str, mode: Mode, batch: Option<u64>) {
     let client = Client::new(None).expect("PJRT plugin");
     let b = Bundle::open(hlo(bundle)).expect("bundle");
     let inputs = zero_inputs(&b, file).expect("inputs");
@@ -43,7 +43,7 @@ fn layer_vs_raw(c: &mut Criterion, group: &str, bundle: &str, file: &str, traini
         g.throughput(Throughput::Elements(n));
     }
     g.bench_function(BenchmarkId::new("flaxlayer", bundle), |bench| {
-        bench.iter_custom(|n| timed(n, || drop(layer.call(&tree, training).expect("call"))))
+        bench.iter_custom(|n| timed(n, || drop(layer.call(&tree, mode).expect("call"))))
     });
     g.bench_function(BenchmarkId::new("raw_pjrt", bundle), |bench| {
         bench.iter_custom(|n| timed(n, || raw.step().expect("step")))
@@ -52,19 +52,19 @@ fn layer_vs_raw(c: &mut Criterion, group: &str, bundle: &str, file: &str, traini
 }
 
 fn mlp_latency(c: &mut Criterion) {
-    layer_vs_raw(c, "mlp_b1_latency", "mlp", "__call__.inference.b1.jaxexport", false, None);
+    layer_vs_raw(c, "mlp_b1_latency", "mlp", "__call__.inference.b1.jaxexport", Mode::Inference, None);
 }
 
 fn cnn_throughput(c: &mut Criterion) {
-    layer_vs_raw(c, "cnn_b256_throughput", "cnn", "__call__.inference.b256.jaxexport", false, Some(256));
+    layer_vs_raw(c, "cnn_b256_throughput", "cnn", "__call__.inference.b256.jaxexport", Mode::Inference, Some(256));
 }
 
 fn training_call(c: &mut Criterion) {
-    layer_vs_raw(c, "dense_bn_dropout_training", "dense_bn_dropout", "__call__.training.b4.jaxexport", true, None);
+    layer_vs_raw(c, "dense_bn_dropout_training", "dense_bn_dropout", "__call__.training.b4.jaxexport", Mode::Training, None);
 }
 
 fn decode_step(c: &mut Criterion) {
-    layer_vs_raw(c, "decoder_step", "decoder", "__call__.inference.b1.jaxexport", false, None);
+    layer_vs_raw(c, "decoder_step", "decoder", "__call__.inference.b1.jaxexport", Mode::Inference, None);
 }
 
 /// From opening the bundle to the first output, with and without the compile cache. The

@@ -161,8 +161,8 @@ fn save_load_resumes_bit_exactly() {
         .filter(|n| n.contains(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
-    // The checkpoint is also a FlaxLayer bundle with the trained variables.
-    let layer = FlaxLayer::builder(dir.path()).variables_file(dir.path().join("variables.safetensors")).client(client()).build().unwrap();
+    // The checkpoint is also a FlaxLayer bundle, which starts from the trained variables.
+    let layer = FlaxLayer::builder(dir.path()).client(client()).build().unwrap();
     assert_eq!(layer.variables().unwrap(), saved.0);
 }
 
@@ -175,10 +175,10 @@ fn torn_or_corrupt_checkpoints_are_refused() {
     let opt = std::fs::read(dir.path().join("opt_state.safetensors")).unwrap();
     t.step(&nth_batch(1)).unwrap();
     t.save(dir.path()).unwrap();
-    // opt_state from step 1 beside trainer.json of step 2: torn.
+    // opt_state from step 1 beside trainer.json of step 2: files of two saves.
     std::fs::write(dir.path().join("opt_state.safetensors"), &opt).unwrap();
     let err = Trainer::load_with(dir.path(), Some(client())).unwrap_err();
-    assert!(matches!(&err, Error::InvalidFormat { reason, .. } if reason.contains("torn")), "{err}");
+    assert!(matches!(&err, Error::InvalidFormat { reason, .. } if reason.contains("two saves are mixed")), "{err}");
     std::fs::write(dir.path().join("trainer.json"), b"{").unwrap();
     assert!(matches!(Trainer::load_with(dir.path(), Some(client())), Err(Error::Json { .. })));
 }
