@@ -10,18 +10,31 @@ use crate::{Error, Result};
 #[serde(try_from = "String", into = "String")]
 #[non_exhaustive]
 pub enum DType {
+    /// `bool`
     Bool,
+    /// `int8`
     I8,
+    /// `int16`
     I16,
+    /// `int32`
     I32,
+    /// `int64`
     I64,
+    /// `uint8`
     U8,
+    /// `uint16`
     U16,
+    /// `uint32`
     U32,
+    /// `uint64`
     U64,
+    /// `float16`
     F16,
+    /// `bfloat16`
     BF16,
+    /// `float32`
     F32,
+    /// `float64`
     F64,
 }
 

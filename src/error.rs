@@ -11,21 +11,37 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorCode {
+    /// The operation was cancelled.
     Cancelled,
+    /// An unknown error.
     Unknown,
+    /// An argument was invalid.
     InvalidArgument,
+    /// A deadline passed.
     DeadlineExceeded,
+    /// Something was not found.
     NotFound,
+    /// Something already exists.
     AlreadyExists,
+    /// Permission was denied.
     PermissionDenied,
+    /// A resource (often memory) ran out.
     ResourceExhausted,
+    /// The system was not in the state the call needs.
     FailedPrecondition,
+    /// The operation was aborted.
     Aborted,
+    /// A value was out of range.
     OutOfRange,
+    /// The plugin does not implement the operation.
     Unimplemented,
+    /// An internal error of the plugin.
     Internal,
+    /// The service is unavailable.
     Unavailable,
+    /// Data was lost or corrupted.
     DataLoss,
+    /// The caller is not authenticated.
     Unauthenticated,
     /// A code this crate does not know.
     Other(i32),
@@ -67,19 +83,43 @@ impl ErrorCode {
 pub enum Error {
     /// No PJRT plugin could be loaded. `tried` lists every candidate with the reason it failed.
     #[error("no PJRT plugin could be loaded; tried:\n{}\n{hint}", format_tried(.tried))]
-    PluginNotFound { tried: Vec<(PathBuf, String)>, hint: String },
+    PluginNotFound {
+        /// Every candidate, with why it failed.
+        tried: Vec<(PathBuf, String)>,
+        /// How to get a plugin.
+        hint: String,
+    },
 
     /// The plugin's PJRT C API major version is not the one this crate was built for.
     #[error("PJRT plugin {path:?} has C API {major}.{minor}; this crate needs major version {expected_major}")]
-    PluginVersion { path: PathBuf, major: i32, minor: i32, expected_major: i32 },
+    PluginVersion {
+        /// The plugin.
+        path: PathBuf,
+        /// Its major version.
+        major: i32,
+        /// Its minor version.
+        minor: i32,
+        /// The major version this crate speaks.
+        expected_major: i32,
+    },
 
     /// A PJRT call returned an error.
     #[error("{call} failed ({code:?}): {message}")]
-    Pjrt { call: &'static str, code: ErrorCode, message: String },
+    Pjrt {
+        /// The C API function.
+        call: &'static str,
+        /// PJRT's error code.
+        code: ErrorCode,
+        /// PJRT's message.
+        message: String,
+    },
 
     /// The plugin does not provide a function of the C API (a null or absent table entry).
     #[error("the PJRT plugin does not provide {function}")]
-    Unsupported { function: &'static str },
+    Unsupported {
+        /// The C API function.
+        function: &'static str,
+    },
 
     /// A dtype name or PJRT buffer type that this crate does not handle.
     #[error("unsupported dtype {0}")]
@@ -87,58 +127,141 @@ pub enum Error {
 
     /// A value has the wrong dtype.
     #[error("{what}: expected dtype {expected}, got {got}")]
-    DTypeMismatch { what: String, expected: DType, got: DType },
+    DTypeMismatch {
+        /// The value, e.g. `input "ids"`.
+        what: String,
+        /// The dtype it must have.
+        expected: DType,
+        /// The dtype it has.
+        got: DType,
+    },
 
     /// A value has the wrong shape.
     #[error("{what}: expected shape {expected:?}, got {got:?}")]
-    ShapeMismatch { what: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        /// The value, e.g. `input "x"`.
+        what: String,
+        /// The shape it must have.
+        expected: Vec<usize>,
+        /// The shape it has.
+        got: Vec<usize>,
+    },
 
     /// A batch size that no computation of the method was exported for, in a call that cannot
     /// pad or split (training calls, stateful inference, methods not marked paddable).
     #[error("{what}: batch must be one of {available:?}, got {got}{}", reason_suffix(.reason))]
-    BatchSize { what: String, got: usize, available: Vec<usize>, reason: String },
+    BatchSize {
+        /// The call.
+        what: String,
+        /// The batch size given.
+        got: usize,
+        /// The exported batch sizes.
+        available: Vec<usize>,
+        /// Why the batch cannot be padded or split (empty when not asked).
+        reason: String,
+    },
 
     /// A host slice has the wrong number of elements or bytes.
     #[error("{what}: expected {expected} {unit}, got {got}")]
-    SizeMismatch { what: String, expected: usize, got: usize, unit: &'static str },
+    SizeMismatch {
+        /// The value.
+        what: String,
+        /// The size it must have.
+        expected: usize,
+        /// The size it has.
+        got: usize,
+        /// `bytes`, `elements`, `leaves`.
+        unit: &'static str,
+    },
 
     /// A call got the wrong number of arguments.
     #[error("{what}: expected {expected} arguments, got {got}")]
-    ArgumentCount { what: String, expected: usize, got: usize },
+    ArgumentCount {
+        /// The call.
+        what: String,
+        /// How many arguments it takes.
+        expected: usize,
+        /// How many it got.
+        got: usize,
+    },
 
     /// A PyTree does not have the expected structure.
     #[error("{path}: expected {expected}, got {got}")]
-    TreeMismatch { path: String, expected: String, got: String },
+    TreeMismatch {
+        /// The first path where the trees differ (`<root>` for the root).
+        path: String,
+        /// The node there should be.
+        expected: String,
+        /// The node there is.
+        got: String,
+    },
 
     /// A bundle, manifest, serialized export or weights file is malformed.
     #[error("invalid {what}: {reason}")]
-    InvalidFormat { what: String, reason: String },
+    InvalidFormat {
+        /// The file or value.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// Something that was asked for does not exist (a method, a variable, a tensor name).
     #[error("{what} {name:?} not found; available: {available}")]
-    NotFound { what: &'static str, name: String, available: String },
+    NotFound {
+        /// The kind of thing (`method`, `variable`, ...).
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// What there is instead.
+        available: String,
+    },
 
     /// An argument is out of its allowed range.
     #[error("{what}: {reason}")]
-    InvalidArgument { what: String, reason: String },
+    InvalidArgument {
+        /// The argument.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// A computation failed on the device after the layer's state had been donated to it: the
     /// params, state or key it held are gone. Every later call refuses with this error;
     /// rebuild the layer (or load a saved one) to continue.
     #[error("the layer's device state was lost when {computation} failed ({cause}); rebuild or reload the layer")]
-    StateLost { computation: String, cause: String },
+    StateLost {
+        /// The computation that failed.
+        computation: String,
+        /// Its error.
+        cause: String,
+    },
 
     /// An I/O error, with the path it concerns.
     #[error("{}: {cause}", path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
 
     /// JSON (manifest, config) could not be read or written.
     #[error("{what}: {cause}")]
-    Json { what: String, cause: serde_json::Error },
+    Json {
+        /// The file or value.
+        what: String,
+        /// The JSON error.
+        cause: serde_json::Error,
+    },
 
     /// safetensors could not be read or written.
     #[error("{what}: {cause}")]
-    SafeTensors { what: String, cause: safetensors::SafeTensorError },
+    SafeTensors {
+        /// The file.
+        what: String,
+        /// The safetensors error.
+        cause: safetensors::SafeTensorError,
+    },
 }
 
 impl std::fmt::Debug for Error {

@@ -15,15 +15,21 @@ pub const VERSION: u32 = 1;
 /// A bundle's manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Always `flaxlayer.bundle`.
     pub format: String,
+    /// The format version (1).
     pub version: u32,
     /// The Flax module's class name.
     #[serde(default)]
     pub module: String,
+    /// The seed of `init` and of the initial key.
     pub seed: u64,
+    /// The RNG streams the key feeds (`dropout`, ...).
     #[serde(default)]
     pub rng_streams: Vec<String>,
+    /// The platforms the computations were lowered for.
     pub platforms: Vec<String>,
+    /// The method a layer calls when none is named.
     pub default_method: String,
     /// Where `variables.safetensors` came from: `init` (the module's init under the seed) or
     /// `given` (the exporter's `variables=`). Absent in older bundles.
@@ -32,7 +38,9 @@ pub struct Manifest {
     /// Every variable leaf, by Flax path (`params/Dense_0/kernel`); its collection is the
     /// first component.
     pub variables: Vec<TensorSpec>,
+    /// The `init` computation.
     pub init: InitSpec,
+    /// The exported methods, by name.
     pub methods: BTreeMap<String, MethodSpec>,
     /// The training loop's computations (`scripts/export_train.py`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +79,7 @@ pub struct TrainSpec {
 /// The `init` computation: `init(key, inputs) -> variables`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitSpec {
+    /// The computation itself.
     #[serde(flatten)]
     pub computation: ComputationSpec,
     /// The inputs `init` was traced with (their shapes; their values are in `inputs_file`
@@ -87,12 +96,15 @@ pub struct InitSpec {
 /// One exported method: an inference and a training computation per batch size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MethodSpec {
+    /// Whether the method takes a `training` argument.
     #[serde(default)]
     pub takes_training: bool,
     /// The input leaves as exported with the sample batch.
     #[serde(default)]
     pub inputs: Vec<TensorSpec>,
+    /// The inference computations, one per exported batch size.
     pub inference: Vec<ComputationSpec>,
+    /// The training computations, one per exported batch size.
     pub training: Vec<ComputationSpec>,
     /// Whether inference may run a batch padded up to an exported size (absent: no).
     #[serde(default)]
@@ -121,10 +133,14 @@ pub struct Batching {
 /// One serialized computation and the roles of its flat arguments and results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ComputationSpec {
+    /// The leading dimension of every input leaf, for a method computation.
     #[serde(default)]
     pub batch_size: Option<usize>,
+    /// The `*.jaxexport` file in the bundle.
     pub file: String,
+    /// The role of each flat argument (JAX's `in_avals` order).
     pub args: Vec<Slot>,
+    /// The role of each flat result (JAX's `out_avals` order).
     pub results: Vec<Slot>,
     /// The custom-call targets the module calls (`lapack_sgeqrf_ffi`, ...), which the
     /// plugin must have handlers for. Absent in older bundles.
@@ -135,7 +151,9 @@ pub struct ComputationSpec {
 /// What a flat argument or result is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
+    /// What the value is.
     pub role: Role,
+    /// Its name: a variable's Flax path, an input's or output's PyTree path, a metric.
     #[serde(default)]
     pub name: Option<String>,
     /// For an output: whether its leading axis is the batch (it is the batch size in every
@@ -148,10 +166,15 @@ pub struct Slot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A trainable parameter.
     Param,
+    /// A non-trainable variable (`batch_stats`, `cache`, ...).
     State,
+    /// The RNG key data, `uint32[2]`.
     Key,
+    /// An input leaf.
     Input,
+    /// An output leaf.
     Output,
     /// An optimizer-state leaf, named as in `train.opt_state`.
     #[serde(rename = "opt_state")]

@@ -21,7 +21,9 @@ pub const VARIABLES_FILE: &str = "variables.safetensors";
 /// A computation of a bundle: its roles and JAX's serialized export.
 #[derive(Debug, Clone)]
 pub struct BundleComputation {
+    /// The manifest's entry.
     pub spec: ComputationSpec,
+    /// JAX's serialized export, parsed.
     pub exported: Exported,
 }
 
