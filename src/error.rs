@@ -236,6 +236,16 @@ pub enum Error {
         cause: String,
     },
 
+    /// A compile in a child process (the untrusted-bundle mode) crashed, hung past its time
+    /// limit, or failed; this process is unharmed.
+    #[error("isolated compile of {what}: {reason}")]
+    IsolatedCompile {
+        /// The program (bundle file).
+        what: String,
+        /// What happened to the worker.
+        reason: String,
+    },
+
     /// An I/O error, with the path it concerns.
     #[error("{}: {cause}", path.display())]
     Io {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::isolate::{self, Isolation};
 use crate::pjrt::{Client, CompileOptions, LoadedExecutable, Program};
 use crate::Result;
 
@@ -70,17 +71,36 @@ pub(crate) enum Outcome {
     Replaced,
 }
 
-/// Compiles `program`, through the cache in `dir` when there is one.
-pub(crate) fn compile(dir: Option<&Path>, client: &Client, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
-    match dir {
-        Some(dir) => compile_cached(dir, client, program, options).map(|(exe, _)| exe),
-        None => client.compile(program, options),
+/// How one compile is done: the cache directory (if any) and the isolation (if any).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CompileSetting<'a> {
+    pub cache: Option<&'a Path>,
+    pub isolation: Option<&'a Isolation>,
+    /// What the program is, for errors (the bundle file).
+    pub what: &'a str,
+}
+
+/// Compiles `program`, through the cache when there is one, in a child process when the
+/// setting isolates it.
+pub(crate) fn compile(setting: CompileSetting<'_>, client: &Client, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
+    match setting.cache {
+        Some(dir) => compile_cached(dir, setting, client, program, options).map(|(exe, _)| exe),
+        None => compile_now(setting, client, program, options),
+    }
+}
+
+/// Compiles with no cache: here, or in a worker whose executable is loaded here.
+fn compile_now(setting: CompileSetting<'_>, client: &Client, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
+    match (setting.isolation, program) {
+        (Some(iso), Program::Mlir(code)) => isolate::load(client, &iso.compile(client, code, options, setting.what)?, setting.what),
+        _ => client.compile(program, options),
     }
 }
 
 /// Compiles through the cache in `dir`. Cache I/O failures never fail the compile.
 pub(crate) fn compile_cached(
     dir: &Path,
+    setting: CompileSetting<'_>,
     client: &Client,
     program: Program<'_>,
     options: &CompileOptions,
@@ -95,6 +115,11 @@ pub(crate) fn compile_cached(
         Some(None) => Outcome::Replaced,
         None => Outcome::Miss,
     };
+    if let (Some(iso), Program::Mlir(code)) = (setting.isolation, program) {
+        let payload = iso.compile(client, code, options, setting.what)?;
+        let _ = write_entry(dir, &path, &payload);
+        return Ok((isolate::load(client, &payload, setting.what)?, outcome));
+    }
     let exe = client.compile(program, options)?;
     if let Ok(payload) = exe.serialize() {
         let _ = write_entry(dir, &path, &payload);
@@ -228,11 +253,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let code = mlp();
         let opts = CompileOptions::default();
-        let (_, first) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        let (_, first) = compile_cached(dir.path(), CompileSetting::default(), &client, Program::Mlir(&code), &opts).unwrap();
         assert_eq!(first, Outcome::Miss);
         let files = entries(dir.path());
         assert_eq!(files.len(), 1);
-        let (_, second) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        let (_, second) = compile_cached(dir.path(), CompileSetting::default(), &client, Program::Mlir(&code), &opts).unwrap();
         assert_eq!(second, Outcome::Hit);
 
         // A flipped payload byte fails the checksum: recompiled and replaced, never trusted.
@@ -240,9 +265,9 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&files[0], &bytes).unwrap();
-        let (_, third) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        let (_, third) = compile_cached(dir.path(), CompileSetting::default(), &client, Program::Mlir(&code), &opts).unwrap();
         assert_eq!(third, Outcome::Replaced);
-        let (_, fourth) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        let (_, fourth) = compile_cached(dir.path(), CompileSetting::default(), &client, Program::Mlir(&code), &opts).unwrap();
         assert_eq!(fourth, Outcome::Hit);
 
         // A valid checksum over bytes PJRT cannot load (stale format): replaced as well.
@@ -251,10 +276,10 @@ mod tests {
         entry.extend_from_slice(&Sha256::digest(junk));
         entry.extend_from_slice(junk);
         std::fs::write(&files[0], &entry).unwrap();
-        let (_, fifth) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        let (_, fifth) = compile_cached(dir.path(), CompileSetting::default(), &client, Program::Mlir(&code), &opts).unwrap();
         assert_eq!(fifth, Outcome::Replaced);
         std::fs::write(&files[0], b"short").unwrap();
-        let (_, sixth) = compile_cached(dir.path(), &client, Program::Mlir(&code), &opts).unwrap();
+        let (_, sixth) = compile_cached(dir.path(), CompileSetting::default(), &client, Program::Mlir(&code), &opts).unwrap();
         assert_eq!(sixth, Outcome::Replaced);
     }
 

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
+use super::cache::CompileSetting;
+use super::isolate::Isolation;
 use super::placement::{DeviceArray, Placement};
 use super::state::DeviceState;
 use crate::bundle::{Aval, BundleComputation, Exported, Role};
@@ -37,6 +39,13 @@ pub(crate) enum Sink {
     Metric(usize),
 }
 
+/// How a layer's computations compile: the cache directory and the isolation, if any.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CompileHow {
+    pub cache: Option<PathBuf>,
+    pub isolation: Option<Isolation>,
+}
+
 /// The names a computation's slots resolve against.
 pub(crate) struct Names<'a> {
     pub variables: &'a [TensorSpec],
@@ -58,6 +67,8 @@ pub(crate) struct Computation {
     signature: Vec<ArgSpec>,
     /// The compile cache directory, if caching is on.
     cache: Option<PathBuf>,
+    /// Compile in a child process (bundles from elsewhere).
+    isolation: Option<Isolation>,
     /// JAX's platform-index argument, one per device, when the export has several platforms.
     platform_index: Option<DeviceArray>,
     /// Sources of the arguments the module keeps (`module_kept_var_idx`), in order, each
@@ -99,7 +110,7 @@ fn index_of(specs: &[TensorSpec], name: &Option<String>, what: &str, file: &str)
 
 impl Computation {
     /// Prepares `comp` for `placement`, resolving slot names against `names`.
-    pub fn new(placement: &Placement, comp: &BundleComputation, names: &Names<'_>, cache: Option<PathBuf>) -> Result<Computation> {
+    pub fn new(placement: &Placement, comp: &BundleComputation, names: &Names<'_>, how: &CompileHow) -> Result<Computation> {
         let (exp, spec) = (&comp.exported, &comp.spec);
         let file = spec.file.as_str();
         let mut sources = Vec::with_capacity(spec.args.len());
@@ -162,7 +173,8 @@ impl Computation {
             options: CompileOptions { portable: placement.portable, ..CompileOptions::default() },
             mlir: exp.mlir_module.clone(),
             signature,
-            cache,
+            cache: how.cache.clone(),
+            isolation: how.isolation.clone(),
             platform_index,
             kept,
             sinks,
@@ -189,7 +201,8 @@ impl Computation {
         if let Some(exe) = self.exe.get() {
             return Ok(exe);
         }
-        let exe = super::cache::compile(self.cache.as_deref(), &self.placement.client, Program::Mlir(&self.mlir), &self.options)?
+        let setting = CompileSetting { cache: self.cache.as_deref(), isolation: self.isolation.as_ref(), what: &self.file };
+        let exe = super::cache::compile(setting, &self.placement.client, Program::Mlir(&self.mlir), &self.options)?
             .with_input_signature(self.signature.clone());
         Ok(self.exe.get_or_init(|| exe))
     }

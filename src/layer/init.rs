@@ -1,9 +1,7 @@
 //! Where a layer's first variables come from: the bundle's `variables.safetensors`, given
 //! ones, a file, or the bundle's `init` run on the device.
 
-use std::path::PathBuf;
-
-use super::computation::{Computation, Names, Sink, Source};
+use super::computation::{CompileHow, Computation, Names, Sink, Source};
 use super::options::VariablesSource;
 use super::placement::{DeviceArray, Placement};
 use super::state::{check_named, DeviceState};
@@ -18,7 +16,7 @@ pub(crate) fn initial_variables(
     placement: &Placement,
     source: &VariablesSource,
     seed: u64,
-    cache: Option<PathBuf>,
+    how: &CompileHow,
 ) -> Result<Vec<DeviceArray>> {
     let specs = &bundle.manifest().variables;
     let from_file = |path: &std::path::Path| -> Result<Vec<DeviceArray>> {
@@ -30,7 +28,7 @@ pub(crate) fn initial_variables(
         VariablesSource::Given(given) => upload_all(placement, specs, given),
         VariablesSource::File(path) => from_file(path),
         VariablesSource::Bundle if bundle.variables_path().is_file() => from_file(&bundle.variables_path()),
-        VariablesSource::Bundle | VariablesSource::Init => run_init(bundle, placement, specs, seed, cache),
+        VariablesSource::Bundle | VariablesSource::Init => run_init(bundle, placement, specs, seed, how),
     }
 }
 
@@ -44,10 +42,10 @@ fn upload_all<V: crate::tensor::AsView>(placement: &Placement, specs: &[TensorSp
 /// Runs the bundle's `init(key, inputs)` on the device under `seed`'s key. When init reads
 /// its inputs' values (data-dependent initializers), it gets the values the exporter stored
 /// (`init.inputs_file`), as `module.init(key, x)` did; a bundle that lacks them is refused.
-pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSpec], seed: u64, cache: Option<PathBuf>) -> Result<Vec<DeviceArray>> {
+pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSpec], seed: u64, how: &CompileHow) -> Result<Vec<DeviceArray>> {
     let manifest = bundle.manifest();
     let init = bundle.computation(&manifest.init.computation.file)?;
-    let comp = Computation::new(placement, init, &Names { variables: specs, opt_state: &[] }, cache)?;
+    let comp = Computation::new(placement, init, &Names { variables: specs, opt_state: &[] }, how)?;
     let state = DeviceState::new(placement.clone(), Vec::new(), Vec::new(), super::seed_key(seed))?;
     let reads_inputs = comp.kept_sources().any(|s| matches!(s, Source::Input(_)));
     let inputs = match (reads_inputs, bundle.init_inputs()?) {

@@ -66,14 +66,14 @@ impl JaxLayer {
         let method = options.method.clone().unwrap_or_else(|| manifest.default_method.clone());
         let spec = bundle.method(&method)?.clone();
         let seed = options.seed.unwrap_or(manifest.seed);
-        let cache = options.cache.dir();
+        let how = options.compile_how();
         let specs = manifest.variables.clone();
         let names = Names { variables: &specs, opt_state: &[] };
         let prepare = |list: &[crate::bundle::ComputationSpec]| -> Result<Vec<Computation>> {
-            list.iter().map(|c| Computation::new(&placement, bundle.computation(&c.file)?, &names, cache.clone())).collect()
+            list.iter().map(|c| Computation::new(&placement, bundle.computation(&c.file)?, &names, &how)).collect()
         };
         let (inference, training) = (prepare(&spec.inference)?, prepare(&spec.training)?);
-        let vars = super::init::initial_variables(&bundle, &placement, &options.variables, seed, cache.clone())?;
+        let vars = super::init::initial_variables(&bundle, &placement, &options.variables, seed, &how)?;
         let state = DeviceState::new(placement, specs, vars, options.key.unwrap_or_else(|| seed_key(seed)))?;
         Ok(JaxLayer { bundle, method, seed, batching: spec.batching, state, inference, training })
     }

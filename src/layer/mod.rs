@@ -10,6 +10,7 @@ mod computation;
 mod flax_layer;
 mod init;
 mod inputs;
+pub mod isolate;
 mod jax_layer;
 mod mode;
 mod options;

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::cache::CacheSetting;
+use super::computation::CompileHow;
+use super::isolate::Isolation;
 use crate::bundle::Bundle;
 use crate::pjrt::Client;
 use crate::{Result, Tensor};
@@ -90,11 +92,19 @@ pub struct Options {
     pub client: Option<Client>,
     /// Where compiled executables are cached.
     pub cache: CacheSetting,
+    /// Compile in a child process with a time limit (bundles from elsewhere); see
+    /// [`Isolation`].
+    pub isolation: Option<Isolation>,
     /// Trainer only: the seed of the batch order; the seed when `None`.
     pub shuffle_seed: Option<u64>,
 }
 
 impl Options {
+    /// How computations compile under these options.
+    pub(crate) fn compile_how(&self) -> CompileHow {
+        CompileHow { cache: self.cache.dir(), isolation: self.isolation.clone() }
+    }
+
     /// The client these options name: the given one, or a new one on the plugin.
     pub(crate) fn client(&self) -> Result<Client> {
         match &self.client {
@@ -192,6 +202,15 @@ impl<T: Build> Builder<T> {
     /// cache directory (`FLAXLAYER_CACHE=0` turns it off).
     pub fn compile_cache(mut self, setting: CacheSetting) -> Self {
         self.options.cache = setting;
+        self
+    }
+
+    /// Treat the bundle as untrusted: compile each computation in a child process (the
+    /// `flaxlayer compile-worker` command) with a time limit, so a payload that crashes or
+    /// hangs XLA's compiler is an [`Error::IsolatedCompile`](crate::Error::IsolatedCompile)
+    /// here. The executables still run in this process: see the README's trust model.
+    pub fn untrusted(mut self, isolation: Isolation) -> Self {
+        self.options.isolation = Some(isolation);
         self
     }
 

@@ -90,9 +90,4 @@ impl DeviceArray {
         b.copy_to_host_bytes(t.as_mut_bytes())?;
         Ok(t)
     }
-
-    /// The shape of the whole array.
-    pub fn shape(&self) -> Vec<usize> {
-        self.shards.first().map(|b| b.dims().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect()).unwrap_or_default()
-    }
 }

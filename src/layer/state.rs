@@ -62,11 +62,6 @@ impl DeviceState {
         &self.vars.specs
     }
 
-    /// The optimizer state's specs (empty outside a trainer).
-    pub fn opt_state_specs(&self) -> &[TensorSpec] {
-        &self.opt.specs
-    }
-
     /// `Err(StateLost)` once an execution consumed the state.
     pub fn check_alive(&self) -> Result<()> {
         match &self.lost {

@@ -86,17 +86,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-pub fn run(args: BenchArgs, plugin: Option<PathBuf>) -> Result<()> {
+pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
     let mode = Mode::from_training(args.training);
-    let mut b = JaxLayer::builder(&args.bundle);
+    let mut b = common.apply(JaxLayer::builder(&args.bundle));
     if let Some(m) = &args.method {
         b = b.method(m);
-    }
-    if let Some(p) = plugin {
-        b = b.plugin(p);
     }
     let mut layer = b.build().with_context(|| format!("loading {}", args.bundle.display()))?;
     let inputs = random_inputs(&layer, mode, args.batch)?;

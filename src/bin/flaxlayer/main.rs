@@ -16,6 +16,13 @@ struct Cli {
     /// PJRT plugin .so (default: $PJRT_PLUGIN_PATH, else the CPU plugin setup installed).
     #[arg(long, global = true)]
     plugin: Option<PathBuf>,
+    /// Treat the bundle as untrusted: compile it in a child process with a time limit, so a
+    /// payload that crashes or hangs XLA's compiler is an error instead of a crash.
+    #[arg(long, global = true)]
+    untrusted: bool,
+    /// The time limit of one isolated compile, in seconds (with --untrusted).
+    #[arg(long, global = true, default_value_t = 120)]
+    compile_timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +37,35 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a bundle with a train section on a safetensors data set; optionally checkpoint.
     Train(train::TrainArgs),
+    /// Compile a program read on stdin and write the executable to stdout (the child process
+    /// of --untrusted; not for direct use).
+    #[command(name = "compile-worker", hide = true)]
+    CompileWorker {
+        /// The request: plugin and compile options, as JSON.
+        #[arg(long)]
+        request: String,
+    },
+}
+
+/// Global settings every command that builds a layer uses.
+pub struct Common {
+    /// `--plugin`.
+    pub plugin: Option<PathBuf>,
+    /// `--untrusted`, with its time limit.
+    pub isolation: Option<flaxlayer::layer::isolate::Isolation>,
+}
+
+impl Common {
+    /// Applies the settings to a builder.
+    pub fn apply<T: flaxlayer::layer::Build>(&self, mut b: flaxlayer::Builder<T>) -> flaxlayer::Builder<T> {
+        if let Some(p) = &self.plugin {
+            b = b.plugin(p);
+        }
+        if let Some(iso) = &self.isolation {
+            b = b.untrusted(iso.clone());
+        }
+        b
+    }
 }
 
 #[derive(clap::Args)]
@@ -76,16 +112,25 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let isolation = cli.untrusted.then(|| flaxlayer::layer::isolate::Isolation {
+        worker: std::env::current_exe().ok(),
+        timeout: std::time::Duration::from_secs(cli.compile_timeout),
+    });
+    let common = Common { plugin: cli.plugin, isolation };
     match cli.command {
-        Command::Inspect { bundle } => inspect(&bundle, cli.plugin.as_deref()),
-        Command::Run(args) => run_bundle(args, cli.plugin.as_deref()),
-        Command::Bench(args) => bench::run(args, cli.plugin),
-        Command::Train(args) => train::run(args, cli.plugin),
+        Command::Inspect { bundle } => inspect(&bundle, common.plugin.as_deref()),
+        Command::Run(args) => run_bundle(args, &common),
+        Command::Bench(args) => bench::run(args, &common),
+        Command::Train(args) => train::run(args, &common),
+        Command::CompileWorker { request } => {
+            let (mut stdin, mut stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
+            Ok(flaxlayer::layer::isolate::run_worker(&request, &mut stdin, &mut stdout)?)
+        }
     }
 }
 
-fn build_layer(args: &RunArgs, plugin: Option<&Path>) -> Result<JaxLayer> {
-    let mut b = JaxLayer::builder(&args.bundle);
+fn build_layer(args: &RunArgs, common: &Common) -> Result<JaxLayer> {
+    let mut b = common.apply(JaxLayer::builder(&args.bundle));
     if let Some(m) = &args.method {
         b = b.method(m);
     }
@@ -97,9 +142,6 @@ fn build_layer(args: &RunArgs, plugin: Option<&Path>) -> Result<JaxLayer> {
     }
     if args.init {
         b = b.init_variables();
-    }
-    if let Some(p) = plugin {
-        b = b.plugin(p);
     }
     b.build().with_context(|| format!("loading bundle {}", args.bundle.display()))
 }
@@ -159,11 +201,11 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn run_bundle(args: RunArgs, plugin: Option<&Path>) -> Result<()> {
+fn run_bundle(args: RunArgs, common: &Common) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let mut layer = build_layer(&args, plugin)?;
+    let mut layer = build_layer(&args, common)?;
     let named = read_safetensors(&args.input).with_context(|| format!("reading --input {}", args.input.display()))?;
     let inputs = PyTree::from_named_leaves(layer.input_tree(), "inputs", named).context("building the inputs from --input")?;
     let mut outputs = PyTree::None;

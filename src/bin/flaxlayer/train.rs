@@ -73,23 +73,20 @@ fn check_save_destination(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: TrainArgs, plugin: Option<PathBuf>) -> Result<()> {
+pub fn run(args: TrainArgs, common: &crate::Common) -> Result<()> {
     if let Some(dir) = &args.save {
         check_save_destination(dir)?;
     }
     let data = read_data(&args.data)?;
     let mut trainer = match &args.resume {
         Some(dir) => {
-            let client = plugin.as_deref().map(|p| flaxlayer::pjrt::Client::new(Some(p))).transpose()?;
+            let client = common.plugin.as_deref().map(|p| flaxlayer::pjrt::Client::new(Some(p))).transpose()?;
             Trainer::load_with(dir, client).with_context(|| format!("loading checkpoint {}", dir.display()))?
         }
         None => {
-            let mut b = Trainer::builder(&args.bundle);
+            let mut b = common.apply(Trainer::builder(&args.bundle));
             if let Some(s) = args.seed {
                 b = b.seed(s);
-            }
-            if let Some(p) = &plugin {
-                b = b.plugin(p);
             }
             b.build().with_context(|| format!("loading bundle {}", args.bundle.display()))?
         }

@@ -99,13 +99,13 @@ impl Trainer {
             options.method = spec.method.clone();
         }
         let shuffle_seed = options.shuffle_seed;
-        let cache = options.cache.dir();
+        let how = options.compile_how();
         let mut layer = JaxLayer::new(bundle.clone(), options)?;
         let shuffle_seed = shuffle_seed.unwrap_or(layer.seed());
         let placement = layer.state().placement().clone();
         let names = Names { variables: &bundle.manifest().variables, opt_state: &spec.opt_state };
         let compile = |file: &str| -> Result<Computation> {
-            let c = Computation::new(&placement, bundle.computation(file)?, &names, cache.clone())?;
+            let c = Computation::new(&placement, bundle.computation(file)?, &names, &how)?;
             c.ensure_compiled()?;
             Ok(c)
         };

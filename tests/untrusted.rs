@@ -1,0 +1,84 @@
+//! The untrusted-bundle mode: computations compile in a child process (`flaxlayer
+//! compile-worker`) with a time limit. Payloads that crash or hang XLA's compiler (fixtures
+//! from `tests/fixtures/hostile/make_hostile_bundles.py`, found by fuzzing) must be typed
+//! errors here, within the limit, and this process must go on working.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use flaxlayer::layer::cache::CacheSetting;
+use flaxlayer::layer::isolate::Isolation;
+use flaxlayer::pjrt::Client;
+use flaxlayer::{DType, Error, FlaxLayer, Mode, PyTree, Tensor};
+
+fn hlo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
+}
+
+fn hostile(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile").join(name)
+}
+
+fn client() -> Client {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
+}
+
+fn isolation(timeout: Duration) -> Isolation {
+    Isolation { worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_flaxlayer"))), timeout }
+}
+
+fn x() -> PyTree {
+    PyTree::leaf(Tensor::zeros(DType::F32, vec![1, 64]).unwrap())
+}
+
+/// Builds a layer on `dir` with isolated compiles and no cache (so every compile happens),
+/// and makes one inference call.
+fn call_isolated(dir: &Path, timeout: Duration) -> flaxlayer::Result<PyTree> {
+    let mut layer = FlaxLayer::builder(dir).untrusted(isolation(timeout)).compile_cache(CacheSetting::Off).client(client()).build()?;
+    layer.call(&x(), Mode::Inference)
+}
+
+#[test]
+fn an_isolated_compile_gives_the_same_outputs() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut trusted = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Off).client(client()).build().unwrap();
+    let mut isolated = FlaxLayer::builder(hlo("mlp"))
+        .untrusted(isolation(Duration::from_secs(120)))
+        .compile_cache(CacheSetting::Dir(cache.path().to_path_buf()))
+        .client(client())
+        .build()
+        .unwrap();
+    assert_eq!(isolated.call(&x(), Mode::Inference).unwrap(), trusted.call(&x(), Mode::Inference).unwrap());
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "the worker's executable went into the compile cache");
+}
+
+#[test]
+fn compiler_crashes_are_typed_errors() {
+    for name in ["crash_double_free", "crash_foreign_exception"] {
+        let err = call_isolated(&hostile(name), Duration::from_secs(120)).unwrap_err();
+        assert!(matches!(&err, Error::IsolatedCompile { reason, .. } if reason.contains("crashed")), "{name}: {err}");
+        println!("{name}: {err}");
+    }
+    // This process is unharmed: a good bundle still runs.
+    assert!(call_isolated(&hlo("mlp"), Duration::from_secs(120)).is_ok());
+}
+
+#[test]
+fn a_hanging_compile_is_killed_at_the_time_limit() {
+    let limit = Duration::from_secs(5);
+    let t = Instant::now();
+    let err = call_isolated(&hostile("hang"), limit).unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(&err, Error::IsolatedCompile { reason, .. } if reason.contains("longer than")), "{err}");
+    // The limit applies to the hanging compile (init compiles first, quickly).
+    assert!(took < limit + Duration::from_secs(60), "took {took:?}");
+}
+
+#[test]
+fn a_missing_worker_is_a_clear_error() {
+    let iso = Isolation { worker: Some(PathBuf::from("/nonexistent/flaxlayer")), timeout: Duration::from_secs(5) };
+    let err = FlaxLayer::builder(hlo("mlp")).untrusted(iso).compile_cache(CacheSetting::Off).client(client()).build().and_then(|mut l| l.call(&x(), Mode::Inference)).unwrap_err();
+    assert!(matches!(&err, Error::IsolatedCompile { reason, .. } if reason.contains("cannot start")), "{err}");
+}
