@@ -7,9 +7,9 @@ use std::process::Command;
 use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::Tensor;
 
-fn hlo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
-}
+mod common;
+use common::{hlo};
+
 
 fn flaxlayer(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_flaxlayer")).args(args).output().unwrap()

@@ -15,17 +15,13 @@ use flaxlayer::pjrt::Client;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 
+mod common;
+use common::{hlo, client, leftovers};
+
 const ROLE_ENV: &str = "FLAXLAYER_CRASH_TEST_ROLE";
 const DIR_ENV: &str = "FLAXLAYER_CRASH_TEST_DIR";
 
-fn hlo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
-}
 
-fn client() -> Client {
-    static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
-}
 
 fn inputs() -> PyTree {
     PyTree::leaf(Tensor::from_vec(vec![4, 12], (0..48).map(|i| i as f32 / 48.0).collect()).unwrap())
@@ -46,14 +42,14 @@ fn batch() -> Batch {
 
 /// The layer's next state: one training call on the old save.
 fn advance_layer(dir: &Path) -> FlaxLayer {
-    let mut layer = FlaxLayer::load_with(dir, Some(client())).unwrap();
+    let mut layer = FlaxLayer::builder(dir).client(client()).load().unwrap();
     layer.call(&inputs(), Mode::Training).unwrap();
     layer
 }
 
 /// The trainer's next state: one step on the old checkpoint.
 fn advance_trainer(dir: &Path) -> Trainer {
-    let mut t = Trainer::load_with(dir, Some(client())).unwrap();
+    let mut t = Trainer::builder(dir).client(client()).load().unwrap();
     t.step(&batch()).unwrap();
     t
 }
@@ -96,20 +92,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn leftovers(parent: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(parent).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.contains(".tmp-") {
-            out.push(name);
-        }
-        if e.path().is_dir() {
-            out.extend(leftovers(&e.path()));
-        }
-    }
-    out
-}
 
 /// Kills the save at every durability point; `state` reads what a directory loads as.
 fn every_crash_point<S: PartialEq + std::fmt::Debug>(role: &str, old_dir: &Path, new_state: &S, old_state: &S, state: impl Fn(&Path) -> S) {
@@ -133,9 +115,9 @@ fn every_crash_point<S: PartialEq + std::fmt::Debug>(role: &str, old_dir: &Path,
         if at % 4 == 1 {
             let next = match role {
                 "layer" => {
-                    FlaxLayer::load_with(&dir, Some(client())).unwrap().save(&dir).unwrap();
+                    FlaxLayer::builder(&dir).client(client()).load().unwrap().save(&dir).unwrap();
                 }
-                _ => Trainer::load_with(&dir, Some(client())).unwrap().save(&dir).unwrap(),
+                _ => Trainer::builder(&dir).client(client()).load().unwrap().save(&dir).unwrap(),
             };
             let _: () = next;
             assert!(leftovers(root.path()).is_empty(), "{role}: leftovers after a crash at {at} survived the next save: {:?}", leftovers(root.path()));
@@ -152,7 +134,7 @@ fn a_killed_layer_save_leaves_the_old_layer_or_the_new_one() {
     layer.call(&inputs(), Mode::Training).unwrap();
     layer.save(&old).unwrap();
     let state = |dir: &Path| {
-        let l = FlaxLayer::load_with(dir, Some(client())).expect("the directory loads");
+        let l = FlaxLayer::builder(dir).client(client()).load().expect("the directory loads");
         (l.variables().unwrap(), l.key().unwrap())
     };
     let old_state = state(&old);
@@ -170,7 +152,7 @@ fn a_killed_checkpoint_leaves_the_previous_checkpoint_or_the_new_one() {
     t.step(&batch()).unwrap();
     t.save(&old).unwrap();
     let state = |dir: &Path| {
-        let t = Trainer::load_with(dir, Some(client())).expect("the checkpoint loads");
+        let t = Trainer::builder(dir).client(client()).load().expect("the checkpoint loads");
         (t.layer().variables().unwrap(), t.opt_state().unwrap(), t.layer().key().unwrap(), t.steps())
     };
     let old_state = state(&old);

@@ -9,14 +9,13 @@ use std::sync::OnceLock;
 use flaxlayer::pjrt::Client;
 use flaxlayer::{Mode, DType, FlaxLayer, PyTree, Tensor};
 
+mod common;
+use common::{client};
+
 fn source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo/dense_bn_dropout")
 }
 
-fn client() -> Client {
-    static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
-}
 
 /// Builds a layer on `dir` and runs one call of each mode; returns whether all of it worked.
 fn try_bundle(dir: &Path) -> bool {

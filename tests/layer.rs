@@ -9,16 +9,12 @@ use flaxlayer::pjrt::Client;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Mode, Bundle, DType, Error, FlaxLayer, FlaxLayerConfig, PyTree, Tensor};
 
+mod common;
+use common::{hlo, client};
+
 const BUNDLES: [&str; 7] = ["cnn", "wrapper", "dense_bn_dropout", "mixed", "decoder", "mlp", "multi_platform"];
 
-fn hlo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
-}
 
-fn client() -> Client {
-    static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
-}
 
 fn bundle(name: &str) -> Arc<Bundle> {
     Arc::new(Bundle::open(hlo(name)).unwrap())
@@ -167,18 +163,13 @@ fn save_then_load_gives_the_same_outputs_variables_and_key() {
     layer.call(&x, Mode::Training).unwrap();
     let dir = tempfile::tempdir().unwrap();
     layer.save(dir.path()).unwrap();
-    let mut loaded = FlaxLayer::load_with(dir.path(), Some(client())).unwrap();
+    let mut loaded = FlaxLayer::builder(dir.path()).client(client()).load().unwrap();
     assert_eq!(loaded.variables().unwrap(), layer.variables().unwrap());
     assert_eq!(loaded.key().unwrap(), layer.key().unwrap());
     let a = layer.call(&x, Mode::Training).unwrap();
     let b = loaded.call(&x, Mode::Training).unwrap();
     assert_eq!(a, b, "the next training call after load must be identical");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    assert!(common::leftovers(dir.path()).is_empty(), "temp files left: {:?}", common::leftovers(dir.path()));
 }
 
 #[test]
@@ -361,10 +352,10 @@ fn load_of_a_corrupt_save_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     layer.save(dir.path()).unwrap();
     std::fs::write(dir.path().join("layer.json"), b"{ not json").unwrap();
-    assert!(matches!(FlaxLayer::load_with(dir.path(), Some(client())), Err(Error::Json { .. })));
+    assert!(matches!(FlaxLayer::builder(dir.path()).client(client()).load(), Err(Error::Json { .. })));
     layer.save(dir.path()).unwrap();
     std::fs::write(dir.path().join("variables.safetensors"), b"garbage").unwrap();
-    assert!(matches!(FlaxLayer::load_with(dir.path(), Some(client())), Err(Error::SafeTensors { .. })));
+    assert!(matches!(FlaxLayer::builder(dir.path()).client(client()).load(), Err(Error::SafeTensors { .. })));
 }
 
 #[test]

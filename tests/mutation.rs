@@ -12,17 +12,13 @@ use flaxlayer::pjrt::Client;
 use flaxlayer::{Batch, DType, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 use serde_json::Value;
 
+mod common;
+use common::{hlo, client};
+
 /// Mutants per (file, kind of mutation).
 const ITERATIONS: usize = 60;
 
-fn hlo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
-}
 
-fn client() -> Client {
-    static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
-}
 
 /// SplitMix64: a small, fixed generator for reproducible mutants.
 struct Rng(u64);
@@ -99,7 +95,7 @@ fn collect_paths(v: &Value, at: String, out: &mut Vec<String>) {
 
 /// Loads a saved layer and calls it in both modes; `Ok` when everything worked.
 fn try_layer(dir: &Path) -> flaxlayer::Result<()> {
-    let mut layer = FlaxLayer::load_with(dir, Some(client()))?;
+    let mut layer = FlaxLayer::builder(dir).client(client()).load()?;
     let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![4, 12])?);
     layer.call(&x, Mode::Inference)?;
     layer.call(&x, Mode::Training)?;
@@ -108,7 +104,7 @@ fn try_layer(dir: &Path) -> flaxlayer::Result<()> {
 
 /// Loads a checkpoint and takes one step.
 fn try_trainer(dir: &Path) -> flaxlayer::Result<()> {
-    let mut t = Trainer::load_with(dir, Some(client()))?;
+    let mut t = Trainer::builder(dir).client(client()).load()?;
     let x = Tensor::zeros(DType::F32, vec![32, 64])?;
     let y = Tensor::zeros(DType::I32, vec![32])?;
     t.step(&Batch::new(x, y))?;
@@ -199,7 +195,7 @@ fn a_step_count_at_the_end_of_u64_is_an_error_not_a_wrap() {
     let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     v["steps"] = Value::from(u64::MAX);
     std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-    let mut t = Trainer::load_with(&saved, Some(client())).unwrap();
+    let mut t = Trainer::builder(&saved).client(client()).load().unwrap();
     let before = t.layer().variables().unwrap();
     let err = try_trainer_step(&mut t).unwrap_err();
     assert!(matches!(&err, flaxlayer::Error::InvalidArgument { reason, .. } if reason.contains("overflows")), "{err}");

@@ -11,16 +11,12 @@ use flaxlayer::pjrt::Client;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, Bundle, DType, Error, FlaxLayer, PyTree, Tensor, Trainer};
 
+mod common;
+use common::{hlo, client};
+
 const GOLDEN_STEPS: usize = 20;
 
-fn hlo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
-}
 
-fn client() -> Client {
-    static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
-}
 
 fn bundle() -> Arc<Bundle> {
     static BUNDLE: OnceLock<Arc<Bundle>> = OnceLock::new();
@@ -146,7 +142,7 @@ fn save_load_resumes_bit_exactly() {
     b.save(dir.path()).unwrap();
     let saved = snapshot(&b);
     drop(b);
-    let mut c = Trainer::load_with(dir.path(), Some(client())).unwrap();
+    let mut c = Trainer::builder(dir.path()).client(client()).load().unwrap();
     assert_eq!(snapshot(&c), saved, "load restores variables, opt_state, key and step");
     assert_eq!(c.epoch(x.shape()[0]), 0);
     for _ in 0..2 {
@@ -155,12 +151,7 @@ fn save_load_resumes_bit_exactly() {
     assert_eq!(losses_a.len(), 2 * 44);
     assert_eq!(losses_b, losses_a, "losses differ after resuming");
     assert_eq!(snapshot(&c), snapshot(&a), "variables, opt_state, key or step differ after resuming");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    assert!(common::leftovers(dir.path()).is_empty(), "temp files left: {:?}", common::leftovers(dir.path()));
     // The checkpoint is also a FlaxLayer bundle, which starts from the trained variables.
     let layer = FlaxLayer::builder(dir.path()).client(client()).build().unwrap();
     assert_eq!(layer.variables().unwrap(), saved.0);
@@ -177,10 +168,10 @@ fn torn_or_corrupt_checkpoints_are_refused() {
     t.save(dir.path()).unwrap();
     // opt_state from step 1 beside trainer.json of step 2: files of two saves.
     std::fs::write(dir.path().join("opt_state.safetensors"), &opt).unwrap();
-    let err = Trainer::load_with(dir.path(), Some(client())).unwrap_err();
+    let err = Trainer::builder(dir.path()).client(client()).load().unwrap_err();
     assert!(matches!(&err, Error::InvalidFormat { reason, .. } if reason.contains("two saves are mixed")), "{err}");
     std::fs::write(dir.path().join("trainer.json"), b"{").unwrap();
-    assert!(matches!(Trainer::load_with(dir.path(), Some(client())), Err(Error::Json { .. })));
+    assert!(matches!(Trainer::builder(dir.path()).client(client()).load(), Err(Error::Json { .. })));
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! errors here, within the limit, and this process must go on working.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use flaxlayer::layer::cache::CacheSetting;
@@ -12,18 +11,14 @@ use flaxlayer::layer::isolate::Isolation;
 use flaxlayer::pjrt::Client;
 use flaxlayer::{DType, Error, FlaxLayer, Mode, PyTree, Tensor};
 
-fn hlo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
-}
+mod common;
+use common::{hlo, client};
+
 
 fn hostile(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile").join(name)
 }
 
-fn client() -> Client {
-    static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
-}
 
 fn isolation(timeout: Duration) -> Isolation {
     Isolation { worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_flaxlayer"))), timeout }

@@ -232,6 +232,22 @@ impl Computation {
         self.kept.iter().filter(|(s, d)| *d && !matches!(s, Source::Input(_))).map(|(s, _)| *s)
     }
 
+    /// The results that `pick` maps to a slot of `specs`, in `specs` order; every spec must
+    /// get one (`what` names the kind in the error).
+    pub fn results_by(&self, results: Vec<DeviceArray>, pick: impl Fn(Sink) -> Option<usize>, specs: &[TensorSpec], what: &str) -> Result<Vec<DeviceArray>> {
+        let mut slots: Vec<Option<DeviceArray>> = specs.iter().map(|_| None).collect();
+        for (sink, array) in self.sinks.iter().zip(results) {
+            if let Some(slot) = pick(*sink).and_then(|i| slots.get_mut(i)) {
+                *slot = Some(array);
+            }
+        }
+        slots
+            .into_iter()
+            .zip(specs)
+            .map(|(a, s)| a.ok_or_else(|| Error::format(self.file.clone(), format!("does not produce {what} {:?}", s.name))))
+            .collect()
+    }
+
     /// Whether every input leaf has exactly this computation's shape.
     pub fn accepts(&self, shapes: &[&[usize]]) -> bool {
         shapes.len() == self.inputs.len() && self.inputs.iter().zip(shapes).all(|(s, &d)| s.shape == d)

@@ -1,6 +1,6 @@
 //! `FlaxLayer`: the Rust counterpart of Keras' `keras.layers.FlaxLayer`, over a bundle that
-//! the exporter (`flaxlayer_export.export_flax`) wrote: a [`JaxLayer`] with Flax's naming of
-//! weights, a config, and saving.
+//! the exporter (`flaxlayer_export.export_flax`) wrote: the general [`Layer`] with a config
+//! and saving.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,15 +8,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::inputs::AsInputs;
-use super::jax_layer::JaxLayer;
-use super::mode::Mode;
-use super::options::{Build, Builder, BundleSource, Options, VariablesSource};
+use super::jax_layer::{Kind, Layer};
+use super::options::{Build, Builder, BundleSource, Options, Restore, VariablesSource};
 use super::saved::{self, SAVE_ID_KEY};
 use crate::bundle::{Bundle, VARIABLES_FILE};
-use crate::pjrt::Client;
-use crate::pytree::PyTree;
-use crate::spec::TensorSpec;
 use crate::tensor::{read_safetensors_with_metadata, write_safetensors};
 use crate::{Error, Result, Tensor};
 
@@ -24,17 +19,20 @@ use crate::{Error, Result, Tensor};
 pub const LAYER_FILE: &str = "layer.json";
 const LAYER_FORMAT: &str = "flaxlayer.layer";
 
-/// A Flax module's exported method, run on a PJRT device. Params are the `params`
-/// collection; every other collection (`batch_stats`, `cache`, ...) is non-trainable state,
-/// as with Keras' `FlaxLayer` (`mutable=DenyList(["params"])`).
+/// The Keras `FlaxLayer` kind of [`Layer`]: config and saving on top of the general layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flax {}
+
+impl Kind for Flax {}
+
+/// A Flax module's exported method, run on a PJRT device (Keras' `FlaxLayer`). Params are
+/// the `params` collection; every other collection (`batch_stats`, `cache`, ...) is
+/// non-trainable state, as with Keras' `FlaxLayer` (`mutable=DenyList(["params"])`).
 ///
 /// It starts from the bundle's own variables (what the exporter bundled), or runs the
 /// bundle's `init` on the device when asked ([`Builder::init_variables`]) or when the bundle
-/// has none. [`FlaxLayer::as_jax_layer`] gives the general [`JaxLayer`] underneath.
-#[derive(Debug)]
-pub struct FlaxLayer {
-    layer: JaxLayer,
-}
+/// has none. It has every method of [`Layer`], plus a config and saving.
+pub type FlaxLayer = Layer<Flax>;
 
 /// What [`FlaxLayer::get_config`] returns: enough to rebuild the layer, without its trained
 /// weights, as in Keras. The plugin is not part of it: a config (or a saved layer) never
@@ -76,15 +74,15 @@ struct SavedLayer {
     save_id: Option<String>,
 }
 
-impl Build for FlaxLayer {
-    fn build(bundle: Arc<Bundle>, options: Options) -> Result<FlaxLayer> {
-        Ok(FlaxLayer { layer: JaxLayer::new(bundle, options)? })
+impl From<Layer<super::jax_layer::Jax>> for FlaxLayer {
+    fn from(layer: Layer<super::jax_layer::Jax>) -> FlaxLayer {
+        layer.into_kind()
     }
 }
 
-impl From<JaxLayer> for FlaxLayer {
-    fn from(layer: JaxLayer) -> FlaxLayer {
-        FlaxLayer { layer }
+impl From<FlaxLayer> for Layer<super::jax_layer::Jax> {
+    fn from(layer: FlaxLayer) -> Layer<super::jax_layer::Jax> {
+        layer.into_kind()
     }
 }
 
@@ -101,93 +99,13 @@ impl FlaxLayer {
         Builder::new(bundle)
     }
 
-    /// The general layer underneath.
-    pub fn as_jax_layer(&self) -> &JaxLayer {
-        &self.layer
-    }
-
-    /// The general layer underneath, mutably.
-    pub fn as_jax_layer_mut(&mut self) -> &mut JaxLayer {
-        &mut self.layer
-    }
-
-    /// The general layer underneath, by value.
-    pub fn into_jax_layer(self) -> JaxLayer {
-        self.layer
-    }
-
-    /// The bundle.
-    pub fn bundle(&self) -> &Arc<Bundle> {
-        self.layer.bundle()
-    }
-
-    /// The method this layer calls.
-    pub fn method(&self) -> &str {
-        self.layer.method()
-    }
-
-    /// The PJRT client.
-    pub fn client(&self) -> &Client {
-        self.layer.client()
-    }
-
-    /// Calls the layer: see [`JaxLayer::call`].
-    pub fn call(&mut self, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
-        self.layer.call(inputs, mode)
-    }
-
-    /// An inference call from `&self`, for several threads: see [`JaxLayer::predict`].
-    pub fn predict(&self, inputs: impl AsInputs) -> Result<PyTree> {
-        self.layer.predict(inputs)
-    }
-
-    /// Copies every variable to the host, by Flax path: see [`JaxLayer::variables`].
-    pub fn variables(&self) -> Result<Vec<(String, Tensor)>> {
-        self.layer.variables()
-    }
-
-    /// Replaces named variables: see [`JaxLayer::set_variables`].
-    pub fn set_variables(&mut self, variables: &[(String, Tensor)]) -> Result<()> {
-        self.layer.set_variables(variables)
-    }
-
-    /// The current RNG key data.
-    pub fn key(&self) -> Result<[u32; 2]> {
-        self.layer.key()
-    }
-
-    /// Replaces the RNG key data.
-    pub fn set_key(&mut self, key: [u32; 2]) -> Result<()> {
-        self.layer.set_key(key)
-    }
-
-    /// The tree structure of the method's inputs: see [`JaxLayer::input_tree`].
-    pub fn input_tree(&self) -> &crate::pytree::TreeDef {
-        self.layer.input_tree()
-    }
-
-    /// The `params` collection's leaves, as Keras' `trainable_weights`.
-    pub fn trainable_weights(&self) -> Vec<TensorSpec> {
-        self.layer.trainable_weights()
-    }
-
-    /// Every other collection's leaves (`batch_stats`, `cache`, ...).
-    pub fn non_trainable_weights(&self) -> Vec<TensorSpec> {
-        self.layer.non_trainable_weights()
-    }
-
-    /// The number of scalars in all weights, as Keras' `count_params()`.
-    pub fn count_params(&self) -> u64 {
-        self.layer.count_params()
-    }
-
     /// The layer's config.
     pub fn get_config(&self) -> FlaxLayerConfig {
         FlaxLayerConfig {
-            bundle: self.layer.bundle().dir().to_path_buf(),
-            method: self.layer.method().to_string(),
-            seed: self.layer.seed(),
-            device: self.layer.device_index(),
+            bundle: self.bundle().dir().to_path_buf(),
+            method: self.method().to_string(),
+            seed: self.seed(),
+            device: self.device_index(),
         }
     }
 
@@ -209,7 +127,7 @@ impl FlaxLayer {
         let mut config = self.get_config();
         config.bundle = PathBuf::from(".");
         saved::write_dir(dir.as_ref(), |staging| {
-            saved::copy_bundle(self.layer.bundle(), staging)?;
+            saved::copy_bundle(self.bundle(), staging)?;
             let refs: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
             let meta = HashMap::from([(SAVE_ID_KEY.to_string(), save_id.clone())]);
             write_safetensors(staging.join(VARIABLES_FILE), &refs, Some(meta))?;
@@ -218,15 +136,19 @@ impl FlaxLayer {
         })
     }
 
-    /// Loads a layer that [`FlaxLayer::save`] wrote: same outputs, variables and key. The
-    /// plugin comes from the caller's environment, as for a new layer.
+    /// Loads a layer that [`FlaxLayer::save`] wrote: same outputs, variables and key, on the
+    /// plugin of the caller's environment. To choose the client or other options, use
+    /// `FlaxLayer::builder(dir).client(c).load()`.
     pub fn load(dir: impl AsRef<Path>) -> Result<FlaxLayer> {
-        FlaxLayer::load_with(dir, None)
+        FlaxLayer::builder(dir.as_ref()).load()
     }
+}
 
-    /// [`FlaxLayer::load`] on a given client.
-    pub fn load_with(dir: impl AsRef<Path>, client: Option<Client>) -> Result<FlaxLayer> {
-        let dir = dir.as_ref();
+impl Restore for FlaxLayer {
+    /// The saved layer in `bundle`'s directory: its variables, key, method and seed; the
+    /// options' client, device and compile settings.
+    fn restore(bundle: Arc<Bundle>, options: Options) -> Result<FlaxLayer> {
+        let dir = bundle.dir().to_path_buf();
         let saved: SavedLayer = saved::read_json(&dir.join(LAYER_FILE), LAYER_FORMAT)?;
         let vars_path = dir.join(VARIABLES_FILE);
         let (variables, meta) = read_safetensors_with_metadata(&vars_path)?;
@@ -239,9 +161,8 @@ impl FlaxLayer {
             seed: Some(saved.config.seed),
             key: Some(saved.key),
             device: saved.config.device,
-            client,
-            ..Options::default()
+            ..options
         };
-        FlaxLayer::build(Arc::new(Bundle::open(dir)?), options)
+        FlaxLayer::build(bundle, options)
     }
 }

@@ -63,14 +63,5 @@ pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSp
         }
     };
     let results = state.run(&comp, &inputs)?;
-    let mut vars: Vec<Option<DeviceArray>> = specs.iter().map(|_| None).collect();
-    for (sink, array) in comp.sinks.iter().zip(results) {
-        if let Sink::Var(i) = *sink {
-            vars[i] = Some(array);
-        }
-    }
-    vars.into_iter()
-        .zip(specs)
-        .map(|(v, s)| v.ok_or_else(|| Error::format(init.spec.file.clone(), format!("init does not produce variable {:?}", s.name))))
-        .collect()
+    comp.results_by(results, |s| if let Sink::Var(i) = s { Some(i) } else { None }, specs, "variable")
 }

@@ -1,6 +1,8 @@
-//! `JaxLayer`: a bundle's method on a device — its computations per mode and batch size,
-//! over the device-resident variables and RNG key.
+//! `Layer`: a bundle's method on a device — its computations per mode and batch size, over
+//! the device-resident variables and RNG key. [`JaxLayer`] is the general layer;
+//! [`FlaxLayer`](super::FlaxLayer) is the same layer with Keras' Flax face (config, saving).
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::batching::{self, Plan};
@@ -22,11 +24,32 @@ pub fn seed_key(seed: u64) -> [u32; 2] {
     [(seed >> 32) as u32, seed as u32]
 }
 
+/// What kind of layer a [`Layer`] is: [`Jax`] (the general one) or
+/// [`Flax`](super::flax_layer::Flax) (Keras' `FlaxLayer` face). Sealed.
+pub trait Kind: sealed::Sealed + Send + Sync + 'static {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Jax {}
+    impl Sealed for super::super::flax_layer::Flax {}
+}
+
+/// The general kind: a bundle's plain `init` / `call` computations (Keras' `JaxLayer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jax {}
+
+impl Kind for Jax {}
+
 /// A layer over a bundle's plain `init` / `call` computations (Keras' `JaxLayer`).
+pub type JaxLayer = Layer<Jax>;
+
+/// A bundle's method on a device. Params and state live on the device between calls: only
+/// inputs go up and outputs come down. Training calls thread the device-resident key.
 ///
-/// Params and state live on the device between calls: only inputs go up and outputs come
-/// down. Training calls thread the device-resident key.
-pub struct JaxLayer {
+/// Use it as [`JaxLayer`] or [`FlaxLayer`](super::FlaxLayer): the kind only adds methods
+/// (the Flax kind has a config and saving), and converts for free with `From`.
+pub struct Layer<K: Kind> {
+    kind: PhantomData<K>,
     bundle: Arc<Bundle>,
     method: String,
     seed: u64,
@@ -36,9 +59,9 @@ pub struct JaxLayer {
     training: Vec<Computation>,
 }
 
-impl std::fmt::Debug for JaxLayer {
+impl<K: Kind> std::fmt::Debug for Layer<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JaxLayer")
+        f.debug_struct(std::any::type_name::<K>().rsplit("::").next().unwrap_or("Layer"))
             .field("bundle", &self.bundle.dir())
             .field("method", &self.method)
             .field("variables", &self.state.variable_specs().len())
@@ -46,9 +69,9 @@ impl std::fmt::Debug for JaxLayer {
     }
 }
 
-impl Build for JaxLayer {
-    fn build(bundle: Arc<Bundle>, options: Options) -> Result<JaxLayer> {
-        JaxLayer::new(bundle, options)
+impl<K: Kind> Build for Layer<K> {
+    fn build(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
+        Layer::new(bundle, options)
     }
 }
 
@@ -57,10 +80,12 @@ impl JaxLayer {
     pub fn builder(bundle: impl Into<BundleSource>) -> Builder<JaxLayer> {
         Builder::new(bundle)
     }
+}
 
+impl<K: Kind> Layer<K> {
     /// Sets up the method's computations (each compiles on its first call, or loads from the
     /// compile cache), the variables and the key.
-    pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<JaxLayer> {
+    pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
         let placement = Placement::single(options.client()?, options.device)?;
         let manifest = bundle.manifest();
         let method = options.method.clone().unwrap_or_else(|| manifest.default_method.clone());
@@ -75,7 +100,13 @@ impl JaxLayer {
         let (inference, training) = (prepare(&spec.inference)?, prepare(&spec.training)?);
         let vars = super::init::initial_variables(&bundle, &placement, &options.variables, seed, &how)?;
         let state = DeviceState::new(placement, specs, vars, options.key.unwrap_or_else(|| seed_key(seed)))?;
-        Ok(JaxLayer { bundle, method, seed, batching: spec.batching, state, inference, training })
+        Ok(Layer { kind: PhantomData, bundle, method, seed, batching: spec.batching, state, inference, training })
+    }
+
+    /// The same layer as another kind (free: nothing is copied).
+    pub fn into_kind<L: Kind>(self) -> Layer<L> {
+        let Layer { bundle, method, seed, batching, state, inference, training, .. } = self;
+        Layer { kind: PhantomData, bundle, method, seed, batching, state, inference, training }
     }
 
     /// The bundle.

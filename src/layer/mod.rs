@@ -1,7 +1,7 @@
 //! Layers over a bundle, as a pipeline: a [`Builder`] collects [`Options`] → the device
 //! state (variables, optimizer state, key) → computations compiled per mode and batch size →
-//! [`JaxLayer`] (the general layer), [`FlaxLayer`] (Keras' face: weights by collection,
-//! config, saving) and [`Trainer`] (the exported training step over a `JaxLayer`).
+//! [`Layer`], as [`JaxLayer`] (the general layer) or [`FlaxLayer`] (Keras' face: config,
+//! saving), and [`Trainer`] (the exported training step over a `JaxLayer`).
 //! [`RawLoop`](raw::RawLoop) is the benchmark floor.
 
 mod batching;
@@ -20,9 +20,9 @@ mod saved;
 mod state;
 mod trainer;
 
-pub use flax_layer::{FlaxLayer, FlaxLayerConfig, LAYER_FILE};
+pub use flax_layer::{Flax, FlaxLayer, FlaxLayerConfig, LAYER_FILE};
 pub use inputs::AsInputs;
-pub use jax_layer::{seed_key, JaxLayer};
+pub use jax_layer::{seed_key, Jax, JaxLayer, Kind, Layer};
 pub use mode::Mode;
-pub use options::{Build, Builder, BundleSource, Options, VariablesSource};
+pub use options::{Build, Builder, BundleSource, Options, Restore, VariablesSource};
 pub use trainer::{epoch_batches, epoch_permutation, Batch, Metrics, Trainer, OPT_STATE_FILE, TRAINER_FILE};

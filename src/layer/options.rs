@@ -120,6 +120,12 @@ pub trait Build: Sized {
     fn build(bundle: Arc<Bundle>, options: Options) -> Result<Self>;
 }
 
+/// What a [`Builder`] can load from a saved directory ([`Builder::load`]).
+pub trait Restore: Build {
+    /// Restores the save in `bundle`'s directory under the options.
+    fn restore(bundle: Arc<Bundle>, options: Options) -> Result<Self>;
+}
+
 /// Builds a [`JaxLayer`](super::JaxLayer), a [`FlaxLayer`](super::FlaxLayer) or a
 /// [`Trainer`](super::Trainer): `FlaxLayer::builder(dir).seed(0).build()?`.
 #[must_use = "a builder does nothing until .build()"]
@@ -222,6 +228,16 @@ impl<T: Build> Builder<T> {
     /// Opens the bundle and builds.
     pub fn build(self) -> Result<T> {
         T::build(self.source.open()?, self.options)
+    }
+}
+
+impl<T: Restore> Builder<T> {
+    /// Loads the save in the builder's directory ([`FlaxLayer::save`](super::FlaxLayer::save),
+    /// [`Trainer::save`](super::Trainer::save)): its variables, key and settings, with this
+    /// builder's client, device and compile options. No plugin is ever named by the saved
+    /// files: it comes from these options or the environment.
+    pub fn load(self) -> Result<T> {
+        T::restore(self.source.open()?, self.options)
     }
 }
 

@@ -79,10 +79,7 @@ pub fn run(args: TrainArgs, common: &crate::Common) -> Result<()> {
     }
     let data = read_data(&args.data)?;
     let mut trainer = match &args.resume {
-        Some(dir) => {
-            let client = common.plugin.as_deref().map(|p| flaxlayer::pjrt::Client::new(Some(p))).transpose()?;
-            Trainer::load_with(dir, client).with_context(|| format!("loading checkpoint {}", dir.display()))?
-        }
+        Some(dir) => common.apply(Trainer::builder(dir)).load().with_context(|| format!("loading checkpoint {}", dir.display()))?,
         None => {
             let mut b = common.apply(Trainer::builder(&args.bundle));
             if let Some(s) = args.seed {

@@ -9,9 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{OptStart, Trainer};
 use crate::bundle::{Bundle, VARIABLES_FILE};
-use crate::layer::options::{Options, VariablesSource};
+use crate::layer::options::{Options, Restore, VariablesSource};
 use crate::layer::saved::{self, SAVE_ID_KEY};
-use crate::pjrt::Client;
 use crate::tensor::{read_safetensors_with_metadata, write_safetensors};
 use crate::{Error, Result, Tensor};
 
@@ -72,14 +71,18 @@ impl Trainer {
     }
 
     /// Loads a checkpoint that [`Trainer::save`] wrote; training continues bit for bit as
-    /// if it had not stopped. The plugin comes from the caller's environment.
+    /// if it had not stopped. The plugin comes from the caller's environment; to choose the
+    /// client or other options, use `Trainer::builder(dir).client(c).load()`.
     pub fn load(dir: impl AsRef<Path>) -> Result<Trainer> {
-        Trainer::load_with(dir, None)
+        Trainer::builder(dir.as_ref()).load()
     }
+}
 
-    /// [`Trainer::load`] on a given client.
-    pub fn load_with(dir: impl AsRef<Path>, client: Option<Client>) -> Result<Trainer> {
-        let dir = dir.as_ref();
+impl Restore for Trainer {
+    /// The checkpoint in `bundle`'s directory: variables, optimizer state, key, step count
+    /// and seeds; the options' client, device and compile settings.
+    fn restore(bundle: Arc<Bundle>, options: Options) -> Result<Trainer> {
+        let dir = bundle.dir().to_path_buf();
         let saved: SavedTrainer = saved::read_json(&dir.join(TRAINER_FILE), TRAINER_FORMAT)?;
         let read = |file: &str| -> Result<Vec<(String, Tensor)>> {
             let p = dir.join(file);
@@ -96,11 +99,10 @@ impl Trainer {
             seed: Some(saved.seed),
             key: Some(saved.key),
             device: saved.device,
-            client,
             shuffle_seed: Some(saved.shuffle_seed),
-            ..Options::default()
+            ..options
         };
-        Trainer::assemble(Arc::new(Bundle::open(dir)?), options, OptStart::Saved(opt_state), saved.steps)
+        Trainer::assemble(bundle, options, OptStart::Saved(opt_state), saved.steps)
     }
 }
 

@@ -114,7 +114,8 @@ impl Trainer {
         let opt_state = match opt {
             OptStart::Fresh => {
                 let init = compile(&spec.init_opt_state.file)?;
-                produced(&init, layer.state().run(&init, &[])?, &spec.opt_state)?
+                let results = layer.state().run(&init, &[])?;
+                init.results_by(results, |s| if let Sink::OptState(i) = s { Some(i) } else { None }, &spec.opt_state, "optimizer state")?
             }
             OptStart::Saved(given) => layer
                 .state()
@@ -311,20 +312,6 @@ impl Trainer {
     }
 }
 
-/// The optimizer-state results of `init_opt_state`, in `specs` order.
-fn produced(init: &Computation, results: Vec<DeviceArray>, specs: &[TensorSpec]) -> Result<Vec<DeviceArray>> {
-    let mut opt: Vec<Option<DeviceArray>> = specs.iter().map(|_| None).collect();
-    for (sink, array) in init.sinks.iter().zip(results) {
-        if let Sink::OptState(i) = *sink {
-            opt[i] = Some(array);
-        }
-    }
-    opt.into_iter()
-        .zip(specs)
-        .map(|(a, s)| a.ok_or_else(|| Error::format(init.file.clone(), format!("does not produce {:?}", s.name))))
-        .collect()
-}
-
 /// The metrics among a step's results.
 fn metrics(comp: &Computation, rest: Vec<(Sink, DeviceArray)>) -> Result<Metrics> {
     let mut out = Metrics::default();
@@ -342,10 +329,6 @@ fn scalar(array: &DeviceArray) -> Result<f64> {
     t.to_f64_vec().first().copied().ok_or_else(|| Error::ShapeMismatch { what: "a metric".into(), expected: vec![], got: t.shape().to_vec() })
 }
 
-#[allow(dead_code)]
-fn ensure_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Trainer>();
-    is::<Metrics>();
-    is::<Batch>();
-}
+static_assertions::assert_impl_all!(Trainer: Send, Sync);
+static_assertions::assert_impl_all!(Metrics: Send, Sync);
+static_assertions::assert_impl_all!(Batch: Send, Sync);

@@ -1,0 +1,35 @@
+//! What the integration tests share: where the committed bundles are, one PJRT client per
+//! test process, and the check that a save left no temporary files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use flaxlayer::pjrt::Client;
+
+/// A committed bundle under `hlo/` (written by the exporter's `export_examples`).
+pub fn hlo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
+}
+
+/// The process's client on the default plugin.
+pub fn client() -> Client {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
+}
+
+/// Temporary files and staging directories (`.tmp-` names) under `dir`, recursively.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains(".tmp-") {
+            out.push(name);
+        }
+        if e.path().is_dir() {
+            out.extend(leftovers(&e.path()));
+        }
+    }
+    out
+}
