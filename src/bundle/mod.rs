@@ -1,12 +1,18 @@
 //! A bundle: one directory with `manifest.json`, `jax.export` serializations and weights.
 
+mod decode;
+mod decode_sharding;
 pub mod exported;
+mod flatbuf;
+mod jax_schema;
 mod manifest;
+mod sharding;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use exported::{Aval, Exported};
+pub use sharding::{AxisType, DeviceSlice, Mesh, NamedSharding, MAX_MESH_DEVICES};
 pub use manifest::{ComputationSpec, InputSpec, Manifest, MethodSpec, Role, Slot, TrainSpec, VariableSpec};
 
 use crate::tensor::read_safetensors;
