@@ -1,13 +1,19 @@
 //! A bundle: one directory with `manifest.json`, `jax.export` serializations and weights.
 
+mod decode;
+mod decode_sharding;
 pub mod exported;
+mod flatbuf;
+mod jax_schema;
 mod manifest;
+mod sharding;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use exported::{Aval, Exported};
 pub use manifest::{Batching, ComputationSpec, InitSpec, Manifest, MethodSpec, Role, Slot, TrainSpec};
+pub use sharding::{AxisType, DeviceSlice, Mesh, NamedSharding, MAX_MESH_DEVICES};
 
 use crate::tensor::read_safetensors;
 use crate::{Error, Result, Tensor};
