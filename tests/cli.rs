@@ -1,7 +1,7 @@
 //! The `flaxlayer` binary against golden data that JAX computed (`scripts/export_examples.py`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use flaxlayer::tensor::{read_safetensors, write_safetensors};

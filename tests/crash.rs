@@ -9,9 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
-use flaxlayer::pjrt::Client;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 

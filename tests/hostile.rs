@@ -4,9 +4,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use flaxlayer::pjrt::Client;
 use flaxlayer::{Mode, DType, FlaxLayer, PyTree, Tensor};
 
 mod common;

@@ -2,10 +2,8 @@
 //! carries golden data that JAX computed with plain Flax at export time.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use flaxlayer::pjrt::Client;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Mode, Bundle, DType, Error, FlaxLayer, FlaxLayerConfig, PyTree, Tensor};
 

@@ -5,10 +5,8 @@
 //! so a run is reproducible; the counts are printed (run with `--nocapture`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
-use flaxlayer::pjrt::Client;
 use flaxlayer::{Batch, DType, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 use serde_json::Value;
 

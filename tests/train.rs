@@ -3,11 +3,10 @@
 //! on `hlo/digits/data.safetensors` (`scripts/make_digits.py`). See docs/training.md.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use flaxlayer::layer::{epoch_batches, epoch_permutation};
-use flaxlayer::pjrt::Client;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, Bundle, DType, Error, FlaxLayer, PyTree, Tensor, Trainer};
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use flaxlayer::layer::cache::CacheSetting;
 use flaxlayer::layer::isolate::Isolation;
-use flaxlayer::pjrt::Client;
 use flaxlayer::{DType, Error, FlaxLayer, Mode, PyTree, Tensor};
 
 mod common;

@@ -193,7 +193,7 @@ impl RawAval {
             .shape
             .iter()
             .map(|d| match d.trim().parse::<i64>() {
-                Ok(n) if n >= 0 => Ok(n),
+                Ok(n) if n >= 0 => usize::try_from(n).map_err(|_| Error::format(what, format!("{name} has dimension {n}, too large"))),
                 Ok(n) => Err(Error::format(what, format!("{name} has negative dimension {n}"))),
                 Err(_) => Err(Error::format(
                     what,
@@ -203,7 +203,7 @@ impl RawAval {
                     ),
                 )),
             })
-            .collect::<Result<Vec<i64>>>()?;
+            .collect::<Result<Vec<usize>>>()?;
         Ok(Aval { dtype, shape })
     }
 }

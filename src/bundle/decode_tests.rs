@@ -537,7 +537,7 @@ fn sharded_fixture_truncations_and_byte_flips() {
                 // Whatever parses has shardings that tile their avals or say why not.
                 for (s, a) in e.in_shardings.iter().zip(&e.in_avals).chain(e.out_shardings.iter().zip(&e.out_avals)) {
                     if let Some(s) = s {
-                        let _ = s.tiling(&a.dims());
+                        let _ = s.tiling(&a.shape);
                     }
                 }
             }

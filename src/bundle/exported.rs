@@ -30,8 +30,10 @@ const WHAT: &str = "serialized jax.export.Exported";
 /// The shape and dtype of one flat argument or result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Aval {
+    /// The element type.
     pub dtype: DType,
-    pub shape: Vec<i64>,
+    /// The dimensions (concrete: symbolic dimensions are refused when parsed).
+    pub shape: Vec<usize>,
 }
 
 impl Aval {
@@ -44,20 +46,20 @@ impl Aval {
                 got: t.dtype(),
             });
         }
-        if t.shape() != self.dims() {
-            return Err(Error::ShapeMismatch { what: what.to_string(), expected: self.dims(), got: t.shape().to_vec() });
+        if t.shape() != self.shape.as_slice() {
+            return Err(Error::ShapeMismatch { what: what.to_string(), expected: self.shape.clone(), got: t.shape().to_vec() });
         }
         Ok(())
     }
 
-    /// The shape as `usize` dimensions (they are checked non-negative when parsed).
-    pub fn dims(&self) -> Vec<usize> {
-        self.shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect()
-    }
-
     /// The number of elements, or `None` on overflow.
     pub fn num_elements(&self) -> Option<usize> {
-        self.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+    }
+
+    /// This aval named: the spec of a leaf.
+    pub fn spec(&self, name: impl Into<String>) -> crate::TensorSpec {
+        crate::TensorSpec::new(name, self.dtype, self.shape.clone())
     }
 }
 
@@ -208,7 +210,7 @@ mod tests {
             .iter()
             .map(|a| Aval {
                 dtype: a["dtype"].as_str().unwrap().parse().unwrap(),
-                shape: a["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect(),
+                shape: a["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect(),
             })
             .collect()
     }

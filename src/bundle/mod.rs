@@ -150,8 +150,7 @@ fn check_computation(manifest: &Manifest, spec: &ComputationSpec, exp: &Exported
             _ => continue,
         };
         let Some((name, dtype, shape)) = var else { return bad(format!("slot {slot:?} names no variable")) };
-        let same_shape = shape.len() == aval.shape.len() && shape.iter().zip(&aval.shape).all(|(&a, &b)| i64::try_from(a) == Ok(b));
-        if dtype != aval.dtype || !same_shape {
+        if dtype != aval.dtype || *shape != aval.shape {
             return bad(format!(
                 "variable {name} is {dtype}{shape:?} in the manifest but {}{:?} in the export",
                 aval.dtype, aval.shape

@@ -28,7 +28,9 @@ pub enum AxisType {
 /// A logical mesh of devices: named axes with sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Mesh {
+    /// The axes' names (`data`, `model`, ...), major to minor.
     pub axis_names: Vec<String>,
+    /// The axes' sizes; their product is the number of devices.
     pub axis_sizes: Vec<usize>,
     /// One per axis.
     pub axis_types: Vec<AxisType>,
@@ -72,6 +74,7 @@ impl Mesh {
 /// How an array is split over a mesh: JAX's `NamedSharding(mesh, PartitionSpec(...))`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamedSharding {
+    /// The mesh the array is laid out over.
     pub mesh: Mesh,
     /// Per array dimension, the mesh axes it is split over, outermost (major) first; empty
     /// means not split. Dimensions past the end are not split. Mesh axes named nowhere
@@ -84,6 +87,7 @@ pub struct NamedSharding {
 /// The block of an array that one device holds: per dimension, `start..end`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DeviceSlice {
+    /// Per array dimension, the rows the device holds.
     pub ranges: Vec<Range<usize>>,
 }
 

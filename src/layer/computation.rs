@@ -8,7 +8,7 @@ use super::cache::CompileSetting;
 use super::isolate::Isolation;
 use super::placement::{DeviceArray, Placement};
 use super::state::DeviceState;
-use crate::bundle::{Aval, BundleComputation, Exported, Role};
+use crate::bundle::{BundleComputation, Exported, Role};
 use crate::pjrt::{ArgSpec, Buffer, CompileOptions, LoadedExecutable, Program};
 use crate::pytree::TreeDef;
 use crate::spec::TensorSpec;
@@ -94,15 +94,6 @@ impl std::fmt::Debug for Computation {
     }
 }
 
-fn spec_of(name: &str, aval: &Aval) -> Result<TensorSpec> {
-    let shape = aval
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| Error::format(name.to_string(), format!("negative dimension {d}"))))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(TensorSpec::new(name, aval.dtype, shape))
-}
-
 fn index_of(specs: &[TensorSpec], name: &Option<String>, what: &str, file: &str) -> Result<usize> {
     let name = name.as_deref().unwrap_or_default();
     specs.iter().position(|v| v.name == name).ok_or_else(|| Error::format(file.to_string(), format!("unknown {what} {name:?}")))
@@ -122,7 +113,7 @@ impl Computation {
                 Role::Key => (Source::Key, true),
                 Role::OptState => (Source::OptState(index_of(names.opt_state, &slot.name, "optimizer state", file)?), true),
                 Role::Input => {
-                    inputs.push(spec_of(slot.name.as_deref().unwrap_or_default(), aval)?);
+                    inputs.push(aval.spec(slot.name.as_deref().unwrap_or_default()));
                     (Source::Input(inputs.len() - 1), false)
                 }
                 Role::Output | Role::Metric => return Err(Error::format(file, format!("an argument has role {:?}", slot.role))),
@@ -136,7 +127,7 @@ impl Computation {
                 Role::Key => Sink::Key,
                 Role::OptState => Sink::OptState(index_of(names.opt_state, &slot.name, "optimizer state", file)?),
                 Role::Output => {
-                    outputs.push(spec_of(slot.name.as_deref().unwrap_or_default(), aval)?);
+                    outputs.push(aval.spec(slot.name.as_deref().unwrap_or_default()));
                     output_batched.push(slot.batched);
                     Sink::Output(outputs.len() - 1)
                 }
@@ -157,7 +148,7 @@ impl Computation {
         if platform_index.is_some() {
             signature.push(ArgSpec { dtype: DType::I32, dims: vec![] });
         }
-        signature.extend(exp.kept_in_avals().into_iter().map(|a| ArgSpec { dtype: a.dtype, dims: a.shape.clone() }));
+        signature.extend(exp.kept_in_avals().into_iter().map(|a| ArgSpec { dtype: a.dtype, dims: a.shape.iter().map(|&d| d as i64).collect() }));
         let inputs_tree = last_positional_arg(&exp.in_tree, file)?;
         let outputs_tree = match &exp.out_tree {
             TreeDef::Tuple(children) if !outputs.is_empty() => children.first().cloned(),

@@ -88,7 +88,7 @@ impl RawLoop {
                 _ => None,
             })
             .collect();
-        let host = exp.out_avals.iter().map(|a| Ok(Tensor::zeros(a.dtype, a.dims())?.as_bytes().to_vec())).collect::<Result<_>>()?;
+        let host = exp.out_avals.iter().map(|a| Ok(Tensor::zeros(a.dtype, a.shape.clone())?.as_bytes().to_vec())).collect::<Result<_>>()?;
         Ok(RawLoop { client: client.clone(), device, exe, args, inputs, feeds_back, host })
     }
 

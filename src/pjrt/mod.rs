@@ -13,7 +13,6 @@ mod options;
 mod plugin;
 
 pub use buffer::Buffer;
-pub(crate) use buffer::byte_size;
 pub use client::{Client, Device};
 pub use compile_options::CompileOptions;
 pub use executable::{ArgSpec, LoadedExecutable, Program};

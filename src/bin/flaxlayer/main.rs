@@ -185,7 +185,7 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
                 let leaves = |slots: &[flaxlayer::bundle::Slot], avals: &[flaxlayer::bundle::Aval], role| -> Vec<String> {
                     slots.iter().zip(avals)
                         .filter(|(s, _)| s.role == role)
-                        .map(|(s, a)| format!("{}: {}", s.name.as_deref().unwrap_or(""), shape(a.dtype, &a.dims())))
+                        .map(|(s, a)| format!("{}: {}", s.name.as_deref().unwrap_or(""), shape(a.dtype, &a.shape.clone())))
                         .collect()
                 };
                 let ins = leaves(&c.args, &exp.in_avals, flaxlayer::bundle::Role::Input);
