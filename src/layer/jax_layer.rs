@@ -285,3 +285,6 @@ fn upload_chunk(comp: &Computation, plan: &Plan, chunk: &batching::Chunk, exact:
     debug_assert!(chunk.start + chunk.len <= plan.rows);
     leaves.iter().map(|l| placement.upload(&batching::rows(l, chunk.start, chunk.len, to, pad)?.view())).collect()
 }
+
+static_assertions::assert_impl_all!(JaxLayer: Send, Sync);
+static_assertions::assert_impl_all!(super::FlaxLayer: Send, Sync);
