@@ -9,6 +9,7 @@ pub mod bundle;
 mod dtype;
 mod error;
 pub mod layer;
+pub mod linalg;
 pub mod pjrt;
 pub mod pytree;
 pub mod tensor;
