@@ -15,21 +15,18 @@
 //! use flaxlayer::linalg::{call, AttrValue, Attrs, Operand, ResultBuf};
 //! use flaxlayer::DType;
 //!
-//! // Cholesky of [[4, 2], [2, 5]] (column-major), like `jnp.linalg.cholesky`.
-//! let a: Vec<u8> = [4.0f64, 2.0, 2.0, 5.0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-//! let mut l = vec![0u8; 32];
-//! let mut info = vec![0u8; 4];
-//! let operands = [Operand { dtype: DType::F64, dims: &[2, 2], data: Some(&a) }];
+//! // Cholesky of [[4, 2], [2, 5]] (column-major), as `jnp.linalg.cholesky` lowers it.
+//! let a = [4.0f64, 2.0, 2.0, 5.0];
+//! let (mut l, mut info) = ([0.0f64; 4], [0i32; 1]);
+//! let operands = [Operand { dtype: DType::F64, dims: &[2, 2], data: Some(bytemuck::cast_slice(&a)) }];
 //! let mut results = [
-//!     ResultBuf { dtype: DType::F64, dims: &[2, 2], data: &mut l },
-//!     ResultBuf { dtype: DType::I32, dims: &[], data: &mut info },
+//!     ResultBuf { dtype: DType::F64, dims: &[2, 2], data: bytemuck::cast_slice_mut(&mut l) },
+//!     ResultBuf { dtype: DType::I32, dims: &[], data: bytemuck::cast_slice_mut(&mut info) },
 //! ];
 //! let attrs = Attrs::new().with("uplo", AttrValue::U8(b'L'));
-//! # // Byte vectors are not necessarily 8-aligned; real XLA buffers are 64-aligned.
-//! # let aligned = l.as_ptr().align_offset(8) == 0 && a.as_ptr().align_offset(8) == 0;
-//! # if aligned {
 //! call("lapack_dpotrf_ffi", &operands, &mut results, &attrs)?;
-//! # }
+//! assert_eq!(info, [0]);
+//! assert_eq!(l, [2.0, 1.0, 2.0, 2.0]); // L = [[2, 0], [1, 2]]; the upper entry keeps its input
 //! # Ok::<(), flaxlayer::linalg::KernelError>(())
 //! ```
 #![forbid(unsafe_code)]

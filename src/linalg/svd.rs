@@ -102,6 +102,11 @@ fn singular_value_decomposition<T: Real>(
         vt.fill(T::ZERO);
     }
     if k == 0 {
+        // An empty matrix: U and VT of full shape are identities (JAX itself never calls this).
+        if compute == ComputeSvdVectors::Full {
+            fill_identities(u, m);
+            fill_identities(vt, n);
+        }
         info.fill(0);
         return Ok(());
     }
@@ -149,4 +154,14 @@ fn non_finite<T: Real>(a: MatRef<'_, T>) -> Option<bool> {
         }
     }
     any.then_some(false)
+}
+
+/// Sets every `n × n` matrix of `data` to the identity.
+fn fill_identities<T: Real>(data: &mut [T], n: usize) {
+    data.fill(T::ZERO);
+    for matrix in data.chunks_exact_mut((n * n).max(1)) {
+        for i in 0..n {
+            matrix[i * n + i] = T::ONE;
+        }
+    }
 }

@@ -324,3 +324,69 @@ fn attrs_map_replaces_and_ignores_extras() {
     c.attrs = attrs;
     c.run().0.expect("extra attributes are ignored");
 }
+
+/// Empty matrices and empty batches run without touching faer's asserts.
+#[test]
+fn empty_shapes_run() {
+    let f = DType::F64;
+    let i = DType::I32;
+    let none = Attrs::new();
+    let cases: Vec<(&str, Vec<In>, Vec<(DType, Vec<i64>)>, Attrs<'static>)> = vec![
+        (
+            "lapack_dgeqrf_ffi",
+            vec![In::new::<f64>(&[0, 3], &[])],
+            vec![out(f, &[0, 3]), out(f, &[0])],
+            none.clone(),
+        ),
+        (
+            "lapack_dgeqrf_ffi",
+            vec![In::new::<f64>(&[0, 2, 2], &[])],
+            vec![out(f, &[0, 2, 2]), out(f, &[0, 2])],
+            none.clone(),
+        ),
+        (
+            "lapack_dorgqr_ffi",
+            vec![In::new::<f64>(&[3, 0], &[]), In::new::<f64>(&[0], &[])],
+            vec![out(f, &[3, 0])],
+            none.clone(),
+        ),
+        (
+            "lapack_dgetrf_ffi",
+            vec![In::new::<f64>(&[2, 0, 3], &[])],
+            vec![out(f, &[2, 0, 3]), out(i, &[2, 0]), out(i, &[2])],
+            none.clone(),
+        ),
+        (
+            "lapack_dpotrf_ffi",
+            vec![In::new::<f64>(&[0, 0], &[])],
+            vec![out(f, &[0, 0]), out(i, &[])],
+            char_attrs(&[("uplo", b'U')]),
+        ),
+        (
+            "lapack_dtrsm_ffi",
+            vec![In::new::<f64>(&[0, 0], &[]), In::new::<f64>(&[0, 2], &[])],
+            vec![out(f, &[0, 2])],
+            char_attrs(&[("side", b'L'), ("uplo", b'L'), ("trans_x", b'N'), ("diag", b'N')]),
+        ),
+        (
+            "lapack_dsyevd_ffi",
+            vec![In::new::<f64>(&[0, 0], &[])],
+            vec![out(f, &[0, 0]), out(f, &[0]), out(i, &[])],
+            char_attrs(&[("uplo", b'L'), ("mode", b'V')]),
+        ),
+    ];
+    for (target, inputs, outs, attrs) in cases {
+        run(target, &inputs, &outs, &attrs, None).unwrap_or_else(|e| panic!("{target}: {e}"));
+    }
+    // A 3×0 SVD with full U: the identity.
+    let outs = [out(f, &[3, 0]), out(f, &[0]), out(f, &[3, 3]), out(f, &[0, 0]), out(i, &[])];
+    let bufs = run(
+        "lapack_dgesdd_ffi",
+        &[In::new::<f64>(&[3, 0], &[])],
+        &outs,
+        &char_attrs(&[("mode", b'A')]),
+        None,
+    )
+    .expect("empty svd runs");
+    assert_eq!(bufs[2].to_vec::<f64>(), [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+}
