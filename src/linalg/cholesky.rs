@@ -99,7 +99,9 @@ fn cholesky_unblocked<T: Real>(a: &mut [T], ld: usize, r0: usize, size: usize) -
     for j in 0..size {
         let c = r0 + j;
         let diag = a[c * ld + c];
-        if !(diag > T::ZERO) {
+        // NaN is not positive either.
+        let positive = diag > T::ZERO;
+        if !positive {
             return Some(j);
         }
         let root = diag.square_root();

@@ -169,42 +169,10 @@ pub(crate) fn block_factor<T: Real>(v: &[T], rows: usize, tau: &[T], t: &mut Vec
 
 /// A block of reflectors made explicit (`v`, `t`) and the scratch for applying it.
 pub(crate) struct BlockScratch<T> {
-    pub v: Vec<T>,
-    pub t: Vec<T>,
+    v: Vec<T>,
+    t: Vec<T>,
     w: Vec<T>,
     tw: Vec<T>,
-}
-
-/// `C := (I - V T Vᵀ) C`, or with `Tᵀ` when `transpose` (LAPACK's dlarfb, side 'L', forward,
-/// columnwise). `v` is `rows × k` explicit, `t` is `k × k`, `c` is `rows × cols` with leading
-/// dimension `ld`.
-pub(crate) fn apply_block<T: Real>(
-    v: &[T],
-    t: &[T],
-    rows: usize,
-    k: usize,
-    c: MatMut<'_, T>,
-    transpose: bool,
-    w: &mut Vec<T>,
-    tw: &mut Vec<T>,
-) {
-    let cols = c.ncols();
-    if rows == 0 || k == 0 || cols == 0 {
-        return;
-    }
-    let v = MatRef::from_column_major_slice(v, rows, k);
-    let t = MatRef::from_column_major_slice(t, k, k);
-    let t = if transpose { t.transpose() } else { t };
-    w.clear();
-    w.resize(k * cols, T::ZERO);
-    tw.clear();
-    tw.resize(k * cols, T::ZERO);
-    let mut w = MatMut::from_column_major_slice_mut(w, k, cols);
-    let mut tw = MatMut::from_column_major_slice_mut(tw, k, cols);
-    let mut c = c;
-    matmul(w.as_mut(), Accum::Replace, v.transpose(), c.as_ref(), T::ONE, Par::Seq);
-    matmul(tw.as_mut(), Accum::Replace, t, w.as_ref(), T::ONE, Par::Seq);
-    matmul(c.as_mut(), Accum::Add, v, tw.as_ref(), -T::ONE, Par::Seq);
 }
 
 impl<T: Real> BlockScratch<T> {
@@ -218,8 +186,9 @@ impl<T: Real> BlockScratch<T> {
         block_factor(&self.v, rows, tau, &mut self.t);
     }
 
-    /// Applies the loaded block (see [`apply_block`]) to the `rows × cols` block of `a` at
-    /// `(r0, c0)`.
+    /// `C := (I - V T Vᵀ) C`, or with `Tᵀ` when `transpose` (LAPACK's dlarfb, side 'L',
+    /// forward, columnwise), for the loaded `k` reflectors and `C` the `rows × cols` block of
+    /// `a` at `(r0, c0)`.
     #[allow(clippy::too_many_arguments)]
     pub fn apply_to(
         &mut self,
@@ -235,7 +204,21 @@ impl<T: Real> BlockScratch<T> {
         if rows == 0 || cols == 0 {
             return;
         }
-        let c = MatMut::from_column_major_slice_with_stride_mut(&mut a[c0 * ld + r0..], rows, cols, ld);
-        apply_block(&self.v, &self.t, rows, k, c, transpose, &mut self.w, &mut self.tw);
+        if k == 0 {
+            return;
+        }
+        let mut c = MatMut::from_column_major_slice_with_stride_mut(&mut a[c0 * ld + r0..], rows, cols, ld);
+        let v = MatRef::from_column_major_slice(&self.v, rows, k);
+        let t = MatRef::from_column_major_slice(&self.t, k, k);
+        let t = if transpose { t.transpose() } else { t };
+        self.w.clear();
+        self.w.resize(k * cols, T::ZERO);
+        self.tw.clear();
+        self.tw.resize(k * cols, T::ZERO);
+        let mut w = MatMut::from_column_major_slice_mut(&mut self.w, k, cols);
+        let mut tw = MatMut::from_column_major_slice_mut(&mut self.tw, k, cols);
+        matmul(w.as_mut(), Accum::Replace, v.transpose(), c.as_ref(), T::ONE, Par::Seq);
+        matmul(tw.as_mut(), Accum::Replace, t, w.as_ref(), T::ONE, Par::Seq);
+        matmul(c.as_mut(), Accum::Add, v, tw.as_ref(), -T::ONE, Par::Seq);
     }
 }

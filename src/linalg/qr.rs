@@ -84,12 +84,12 @@ fn qr_unblocked<T: Real>(
     cols: usize,
     tau: &mut [T],
 ) {
-    for i in 0..rows.min(cols) {
+    for (i, tau_i) in tau.iter_mut().enumerate().take(rows.min(cols)) {
         let (r, c) = (r0 + i, c0 + i);
         let column = &mut a[c * ld + r..c * ld + r0 + rows];
         let Some((head, tail)) = column.split_first_mut() else { return };
         let (beta, t) = make_reflector(*head, tail);
-        tau[i] = t;
+        *tau_i = t;
         // The reflector acts with v[0] = 1; R's diagonal entry is beta.
         *head = beta;
         reflect_columns(a, ld, c, r, rows - i, t, c + 1..c0 + cols);
