@@ -8,6 +8,7 @@ mod dtype;
 mod error;
 mod files;
 pub mod layer;
+pub mod linalg;
 #[allow(unsafe_code)]
 pub mod pjrt;
 pub mod pytree;
