@@ -11,7 +11,8 @@
 //! per-target table is in `docs/linalg.md`. Real types only (`s`, `d`); complex targets are
 //! not provided.
 //!
-//! ```
+//! (The example runs as a unit test, since the module is internal to the crate.)
+//! ```text
 //! use flaxlayer::linalg::{call, AttrValue, Attrs, Operand, ResultBuf};
 //! use flaxlayer::DType;
 //!
