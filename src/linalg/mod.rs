@@ -11,7 +11,8 @@
 //! per-target table is in `docs/linalg.md`. Real types only (`s`, `d`); complex targets are
 //! not provided.
 //!
-//! (The example runs as a unit test, since the module is internal to the crate.)
+//! (An illustration: the module is internal to the crate, and its unit tests in
+//! `src/linalg/tests/` cover every target.)
 //! ```text
 //! use flaxlayer::linalg::{call, AttrValue, Attrs, Operand, ResultBuf};
 //! use flaxlayer::DType;
