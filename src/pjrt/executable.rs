@@ -119,19 +119,28 @@ impl Client {
 impl LoadedExecutable {
     fn new(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_LoadedExecutable>) -> Result<Self> {
         let mut exe = LoadedExecutable { client: client.clone(), raw, num_outputs: 0, inputs: None };
-        let mut a = args!(PJRT_Executable_NumOutputs_Args);
-        a.executable = exe.executable()?.raw.as_ptr();
-        call!(client.plugin, PJRT_Executable_NumOutputs, &mut a)?;
-        exe.num_outputs = a.num_outputs;
+        exe.num_outputs = exe.with_executable(|executable| {
+            let mut a = args!(PJRT_Executable_NumOutputs_Args);
+            a.executable = executable;
+            call!(client.plugin, PJRT_Executable_NumOutputs, &mut a)?;
+            Ok(a.num_outputs)
+        })?;
         Ok(exe)
     }
 
-    fn executable(&self) -> Result<Executable<'_>> {
+    /// Runs `f` on the `PJRT_Executable` behind this loaded executable. The handle is
+    /// destroyed when `f` returns, so the raw pointer must not escape `f`. (A method that
+    /// returned the owned handle invited `loaded.executable()?.raw()`, which destroys the
+    /// handle at the end of the statement, before C reads it.)
+    fn with_executable<R>(&self, f: impl FnOnce(*mut ffi::PJRT_Executable) -> Result<R>) -> Result<R> {
         let mut a = args!(PJRT_LoadedExecutable_GetExecutable_Args);
         a.loaded_executable = self.raw.as_ptr();
         call!(self.client.plugin, PJRT_LoadedExecutable_GetExecutable, &mut a)?;
         let raw = NonNull::new(a.executable).ok_or_else(|| null_error("PJRT_LoadedExecutable_GetExecutable"))?;
-        Ok(Executable { client: &self.client, raw })
+        let executable = Executable { client: &self.client, raw };
+        let result = f(executable.raw.as_ptr());
+        drop(executable);
+        result
     }
 
     /// Declares the arguments the program takes, so that [`LoadedExecutable::execute`] checks
@@ -178,9 +187,12 @@ impl LoadedExecutable {
 
     /// Serializes the compiled executable, for [`Client::deserialize_executable`].
     pub fn serialize(&self) -> Result<Vec<u8>> {
-        let exe = self.executable()?;
+        self.with_executable(|executable| self.serialize_executable(executable))
+    }
+
+    fn serialize_executable(&self, executable: *mut ffi::PJRT_Executable) -> Result<Vec<u8>> {
         let mut a = args!(PJRT_Executable_Serialize_Args);
-        a.executable = exe.raw.as_ptr();
+        a.executable = executable;
         call!(self.client.plugin, PJRT_Executable_Serialize, &mut a)?;
         let bytes = if a.serialized_bytes.is_null() {
             Vec::new()
