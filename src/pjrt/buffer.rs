@@ -2,7 +2,7 @@
 //! into a slice the caller provides.
 
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::client::{Client, ClientInner, Device};
 use super::{args, call, event, ffi};
@@ -14,6 +14,14 @@ pub struct Buffer {
     raw: NonNull<ffi::PJRT_Buffer>,
     dtype: DType,
     dims: Vec<i64>,
+    /// Whether the buffer's memory can be read directly (on the CPU, dense row-major); found
+    /// on the first copy to host. Neither property changes during the buffer's life.
+    host_readable: OnceLock<bool>,
+    /// How many threads are reading the memory directly. The first takes a PJRT external
+    /// reference and the last releases it, under this lock: the C API keeps a buffer's
+    /// external references in an unsynchronised vector, so they must not be taken or
+    /// released from two threads at once.
+    direct_readers: Mutex<usize>,
 }
 
 // SAFETY: a PJRT_Buffer wraps an xla::PjRtBuffer, which is thread-safe: reads, copies to
@@ -101,7 +109,7 @@ impl Client {
             code: crate::ErrorCode::Internal,
             message: "returned a null buffer".into(),
         })?;
-        Ok(Buffer { client: self.inner.clone(), raw, dtype, dims: dims.to_vec() })
+        Ok(Buffer::new(self.inner.clone(), raw, dtype, dims.to_vec()))
     }
 
     /// Copies a typed slice to a new buffer on `device`.
@@ -111,6 +119,10 @@ impl Client {
 }
 
 impl Buffer {
+    fn new(client: Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>, dtype: DType, dims: Vec<i64>) -> Buffer {
+        Buffer { client, raw, dtype, dims, host_readable: OnceLock::new(), direct_readers: Mutex::new(0) }
+    }
+
     /// Wraps a buffer the plugin returned, reading its dtype and dimensions.
     pub(crate) fn from_raw(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>) -> Result<Buffer> {
         let mut t = args!(PJRT_Buffer_ElementType_Args);
@@ -118,7 +130,7 @@ impl Buffer {
         let mut d = args!(PJRT_Buffer_Dimensions_Args);
         d.buffer = raw.as_ptr();
         // Own the handle first so that it is destroyed even if a query fails.
-        let mut buffer = Buffer { client: client.clone(), raw, dtype: DType::U8, dims: Vec::new() };
+        let mut buffer = Buffer::new(client.clone(), raw, DType::U8, Vec::new());
         call!(client.plugin, PJRT_Buffer_ElementType, &mut t)?;
         buffer.dtype = from_pjrt_type(t.type_)?;
         call!(client.plugin, PJRT_Buffer_Dimensions, &mut d)?;
@@ -186,13 +198,10 @@ impl Buffer {
     /// done. Returns `false` (nothing copied) when the buffer is not on the CPU, its layout is
     /// not dense row-major, or the plugin lacks an entry point.
     fn copy_from_host_memory(&self, dst: &mut [u8]) -> Result<bool> {
-        if !self.is_on_cpu().unwrap_or(false) || !self.is_dense_row_major().unwrap_or(false) {
-            return Ok(false);
-        }
-        // An external reference keeps PJRT from donating or freeing the memory while we read.
-        let mut inc = args!(PJRT_Buffer_IncreaseExternalReferenceCount_Args);
-        inc.buffer = self.raw();
-        if call!(self.client.plugin, PJRT_Buffer_IncreaseExternalReferenceCount, &mut inc).is_err() {
+        let readable = *self
+            .host_readable
+            .get_or_init(|| self.is_on_cpu().unwrap_or(false) && self.is_dense_row_major().unwrap_or(false));
+        if !readable || !self.start_direct_read() {
             return Ok(false);
         }
         let copied = self.wait_ready().and_then(|()| {
@@ -204,17 +213,43 @@ impl Buffer {
             }
             // SAFETY: the buffer is on the CPU, ready (its definition event has fired), dense
             // and row-major, so its memory holds exactly `dst.len()` bytes (checked by the
-            // caller against dtype and dims) at `buffer_pointer`. The external reference taken
-            // above keeps PJRT from donating, deleting or reusing that memory until we release
-            // it below; no execution writes to a ready buffer.
+            // caller against dtype and dims) at `buffer_pointer`. The external reference that
+            // `start_direct_read` holds keeps PJRT from donating, deleting or reusing that
+            // memory until `end_direct_read`; no execution writes to a ready buffer.
             let src = unsafe { std::slice::from_raw_parts(p.buffer_pointer as *const u8, dst.len()) };
             dst.copy_from_slice(src);
             Ok(true)
         });
+        self.end_direct_read()?;
+        copied
+    }
+
+    /// Registers a direct reader; the first one takes a PJRT external reference, which keeps
+    /// PJRT from donating or freeing the memory while anyone reads it. `false` if the plugin
+    /// refused the reference (then nothing is registered).
+    fn start_direct_read(&self) -> bool {
+        let mut readers = self.direct_readers.lock().unwrap_or_else(|e| e.into_inner());
+        if *readers == 0 {
+            let mut inc = args!(PJRT_Buffer_IncreaseExternalReferenceCount_Args);
+            inc.buffer = self.raw();
+            if call!(self.client.plugin, PJRT_Buffer_IncreaseExternalReferenceCount, &mut inc).is_err() {
+                return false;
+            }
+        }
+        *readers += 1;
+        true
+    }
+
+    /// Unregisters a direct reader; the last one releases the external reference.
+    fn end_direct_read(&self) -> Result<()> {
+        let mut readers = self.direct_readers.lock().unwrap_or_else(|e| e.into_inner());
+        *readers -= 1;
+        if *readers > 0 {
+            return Ok(());
+        }
         let mut dec = args!(PJRT_Buffer_DecreaseExternalReferenceCount_Args);
         dec.buffer = self.raw();
-        call!(self.client.plugin, PJRT_Buffer_DecreaseExternalReferenceCount, &mut dec)?;
-        copied
+        call!(self.client.plugin, PJRT_Buffer_DecreaseExternalReferenceCount, &mut dec)
     }
 
     fn is_on_cpu(&self) -> Result<bool> {
