@@ -72,6 +72,16 @@ impl DType {
         }
     }
 
+    /// The bytes of an array of this dtype with dimensions `dims`, with checked arithmetic: a
+    /// negative dimension or a size that overflows `usize` is an error naming the shape.
+    pub fn array_bytes(self, dims: &[i64]) -> Result<usize> {
+        let what = || format!("{self} array of shape {dims:?}");
+        dims.iter().try_fold(self.size_in_bytes(), |n, &d| {
+            let d = usize::try_from(d).map_err(|_| Error::invalid(what(), format!("negative dimension {d}")))?;
+            n.checked_mul(d).ok_or_else(|| Error::invalid(what(), "its size in bytes overflows usize"))
+        })
+    }
+
     /// Whether this is a floating-point type.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
@@ -174,5 +184,16 @@ mod tests {
             assert_eq!(DType::from_safetensors(d.to_safetensors()).unwrap(), d);
         }
         assert!(matches!("complex64".parse::<DType>(), Err(Error::UnsupportedDType(_))));
+    }
+
+    #[test]
+    fn array_bytes_checks_its_arithmetic() {
+        assert_eq!(DType::F32.array_bytes(&[3, 4]).unwrap(), 48);
+        assert_eq!(DType::BF16.array_bytes(&[]).unwrap(), 2);
+        assert_eq!(DType::F64.array_bytes(&[0, 5]).unwrap(), 0);
+        let err = DType::F32.array_bytes(&[2, -1]).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument { what, reason } if what == "float32 array of shape [2, -1]" && reason == "negative dimension -1"), "{err}");
+        let err = DType::I64.array_bytes(&[1 << 40, 1 << 40]).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument { reason, .. } if reason.contains("overflows")), "{err}");
     }
 }

@@ -3,12 +3,16 @@
 //! The pipeline, bottom to top: [`pjrt`] (plugin, client, buffers, executables; all the FFI
 //! code) → [`Tensor`] / [`PyTree`] (host values) → [`bundle`] (manifest, serialized
 //! exports, weights) → [`JaxLayer`] / [`FlaxLayer`] → the `flaxlayer` CLI.
+//!
+//! All `unsafe` code lives in [`pjrt`]; the rest of the crate may not use it.
+#![deny(unsafe_code)]
 
 mod atomic;
 pub mod bundle;
 mod dtype;
 mod error;
 pub mod layer;
+#[allow(unsafe_code)]
 pub mod pjrt;
 pub mod pytree;
 pub mod tensor;

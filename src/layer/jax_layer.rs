@@ -401,7 +401,7 @@ pub(super) fn run_init(
         .input_avals
         .iter()
         .map(|a| {
-            let bytes = vec![0u8; crate::pjrt::byte_size("init input", a.dtype, &a.shape)?];
+            let bytes = vec![0u8; a.dtype.array_bytes(&a.shape)?];
             client.buffer_from_bytes(a.dtype, &a.shape, &bytes, device)
         })
         .collect::<Result<Vec<_>>>()?;

@@ -87,7 +87,7 @@ impl RawLoop {
                 _ => None,
             })
             .collect();
-        let host = exp.out_avals.iter().map(|a| Ok(vec![0u8; crate::pjrt::byte_size("output", a.dtype, &a.shape)?])).collect::<Result<_>>()?;
+        let host = exp.out_avals.iter().map(|a| Ok(vec![0u8; a.dtype.array_bytes(&a.shape)?])).collect::<Result<_>>()?;
         Ok(RawLoop { client: client.clone(), device, exe, args, inputs, feeds_back, host })
     }
 

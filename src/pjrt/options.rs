@@ -37,31 +37,31 @@ impl ClientOptions {
         self.options
             .iter()
             .map(|(name, value)| {
-                let mut v = super::args!(PJRT_NamedValue);
+                let mut v = ffi::PJRT_NamedValue::new();
                 v.name = name.as_ptr().cast();
                 v.name_size = name.len();
                 v.value_size = 1;
                 match value {
                     OptionValue::Bool(b) => {
                         v.type_ = ffi::PJRT_NamedValue_kBool;
-                        v.__bindgen_anon_1.bool_value = *b;
+                        v.value.bool_value = *b;
                     }
                     OptionValue::Int64(i) => {
                         v.type_ = ffi::PJRT_NamedValue_kInt64;
-                        v.__bindgen_anon_1.int64_value = *i;
+                        v.value.int64_value = *i;
                     }
                     OptionValue::Float(f) => {
                         v.type_ = ffi::PJRT_NamedValue_kFloat;
-                        v.__bindgen_anon_1.float_value = *f;
+                        v.value.float_value = *f;
                     }
                     OptionValue::Str(s) => {
                         v.type_ = ffi::PJRT_NamedValue_kString;
-                        v.__bindgen_anon_1.string_value = s.as_ptr().cast();
+                        v.value.string_value = s.as_ptr().cast();
                         v.value_size = s.len();
                     }
                     OptionValue::Int64List(l) => {
                         v.type_ = ffi::PJRT_NamedValue_kInt64List;
-                        v.__bindgen_anon_1.int64_array_value = l.as_ptr();
+                        v.value.int64_array_value = l.as_ptr();
                         v.value_size = l.len();
                     }
                 }
