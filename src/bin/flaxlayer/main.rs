@@ -8,12 +8,13 @@ use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::{Bundle, FlaxLayer, PyTree, Tensor};
 
 mod bench;
+mod plugin;
 mod train;
 
 #[derive(Parser)]
 #[command(name = "flaxlayer", version, about = "Run Flax (JAX) bundles through PJRT")]
 struct Cli {
-    /// PJRT plugin .so (default: $PJRT_PLUGIN_PATH, else the CPU plugin setup installed).
+    /// PJRT plugin .so (default: $PJRT_PLUGIN_PATH, else the first found: see `flaxlayer plugin show`).
     #[arg(long, global = true)]
     plugin: Option<PathBuf>,
     #[command(subcommand)]
@@ -30,6 +31,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a bundle with a train section on a safetensors data set; optionally checkpoint.
     Train(train::TrainArgs),
+    /// Which PJRT plugin loads; install the CPU plugin for this user.
+    Plugin(plugin::PluginArgs),
 }
 
 #[derive(clap::Args)]
@@ -60,11 +63,6 @@ struct RunArgs {
 }
 
 fn main() {
-    // The CPU plugins log through absl at INFO on stderr; keep that to warnings unless the user
-    // asked otherwise. Set before any thread starts.
-    if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
-        std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");
-    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -77,6 +75,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_bundle(args, cli.plugin.as_deref()),
         Command::Bench(args) => bench::run(args, cli.plugin),
         Command::Train(args) => train::run(args, cli.plugin),
+        Command::Plugin(args) => plugin::run(args, cli.plugin),
     }
 }
 
