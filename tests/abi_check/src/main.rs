@@ -57,8 +57,10 @@ fn main() {
         }
     }
     let structs = theirs.iter().filter(|r| r.field.is_empty()).count();
-    let skipped = if FFI_EXTENSION_CHECKED { String::new() } else {
-        format!(" (FFI extension structs not checked: set PJRT_FFI_EXTENSION_HEADER to pjrt_c_api_ffi_extension.h)")
+    let skipped = if FFI_EXTENSION_CHECKED {
+        ""
+    } else {
+        " (FFI extension structs not checked: set PJRT_FFI_EXTENSION_HEADER to pjrt_c_api_ffi_extension.h)"
     };
     if bad > 0 {
         eprintln!("abi_check: {bad} difference(s) between src/pjrt's mirror and the C headers");
