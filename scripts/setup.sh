@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what flaxlayer needs to build and test, idempotently; quick when nothing is missing.
-# - Debian's libclang-dev (bindgen reads pjrt_c_api.h with it), if absent;
+# - Debian's libclang-dev (tests/abi_check's bindgen reads pjrt_c_api.h with it; the crate
+#   itself builds without it), if absent;
 # - .venv with every Python pin of scripts/requirements.txt (JAX, Flax, the PJRT CPU plugins).
 # Nothing is written outside the repo except Debian packages.
 set -euo pipefail

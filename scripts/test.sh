@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust suite (unit, integration, doc tests) and the Python exporter suite.
+# Runs every test: the Rust suite (unit, integration, doc tests), the library alone (no CLI
+# feature), the ABI check of our PJRT mirror against pjrt_c_api.h, a fixed sample under
+# valgrind, the packaged crate on its own, and the Python exporter suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -8,5 +10,18 @@ export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
 echo "== cargo test"
 cargo test --locked --all-targets
 cargo test --locked --doc
+echo "== library without the cli feature"
+cargo build --locked --no-default-features --lib
+echo "== ABI check: src/pjrt's #[repr(C)] mirror against pjrt_c_api.h (bindgen)"
+header="${PJRT_C_API_HEADER:-$(ls .venv/lib/python3*/site-packages/xla_plugins/xla_cpu_pjrt/include/pjrt_c_api.h 2>/dev/null | head -n1 || true)}"
+if [ -n "$header" ] && [ -f "$header" ] && ldconfig -p | grep -q 'libclang[-.0-9]*\.so'; then
+  PJRT_C_API_HEADER="$header" cargo run --locked --quiet --manifest-path tests/abi_check/Cargo.toml --target-dir target/abi_check
+else
+  echo "skipped: needs libclang (Debian: libclang-dev) and pjrt_c_api.h (.venv, or PJRT_C_API_HEADER)"
+fi
+echo "== valgrind"
+scripts/valgrind.sh
+echo "== cargo package"
+scripts/package_check.sh
 echo "== pytest"
 .venv/bin/python -m pytest tests/python -q

@@ -235,20 +235,33 @@ fn wrong_dtype_or_shape_is_an_error() {
     assert!(matches!(err, Error::ArgumentCount { expected: 5, got: 4, .. }), "{err}");
 }
 
-/// Builds a fake plugin: a shared library whose `GetPjrtApi` returns a table with API major
-/// version `major` and `entries` null function pointers.
-fn fake_plugin(dir: &Path, major: i32, entries: usize) -> PathBuf {
-    let src = dir.join(format!("fake_{major}_{entries}.c"));
-    let so = dir.join(format!("libfake_{major}_{entries}.so"));
+/// Builds a fake plugin: a shared library whose `GetPjrtApi` returns a table of
+/// `struct_size` bytes (the API version, then null function pointers) that ends right before
+/// an inaccessible page, so that reading one byte past `struct_size` crashes the test.
+fn fake_plugin(dir: &Path, major: i32, struct_size: usize) -> PathBuf {
+    let src = dir.join(format!("fake_{major}_{struct_size}.c"));
+    let so = dir.join(format!("libfake_{major}_{struct_size}.so"));
     std::fs::write(
         &src,
         format!(
             "#include <stddef.h>\n\
+             #include <string.h>\n\
+             #include <sys/mman.h>\n\
+             #include <unistd.h>\n\
              typedef struct {{ size_t struct_size; void* ext; int major; int minor; }} Version;\n\
-             typedef struct {{ size_t struct_size; void* ext; Version v; void* fns[{n}]; }} Api;\n\
-             static Api api = {{ offsetof(Api, fns) + {entries} * sizeof(void*), 0, {{ sizeof(Version), 0, {major}, 81 }}, {{0}} }};\n\
-             const Api* GetPjrtApi(void) {{ return &api; }}\n",
-            n = entries.max(1)
+             const void* GetPjrtApi(void) {{\n\
+               size_t page = (size_t)sysconf(_SC_PAGESIZE);\n\
+               char* p = mmap(0, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);\n\
+               if (p == MAP_FAILED || mprotect(p + page, page, PROT_NONE) != 0) return 0;\n\
+               char* table = p + page - {struct_size};\n\
+               memset(table, 0, {struct_size});\n\
+               *(size_t*)table = {struct_size};\n\
+               if ({struct_size} >= 16 + sizeof(Version)) {{\n\
+                 Version v = {{ sizeof(Version), 0, {major}, 81 }};\n\
+                 memcpy(table + 16, &v, sizeof v);\n\
+               }}\n\
+               return table;\n\
+             }}\n"
         ),
     )
     .unwrap();
@@ -262,10 +275,15 @@ fn fake_plugin(dir: &Path, major: i32, entries: usize) -> PathBuf {
     so
 }
 
+/// The table size of a fake plugin with the version and `entries` function pointers.
+fn with_entries(entries: usize) -> usize {
+    40 + 8 * entries
+}
+
 #[test]
 fn a_plugin_of_another_major_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let so = fake_plugin(dir.path(), 1, 4);
+    let so = fake_plugin(dir.path(), 1, with_entries(4));
     let err = flaxlayer::pjrt::Plugin::load_path(&so, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
     assert!(matches!(err, Error::PluginVersion { major: 1, minor: 81, expected_major: 0, .. }), "{err}");
     let err = Client::new(Some(&so)).unwrap_err();
@@ -275,12 +293,83 @@ fn a_plugin_of_another_major_version_is_refused() {
 #[test]
 fn a_plugin_missing_an_entry_point_is_unsupported_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    // A table that ends before PJRT_Plugin_Initialize: the entry lies past `struct_size`.
-    let short = fake_plugin(dir.path(), 0, 0);
-    let err = flaxlayer::pjrt::Plugin::load_path(&short, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
-    assert!(matches!(err, Error::Unsupported { function: "PJRT_Plugin_Initialize" }), "{err}");
+    // A table that ends before PJRT_Plugin_Initialize: the entry lies past `struct_size`
+    // (and past it is an inaccessible page).
+    for entries in [0, 3] {
+        let short = fake_plugin(dir.path(), 0, with_entries(entries));
+        let err = flaxlayer::pjrt::Plugin::load_path(&short, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { function: "PJRT_Plugin_Initialize" }), "{err}");
+    }
     // A table that has the slots, but null: every call is Unsupported too.
-    let nulls = fake_plugin(dir.path(), 0, 8);
+    let nulls = fake_plugin(dir.path(), 0, with_entries(8));
     let err = flaxlayer::pjrt::Plugin::load_path(&nulls, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
     assert!(matches!(err, Error::Unsupported { function: "PJRT_Plugin_Initialize" }), "{err}");
+}
+
+#[test]
+fn a_table_too_short_for_its_version_is_refused_without_reading_past_it() {
+    // Only `struct_size` and `extension_start`: the version field lies past the table, on the
+    // inaccessible page. Reading it would crash; it must be refused instead.
+    let dir = tempfile::tempdir().unwrap();
+    let so = fake_plugin(dir.path(), 0, 16);
+    let err = flaxlayer::pjrt::Plugin::load_path(&so, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { function: "PJRT_Api.pjrt_api_version" }), "{err}");
+}
+
+#[test]
+fn a_device_or_buffer_of_another_client_is_refused() {
+    let other = Client::new(None).unwrap();
+    let foreign = other.device(0).unwrap();
+    assert!(!client().owns(&foreign) && other.owns(&foreign));
+    let err = client().buffer_from_slice(&[1f32, 2.0], &[2], &foreign).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument { what, reason } if what == "buffer_from_bytes" && reason.contains("another PJRT client")),
+        "{err}"
+    );
+    let exe = compile("mlp.mlirbc");
+    let mut inputs = Saved::load("mlp").inputs();
+    let refs: Vec<&Buffer> = inputs.iter().collect();
+    let err = exe.execute_on(&refs, &[false; 5], Some(&foreign)).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument { what, .. } if what == "execute_on"), "{err}");
+    let (dt, dims, bytes) = Saved::load("mlp").get("in/2");
+    inputs[2] = other.buffer_from_bytes(dt, &dims, &bytes, &foreign).unwrap();
+    let refs: Vec<&Buffer> = inputs.iter().collect();
+    let err = exe.execute(&refs, &[false; 5]).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument { what, reason } if what == "argument 2" && reason.contains("another PJRT client")),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_cpu_plugin_is_quiet_unless_asked() {
+    // Library users see no absl pre-init warning and no INFO line from the plugin. Run in a
+    // child process: the first plugin load of a process decides.
+    let me = std::env::current_exe().unwrap();
+    let quiet = std::process::Command::new(&me)
+        .args(["--exact", "load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
+        .env_remove("TF_CPP_MIN_LOG_LEVEL")
+        .env_remove(flaxlayer::pjrt::PLUGIN_LOG_ENV)
+        .output()
+        .unwrap();
+    assert!(quiet.status.success(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!stderr.contains("absl::InitializeLog"), "{stderr}");
+    assert!(!stderr.contains("create_options"), "{stderr}");
+    let loud = std::process::Command::new(&me)
+        .args(["--exact", "load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
+        .env_remove("TF_CPP_MIN_LOG_LEVEL")
+        .env(flaxlayer::pjrt::PLUGIN_LOG_ENV, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&loud.stderr);
+    assert!(stderr.contains("create_options"), "FLAXLAYER_PLUGIN_LOG=1 shows the plugin's INFO lines:\n{stderr}");
+}
+
+/// Loads the plugin and makes a client; run by `the_cpu_plugin_is_quiet_unless_asked` in a
+/// child process.
+#[test]
+#[ignore = "run in a child process by the_cpu_plugin_is_quiet_unless_asked"]
+fn load_a_client_for_the_log_test() {
+    Client::new(None).unwrap();
 }

@@ -50,8 +50,10 @@ mod tests;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+#[allow(unused_imports)]
 pub use attrs::{AttrValue, Attrs};
 pub use buffers::{Operand, ResultBuf};
+#[allow(unused_imports)]
 pub use error::{BufferRef, KernelError};
 
 /// A kernel: one op at one element type.

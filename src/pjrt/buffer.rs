@@ -2,10 +2,10 @@
 //! into a slice the caller provides.
 
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::client::{Client, ClientInner, Device};
-use super::{args, call, event, ffi};
+use super::{call, event, ffi};
 use crate::{DType, Element, Error, Result};
 
 /// An owned device buffer, destroyed on drop. It keeps its client alive.
@@ -14,6 +14,14 @@ pub struct Buffer {
     raw: NonNull<ffi::PJRT_Buffer>,
     dtype: DType,
     dims: Vec<i64>,
+    /// Whether the buffer's memory can be read directly (on the CPU, dense row-major); found
+    /// on the first copy to host. Neither property changes during the buffer's life.
+    host_readable: OnceLock<bool>,
+    /// How many threads are reading the memory directly. The first takes a PJRT external
+    /// reference and the last releases it, under this lock: the C API keeps a buffer's
+    /// external references in an unsynchronised vector, so they must not be taken or
+    /// released from two threads at once.
+    direct_readers: Mutex<usize>,
 }
 
 // SAFETY: a PJRT_Buffer wraps an xla::PjRtBuffer, which is thread-safe: reads, copies to
@@ -24,9 +32,11 @@ unsafe impl Sync for Buffer {}
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        let mut a = args!(PJRT_Buffer_Destroy_Args);
+        let mut a = ffi::PJRT_Buffer_Destroy_Args::new();
         a.buffer = self.raw.as_ptr();
-        let _ = call!(self.client.plugin, PJRT_Buffer_Destroy, &mut a);
+        // SAFETY: the buffer is ours, alive until here and destroyed once; its client is
+        // alive (`self.client`).
+        let _ = unsafe { call!(self.client.plugin, PJRT_Buffer_Destroy, &mut a) };
     }
 }
 
@@ -61,22 +71,13 @@ pub(crate) fn from_pjrt_type(t: ffi::PJRT_Buffer_Type) -> Result<DType> {
         .ok_or_else(|| Error::UnsupportedDType(format!("PJRT buffer type {t}")))
 }
 
-/// Bytes of an array of `dtype` and `dims`, with checked arithmetic.
-pub(crate) fn byte_size(what: &str, dtype: DType, dims: &[i64]) -> Result<usize> {
-    let mut n = dtype.size_in_bytes();
-    for &d in dims {
-        let d = usize::try_from(d)
-            .map_err(|_| Error::invalid(what, format!("negative dimension {d} in {dims:?}")))?;
-        n = n.checked_mul(d).ok_or_else(|| Error::invalid(what, format!("shape {dims:?} overflows")))?;
-    }
-    Ok(n)
-}
-
 impl Client {
     /// Copies `data` (little-endian, row-major) to a new buffer of `dtype` and `dims` on
-    /// `device`. The host memory is only read during the call.
+    /// `device`, which must be a device of this client. The host memory is only read during
+    /// the call.
     pub fn buffer_from_bytes(&self, dtype: DType, dims: &[i64], data: &[u8], device: &Device) -> Result<Buffer> {
-        let expected = byte_size("host buffer", dtype, dims)?;
+        device.check_client(&self.inner, "buffer_from_bytes")?;
+        let expected = dtype.array_bytes(&usize_dims(dims)?)?;
         if data.len() != expected {
             return Err(Error::SizeMismatch {
                 what: format!("host buffer for {dtype}{dims:?}"),
@@ -85,7 +86,7 @@ impl Client {
                 unit: "bytes",
             });
         }
-        let mut a = args!(PJRT_Client_BufferFromHostBuffer_Args);
+        let mut a = ffi::PJRT_Client_BufferFromHostBuffer_Args::new();
         a.client = self.raw();
         a.data = data.as_ptr().cast();
         a.type_ = to_pjrt_type(dtype);
@@ -93,15 +94,19 @@ impl Client {
         a.num_dims = dims.len();
         a.host_buffer_semantics = ffi::PJRT_HostBufferSemantics_kImmutableOnlyDuringCall;
         a.device = device.raw.as_ptr();
-        call!(self.inner.plugin, PJRT_Client_BufferFromHostBuffer, &mut a)?;
+        // SAFETY: `data` holds exactly the bytes of `dtype` x `dims` (checked above) and, with
+        // `dims`, outlives the call; "immutable only during call" semantics let the plugin read
+        // it only until it returns. The device belongs to this live client (checked above).
+        unsafe { call!(self.inner.plugin, PJRT_Client_BufferFromHostBuffer, &mut a) }?;
         // The host data was copied during the call; the event only needs releasing.
-        drop(event::Event::from_raw(&self.inner.plugin, a.done_with_host_buffer));
+        // SAFETY: the event, if any, is fresh from this plugin and owned by us.
+        drop(unsafe { event::Event::from_raw(&self.inner.plugin, a.done_with_host_buffer) });
         let raw = NonNull::new(a.buffer).ok_or(Error::Pjrt {
             call: "PJRT_Client_BufferFromHostBuffer",
             code: crate::ErrorCode::Internal,
             message: "returned a null buffer".into(),
         })?;
-        Ok(Buffer { client: self.inner.clone(), raw, dtype, dims: dims.to_vec() })
+        Ok(Buffer::new(self.inner.clone(), raw, dtype, dims.to_vec()))
     }
 
     /// Copies a typed slice to a new buffer on `device`.
@@ -111,17 +116,27 @@ impl Client {
 }
 
 impl Buffer {
+    fn new(client: Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>, dtype: DType, dims: Vec<i64>) -> Buffer {
+        Buffer { client, raw, dtype, dims, host_readable: OnceLock::new(), direct_readers: Mutex::new(0) }
+    }
+
     /// Wraps a buffer the plugin returned, reading its dtype and dimensions.
-    pub(crate) fn from_raw(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>) -> Result<Buffer> {
-        let mut t = args!(PJRT_Buffer_ElementType_Args);
+    ///
+    /// # Safety
+    /// `raw` is a live buffer of `client`'s plugin that nothing else owns: the `Buffer`
+    /// destroys it.
+    pub(crate) unsafe fn from_raw(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>) -> Result<Buffer> {
+        let mut t = ffi::PJRT_Buffer_ElementType_Args::new();
         t.buffer = raw.as_ptr();
-        let mut d = args!(PJRT_Buffer_Dimensions_Args);
+        let mut d = ffi::PJRT_Buffer_Dimensions_Args::new();
         d.buffer = raw.as_ptr();
         // Own the handle first so that it is destroyed even if a query fails.
-        let mut buffer = Buffer { client: client.clone(), raw, dtype: DType::U8, dims: Vec::new() };
-        call!(client.plugin, PJRT_Buffer_ElementType, &mut t)?;
+        let mut buffer = Buffer::new(client.clone(), raw, DType::U8, Vec::new());
+        // SAFETY: `raw` is a live buffer of this plugin (the caller's contract).
+        unsafe { call!(client.plugin, PJRT_Buffer_ElementType, &mut t) }?;
         buffer.dtype = from_pjrt_type(t.type_)?;
-        call!(client.plugin, PJRT_Buffer_Dimensions, &mut d)?;
+        // SAFETY: as above.
+        unsafe { call!(client.plugin, PJRT_Buffer_Dimensions, &mut d) }?;
         if !d.dims.is_null() {
             // SAFETY: the buffer owns `num_dims` dimensions at `dims` while it lives.
             buffer.dims = unsafe { std::slice::from_raw_parts(d.dims, d.num_dims) }.to_vec();
@@ -131,6 +146,11 @@ impl Buffer {
 
     pub(crate) fn raw(&self) -> *mut ffi::PJRT_Buffer {
         self.raw.as_ptr()
+    }
+
+    /// Whether the buffer belongs to `client`.
+    pub(crate) fn is_of(&self, client: &Arc<ClientInner>) -> bool {
+        Arc::ptr_eq(&self.client, client)
     }
 
     /// The element type.
@@ -146,14 +166,15 @@ impl Buffer {
     /// The size of the array's data on the host, in bytes.
     pub fn host_size_in_bytes(&self) -> usize {
         // Cannot overflow: the plugin allocated this many bytes.
-        byte_size("buffer", self.dtype, &self.dims).unwrap_or(0)
+        usize_dims(&self.dims).and_then(|d| self.dtype.array_bytes(&d)).unwrap_or(0)
     }
 
     /// Whether the buffer was deleted (for example donated to an execution).
     pub fn is_deleted(&self) -> Result<bool> {
-        let mut a = args!(PJRT_Buffer_IsDeleted_Args);
+        let mut a = ffi::PJRT_Buffer_IsDeleted_Args::new();
         a.buffer = self.raw();
-        call!(self.client.plugin, PJRT_Buffer_IsDeleted, &mut a)?;
+        // SAFETY: the buffer handle is alive (`self` owns it).
+        unsafe { call!(self.client.plugin, PJRT_Buffer_IsDeleted, &mut a) }?;
         Ok(a.is_deleted)
     }
 
@@ -171,13 +192,16 @@ impl Buffer {
         if self.copy_from_host_memory(dst)? {
             return Ok(());
         }
-        let mut a = args!(PJRT_Buffer_ToHostBuffer_Args);
+        let mut a = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
         a.src = self.raw();
         a.dst = dst.as_mut_ptr().cast();
         a.dst_size = dst.len();
-        call!(self.client.plugin, PJRT_Buffer_ToHostBuffer, &mut a)?;
+        // SAFETY: the buffer is alive; `dst` is writable for `dst_size` bytes, exactly the
+        // buffer's (checked above), and stays borrowed until the copy's event fires below.
+        unsafe { call!(self.client.plugin, PJRT_Buffer_ToHostBuffer, &mut a) }?;
         // `dst` is borrowed mutably until the copy is done: wait before returning.
-        event::wait_raw(&self.client.plugin, a.event)
+        // SAFETY: the event, if any, is fresh from this plugin and owned by us.
+        unsafe { event::wait_raw(&self.client.plugin, a.event) }
     }
 
     /// The fast path of a device-to-host copy for a buffer that lives in host memory (a CPU
@@ -186,56 +210,86 @@ impl Buffer {
     /// done. Returns `false` (nothing copied) when the buffer is not on the CPU, its layout is
     /// not dense row-major, or the plugin lacks an entry point.
     fn copy_from_host_memory(&self, dst: &mut [u8]) -> Result<bool> {
-        if !self.is_on_cpu().unwrap_or(false) || !self.is_dense_row_major().unwrap_or(false) {
-            return Ok(false);
-        }
-        // An external reference keeps PJRT from donating or freeing the memory while we read.
-        let mut inc = args!(PJRT_Buffer_IncreaseExternalReferenceCount_Args);
-        inc.buffer = self.raw();
-        if call!(self.client.plugin, PJRT_Buffer_IncreaseExternalReferenceCount, &mut inc).is_err() {
+        let readable = *self
+            .host_readable
+            .get_or_init(|| self.is_on_cpu().unwrap_or(false) && self.is_dense_row_major().unwrap_or(false));
+        if !readable || !self.start_direct_read() {
             return Ok(false);
         }
         let copied = self.wait_ready().and_then(|()| {
-            let mut p = args!(PJRT_Buffer_UnsafePointer_Args);
+            let mut p = ffi::PJRT_Buffer_UnsafePointer_Args::new();
             p.buffer = self.raw();
-            call!(self.client.plugin, PJRT_Buffer_UnsafePointer, &mut p)?;
+            // SAFETY: the buffer handle is alive (`self` owns it).
+            unsafe { call!(self.client.plugin, PJRT_Buffer_UnsafePointer, &mut p) }?;
             if p.buffer_pointer == 0 {
                 return Ok(false);
             }
             // SAFETY: the buffer is on the CPU, ready (its definition event has fired), dense
             // and row-major, so its memory holds exactly `dst.len()` bytes (checked by the
-            // caller against dtype and dims) at `buffer_pointer`. The external reference taken
-            // above keeps PJRT from donating, deleting or reusing that memory until we release
-            // it below; no execution writes to a ready buffer.
+            // caller against dtype and dims) at `buffer_pointer`. The external reference that
+            // `start_direct_read` holds keeps PJRT from donating, deleting or reusing that
+            // memory until `end_direct_read`; no execution writes to a ready buffer.
             let src = unsafe { std::slice::from_raw_parts(p.buffer_pointer as *const u8, dst.len()) };
             dst.copy_from_slice(src);
             Ok(true)
         });
-        let mut dec = args!(PJRT_Buffer_DecreaseExternalReferenceCount_Args);
-        dec.buffer = self.raw();
-        call!(self.client.plugin, PJRT_Buffer_DecreaseExternalReferenceCount, &mut dec)?;
+        self.end_direct_read()?;
         copied
     }
 
+    /// Registers a direct reader; the first one takes a PJRT external reference, which keeps
+    /// PJRT from donating or freeing the memory while anyone reads it. `false` if the plugin
+    /// refused the reference (then nothing is registered).
+    fn start_direct_read(&self) -> bool {
+        let mut readers = self.direct_readers.lock().unwrap_or_else(|e| e.into_inner());
+        if *readers == 0 {
+            let mut inc = ffi::PJRT_Buffer_IncreaseExternalReferenceCount_Args::new();
+            inc.buffer = self.raw();
+            // SAFETY: the buffer handle is alive; `direct_readers` is locked, so no other
+            // thread touches the plugin's external-reference list of this buffer meanwhile.
+            if unsafe { call!(self.client.plugin, PJRT_Buffer_IncreaseExternalReferenceCount, &mut inc) }.is_err() {
+                return false;
+            }
+        }
+        *readers += 1;
+        true
+    }
+
+    /// Unregisters a direct reader; the last one releases the external reference.
+    fn end_direct_read(&self) -> Result<()> {
+        let mut readers = self.direct_readers.lock().unwrap_or_else(|e| e.into_inner());
+        *readers -= 1;
+        if *readers > 0 {
+            return Ok(());
+        }
+        let mut dec = ffi::PJRT_Buffer_DecreaseExternalReferenceCount_Args::new();
+        dec.buffer = self.raw();
+        // SAFETY: as in `start_direct_read`: a live handle, and the lock serialises the
+        // plugin's reference list.
+        unsafe { call!(self.client.plugin, PJRT_Buffer_DecreaseExternalReferenceCount, &mut dec) }
+    }
+
     fn is_on_cpu(&self) -> Result<bool> {
-        let mut a = args!(PJRT_Buffer_IsOnCpu_Args);
+        let mut a = ffi::PJRT_Buffer_IsOnCpu_Args::new();
         a.buffer = self.raw();
-        call!(self.client.plugin, PJRT_Buffer_IsOnCpu, &mut a)?;
+        // SAFETY: the buffer handle is alive (`self` owns it).
+        unsafe { call!(self.client.plugin, PJRT_Buffer_IsOnCpu, &mut a) }?;
         Ok(a.is_on_cpu)
     }
 
     /// Whether the buffer's memory layout is dense row-major (untiled, minor-to-major
     /// descending), i.e. the host layout.
     fn is_dense_row_major(&self) -> Result<bool> {
-        let mut a = args!(PJRT_Buffer_GetMemoryLayout_Args);
+        let mut a = ffi::PJRT_Buffer_GetMemoryLayout_Args::new();
         a.buffer = self.raw();
-        call!(self.client.plugin, PJRT_Buffer_GetMemoryLayout, &mut a)?;
+        // SAFETY: the buffer handle is alive (`self` owns it).
+        unsafe { call!(self.client.plugin, PJRT_Buffer_GetMemoryLayout, &mut a) }?;
         if a.layout.type_ != ffi::PJRT_Buffer_MemoryLayout_Type_Tiled {
             return Ok(false);
         }
         // SAFETY: `type_` says the union holds the tiled layout, whose arrays the buffer owns
         // for its lifetime.
-        let tiled = unsafe { &a.layout.__bindgen_anon_1.tiled };
+        let tiled = unsafe { &a.layout.value.tiled };
         if tiled.num_tiles != 0 {
             return Ok(false);
         }
@@ -251,10 +305,12 @@ impl Buffer {
 
     /// Blocks until the buffer's data is defined (returns at once when it is).
     fn wait_ready(&self) -> Result<()> {
-        let mut a = args!(PJRT_Buffer_ReadyEvent_Args);
+        let mut a = ffi::PJRT_Buffer_ReadyEvent_Args::new();
         a.buffer = self.raw();
-        call!(self.client.plugin, PJRT_Buffer_ReadyEvent, &mut a)?;
-        let Some(event) = event::Event::from_raw(&self.client.plugin, a.event) else { return Ok(()) };
+        // SAFETY: the buffer handle is alive (`self` owns it).
+        unsafe { call!(self.client.plugin, PJRT_Buffer_ReadyEvent, &mut a) }?;
+        // SAFETY: the event, if any, is fresh from this plugin and owned by us.
+        let Some(event) = (unsafe { event::Event::from_raw(&self.client.plugin, a.event) }) else { return Ok(()) };
         if event.is_ready()? {
             return event.into_error();
         }
@@ -285,4 +341,11 @@ impl Buffer {
     pub fn client(&self) -> Client {
         Client { inner: self.client.clone() }
     }
+}
+
+/// PJRT's `int64` dimensions as the crate's `usize` ones; a negative one is an error.
+pub(crate) fn usize_dims(dims: &[i64]) -> Result<Vec<usize>> {
+    dims.iter()
+        .map(|&d| usize::try_from(d).map_err(|_| Error::invalid(format!("dimensions {dims:?}"), format!("negative dimension {d}"))))
+        .collect()
 }

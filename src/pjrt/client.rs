@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::options::ClientOptions;
 use super::plugin::{plugin_str, Plugin};
-use super::{args, call, ffi};
+use super::{call, ffi};
 use crate::{Error, Result};
 
 /// A PJRT client: the runtime of one plugin. Cheap to clone; buffers, devices and
@@ -29,9 +29,11 @@ unsafe impl Sync for ClientInner {}
 
 impl Drop for ClientInner {
     fn drop(&mut self) {
-        let mut a = args!(PJRT_Client_Destroy_Args);
+        let mut a = ffi::PJRT_Client_Destroy_Args::new();
         a.client = self.raw.as_ptr();
-        let _ = call!(self.plugin, PJRT_Client_Destroy, &mut a);
+        // SAFETY: the client is alive until here and destroyed once; every buffer, device and
+        // executable holds an `Arc` of this `ClientInner`, so none outlives it.
+        let _ = unsafe { call!(self.plugin, PJRT_Client_Destroy, &mut a) };
     }
 }
 
@@ -76,10 +78,12 @@ impl Client {
     /// Creates a client with plugin-specific create options.
     pub fn with_options(plugin: Arc<Plugin>, options: &ClientOptions) -> Result<Client> {
         let named = options.to_named_values();
-        let mut a = args!(PJRT_Client_Create_Args);
+        let mut a = ffi::PJRT_Client_Create_Args::new();
         a.create_options = named.as_ptr();
         a.num_options = named.len();
-        call!(plugin, PJRT_Client_Create, &mut a)?;
+        // SAFETY: `named` (and the names and values it borrows from `options`) outlives the
+        // call; the key-value callbacks are null, which the header allows.
+        unsafe { call!(plugin, PJRT_Client_Create, &mut a) }?;
         let raw = NonNull::new(a.client).ok_or(Error::Pjrt {
             call: "PJRT_Client_Create",
             code: crate::ErrorCode::Internal,
@@ -99,25 +103,30 @@ impl Client {
 
     /// The platform name, e.g. `cpu` or `cuda`.
     pub fn platform_name(&self) -> Result<String> {
-        let mut a = args!(PJRT_Client_PlatformName_Args);
+        let mut a = ffi::PJRT_Client_PlatformName_Args::new();
         a.client = self.raw();
-        call!(self.inner.plugin, PJRT_Client_PlatformName, &mut a)?;
-        Ok(plugin_str(a.platform_name, a.platform_name_size))
+        // SAFETY: the client is alive (`self` holds it).
+        unsafe { call!(self.inner.plugin, PJRT_Client_PlatformName, &mut a) }?;
+        // SAFETY: the client owns the name while it lives; copied at once.
+        Ok(unsafe { plugin_str(a.platform_name, a.platform_name_size) })
     }
 
     /// The platform version string.
     pub fn platform_version(&self) -> Result<String> {
-        let mut a = args!(PJRT_Client_PlatformVersion_Args);
+        let mut a = ffi::PJRT_Client_PlatformVersion_Args::new();
         a.client = self.raw();
-        call!(self.inner.plugin, PJRT_Client_PlatformVersion, &mut a)?;
-        Ok(plugin_str(a.platform_version, a.platform_version_size))
+        // SAFETY: the client is alive (`self` holds it).
+        unsafe { call!(self.inner.plugin, PJRT_Client_PlatformVersion, &mut a) }?;
+        // SAFETY: the client owns the version string while it lives; copied at once.
+        Ok(unsafe { plugin_str(a.platform_version, a.platform_version_size) })
     }
 
     /// The devices this process can address.
     pub fn devices(&self) -> Result<Vec<Device>> {
-        let mut a = args!(PJRT_Client_AddressableDevices_Args);
+        let mut a = ffi::PJRT_Client_AddressableDevices_Args::new();
         a.client = self.raw();
-        call!(self.inner.plugin, PJRT_Client_AddressableDevices, &mut a)?;
+        // SAFETY: the client is alive (`self` holds it).
+        unsafe { call!(self.inner.plugin, PJRT_Client_AddressableDevices, &mut a) }?;
         if a.addressable_devices.is_null() {
             return Ok(Vec::new());
         }
@@ -131,6 +140,12 @@ impl Client {
             .collect())
     }
 
+    /// Whether `device` belongs to this client (a device of another client cannot take its
+    /// buffers or run its executables).
+    pub fn owns(&self, device: &Device) -> bool {
+        Arc::ptr_eq(&self.inner, &device.client)
+    }
+
     /// The device at `index` among [`Client::devices`].
     pub fn device(&self, index: usize) -> Result<Device> {
         let devices = self.devices()?;
@@ -142,36 +157,55 @@ impl Client {
 }
 
 impl Device {
+    /// `Ok` if the device belongs to `client`, else a typed error naming `what` used it.
+    pub(crate) fn check_client(&self, client: &Arc<ClientInner>, what: &str) -> Result<()> {
+        if Arc::ptr_eq(client, &self.client) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            what,
+            format!("device {} belongs to another PJRT client; use a device of this client", self.to_string_lossy()),
+        ))
+    }
+
+    /// The device's description, which the device owns (a borrowed pointer, valid while the
+    /// client lives).
     fn description(&self) -> Result<*mut ffi::PJRT_DeviceDescription> {
-        let mut a = args!(PJRT_Device_GetDescription_Args);
+        let mut a = ffi::PJRT_Device_GetDescription_Args::new();
         a.device = self.raw.as_ptr();
-        call!(self.client.plugin, PJRT_Device_GetDescription, &mut a)?;
+        // SAFETY: the device is owned by its client, which `self` keeps alive.
+        unsafe { call!(self.client.plugin, PJRT_Device_GetDescription, &mut a) }?;
         Ok(a.device_description)
     }
 
     /// The device's id.
     pub fn id(&self) -> Result<i32> {
-        let mut a = args!(PJRT_DeviceDescription_Id_Args);
+        let mut a = ffi::PJRT_DeviceDescription_Id_Args::new();
         a.device_description = self.description()?;
-        call!(self.client.plugin, PJRT_DeviceDescription_Id, &mut a)?;
+        // SAFETY: the description lives as long as the client, which `self` keeps alive.
+        unsafe { call!(self.client.plugin, PJRT_DeviceDescription_Id, &mut a) }?;
         Ok(a.id)
     }
 
     /// The device kind, e.g. `cpu`.
     pub fn kind(&self) -> Result<String> {
-        let mut a = args!(PJRT_DeviceDescription_Kind_Args);
+        let mut a = ffi::PJRT_DeviceDescription_Kind_Args::new();
         a.device_description = self.description()?;
-        call!(self.client.plugin, PJRT_DeviceDescription_Kind, &mut a)?;
-        Ok(plugin_str(a.device_kind, a.device_kind_size))
+        // SAFETY: the description lives as long as the client, which `self` keeps alive.
+        unsafe { call!(self.client.plugin, PJRT_DeviceDescription_Kind, &mut a) }?;
+        // SAFETY: the description owns the string; copied at once.
+        Ok(unsafe { plugin_str(a.device_kind, a.device_kind_size) })
     }
 
     /// A short human-readable name of the device.
     pub fn to_string_lossy(&self) -> String {
         let describe = || -> Result<String> {
-            let mut a = args!(PJRT_DeviceDescription_ToString_Args);
+            let mut a = ffi::PJRT_DeviceDescription_ToString_Args::new();
             a.device_description = self.description()?;
-            call!(self.client.plugin, PJRT_DeviceDescription_ToString, &mut a)?;
-            Ok(plugin_str(a.to_string, a.to_string_size))
+            // SAFETY: the description lives as long as the client, which `self` keeps alive.
+            unsafe { call!(self.client.plugin, PJRT_DeviceDescription_ToString, &mut a) }?;
+            // SAFETY: the description owns the string; copied at once.
+            Ok(unsafe { plugin_str(a.to_string, a.to_string_size) })
         };
         describe().unwrap_or_else(|e| format!("<device: {e}>"))
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::buffer::Buffer;
 use super::client::{Client, ClientInner, Device};
 use super::compile_options::CompileOptions;
-use super::{args, call, event, ffi};
+use super::{call, event, ffi};
 use crate::{DType, Error, ErrorCode, Result};
 
 /// A program to compile.
@@ -39,7 +39,9 @@ pub struct LoadedExecutable {
 /// The dtype and dimensions an argument must have.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ArgSpec {
+    /// The element type.
     pub dtype: DType,
+    /// The dimensions, as PJRT counts them.
     pub dims: Vec<i64>,
 }
 
@@ -51,9 +53,11 @@ unsafe impl Sync for LoadedExecutable {}
 
 impl Drop for LoadedExecutable {
     fn drop(&mut self) {
-        let mut a = args!(PJRT_LoadedExecutable_Destroy_Args);
+        let mut a = ffi::PJRT_LoadedExecutable_Destroy_Args::new();
         a.executable = self.raw.as_ptr();
-        let _ = call!(self.client.plugin, PJRT_LoadedExecutable_Destroy, &mut a);
+        // SAFETY: the executable is ours, alive until here and destroyed once; its client is
+        // alive (`self.client`).
+        let _ = unsafe { call!(self.client.plugin, PJRT_LoadedExecutable_Destroy, &mut a) };
     }
 }
 
@@ -71,9 +75,10 @@ struct Executable<'a> {
 
 impl Drop for Executable<'_> {
     fn drop(&mut self) {
-        let mut a = args!(PJRT_Executable_Destroy_Args);
+        let mut a = ffi::PJRT_Executable_Destroy_Args::new();
         a.executable = self.raw.as_ptr();
-        let _ = call!(self.client.plugin, PJRT_Executable_Destroy, &mut a);
+        // SAFETY: GetExecutable handed us this handle to destroy; destroyed once, here.
+        let _ = unsafe { call!(self.client.plugin, PJRT_Executable_Destroy, &mut a) };
     }
 }
 
@@ -85,7 +90,7 @@ impl Client {
     /// Compiles a program for this client's devices.
     pub fn compile(&self, program: Program<'_>, options: &CompileOptions) -> Result<LoadedExecutable> {
         let (code, format) = program.parts();
-        let mut p = args!(PJRT_Program);
+        let mut p = ffi::PJRT_Program::new();
         // PJRT only reads `code` when compiling (the header marks it "in/out" because other
         // entry points write it).
         p.code = code.as_ptr() as *mut _;
@@ -93,45 +98,66 @@ impl Client {
         p.format = format.as_ptr().cast();
         p.format_size = format.len();
         let opts = options.to_proto_bytes();
-        let mut a = args!(PJRT_Client_Compile_Args);
+        let mut a = ffi::PJRT_Client_Compile_Args::new();
         a.client = self.raw();
         a.program = &p;
         a.compile_options = opts.as_ptr().cast();
         a.compile_options_size = opts.len();
-        call!(self.inner.plugin, PJRT_Client_Compile, &mut a)?;
+        // SAFETY: `p` (and the `code` and `format` bytes it points to) and `opts` outlive the
+        // call; PJRT only reads them. The client is alive.
+        unsafe { call!(self.inner.plugin, PJRT_Client_Compile, &mut a) }?;
         let raw = NonNull::new(a.executable).ok_or_else(|| null_error("PJRT_Client_Compile"))?;
-        LoadedExecutable::new(&self.inner, raw)
+        // SAFETY: a fresh executable of this client, owned by nobody else.
+        unsafe { LoadedExecutable::new(&self.inner, raw) }
     }
 
     /// Loads an executable that [`LoadedExecutable::serialize`] wrote, on this client.
     pub fn deserialize_executable(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
-        let mut a = args!(PJRT_Executable_DeserializeAndLoad_Args);
+        let mut a = ffi::PJRT_Executable_DeserializeAndLoad_Args::new();
         a.client = self.raw();
         a.serialized_executable = bytes.as_ptr().cast();
         a.serialized_executable_size = bytes.len();
-        call!(self.inner.plugin, PJRT_Executable_DeserializeAndLoad, &mut a)?;
+        // SAFETY: `bytes` outlives the call and is only read; the client is alive.
+        unsafe { call!(self.inner.plugin, PJRT_Executable_DeserializeAndLoad, &mut a) }?;
         let raw = NonNull::new(a.loaded_executable)
             .ok_or_else(|| null_error("PJRT_Executable_DeserializeAndLoad"))?;
-        LoadedExecutable::new(&self.inner, raw)
+        // SAFETY: a fresh executable of this client, owned by nobody else.
+        unsafe { LoadedExecutable::new(&self.inner, raw) }
     }
 }
 
 impl LoadedExecutable {
-    fn new(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_LoadedExecutable>) -> Result<Self> {
+    /// Wraps a loaded executable the plugin returned and reads its number of outputs.
+    ///
+    /// # Safety
+    /// `raw` is a live loaded executable of `client` that nothing else owns: the
+    /// `LoadedExecutable` destroys it.
+    unsafe fn new(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_LoadedExecutable>) -> Result<Self> {
         let mut exe = LoadedExecutable { client: client.clone(), raw, num_outputs: 0, inputs: None };
-        let mut a = args!(PJRT_Executable_NumOutputs_Args);
-        a.executable = exe.executable()?.raw.as_ptr();
-        call!(client.plugin, PJRT_Executable_NumOutputs, &mut a)?;
-        exe.num_outputs = a.num_outputs;
+        exe.num_outputs = exe.with_executable(|executable| {
+            let mut a = ffi::PJRT_Executable_NumOutputs_Args::new();
+            a.executable = executable;
+            // SAFETY: `with_executable` keeps `executable` alive until this closure returns.
+            unsafe { call!(client.plugin, PJRT_Executable_NumOutputs, &mut a) }?;
+            Ok(a.num_outputs)
+        })?;
         Ok(exe)
     }
 
-    fn executable(&self) -> Result<Executable<'_>> {
-        let mut a = args!(PJRT_LoadedExecutable_GetExecutable_Args);
+    /// Runs `f` on the `PJRT_Executable` behind this loaded executable. The handle is
+    /// destroyed when `f` returns, so the raw pointer must not escape `f`. (A method that
+    /// returned the owned handle invited `loaded.executable()?.raw()`, which destroys the
+    /// handle at the end of the statement, before C reads it.)
+    fn with_executable<R>(&self, f: impl FnOnce(*mut ffi::PJRT_Executable) -> Result<R>) -> Result<R> {
+        let mut a = ffi::PJRT_LoadedExecutable_GetExecutable_Args::new();
         a.loaded_executable = self.raw.as_ptr();
-        call!(self.client.plugin, PJRT_LoadedExecutable_GetExecutable, &mut a)?;
+        // SAFETY: the loaded executable is alive (`self` owns it).
+        unsafe { call!(self.client.plugin, PJRT_LoadedExecutable_GetExecutable, &mut a) }?;
         let raw = NonNull::new(a.executable).ok_or_else(|| null_error("PJRT_LoadedExecutable_GetExecutable"))?;
-        Ok(Executable { client: &self.client, raw })
+        let executable = Executable { client: &self.client, raw };
+        let result = f(executable.raw.as_ptr());
+        drop(executable);
+        result
     }
 
     /// Declares the arguments the program takes, so that [`LoadedExecutable::execute`] checks
@@ -171,6 +197,20 @@ impl LoadedExecutable {
         Ok(())
     }
 
+    /// Refuses inputs or a device of another client: PJRT would read foreign handles.
+    fn check_same_client(&self, inputs: &[&Buffer], device: Option<&Device>) -> Result<()> {
+        if let Some(device) = device {
+            device.check_client(&self.client, "execute_on")?;
+        }
+        match inputs.iter().position(|b| !b.is_of(&self.client)) {
+            Some(i) => Err(Error::invalid(
+                format!("argument {i}"),
+                "the buffer belongs to another PJRT client than the executable; copy it to this client's device",
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The number of outputs of one execution.
     pub fn num_outputs(&self) -> usize {
         self.num_outputs
@@ -178,10 +218,17 @@ impl LoadedExecutable {
 
     /// Serializes the compiled executable, for [`Client::deserialize_executable`].
     pub fn serialize(&self) -> Result<Vec<u8>> {
-        let exe = self.executable()?;
-        let mut a = args!(PJRT_Executable_Serialize_Args);
-        a.executable = exe.raw.as_ptr();
-        call!(self.client.plugin, PJRT_Executable_Serialize, &mut a)?;
+        // SAFETY: `with_executable` keeps the executable alive while the closure runs.
+        self.with_executable(|executable| unsafe { self.serialize_executable(executable) })
+    }
+
+    /// # Safety
+    /// `executable` is a live `PJRT_Executable` of this client's plugin.
+    unsafe fn serialize_executable(&self, executable: *mut ffi::PJRT_Executable) -> Result<Vec<u8>> {
+        let mut a = ffi::PJRT_Executable_Serialize_Args::new();
+        a.executable = executable;
+        // SAFETY: `executable` is alive (the caller's contract).
+        unsafe { call!(self.client.plugin, PJRT_Executable_Serialize, &mut a) }?;
         let bytes = if a.serialized_bytes.is_null() {
             Vec::new()
         } else {
@@ -216,17 +263,18 @@ impl LoadedExecutable {
             });
         }
         self.check_inputs(inputs)?;
+        self.check_same_client(inputs, device)?;
         let raws: Vec<*mut ffi::PJRT_Buffer> = inputs.iter().map(|b| b.raw()).collect();
         let keep: Vec<i64> = (0..inputs.len() as i64).filter(|&i| !donate[i as usize]).collect();
         let mut outs: Vec<*mut ffi::PJRT_Buffer> = vec![std::ptr::null_mut(); self.num_outputs];
         let mut done: *mut ffi::PJRT_Event = std::ptr::null_mut();
 
-        let mut opts = args!(PJRT_ExecuteOptions);
+        let mut opts = ffi::PJRT_ExecuteOptions::new();
         opts.non_donatable_input_indices = keep.as_ptr();
         opts.num_non_donatable_input_indices = keep.len();
         let arg_lists: [*const *mut ffi::PJRT_Buffer; 1] = [raws.as_ptr()];
         let out_lists: [*mut *mut ffi::PJRT_Buffer; 1] = [outs.as_mut_ptr()];
-        let mut a = args!(PJRT_LoadedExecutable_Execute_Args);
+        let mut a = ffi::PJRT_LoadedExecutable_Execute_Args::new();
         a.executable = self.raw.as_ptr();
         a.options = &mut opts;
         a.argument_lists = arg_lists.as_ptr();
@@ -235,14 +283,20 @@ impl LoadedExecutable {
         a.output_lists = out_lists.as_ptr();
         a.device_complete_events = &mut done;
         a.execute_device = device.map_or(std::ptr::null_mut(), |d| d.raw.as_ptr());
-        let result = call!(self.client.plugin, PJRT_LoadedExecutable_Execute, &mut a);
+        // SAFETY: every pointer in `a` outlives the call: `opts` and `keep`; one argument list
+        // (`raws`: live input buffers borrowed for the call, of this client, checked above)
+        // and one output list (`outs`, `num_outputs` writable slots); `done`, a writable
+        // event slot; the device, if any, of this client (checked above).
+        let result = unsafe { call!(self.client.plugin, PJRT_LoadedExecutable_Execute, &mut a) };
         // Own every output handle before anything can fail, so none leaks.
         let outputs = outs
             .into_iter()
             .filter_map(NonNull::new)
-            .map(|raw| Buffer::from_raw(&self.client, raw))
+            // SAFETY: each output is a fresh buffer of this client, owned by nobody else.
+            .map(|raw| unsafe { Buffer::from_raw(&self.client, raw) })
             .collect::<Vec<_>>();
-        let completion = event::wait_raw(&self.client.plugin, done);
+        // SAFETY: `done` is null or a fresh event of this plugin, owned by us.
+        let completion = unsafe { event::wait_raw(&self.client.plugin, done) };
         result?;
         completion?;
         let outputs = outputs.into_iter().collect::<Result<Vec<_>>>()?;

@@ -2,56 +2,74 @@
 //!
 //! [`Plugin`] loads a plugin `.so` → [`Client`] owns a PJRT client and its [`Device`]s →
 //! [`Buffer`] is a device array → [`LoadedExecutable`] is a compiled program.
+//!
+//! The C types come from `ffi` (our `#[repr(C)]` mirror of `pjrt_c_api.h`, no bindgen in the
+//! build). Every call into the plugin is written `unsafe { call!(plugin, PJRT_Name, &mut args) }`
+//! with a `// SAFETY:` comment: the macro reads the entry (refusing one the plugin's table
+//! lacks) and converts the returned `PJRT_Error*`, but leaves the call itself to the
+//! caller's `unsafe` block, so the compiler requires it at every call site.
+#![warn(unsafe_op_in_unsafe_fn)]
 
 mod buffer;
 mod client;
 mod compile_options;
+mod discovery;
 mod event;
 mod executable;
 mod ffi;
+mod ffi_extension;
 mod options;
 mod plugin;
+mod xla_ffi;
 
 pub use buffer::Buffer;
 pub use client::{Client, Device};
 pub use compile_options::CompileOptions;
+pub use discovery::{plugin_file_names, user_plugin_dir};
 pub use executable::{ArgSpec, LoadedExecutable, Program};
 pub use options::{ClientOptions, OptionValue};
-pub use plugin::{Plugin, PluginSource, DEFAULT_PLUGIN, PLUGIN_PATH_ENV};
+pub use plugin::{Plugin, PluginSource, DEFAULT_PLUGIN, PLUGIN_LOG_ENV, PLUGIN_PATH_ENV};
+pub use xla_ffi::XlaFfiHandler;
 
-/// Builds a zeroed `*_Args` struct with its `struct_size` set: the one way args are made.
-macro_rules! args {
-    ($t:ident) => {{
-        let mut a = <$crate::pjrt::ffi::$t as ::std::default::Default>::default();
-        a.struct_size = ::std::mem::size_of::<$crate::pjrt::ffi::$t>();
-        a
-    }};
-}
-
-/// Calls the API table entry `$name` with `&mut $args`, turning a `PJRT_Error*` into
-/// `Result<()>`. A table entry the plugin lacks is `Error::Unsupported`.
-macro_rules! call {
-    ($plugin:expr, $name:ident, $args:expr) => {{
+/// The plugin's API table entry `$name` (a function pointer), or `Error::Unsupported` when
+/// the plugin's table ends before that slot or the slot is null.
+macro_rules! entry {
+    ($plugin:expr, $name:ident) => {{
         let plugin: &$crate::pjrt::plugin::Plugin = &$plugin;
-        match plugin.entry(::std::mem::offset_of!($crate::pjrt::ffi::PJRT_Api, $name), stringify!($name)) {
-            Err(e) => Err(e),
-            Ok(api) => match api.$name {
-                None => Err($crate::Error::Unsupported { function: stringify!($name) }),
-                Some(f) => {
-                    let args = $args;
-                    // SAFETY: `f` is the plugin's implementation of `$name`, read from an API
-                    // table whose `struct_size` covers it; `args` is a `*_Args` struct built by
-                    // `args!` (so `struct_size` is set) and filled by the caller with pointers
-                    // that stay valid for the duration of the call, as the header requires.
-                    let err = unsafe { f(args) };
-                    plugin.check(err, stringify!($name))
-                }
-            },
+        let offset = ::std::mem::offset_of!($crate::pjrt::ffi::PJRT_Api, $name);
+        if plugin.table_covers(offset + ::std::mem::size_of::<usize>()) {
+            let api = plugin.api_ptr();
+            // SAFETY: the plugin's table holds the slot (its `struct_size` covers it, checked
+            // above) and lives as long as `plugin`. The slot is read through a raw pointer:
+            // no reference to the table, which may be shorter than our `PJRT_Api`, is formed.
+            #[allow(unused_unsafe)] // also expanded inside the `unsafe` of `call!` sites
+            let f = unsafe { ::std::ptr::addr_of!((*api).$name).read() };
+            f.ok_or($crate::Error::Unsupported { function: stringify!($name) })
+        } else {
+            Err($crate::Error::Unsupported { function: stringify!($name) })
         }
     }};
 }
 
-pub(crate) use {args, call};
+/// Calls the plugin's `$name` with `$args` (a `&mut` of its `*_Args`), turning the returned
+/// `PJRT_Error*` into `Result<()>`; an entry the plugin lacks is `Error::Unsupported`. The
+/// call itself is unsafe and needs the caller's `unsafe { }` block, whose `// SAFETY:`
+/// comment says why the args are valid: built by `new()`, every pointer in them valid for
+/// the duration of the call (out-pointers writable), handles alive and of this plugin.
+macro_rules! call {
+    ($plugin:expr, $name:ident, $args:expr) => {{
+        let plugin: &$crate::pjrt::plugin::Plugin = &$plugin;
+        match $crate::pjrt::entry!(plugin, $name) {
+            Err(e) => Err(e),
+            Ok(f) => {
+                let err = f($args);
+                plugin.check(err, stringify!($name))
+            }
+        }
+    }};
+}
+
+pub(crate) use {call, entry};
 
 /// Compile-time proof that the handle types can cross threads.
 #[allow(dead_code)]

@@ -6,16 +6,22 @@ use super::ffi;
 /// A value of a named option.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OptionValue {
+    /// A boolean (`asynchronous`).
     Bool(bool),
+    /// A 64-bit integer (`cpu_device_count`, `process_id`).
     Int64(i64),
+    /// A float.
     Float(f32),
+    /// A string.
     Str(String),
+    /// A list of 64-bit integers.
     Int64List(Vec<i64>),
 }
 
 /// Options for [`Client::with_options`](super::Client::with_options).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientOptions {
+    /// The options, by name, in order.
     pub options: Vec<(String, OptionValue)>,
 }
 
@@ -37,31 +43,31 @@ impl ClientOptions {
         self.options
             .iter()
             .map(|(name, value)| {
-                let mut v = super::args!(PJRT_NamedValue);
+                let mut v = ffi::PJRT_NamedValue::new();
                 v.name = name.as_ptr().cast();
                 v.name_size = name.len();
                 v.value_size = 1;
                 match value {
                     OptionValue::Bool(b) => {
                         v.type_ = ffi::PJRT_NamedValue_kBool;
-                        v.__bindgen_anon_1.bool_value = *b;
+                        v.value.bool_value = *b;
                     }
                     OptionValue::Int64(i) => {
                         v.type_ = ffi::PJRT_NamedValue_kInt64;
-                        v.__bindgen_anon_1.int64_value = *i;
+                        v.value.int64_value = *i;
                     }
                     OptionValue::Float(f) => {
                         v.type_ = ffi::PJRT_NamedValue_kFloat;
-                        v.__bindgen_anon_1.float_value = *f;
+                        v.value.float_value = *f;
                     }
                     OptionValue::Str(s) => {
                         v.type_ = ffi::PJRT_NamedValue_kString;
-                        v.__bindgen_anon_1.string_value = s.as_ptr().cast();
+                        v.value.string_value = s.as_ptr().cast();
                         v.value_size = s.len();
                     }
                     OptionValue::Int64List(l) => {
                         v.type_ = ffi::PJRT_NamedValue_kInt64List;
-                        v.__bindgen_anon_1.int64_array_value = l.as_ptr();
+                        v.value.int64_array_value = l.as_ptr();
                         v.value_size = l.len();
                     }
                 }

@@ -1,37 +1,52 @@
 //! Loading a PJRT plugin: dlopen, `GetPjrtApi`, version check, `PJRT_Plugin_Initialize` once.
+//!
+//! The plugin's `PJRT_Api` table may be shorter than our mirror of it (an older plugin) or a
+//! library may hand back a bogus one, so the table is never referenced as a whole: each
+//! entry is read through a raw pointer, after checking that the plugin's `struct_size`
+//! covers it ([`entry!`](super::entry)).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::discovery::{self, Candidate, Step};
 use super::ffi;
 use crate::{Error, ErrorCode, Result};
 
 /// The environment variable that names a plugin `.so` when no path is given.
 pub const PLUGIN_PATH_ENV: &str = "PJRT_PLUGIN_PATH";
 
+/// Set to `1` to see the plugin's own log lines (absl INFO and up). Without it, and unless
+/// `TF_CPP_MIN_LOG_LEVEL` is set, the plugin is loaded with `TF_CPP_MIN_LOG_LEVEL=1`:
+/// warnings and errors only.
+pub const PLUGIN_LOG_ENV: &str = "FLAXLAYER_PLUGIN_LOG";
+
 /// The default CPU plugin, relative to a Python `site-packages` directory: the
 /// `lammps-jax-pjrt-cpu` wheel that `scripts/setup.sh` installs (chosen by measurement; see
 /// README). The other CPU plugins follow it as fallbacks.
 pub const DEFAULT_PLUGIN: &str = "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so";
 
-const FALLBACK_PLUGINS: [&str; 2] =
+pub(crate) const FALLBACK_PLUGINS: [&str; 2] =
     ["xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so", "fastatomstruct_xla_cpu/libpjrt_cpu.so"];
 
-const INSTALL_HINT: &str = "Pass a plugin path, set PJRT_PLUGIN_PATH to a PJRT plugin .so, or \
-run scripts/setup.sh to install the CPU plugin into .venv (`pip install lammps-jax-pjrt-cpu`). \
-GPU: `pip install jax-cuda12-pjrt` and point PJRT_PLUGIN_PATH at its .so; TPU: `libtpu`.";
+/// The smallest table we can use: `struct_size`, `extension_start` and `pjrt_api_version`.
+const TABLE_HEAD: usize = std::mem::offset_of!(ffi::PJRT_Api, pjrt_api_version) + std::mem::size_of::<ffi::PJRT_Api_Version>();
 
 /// Where a plugin was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PluginSource {
     /// The path the caller gave.
     Explicit,
     /// `$PJRT_PLUGIN_PATH`.
     Env,
-    /// A plugin installed by `scripts/setup.sh` in a virtualenv.
+    /// Next to the running executable.
+    BesideExecutable,
+    /// A Python virtualenv's `site-packages` (`$VIRTUAL_ENV` or `./.venv`).
     Installed,
+    /// The per-user plugin directory that `flaxlayer plugin install` fills.
+    UserDir,
 }
 
 /// A loaded PJRT plugin: the library and its API table. Loaded once per path and process,
@@ -40,6 +55,8 @@ pub struct Plugin {
     path: PathBuf,
     source: PluginSource,
     api: NonNull<ffi::PJRT_Api>,
+    /// The plugin's `PJRT_Api.struct_size`, read once at load.
+    table_size: usize,
     _lib: libloading::Library,
 }
 
@@ -68,21 +85,32 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<Plugin>>> {
 }
 
 impl Plugin {
-    /// Loads a plugin: `path` if given, else `$PJRT_PLUGIN_PATH`, else the plugin that
-    /// `scripts/setup.sh` installed. The error names every path tried.
+    /// Loads a plugin. With `path`, that file; else `$PJRT_PLUGIN_PATH` if set; else the first
+    /// plugin that loads among: known plugin file names next to the executable, the CPU plugin
+    /// in `$VIRTUAL_ENV` and in `./.venv`, and the per-user directory that
+    /// `flaxlayer plugin install` fills. An explicit path or `$PJRT_PLUGIN_PATH` is never
+    /// replaced by another plugin. The error names every candidate and why it failed.
     pub fn load(path: Option<&Path>) -> Result<Arc<Plugin>> {
-        let candidates = candidates(path);
         let mut tried = Vec::new();
-        for (candidate, source) in candidates {
-            match Plugin::load_path(&candidate, source) {
+        for step in discovery::steps(path) {
+            let Candidate { path, source } = match step {
+                Step::Try(candidate) => candidate,
+                Step::Skip(place, why) => {
+                    tried.push((place, why));
+                    continue;
+                }
+            };
+            if !path.is_file() {
+                tried.push((path, "no such file".into()));
+                continue;
+            }
+            match Plugin::load_path(&path, source) {
                 Ok(p) => return Ok(p),
-                Err(e) => tried.push((candidate, e.to_string())),
+                Err(Error::PluginNotFound { tried: why, .. }) if why.len() == 1 => tried.push((path, why[0].1.clone())),
+                Err(e) => tried.push((path, e.to_string())),
             }
         }
-        if tried.is_empty() {
-            tried.push((PathBuf::from("<none>"), "no candidate path".into()));
-        }
-        Err(Error::PluginNotFound { tried, hint: INSTALL_HINT.into() })
+        Err(Error::PluginNotFound { tried, hint: discovery::INSTALL_HINT.into() })
     }
 
     /// Loads the plugin at exactly `path` (once per process; later calls share it).
@@ -95,6 +123,7 @@ impl Plugin {
         if let Some(p) = plugins.get(&key) {
             return Ok(p.clone());
         }
+        quiet_plugin_logs();
         let plugin = Arc::new(Plugin::open(&key, source)?);
         plugin.initialize()?;
         plugins.insert(key, plugin.clone());
@@ -104,10 +133,10 @@ impl Plugin {
     fn open(path: &Path, source: PluginSource) -> Result<Plugin> {
         let load_err = |reason: String| Error::PluginNotFound {
             tried: vec![(path.to_path_buf(), reason)],
-            hint: INSTALL_HINT.into(),
+            hint: discovery::INSTALL_HINT.into(),
         };
         // SAFETY: loading a shared library runs its initializers. We only load files the user
-        // named (or the plugin setup installed) as PJRT plugins, which is what they are for.
+        // named (or found where plugins are installed) as PJRT plugins, which is what they are for.
         let lib = unsafe { libloading::Library::new(path) }
             .map_err(|e| load_err(format!("dlopen failed: {e}")))?;
         type GetPjrtApi = unsafe extern "C" fn() -> *const ffi::PJRT_Api;
@@ -119,23 +148,34 @@ impl Plugin {
         let raw = unsafe { get_api() };
         let api = NonNull::new(raw as *mut ffi::PJRT_Api)
             .ok_or_else(|| load_err("GetPjrtApi returned null".into()))?;
-        let plugin = Plugin { path: path.to_path_buf(), source, api, _lib: lib };
+        // SAFETY: every PJRT_Api of every version starts with `size_t struct_size`; `api` is
+        // non-null and points to the plugin's static table, aligned as C aligns the struct.
+        let table_size = unsafe { std::ptr::addr_of!((*api.as_ptr()).struct_size).read() };
+        if table_size < TABLE_HEAD {
+            return Err(Error::Unsupported { function: "PJRT_Api.pjrt_api_version" });
+        }
+        let plugin = Plugin { path: path.to_path_buf(), source, api, table_size, _lib: lib };
         plugin.check_version()?;
         Ok(plugin)
     }
 
     fn check_version(&self) -> Result<()> {
         let (major, minor) = self.api_version();
-        let expected_major = ffi::PJRT_API_MAJOR as i32;
-        if major != expected_major {
-            return Err(Error::PluginVersion { path: self.path.clone(), major, minor, expected_major });
+        if major != ffi::PJRT_API_MAJOR {
+            return Err(Error::PluginVersion {
+                path: self.path.clone(),
+                major,
+                minor,
+                expected_major: ffi::PJRT_API_MAJOR,
+            });
         }
         Ok(())
     }
 
     fn initialize(&self) -> Result<()> {
-        let mut a = super::args!(PJRT_Plugin_Initialize_Args);
-        super::call!(self, PJRT_Plugin_Initialize, &mut a)
+        let mut a = ffi::PJRT_Plugin_Initialize_Args::new();
+        // SAFETY: the args are built by `new()` and carry no pointers.
+        unsafe { super::call!(self, PJRT_Plugin_Initialize, &mut a) }
     }
 
     /// The plugin's path.
@@ -150,119 +190,97 @@ impl Plugin {
 
     /// The PJRT C API version the plugin implements, `(major, minor)`.
     pub fn api_version(&self) -> (i32, i32) {
-        let v = &self.table().pjrt_api_version;
+        let api = self.api.as_ptr();
+        // SAFETY: `open` checked that the table holds at least `TABLE_HEAD` bytes, which
+        // include `pjrt_api_version`; read through a raw pointer, no reference to the table.
+        let v = unsafe { std::ptr::addr_of!((*api).pjrt_api_version).read() };
         (v.major_version, v.minor_version)
     }
 
-    fn table(&self) -> &ffi::PJRT_Api {
-        // SAFETY: `api` came from GetPjrtApi, points to a static table that lives as long as
-        // the library, which `self` keeps loaded. Its first fields (struct_size,
-        // extension_start, pjrt_api_version) exist in every API version.
-        unsafe { self.api.as_ref() }
+    /// The raw table, for [`entry!`](super::entry) and the extension walk.
+    pub(crate) fn api_ptr(&self) -> *const ffi::PJRT_Api {
+        self.api.as_ptr()
     }
 
-    /// The API table, once it is known to extend past `offset` (an entry's offset). Reading an
-    /// entry beyond the plugin's `struct_size` would read past the end of its table.
-    pub(crate) fn entry(&self, offset: usize, name: &'static str) -> Result<&ffi::PJRT_Api> {
-        let table = self.table();
-        if offset + std::mem::size_of::<usize>() > table.struct_size {
-            return Err(Error::Unsupported { function: name });
-        }
-        Ok(table)
+    /// Whether the plugin's table holds `end` bytes: whether a slot ending there exists.
+    pub(crate) fn table_covers(&self, end: usize) -> bool {
+        end <= self.table_size
     }
 
     /// Turns a `PJRT_Error*` into a `Result`: copies the message and code out and destroys the
     /// error at once, so `Error` owns plain Rust data.
-    pub(crate) fn check(&self, err: *mut ffi::PJRT_Error, call: &'static str) -> Result<()> {
+    ///
+    /// # Safety
+    /// `err` is null or an error that this plugin returned and that nothing destroyed yet; it
+    /// is destroyed here and must not be used afterwards.
+    pub(crate) unsafe fn check(&self, err: *mut ffi::PJRT_Error, call: &'static str) -> Result<()> {
         let Some(err) = NonNull::new(err) else { return Ok(()) };
-        let mut m = super::args!(PJRT_Error_Message_Args);
-        m.error = err.as_ptr();
-        let message = match self.entry(std::mem::offset_of!(ffi::PJRT_Api, PJRT_Error_Message), "")
-            .ok()
-            .and_then(|t| t.PJRT_Error_Message)
-        {
-            Some(f) => {
-                // SAFETY: `err` is a live error from this plugin; the message pointer it writes
-                // is valid until the error is destroyed, and we copy it before that.
-                unsafe { f(&mut m) };
-                if m.message.is_null() {
-                    String::new()
-                } else {
-                    // SAFETY: the plugin wrote `message_size` bytes at `message`.
-                    let bytes = unsafe { std::slice::from_raw_parts(m.message as *const u8, m.message_size) };
-                    String::from_utf8_lossy(bytes).into_owned()
-                }
-            }
-            None => "(plugin gave no error message)".into(),
-        };
-        let mut c = super::args!(PJRT_Error_GetCode_Args);
-        c.error = err.as_ptr();
-        let code = match self.table().PJRT_Error_GetCode {
-            // SAFETY: as above; GetCode only reads the live error. A failure to read the code
-            // leaves `Unknown`.
-            Some(f) => {
-                let e = unsafe { f(&mut c) };
-                if e.is_null() { ErrorCode::from_raw(c.code as i32) } else { ErrorCode::Unknown }
-            }
-            None => ErrorCode::Unknown,
-        };
-        let mut d = super::args!(PJRT_Error_Destroy_Args);
+        // SAFETY: `err` is a live error of this plugin (the caller's contract).
+        let message = unsafe { self.error_message(err) };
+        // SAFETY: as above.
+        let code = unsafe { self.error_code(err) };
+        let mut d = ffi::PJRT_Error_Destroy_Args::new();
         d.error = err.as_ptr();
-        if let Some(f) = self.table().PJRT_Error_Destroy {
+        if let Ok(destroy) = super::entry!(self, PJRT_Error_Destroy) {
             // SAFETY: `err` is destroyed exactly once, here, after its message was copied.
-            unsafe { f(&mut d) };
+            unsafe { destroy(&mut d) };
         }
         Err(Error::Pjrt { call, code, message })
     }
+
+    /// # Safety
+    /// `err` is a live error of this plugin.
+    unsafe fn error_message(&self, err: NonNull<ffi::PJRT_Error>) -> String {
+        let Ok(message) = super::entry!(self, PJRT_Error_Message) else {
+            return "(plugin gave no error message)".into();
+        };
+        let mut m = ffi::PJRT_Error_Message_Args::new();
+        m.error = err.as_ptr();
+        // SAFETY: `err` is live (the caller's contract); the message pointer it writes is
+        // valid until the error is destroyed, and we copy it before that.
+        unsafe { message(&mut m) };
+        // SAFETY: the plugin wrote `message_size` bytes at `message`, owned by `err`.
+        unsafe { plugin_str(m.message, m.message_size) }
+    }
+
+    /// # Safety
+    /// `err` is a live error of this plugin.
+    unsafe fn error_code(&self, err: NonNull<ffi::PJRT_Error>) -> ErrorCode {
+        let Ok(get_code) = super::entry!(self, PJRT_Error_GetCode) else { return ErrorCode::Unknown };
+        let mut c = ffi::PJRT_Error_GetCode_Args::new();
+        c.error = err.as_ptr();
+        // SAFETY: GetCode only reads the live error. A failure to read the code leaves
+        // `Unknown` (and that second error is leaked rather than risk recursing).
+        let failed = unsafe { get_code(&mut c) };
+        if failed.is_null() { ErrorCode::from_raw(c.code as i32) } else { ErrorCode::Unknown }
+    }
 }
 
-/// The paths to try, in order, with how each was found.
-fn candidates(explicit: Option<&Path>) -> Vec<(PathBuf, PluginSource)> {
-    if let Some(p) = explicit {
-        return vec![(p.to_path_buf(), PluginSource::Explicit)];
+/// Keeps the plugin's INFO logs (and absl's "All log messages before absl::InitializeLog()"
+/// warning that comes with the first of them) off the user's stderr: sets
+/// `TF_CPP_MIN_LOG_LEVEL=1` before the first plugin is loaded, unless the user set it or
+/// asked for the logs with `FLAXLAYER_PLUGIN_LOG=1`. Measured with the CPU plugins: level 1
+/// removes both lines and keeps warnings and errors.
+fn quiet_plugin_logs() {
+    let wants_logs = std::env::var_os(PLUGIN_LOG_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    if wants_logs || std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_some() {
+        return;
     }
-    if let Some(p) = std::env::var_os(PLUGIN_PATH_ENV).filter(|p| !p.is_empty()) {
-        return vec![(PathBuf::from(p), PluginSource::Env)];
-    }
-    let mut out = Vec::new();
-    for site in site_packages_dirs() {
-        for rel in std::iter::once(DEFAULT_PLUGIN).chain(FALLBACK_PLUGINS) {
-            out.push((site.join(rel), PluginSource::Installed));
-        }
-    }
-    out
-}
-
-/// `site-packages` directories of the virtualenvs where setup may have put a plugin:
-/// `$VIRTUAL_ENV`, `./.venv`, and this crate's own `.venv`.
-fn site_packages_dirs() -> Vec<PathBuf> {
-    let mut venvs: Vec<PathBuf> = Vec::new();
-    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
-        venvs.push(PathBuf::from(v));
-    }
-    venvs.push(PathBuf::from(".venv"));
-    venvs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    let mut out = Vec::new();
-    for venv in venvs {
-        let Ok(entries) = std::fs::read_dir(venv.join("lib")) else { continue };
-        let mut pythons: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python")))
-            .collect();
-        pythons.sort();
-        out.extend(pythons.into_iter().map(|p| p.join("site-packages")));
-    }
-    out.dedup();
-    out
+    // Setting the environment races with C code reading it on other threads. It happens
+    // once, under the plugin registry lock, before the plugin (the only reader of this
+    // variable) is loaded; Rust's own readers take std's environment lock.
+    std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");
 }
 
 /// Copies a (pointer, length) string the plugin owns.
-pub(crate) fn plugin_str(ptr: *const std::os::raw::c_char, len: usize) -> String {
+///
+/// # Safety
+/// `ptr` is null or points to `len` readable bytes that stay valid during the call.
+pub(crate) unsafe fn plugin_str(ptr: *const std::os::raw::c_char, len: usize) -> String {
     if ptr.is_null() {
         return String::new();
     }
-    // SAFETY: PJRT returns (pointer, size) pairs that are valid for as long as the object that
-    // owns them; callers copy them out immediately.
+    // SAFETY: the caller's contract.
     let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
     String::from_utf8_lossy(bytes).into_owned()
 }

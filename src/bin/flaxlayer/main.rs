@@ -8,12 +8,13 @@ use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::{Bundle, JaxLayer, Mode, PyTree, Tensor};
 
 mod bench;
+mod plugin;
 mod train;
 
 #[derive(Parser)]
 #[command(name = "flaxlayer", version, about = "Run Flax (JAX) bundles through PJRT")]
 struct Cli {
-    /// PJRT plugin .so (default: $PJRT_PLUGIN_PATH, else the CPU plugin setup installed).
+    /// PJRT plugin .so (default: $PJRT_PLUGIN_PATH, else the first found: see `flaxlayer plugin show`).
     #[arg(long, global = true)]
     plugin: Option<PathBuf>,
     /// Treat the bundle as untrusted: compile it in a child process with a time limit, so a
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a bundle with a train section on a safetensors data set; optionally checkpoint.
     Train(train::TrainArgs),
+    /// Which PJRT plugin loads; install the CPU plugin for this user.
+    Plugin(plugin::PluginArgs),
     /// Compile a program read on stdin and write the executable to stdout (the child process
     /// of --untrusted; not for direct use).
     #[command(name = "compile-worker", hide = true)]
@@ -100,11 +103,6 @@ struct RunArgs {
 }
 
 fn main() {
-    // The CPU plugins log through absl at INFO on stderr; keep that to warnings unless the user
-    // asked otherwise. Set before any thread starts.
-    if std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
-        std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");
-    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -126,6 +124,7 @@ fn run(cli: Cli) -> Result<()> {
             let (mut stdin, mut stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
             Ok(flaxlayer::layer::isolate::run_worker(&request, &mut stdin, &mut stdout)?)
         }
+        Command::Plugin(args) => plugin::run(args, common.plugin),
     }
 }
 

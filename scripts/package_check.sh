@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Checks that `cargo package` gives a crate that stands alone: unpacks the .crate into a temp
+# directory (no .venv, no hlo/, no scripts, no build-machine paths reachable from it), then
+# builds it and runs its unit tests there.
+#
+# Unit tests that need a PJRT plugin get it the way a user of the published crate would:
+# through PJRT_PLUGIN_PATH, pointed at the CPU plugin that setup.sh installed (the only
+# thing taken from this checkout). Compiled dependencies are shared through
+# target/package_check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+plugin=$(ls "$repo"/.venv/lib/python3*/site-packages/lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so 2>/dev/null | head -n1 || true)
+[ -n "$plugin" ] || { echo "package_check: no CPU plugin in .venv; run scripts/setup.sh" >&2; exit 1; }
+
+cargo package --locked --allow-dirty --no-verify --quiet
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+crate="$repo/target/package/flaxlayer-$version.crate"
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+tar -xzf "$crate" -C "$tmp"
+cd "$tmp/flaxlayer-$version"
+# The tarball keeps the files' times, so cargo would take the previous run's build (made in
+# another temp directory, with its paths compiled in) as up to date: make every file new.
+find . -type f -exec touch {} +
+[ ! -e .venv ] && [ ! -e hlo/mlp ] && [ ! -e scripts ] || { echo "package_check: the package holds more than it should" >&2; exit 1; }
+
+export CARGO_TARGET_DIR="$repo/target/package_check"
+export PJRT_PLUGIN_PATH="$plugin"
+unset VIRTUAL_ENV
+export FLAXLAYER_CACHE=0
+echo "== package: build (default features, then the library alone) and unit tests in $PWD"
+cargo build --locked --quiet
+cargo build --locked --quiet --no-default-features --lib
+cargo test --locked --quiet --lib

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs a fixed sample of the PJRT and layer tests under valgrind memcheck: any invalid read or
+# write, use after free or other memcheck error fails (exit 1). The only suppressions are the
+# plugin-internal ones in scripts/valgrind.supp, each justified there. Installs valgrind with
+# apt if it is missing. The sample is fixed and small (valgrind runs ~50x slower): it covers
+# compile, deserialize, execute with and without donation, host<->device copies (both paths),
+# error conversion, fake short plugin tables, foreign devices, FFI handler registration and a
+# FlaxLayer training/save/load cycle.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v valgrind >/dev/null; then
+  echo "[valgrind] installing valgrind" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind >/dev/null
+fi
+
+export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
+
+# The test executable cargo builds for `cargo test <args>`.
+test_binary() {
+  cargo test --locked "$@" --no-run 2>&1 | sed -n 's/^ *Executable .* (\(.*\))$/\1/p' | tail -n1
+}
+
+memcheck() {
+  local binary=$1; shift
+  echo "== valgrind $(basename "$binary"): $*"
+  valgrind --quiet --error-exitcode=1 --suppressions=scripts/valgrind.supp \
+    "$binary" --exact --test-threads=1 "$@"
+}
+
+memcheck "$(test_binary --test pjrt)" \
+  serialized_executable_runs_the_same \
+  donated_input_is_consumed_and_borrowed_input_is_kept \
+  buffers_round_trip_typed_slices \
+  malformed_mlir_is_a_pjrt_error \
+  a_device_or_buffer_of_another_client_is_refused \
+  a_plugin_missing_an_entry_point_is_unsupported_not_a_crash \
+  a_table_too_short_for_its_version_is_refused_without_reading_past_it
+memcheck "$(test_binary --lib)" \
+  pjrt::xla_ffi::tests::the_cpu_plugin_has_the_ffi_extension \
+  pjrt::xla_ffi::tests::a_registered_handler_runs_in_a_custom_call
+memcheck "$(test_binary --test layer)" \
+  dropout_masks_differ_between_steps_and_from_inference \
+  save_then_load_gives_the_same_outputs_variables_and_key

@@ -1,0 +1,105 @@
+//! Plugin discovery as a deployed binary sees it: `flaxlayer plugin show` run from a directory
+//! without `.venv`, with `PJRT_PLUGIN_PATH` and `VIRTUAL_ENV` unset and a private
+//! `XDG_DATA_HOME` (the per-user plugin directory), and `flaxlayer plugin install`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn venv_plugin() -> PathBuf {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    let python = std::fs::read_dir(&lib)
+        .expect("./.venv (scripts/setup.sh)")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python")))
+        .expect(".venv/lib/python3.*");
+    python.join("site-packages").join(flaxlayer::pjrt::DEFAULT_PLUGIN)
+}
+
+/// A scratch directory under the target directory (on the same file system as the binary).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// Runs `exe plugin ...` in `cwd` with no plugin configured and `data` as `XDG_DATA_HOME`.
+fn run(exe: &Path, args: &[&str], cwd: &Path, data: &Path) -> Output {
+    Command::new(exe)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("PJRT_PLUGIN_PATH")
+        .env_remove("VIRTUAL_ENV")
+        .env("XDG_DATA_HOME", data)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn when_nothing_loads_every_place_is_named_in_order() {
+    let dir = scratch();
+    let data = dir.path().join("data");
+    let out = run(Path::new(env!("CARGO_BIN_EXE_flaxlayer")), &["plugin", "show"], dir.path(), &data);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    let exe_dir = Path::new(env!("CARGO_BIN_EXE_flaxlayer")).parent().unwrap().canonicalize().unwrap();
+    let user_dir = data.join("flaxlayer/plugins");
+    let expected = [
+        "$PJRT_PLUGIN_PATH: not set".to_string(),
+        format!("{}: no such file", exe_dir.join("pjrt_c_api_cpu_plugin.so").display()),
+        format!("{}: no such file", exe_dir.join("libpjrt_cpu.so").display()),
+        "$VIRTUAL_ENV: not set".to_string(),
+        ".venv: no virtualenv here".to_string(),
+        format!("{}: no such file", user_dir.join("pjrt_c_api_cpu_plugin.so").display()),
+        format!("{}: no such file", user_dir.join("libpjrt_cpu.so").display()),
+        "flaxlayer plugin install".to_string(),
+    ];
+    let mut at = 0;
+    for line in &expected {
+        let found = err[at..].find(line.as_str()).unwrap_or_else(|| panic!("{line:?} missing (in order) from:\n{err}"));
+        at += found + line.len();
+    }
+    assert!(!err.contains("<none>"), "{err}");
+}
+
+#[test]
+fn a_plugin_next_to_the_executable_is_found() {
+    let dir = scratch();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join("flaxlayer");
+    std::fs::hard_link(env!("CARGO_BIN_EXE_flaxlayer"), &exe)
+        .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_flaxlayer"), &exe).map(drop))
+        .unwrap();
+    std::os::unix::fs::symlink(venv_plugin(), bin.join("pjrt_c_api_cpu_plugin.so")).unwrap();
+    let out = run(&exe, &["plugin", "show"], dir.path(), &dir.path().join("data"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("found: next to the executable"), "{stdout}");
+    assert!(stdout.contains("PJRT C API: 0."), "{stdout}");
+}
+
+#[test]
+fn plugin_install_fills_the_per_user_directory_that_discovery_reads() {
+    // pip downloads the pinned wheel with the machine's own index configuration (as
+    // scripts/setup.sh does); only its .so is unpacked.
+    let dir = scratch();
+    let data = dir.path().join("data");
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let exe = Path::new(env!("CARGO_BIN_EXE_flaxlayer"));
+    let out = run(exe, &["plugin", "install", "--python", python.to_str().unwrap()], dir.path(), &data);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let user_dir = data.join("flaxlayer/plugins");
+    let files: Vec<String> = std::fs::read_dir(&user_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["pjrt_c_api_cpu_plugin.so"]);
+    let out = run(exe, &["plugin", "show"], dir.path(), &data);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("found: the per-user plugin directory"), "{stdout}");
+    let installed = user_dir.join("pjrt_c_api_cpu_plugin.so").canonicalize().unwrap();
+    assert!(stdout.contains(&installed.display().to_string()), "{stdout}");
+}
