@@ -195,23 +195,23 @@ impl<L> Tree<L> {
         self.flatten_with_paths(root_name).into_iter().map(|(p, _)| p).collect()
     }
 
-    /// The same tree with every leaf mapped by `f`, which also gets the leaf's path.
-    pub fn map<'a, M>(&'a self, mut f: impl FnMut(&str, &'a L) -> M) -> Tree<M> {
-        fn walk<'a, L, M>(t: &'a Tree<L>, path: &str, f: &mut impl FnMut(&str, &'a L) -> M) -> Tree<M> {
+    /// The same tree with every leaf mapped by `f`.
+    pub fn map<'a, M>(&'a self, mut f: impl FnMut(&'a L) -> M) -> Tree<M> {
+        fn walk<'a, L, M>(t: &'a Tree<L>, f: &mut impl FnMut(&'a L) -> M) -> Tree<M> {
             match t {
-                Tree::Leaf(x) => Tree::Leaf(f(path, x)),
+                Tree::Leaf(x) => Tree::Leaf(f(x)),
                 Tree::None => Tree::None,
-                Tree::Tuple(c) => Tree::Tuple(c.iter().enumerate().map(|(i, c)| walk(c, &join(path, &i.to_string()), f)).collect()),
-                Tree::List(c) => Tree::List(c.iter().enumerate().map(|(i, c)| walk(c, &join(path, &i.to_string()), f)).collect()),
-                Tree::Dict(m) => Tree::Dict(m.iter().map(|(k, c)| (k.clone(), walk(c, &join(path, k), f))).collect()),
+                Tree::Tuple(c) => Tree::Tuple(c.iter().map(|c| walk(c, f)).collect()),
+                Tree::List(c) => Tree::List(c.iter().map(|c| walk(c, f)).collect()),
+                Tree::Dict(m) => Tree::Dict(m.iter().map(|(k, c)| (k.clone(), walk(c, f))).collect()),
             }
         }
-        walk(self, "", &mut f)
+        walk(self, &mut f)
     }
 
     /// The tree's structure.
     pub fn structure(&self) -> TreeDef {
-        self.map(|_, _| ())
+        self.map(|_| ())
     }
 
     /// The leaves in JAX's flatten order, moved out.
@@ -282,7 +282,7 @@ impl PyTree {
 
     /// Borrowed views of every leaf, for a call that should not copy the tensors.
     pub fn view(&self) -> TreeView<'_> {
-        self.map(|_, t| t.view())
+        self.map(Tensor::view)
     }
 }
 

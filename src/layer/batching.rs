@@ -10,6 +10,8 @@
 //!   inference (a decode cache) pads only up to the size its state was created at, and never
 //!   splits. Both are refused with [`Error::BatchSize`] at other sizes.
 
+use smallvec::SmallVec;
+
 use super::computation::Computation;
 use super::mode::Mode;
 use crate::bundle::Batching;
@@ -21,7 +23,7 @@ use crate::{DType, Error, Result, Tensor};
 pub(crate) struct Plan {
     /// `(first row, rows, index of the computation)`; the computation's batch size may be
     /// larger than `rows` (the rest is padding).
-    pub chunks: Vec<Chunk>,
+    pub chunks: SmallVec<[Chunk; 1]>,
     /// The batch size of the call.
     pub rows: usize,
 }
@@ -61,10 +63,9 @@ pub(crate) fn plan(comps: &[Computation], batching: &Batching, mode: Mode, leave
             return Err(Error::DTypeMismatch { what: format!("input {:?}", spec.name), expected: spec.dtype, got: leaf.dtype() });
         }
     }
-    let shapes: Vec<&[usize]> = leaves.iter().map(|l| l.shape()).collect();
-    if let Some(i) = comps.iter().position(|c| c.accepts(&shapes)) {
+    if let Some(i) = comps.iter().position(|c| c.accepts(leaves)) {
         let rows = leaves.first().and_then(|l| l.shape().first().copied()).unwrap_or(0);
-        return Ok(Plan { chunks: vec![Chunk { start: 0, len: rows, comp: i }], rows });
+        return Ok(Plan { chunks: smallvec::smallvec![Chunk { start: 0, len: rows, comp: i }], rows });
     }
     let sizes = batch_sizes(comps);
     let n = check_rows(first, &sizes, leaves)?;
@@ -89,13 +90,13 @@ pub(crate) fn plan(comps: &[Computation], batching: &Batching, mode: Mode, leave
     }
     let bucket = |rows: usize| comps.iter().enumerate().filter(|(_, c)| c.batch_size.is_some_and(|b| b >= rows)).min_by_key(|(_, c)| c.batch_size).map(|(i, _)| i);
     if let Some(comp) = bucket(n) {
-        return Ok(Plan { chunks: vec![Chunk { start: 0, len: n, comp }], rows: n });
+        return Ok(Plan { chunks: smallvec::smallvec![Chunk { start: 0, len: n, comp }], rows: n });
     }
     if batching.stateful {
         return Err(refuse("stateful inference pads only up to the batch its state was created at, and never splits a batch"));
     }
     let (largest, &max) = comps.iter().enumerate().filter_map(|(i, c)| c.batch_size.map(|b| (i, b))).max_by_key(|(_, b)| *b).map(|(i, _)| (i, &sizes[sizes.len() - 1])).ok_or_else(|| refuse("no exported batch size"))?;
-    let mut chunks = Vec::new();
+    let mut chunks = SmallVec::new();
     let mut start = 0;
     while start < n {
         let len = max.min(n - start);

@@ -240,8 +240,8 @@ impl Computation {
     }
 
     /// Whether every input leaf has exactly this computation's shape.
-    pub fn accepts(&self, shapes: &[&[usize]]) -> bool {
-        shapes.len() == self.inputs.len() && self.inputs.iter().zip(shapes).all(|(s, &d)| s.shape == d)
+    pub fn accepts(&self, leaves: &[&crate::tensor::TensorView<'_>]) -> bool {
+        leaves.len() == self.inputs.len() && self.inputs.iter().zip(leaves).all(|(s, l)| s.shape == l.shape())
     }
 
     /// Runs on the state's arrays and `inputs`. With `donate`, the state arguments marked

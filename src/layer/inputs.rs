@@ -36,7 +36,7 @@ impl AsInputs for PyTree {
 
 impl AsInputs for TreeView<'_> {
     fn as_inputs(&self) -> TreeView<'_> {
-        self.map(|_, v| v.clone())
+        self.map(TensorView::clone)
     }
 }
 

@@ -259,28 +259,31 @@ fn run_plan(
     let first = comps.first().ok_or_else(|| Error::invalid("method", "has no computations"))?;
     let leaves = first.inputs_tree.flatten(view)?;
     let plan = batching::plan(comps, batching, mode, &leaves)?;
-    let exact = plan.is_exact(comps);
-    let mut per_chunk = Vec::with_capacity(plan.chunks.len());
-    for chunk in &plan.chunks {
-        let comp = &comps[chunk.comp];
-        let inputs = upload_chunk(comp, &plan, chunk, exact, batching.pad_value, &leaves)?;
-        let outputs = run(comp, inputs)?;
-        per_chunk.push(outputs.iter().map(DeviceArray::to_tensor).collect::<Result<Vec<_>>>()?);
-    }
-    let tensors = if exact { per_chunk.pop().unwrap_or_default() } else { batching::assemble(&plan, &first.output_batched, per_chunk)? };
+    let tensors = if plan.is_exact(comps) {
+        // The common case, without padding or chunk bookkeeping.
+        let comp = &comps[plan.chunks[0].comp];
+        let inputs = leaves.iter().map(|l| comp.placement().upload(l)).collect::<Result<Vec<_>>>()?;
+        run(comp, inputs)?.iter().map(DeviceArray::to_tensor).collect::<Result<Vec<_>>>()?
+    } else {
+        let mut per_chunk = Vec::with_capacity(plan.chunks.len());
+        for chunk in &plan.chunks {
+            let comp = &comps[chunk.comp];
+            let inputs = upload_chunk(comp, &plan, chunk, batching.pad_value, &leaves)?;
+            let outputs = run(comp, inputs)?;
+            per_chunk.push(outputs.iter().map(DeviceArray::to_tensor).collect::<Result<Vec<_>>>()?);
+        }
+        batching::assemble(&plan, &first.output_batched, per_chunk)?
+    };
     match &first.outputs_tree {
         Some(tree) => tree.unflatten(tensors),
         None => Ok(PyTree::None),
     }
 }
 
-/// Uploads one chunk's inputs: the leaves as they are for an exact plan, else their rows of
-/// the chunk padded to the computation's batch size.
-fn upload_chunk(comp: &Computation, plan: &Plan, chunk: &batching::Chunk, exact: bool, pad: f64, leaves: &[&TensorView<'_>]) -> Result<Vec<DeviceArray>> {
+/// Uploads one chunk's inputs: the leaves' rows of the chunk, padded to the computation's
+/// batch size.
+fn upload_chunk(comp: &Computation, plan: &Plan, chunk: &batching::Chunk, pad: f64, leaves: &[&TensorView<'_>]) -> Result<Vec<DeviceArray>> {
     let placement = comp.placement();
-    if exact {
-        return leaves.iter().map(|l| placement.upload(l)).collect();
-    }
     let to = comp.batch_size.unwrap_or(chunk.len);
     debug_assert!(chunk.start + chunk.len <= plan.rows);
     leaves.iter().map(|l| placement.upload(&batching::rows(l, chunk.start, chunk.len, to, pad)?.view())).collect()

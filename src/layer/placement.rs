@@ -1,5 +1,7 @@
 //! Where a layer runs: a client and its device(s), and arrays held there.
 
+use smallvec::SmallVec;
+
 use crate::pjrt::{Buffer, Client, Device};
 use crate::tensor::TensorView;
 use crate::{Error, Result, Tensor};
@@ -40,7 +42,7 @@ impl Placement {
             .devices
             .iter()
             .map(|d| self.client.buffer_from_bytes(t.dtype(), &dims, t.as_bytes(), d))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<SmallVec<_>>>()?;
         Ok(DeviceArray { shards })
     }
 
@@ -54,13 +56,13 @@ impl Placement {
 /// An array on the device(s) of a placement: one buffer per device.
 #[derive(Debug)]
 pub(crate) struct DeviceArray {
-    shards: Vec<Buffer>,
+    shards: SmallVec<[Buffer; 1]>,
 }
 
 impl DeviceArray {
     /// An array held by one buffer on one device.
     pub fn single(buffer: Buffer) -> DeviceArray {
-        DeviceArray { shards: vec![buffer] }
+        DeviceArray { shards: smallvec::smallvec![buffer] }
     }
 
     /// The buffer of a single-device array.

@@ -103,7 +103,7 @@ fn check_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorView<'a> {
     dtype: DType,
-    shape: Vec<usize>,
+    shape: Cow<'a, [usize]>,
     data: Cow<'a, [u8]>,
 }
 
@@ -111,7 +111,7 @@ impl<'a> TensorView<'a> {
     /// A view of `bytes` as a `dtype` array of `shape`.
     pub fn new(dtype: DType, shape: Vec<usize>, data: &'a [u8]) -> Result<TensorView<'a>> {
         check_bytes(dtype, &shape, data)?;
-        Ok(TensorView { dtype, shape, data: Cow::Borrowed(data) })
+        Ok(TensorView { dtype, shape: Cow::Owned(shape), data: Cow::Borrowed(data) })
     }
 
     /// The element type.
@@ -136,7 +136,7 @@ impl<'a> TensorView<'a> {
 
     /// An owned copy.
     pub fn to_tensor(&self) -> Result<Tensor> {
-        Tensor::new(self.dtype, self.shape.clone(), &self.data)
+        Tensor::new(self.dtype, self.shape.to_vec(), &self.data)
     }
 
     /// A view of an `ndarray` view: borrowed when the array is in standard (C) order,
@@ -147,7 +147,7 @@ impl<'a> TensorView<'a> {
             Some(s) => Cow::Borrowed(bytemuck::cast_slice(s)),
             None => Cow::Owned(bytemuck::cast_slice(&array.iter().copied().collect::<Vec<T>>()).to_vec()),
         };
-        TensorView { dtype: T::DTYPE, shape, data }
+        TensorView { dtype: T::DTYPE, shape: Cow::Owned(shape), data }
     }
 }
 
@@ -178,7 +178,7 @@ impl AsView for TensorView<'_> {
 impl Tensor {
     /// A borrowed view of this tensor.
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { dtype: self.dtype, shape: self.shape.clone(), data: Cow::Borrowed(self.as_bytes()) }
+        TensorView { dtype: self.dtype, shape: Cow::Borrowed(&self.shape), data: Cow::Borrowed(self.as_bytes()) }
     }
 
     /// A tensor from raw little-endian bytes in C order. The byte length must be the shape's
