@@ -9,4 +9,6 @@ echo "== cargo test"
 cargo test --locked --all-targets
 cargo test --locked --doc
 echo "== pytest"
+# One test downloads wheels into target/pip-wheelhouse on its first run (marked `network`);
+# offline, run: .venv/bin/python -m pytest tests/python -q -m 'not network'
 .venv/bin/python -m pytest tests/python -q
