@@ -33,6 +33,8 @@ from flaxlayer_export.examples import digits as make_digits
 from flaxlayer_export.examples import models
 from flaxlayer_export.examples import registry as ee
 
+from bundlecmp import drift, tree_bytes  # tests/python
+
 REPO = Path(__file__).resolve().parents[2]
 HLO = REPO / "hlo"
 
@@ -319,18 +321,13 @@ def test_flax_layer_part_matches_flax():
 # determinism, other losses, errors
 # ---------------------------------------------------------------------------
 
-def _tree_bytes(root: Path):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_reexport_is_byte_identical(tmp_path):
+def test_reexport_matches_the_committed_bundles(tmp_path):
     names = ("digits", NAME, "lstm_train")
     ee.main(["--out-root", str(tmp_path / "a"), *names])
-    a = _tree_bytes(tmp_path / "a")
-    committed = {f"{n}/{k}": v for n in names for k, v in _tree_bytes(HLO / n).items()}
-    assert committed.keys() == a.keys()
-    drift = [k for k in a if a[k] != committed[k]]
-    assert not drift, f"committed hlo/ differs from a fresh export: {drift} (run scripts/export_examples.py)"
+    fresh = tree_bytes(tmp_path / "a")
+    committed = {f"{n}/{k}": v for n in names for k, v in tree_bytes(HLO / n).items()}
+    bad = drift(fresh, committed)
+    assert not bad, f"committed hlo/ differs from a fresh export: {bad} (run scripts/export_examples.py)"
 
 
 class Regressor(nn.Module):
