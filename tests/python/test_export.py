@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,6 @@ import ml_dtypes
 import pytest
 
 import jax
-import jax.numpy as jnp
 import flax
 import flax.linen as nn
 from flax.core import DenyList

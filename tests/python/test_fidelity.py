@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax.core import DenyList
 from jax import export as jax_export
 
 import flaxlayer_export as ef
