@@ -8,7 +8,7 @@
 Each workload is measured in rounds that ALTERNATE a JAX measurement (in this process: jit,
 numpy in, numpy out) and a `flaxlayer bench --json` run (a subprocess; and `--raw`, the plain
 PJRT loop, when the CLI has it). The reported number is the median of the per-round medians.
-Same modules (scripts/models.py) and the same variables (hlo/<b>/variables.safetensors) as the
+Same modules (flaxlayer_export.examples.models) and the same variables (hlo/<b>/variables.safetensors) as the
 bundles. Workloads:
   1. mlp b1 inference latency          target: flaxlayer <= 0.35x JAX, <= 1.1x raw
   2. cnn b256 inference throughput     target: flaxlayer >= 1.05x JAX samples/s
@@ -392,8 +392,7 @@ def main(argv=None) -> int:
 
     jax = jax_setup()
     import numpy as np
-    sys.path.insert(0, HERE)
-    import models
+    from flaxlayer_export.examples import models
 
     work = tempfile.mkdtemp(prefix="flaxlayer-bench-")
     # Steady-state runs compile in every process (cache off), as JAX compiles in-process.

@@ -7,10 +7,10 @@ scripts/setup.sh
 out=target/demo
 mkdir -p "$out"
 echo "== 1. Python: export Keras' FlaxLayer example (Conv/relu/avg_pool/Dense/softmax) with jax.export"
-.venv/bin/python scripts/export_flax.py scripts/models.py:MyFlaxModule \
+.venv/bin/flaxlayer-export flaxlayer_export.examples.models:MyFlaxModule \
   --input inputs=4,28,28,1:float32 --out "$out/cnn"
 echo "   and Dense+BatchNorm+Dropout, whose training calls update batch stats and draw dropout masks"
-.venv/bin/python scripts/export_flax.py scripts/models.py:DenseBNDropout \
+.venv/bin/flaxlayer-export flaxlayer_export.examples.models:DenseBNDropout \
   --input inputs=4,12:float32 --out "$out/dense_bn_dropout"
 echo "== 2. Rust: build"
 cargo build --release --locked --example demo --bin flaxlayer 2>&1 | tail -1

@@ -13,20 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import export
-from jax._src.export import _export
-from jax._src.interpreters import mlir as jax_mlir
-from jax._src.lib.mlir import ir, passmanager
 from safetensors.numpy import save_file
 
+from flaxlayer_export._jax_internals import stripped_module
+
 OUT = pathlib.Path(__file__).resolve().parent.parent / "hlo" / "pjrt"
-
-
-def stripped_module(exp):
-    """The exported module without debug locations, in JAX's MLIR context."""
-    with jax_mlir.make_ir_context():
-        module = ir.Module.parse(exp.mlir_module())
-        passmanager.PassManager.parse("builtin.module(strip-debuginfo)").run(module.operation)
-        return module, str(module), _export._module_to_bytecode(module)
 
 
 def mlp(x, w1, b1, w2, b2):
@@ -47,7 +38,7 @@ def write(name, fn, inputs, donate_argnums=(), text=False):
     jitted = jax.jit(fn, donate_argnums=donate_argnums)
     avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in inputs]
     exp = export.export(jitted, platforms=("cpu",))(*avals)
-    _, txt, bytecode = stripped_module(exp)
+    txt, bytecode = stripped_module(exp)
     (OUT / f"{name}.mlirbc").write_bytes(bytecode)
     if text:
         (OUT / f"{name}.mlir").write_text(txt)

@@ -2,7 +2,8 @@
 # Installs what flaxlayer needs to build and test, idempotently; quick when nothing is missing.
 # - Debian's libclang-dev (tests/abi_check's bindgen reads pjrt_c_api.h with it; the crate
 #   itself builds without it), if absent;
-# - .venv with every Python pin of scripts/requirements.txt (JAX, Flax, the PJRT CPU plugins).
+# - .venv with every Python pin of scripts/requirements.txt (JAX, Flax, the PJRT CPU plugins)
+#   and the exporter package scripts/flaxlayer_export installed in editable mode.
 # Nothing is written outside the repo except Debian packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +26,19 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PY --version)"
   $PY -m venv .venv
 fi
+# The stamp covers the pins, the package's pyproject.toml and this checkout's path (an editable
+# install points at it), so nothing is reinstalled when none of them changed.
 stamp=.venv/.requirements.sha256
-want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+want=$( { echo "$PWD"; cat scripts/requirements.txt scripts/pyproject.toml; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python requirements into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
+  rm -f "$stamp"
+fi
+# The exporter package, editable: .venv imports flaxlayer_export from this checkout's scripts/.
+where=$(.venv/bin/python -c 'import importlib.util as u; s = u.find_spec("flaxlayer_export"); print(s.submodule_search_locations[0] if s else "")')
+if [ ! -f "$stamp" ] || [ "$where" != "$PWD/scripts/flaxlayer_export" ]; then
+  log "installing the flaxlayer_export package (editable, scripts/) into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ./scripts
   echo "$want" > "$stamp"
 fi

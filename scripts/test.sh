@@ -24,4 +24,6 @@ scripts/valgrind.sh
 echo "== cargo package"
 scripts/package_check.sh
 echo "== pytest"
+# One test downloads wheels into target/pip-wheelhouse on its first run (marked `network`);
+# offline, run: .venv/bin/python -m pytest tests/python -q -m 'not network'
 .venv/bin/python -m pytest tests/python -q

@@ -33,3 +33,11 @@ def pair_fn(module, inputs):
 
 
 pair_model = PairModel()
+
+
+class TwoArgs(nn.Module):
+    """A method taking two arrays: the exporter passes one `inputs`, so it needs a wrapper."""
+
+    @nn.compact
+    def __call__(self, a, b):
+        return nn.Dense(2)(a) + b

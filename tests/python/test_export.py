@@ -1,4 +1,5 @@
-"""Tests of scripts/export_flax.py and the committed bundles under hlo/.
+"""Tests of flaxlayer_export.export_flax and the committed bundles under hlo/
+(flaxlayer_export.examples.registry writes them: scripts/export_examples.py).
 
 Run: .venv/bin/python -m pytest tests/python -q
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,20 +21,23 @@ import ml_dtypes
 import pytest
 
 import jax
-import jax.numpy as jnp
 import flax
 import flax.linen as nn
 from flax.core import DenyList
 from jax import export as jax_export
 
+import flaxlayer_export as ef
+from flaxlayer_export.cli import make_cli_inputs
+from flaxlayer_export.examples import models
+from flaxlayer_export.examples import registry as ee
+
+import fixture_model  # tests/python (pytest puts a test's directory on sys.path)
+from bundlecmp import drift, tree_bytes
+
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "scripts"
 HLO = REPO / "hlo"
 FIXTURE = Path(__file__).resolve().parent / "fixture_model.py"
-sys.path.insert(0, str(SCRIPTS))
-
-import export_flax as ef  # noqa: E402
-import export_examples as ee  # noqa: E402
+CLI = Path(sys.executable).parent / "flaxlayer-export"
 
 NAMES = list(ee.EXAMPLES)
 KEY_IMPL = "threefry2x32"
@@ -44,7 +47,17 @@ FORBIDDEN = re.compile(rb"/root|/home|/tmp|site-packages")
 # Expected Keras `training` detection per example.
 EXPECTED_TAKES_TRAINING = {
     "cnn": False, "wrapper": True, "dense_bn_dropout": True, "mixed": False,
-    "decoder": True, "mlp": False, "multi_platform": False,
+    "decoder": True, "mlp": False, "multi_platform": False, "actnorm": False,
+    "pretrained_mlp": False, "buckets": False, "bn_batch_stats": False, "decoder_b4": True,
+    "lstm": True, "linalg": False,
+}
+# Bundles whose computations may use custom calls, with the expected targets per computation.
+CUSTOM_CALLS = {
+    "lstm": {"init": ["lapack_sgeqrf_ffi", "lapack_sorgqr_ffi"]},
+    "linalg": {"inference": ["lapack_sgetrf_ffi", "lapack_spotrf_ffi", "lapack_ssyevd_ffi",
+                             "lapack_strsm_ffi"],
+               "training": ["lapack_sgetrf_ffi", "lapack_spotrf_ffi", "lapack_ssyevd_ffi",
+                            "lapack_strsm_ffi"]},
 }
 
 
@@ -97,6 +110,7 @@ class Bundle:
         self.mname = self.manifest["default_method"]
         self.takes_training = self.manifest["methods"][self.mname]["takes_training"]
         self.K0 = jax.random.key(self.seed, impl=KEY_IMPL)
+        self.given = ee.example_variables(name, self.module)
 
     # -- Flax oracle ----------------------------------------------------------
     def _kw(self, training):
@@ -129,6 +143,12 @@ class Bundle:
         return out, {**state_of(variables), **flax.core.unfreeze(mut)}
 
     # -- bundle contents ------------------------------------------------------
+    def expected_variables(self):
+        """What variables.safetensors must hold: the given variables, else Flax's init."""
+        if self.given is None:
+            return self.flax_init
+        return jax.tree_util.tree_map(np.asarray, self.given)
+
     def variables(self):
         """variables.safetensors as the Flax variables tree."""
         flat = self.variables_flat
@@ -190,6 +210,7 @@ def test_manifest(name):
     assert b.takes_training == EXPECTED_TAKES_TRAINING[name]
 
     # variables: flatten order of the variables dict, matching variables.safetensors
+    assert m["variables_origin"] == ("init" if b.given is None else "given")
     init_named = named(b.flax_init, "variables")
     assert [v["name"] for v in m["variables"]] == list(init_named)
     assert sorted(b.variables_flat) == sorted(init_named)
@@ -205,8 +226,12 @@ def test_manifest(name):
     assert files == {p.name for p in b.dir.glob("*.jaxexport")}
     batches = [e["batch_size"] for e in b.entries("inference")]
     assert batches == [e["batch_size"] for e in b.entries("training")]
-    assert batches == sorted(b.example.batch_sizes or
-                             [jax.tree_util.tree_leaves(b.inputs)[0].shape[0]])
+    sample_b = jax.tree_util.tree_leaves(b.inputs)[0].shape[0]
+    assert batches == ef.resolve_batch_sizes(b.example.batch_sizes, b.example.max_batch, sample_b)
+    want_files = {"manifest.json", "variables.safetensors", "golden.safetensors"} | files
+    if "inputs_file" in m["init"]:
+        want_files.add("init_inputs.safetensors")
+    assert {p.name for p in b.dir.iterdir()} == want_files
 
     inputs_spec = [{"name": n, "dtype": np.asarray(x).dtype.name, "shape": list(np.shape(x))}
                    for n, x in named(b.inputs, "inputs").items()]
@@ -286,8 +311,12 @@ def test_roles_match_exported(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_exported_artifact_properties(name):
-    """Concrete shapes, VHLO portable artifact, no debug locations."""
+    """Concrete shapes, VHLO portable artifact, no debug locations, custom calls listed."""
     b = get_bundle(name)
+    m = b.manifest
+    entries = {m["init"]["file"]: ("init", m["init"])}
+    for mode in ("inference", "training"):
+        entries.update({e["file"]: (mode, e) for e in b.entries(mode)})
     for f in sorted(b.dir.glob("*.jaxexport")):
         exp = b.exported(f.name)
         assert exp.mlir_module_serialized.startswith(b"ML\xefR")
@@ -299,11 +328,15 @@ def test_exported_artifact_properties(name):
         text = exp.mlir_module()
         assert 'loc("' not in text, f"{f.name} still has named locations"
         assert "callsite" not in text
-        assert "custom_call" not in text, f"{f.name} has a custom call"
         if len(exp.platforms) > 1:
             assert "_platform_index" in text
-        # donation: state (and key for training) are aliased / donated
         assert exp.fun_name in ("init", f"{b.mname}.inference", f"{b.mname}.training")
+        # custom_call_targets: what the MLIR text says, and what the example is known to need
+        kind, entry = entries[f.name]
+        in_text = sorted(set(re.findall(r"stablehlo\.custom_call @([A-Za-z0-9_.$-]+)", text)))
+        assert entry["custom_call_targets"] == in_text, f.name
+        assert entry["custom_call_targets"] == CUSTOM_CALLS.get(name, {}).get(kind, []), f.name
+        assert ("custom_call" in text) == bool(in_text)
 
 
 # ---------------------------------------------------------------------------
@@ -317,8 +350,8 @@ def test_init_matches_flax(name):
     key = jax.random.key_data(b.K0)
     got = init.call(key, b.init_inputs)
     assert_tree_same(got, b.flax_init, "variables", "init vs flax", exact=True)
-    # the committed variables are the init'd ones
-    assert_tree_same(b.variables(), b.flax_init, "variables", "variables.safetensors", exact=True)
+    # the committed variables are the init'd ones (or the given ones)
+    assert_tree_same(b.variables(), b.expected_variables(), "variables", "variables.safetensors", exact=True)
     # params equal plain module.init(jax.random.key(seed), ...)
     plain = jax.jit(lambda k, x: b.module.init(k, x, method=b.method, **b._kw(True)))(
         jax.random.key(b.seed), b.init_inputs)
@@ -391,11 +424,21 @@ def test_golden_matches_flax(name):
         expected_keys.add(f"after_training/{n}")
     assert_same(g["key/after_training"], jax.random.key_data(K), "key/after_training", exact=True)
     expected_keys.add("key/after_training")
-    if name == "decoder":
-        expected_keys |= {"greedy/prompt", "greedy/tokens"}
+    if b.given is not None or "inputs_file" in b.manifest["init"]:
+        for n, x in named(b.flax_init, "variables").items():
+            assert_same(g[f"init/{n}"], x, f"init/{n}", exact=True)
+            expected_keys.add(f"init/{n}")
+    expected_keys |= EXTRA_GOLDEN.get(name, set())
     assert set(g) == expected_keys
     if b.manifest["variables"] and any(v["collection"] != "params" for v in b.manifest["variables"]):
         assert any(k.startswith("after_training/") for k in g)
+
+
+EXTRA_GOLDEN = {
+    "decoder": {"greedy/prompt", "greedy/tokens"},
+    "decoder_b4": {f"greedy/{n}/{k}" for n in (3, 4) for k in ("prompt", "tokens")},
+    "buckets": {"rows/a", "rows/b"} | {f"exact/{n}/{i}" for n in range(1, 41) for i in (0, 1)},
+}
 
 
 def test_training_changes_things():
@@ -447,25 +490,23 @@ def test_decoder_greedy():
 # determinism, portability
 # ---------------------------------------------------------------------------
 
-def _tree_bytes(root: Path):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def test_reexport_matches_the_committed_bundles(tmp_path):
+    """A fresh export of every example equals the committed files (golden floats up to ulps
+    between CPUs, see bundlecmp.py); the committed files were written by another process."""
+    fresh, committed = {}, {}
+    for n in NAMES:
+        ee.export_example(n, str(tmp_path / n))
+        fresh.update({f"{n}/{k}": v for k, v in tree_bytes(tmp_path / n).items()})
+        committed.update({f"{n}/{k}": v for k, v in tree_bytes(HLO / n).items()})
+    bad = drift(fresh, committed)
+    assert not bad, f"committed hlo/ differs from a fresh export: {bad} (run scripts/export_examples.py)"
 
 
-def test_reexport_is_byte_identical(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for n in NAMES:
-        ee.export_example(n, str(a / n))
-        ee.export_example(n, str(b / n))
-    ta, tb = _tree_bytes(a), _tree_bytes(b)
-    assert ta.keys() == tb.keys()
-    for k in ta:
-        assert ta[k] == tb[k], f"{k} differs between two exports"
-    committed = {}
-    for n in NAMES:
-        committed.update({f"{n}/{k}": v for k, v in _tree_bytes(HLO / n).items()})
-    assert committed.keys() == ta.keys()
-    drift = [k for k in ta if ta[k] != committed[k]]
-    assert not drift, f"committed hlo/ differs from a fresh export: {drift} (run scripts/export_examples.py)"
+def test_export_twice_is_byte_identical(tmp_path):
+    for d in ("a", "b"):
+        ee.export_example("actnorm", str(tmp_path / d))
+    a, b = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b")
+    assert a == b and "init_inputs.safetensors" in a
 
 
 def test_no_absolute_paths_in_hlo():
@@ -479,7 +520,9 @@ def test_no_absolute_paths_in_hlo():
 def test_safetensors_readable_by_library():
     import safetensors.flax
     for n in NAMES:
-        for f in ("variables.safetensors", "golden.safetensors"):
+        for f in ("variables.safetensors", "golden.safetensors", "init_inputs.safetensors"):
+            if not (HLO / n / f).exists():
+                continue
             lib = safetensors.flax.load_file(str(HLO / n / f))
             own, meta = ef.read_safetensors(str(HLO / n / f))
             assert sorted(lib) == sorted(own)
@@ -512,12 +555,12 @@ def test_new_collection_in_apply_is_rejected(tmp_path):
 
 def test_batch_sizes_must_include_sample_batch(tmp_path):
     with pytest.raises(ValueError, match="sample batch"):
-        ef.export_flax(ee.models.TinyDense(), np.ones((2, 3), np.float32), str(tmp_path / "x"),
+        ef.export_flax(models.TinyDense(), np.ones((2, 3), np.float32), str(tmp_path / "x"),
                        batch_sizes=[1, 8])
 
 
 def test_given_variables_are_bundled(tmp_path):
-    mod = ee.models.TinyDense()
+    mod = models.TinyDense()
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     v = {"params": {"Dense_0": {"kernel": np.full((3, 4), 0.5, np.float32),
                                 "bias": np.arange(4, dtype=np.float32)}}}
@@ -555,26 +598,26 @@ def test_stateless_module_without_params(tmp_path):
 
 
 def test_takes_training_detection():
-    m = ee.models.DenseBNDropout()
+    m = models.DenseBNDropout()
     assert ef.takes_training(m, None)
-    assert not ef.takes_training(ee.models.MLP(), None)
-    assert ef.takes_training(ee.models.TwoInputModule(), ee.models.my_flax_module_wrapper)
-    assert not ef.takes_training(ee.models.TwoInputModule(), "forward")
-    assert ef.method_name_of(ee.models.my_flax_module_wrapper) == "my_flax_module_wrapper"
+    assert not ef.takes_training(models.MLP(), None)
+    assert ef.takes_training(models.TwoInputModule(), models.my_flax_module_wrapper)
+    assert not ef.takes_training(models.TwoInputModule(), "forward")
+    assert ef.method_name_of(models.my_flax_module_wrapper) == "my_flax_module_wrapper"
     assert ef.method_name_of("forward") == "forward"
     assert ef.method_name_of(None) == "__call__"
 
 
 def test_cli_input_structure():
     f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
-    x = ef.make_cli_inputs([("inputs", (2, 3), f32)])
+    x = make_cli_inputs([("inputs", (2, 3), f32)])
     assert isinstance(x, np.ndarray) and x.shape == (2, 3)
-    t = ef.make_cli_inputs([("1", (2, 5), i32), ("0", (2, 3), f32)])
+    t = make_cli_inputs([("1", (2, 5), i32), ("0", (2, 3), f32)])
     assert isinstance(t, tuple) and t[0].shape == (2, 3) and t[1].dtype == i32
     assert t[1].min() >= 0 and t[1].max() < 10
-    d = ef.make_cli_inputs([("x", (2, 3), f32)])
+    d = make_cli_inputs([("x", (2, 3), f32)])
     assert isinstance(d, dict) and list(d) == ["x"]
-    a = ef.make_cli_inputs([("inputs", (4,), f32)])
+    a = make_cli_inputs([("inputs", (4,), f32)])
     np.testing.assert_array_equal(a, np.random.default_rng(0).standard_normal((4,)).astype(np.float32))
 
 
@@ -583,8 +626,7 @@ def test_cli_input_structure():
 # ---------------------------------------------------------------------------
 
 def _run_cli(*args):
-    r = subprocess.run([sys.executable, str(SCRIPTS / "export_flax.py"), *args],
-                       capture_output=True, text=True, cwd=str(REPO))
+    r = subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=str(REPO))
     assert r.returncode == 0, r.stderr
     return r
 
@@ -619,9 +661,7 @@ def test_cli_bare_array(tmp_path):
     out = tmp_path / "tiny"
     _run_cli(f"{FIXTURE}:make_model", "--input", "inputs=4,5:float32", "--out", str(out),
              "--batch-sizes", "2,4")
-    sys.path.insert(0, str(FIXTURE.parent))
-    import fixture_model
-    inputs = ef.make_cli_inputs([("inputs", (4, 5), np.dtype(np.float32))])
+    inputs = make_cli_inputs([("inputs", (4, 5), np.dtype(np.float32))])
     man = _check_bundle_against_flax(out, fixture_model.TinyModel(), None, inputs, True)
     assert man["module"] == "TinyModel" and man["default_method"] == "__call__"
     assert [e["batch_size"] for e in man["methods"]["__call__"]["inference"]] == [2, 4]
@@ -634,9 +674,7 @@ def test_cli_tuple_inputs_and_function_method(tmp_path):
     out = tmp_path / "pair"
     _run_cli(f"{FIXTURE}:pair_model", "--input", "0=3,4:float32", "--input", "1=3,2:int32",
              "--method", "pair_fn", "--out", str(out), "--seed", "0")
-    sys.path.insert(0, str(FIXTURE.parent))
-    import fixture_model
-    inputs = ef.make_cli_inputs([("0", (3, 4), np.dtype(np.float32)), ("1", (3, 2), np.dtype(np.int32))])
+    inputs = make_cli_inputs([("0", (3, 4), np.dtype(np.float32)), ("1", (3, 2), np.dtype(np.int32))])
     assert isinstance(inputs, tuple)
     man = _check_bundle_against_flax(out, fixture_model.PairModel(), fixture_model.pair_fn, inputs, False)
     assert man["default_method"] == "pair_fn"

@@ -1,5 +1,5 @@
-"""Tests of scripts/export_train.py, the training bundle hlo/digits_train and the digits data
-(hlo/digits, scripts/make_digits.py).
+"""Tests of flaxlayer_export.export_train_step, the training bundles hlo/digits_train and
+hlo/lstm_train and the digits data (hlo/digits, flaxlayer_export.examples.digits).
 
 Run: .venv/bin/python -m pytest tests/python -q
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,17 @@ import optax
 from flax.core import DenyList
 from jax import export as jax_export
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "scripts"
-HLO = REPO / "hlo"
-sys.path.insert(0, str(SCRIPTS))
+import flaxlayer_export as ef
+from flaxlayer_export import batch_order
+from flaxlayer_export import train as et
+from flaxlayer_export.examples import digits as make_digits
+from flaxlayer_export.examples import models
+from flaxlayer_export.examples import registry as ee
 
-import export_flax as ef  # noqa: E402
-import export_examples as ee  # noqa: E402
-import export_train as et  # noqa: E402
-import make_digits  # noqa: E402
+from bundlecmp import drift, tree_bytes  # tests/python
+
+REPO = Path(__file__).resolve().parents[2]
+HLO = REPO / "hlo"
 
 NAME = "digits_train"
 BUNDLE = HLO / NAME
@@ -81,7 +82,7 @@ def test_batch_order_golden_and_batches():
     b = et.epoch_batches(0, 0, 10, 4)
     assert len(b) == 2 and np.concatenate(b).tolist() == documented_permutation(0, 0, 10)[:8]
     # splitmix64 from state 0 (Vigna's reference outputs)
-    r = et._SplitMix64(0)
+    r = batch_order.SplitMix64(0)
     assert (r.next(), r.next()) == (0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4)
 
 
@@ -253,6 +254,8 @@ def test_exported_train_step_reproduces_jax():
     for n, a in ef.named_leaves({"params": p, **s}, "variables"):
         np.testing.assert_array_equal(np.asarray(a), g[f"train/after/{n}"], err_msg=n)
     np.testing.assert_array_equal(np.asarray(key), g["train/key_after"])
+    for n, a in opt_state.items():
+        np.testing.assert_array_equal(np.asarray(a), g[f"train/after/opt_state/{n}"], err_msg=n)
     # and an independent optax loop agrees
     op, os_, oopt, olosses, oaccs, K = oracle_loop(params, state, et.GOLDEN_STEPS)
     np.testing.assert_allclose(olosses, g["train/loss"], rtol=1e-5)
@@ -317,19 +320,13 @@ def test_flax_layer_part_matches_flax():
 # determinism, other losses, errors
 # ---------------------------------------------------------------------------
 
-def _tree_bytes(root: Path):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_reexport_is_byte_identical(tmp_path):
-    ee.main(["--out-root", str(tmp_path / "a"), "digits", NAME])
-    ee.main(["--out-root", str(tmp_path / "b"), "digits", NAME])
-    a, b = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
-    assert a == b
-    committed = {f"{n}/{k}": v for n in ("digits", NAME) for k, v in _tree_bytes(HLO / n).items()}
-    assert committed.keys() == a.keys()
-    drift = [k for k in a if a[k] != committed[k]]
-    assert not drift, f"committed hlo/ differs from a fresh export: {drift} (run scripts/export_examples.py)"
+def test_reexport_matches_the_committed_bundles(tmp_path):
+    names = ("digits", NAME, "lstm_train")
+    ee.main(["--out-root", str(tmp_path / "a"), *names])
+    fresh = tree_bytes(tmp_path / "a")
+    committed = {f"{n}/{k}": v for n in names for k, v in tree_bytes(HLO / n).items()}
+    bad = drift(fresh, committed)
+    assert not bad, f"committed hlo/ differs from a fresh export: {bad} (run scripts/export_examples.py)"
 
 
 class Regressor(nn.Module):
@@ -386,7 +383,9 @@ def variables_tree(flat):
 def test_bad_batches_are_refused(tmp_path):
     x = np.zeros((4, 3), np.float32)
     with pytest.raises(ValueError, match="int32 labels"):
-        et.export_train_step(Regressor(), {"x": x, "y": np.zeros(4, np.int64)}, str(tmp_path))
+        et.export_train_step(Regressor(), {"x": x, "y": np.zeros(4, np.float32)}, str(tmp_path))
+    with pytest.raises(ValueError, match="int32 labels"):
+        et.export_train_step(Regressor(), {"x": x, "y": np.zeros((4, 1), np.int32)}, str(tmp_path))
     with pytest.raises(ValueError, match="float targets"):
         et.export_train_step(Regressor(), {"x": x, "y": np.zeros((4, 2), np.int32)}, str(tmp_path), loss="mse")
     with pytest.raises(ValueError, match="loss must be one of"):
@@ -395,3 +394,97 @@ def test_bad_batches_are_refused(tmp_path):
         et.export_train_step(Regressor(), {"x": x, "y": np.zeros(5, np.int32)}, str(tmp_path))
     with pytest.raises(ValueError, match='"x"'):
         et.export_train_step(Regressor(), {"inputs": x, "y": np.zeros(4, np.int32)}, str(tmp_path))
+
+
+def test_int64_labels_are_canonicalised(tmp_path):
+    """numpy's default int64 labels become int32, as jax.jit would pass them."""
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    m = et.export_train_step(Regressor(), {"x": x, "y": np.array([0, 1, 1, 0])}, str(tmp_path / "b"),
+                             rng_streams=())
+    assert m["train"]["batch"] == [{"name": "x", "dtype": "float32", "shape": [4, 3]},
+                                   {"name": "y", "dtype": "int32", "shape": [4]}]
+
+
+# ---------------------------------------------------------------------------
+# hlo/lstm_train: an LSTM + GRU classifier (LAPACK custom calls in init)
+# ---------------------------------------------------------------------------
+
+LSTM = HLO / "lstm_train"
+
+
+def lstm_file(f):
+    return jax_export.deserialize(bytearray((LSTM / f).read_bytes()))
+
+
+def test_lstm_train_manifest_and_init():
+    m = json.loads((LSTM / "manifest.json").read_text())
+    t = m["train"]
+    assert (t["loss"], t["optimizer"], t["batch_size"], t["metrics"]) == (
+        "softmax_cross_entropy", "adam(learning_rate=0.01)", 8, ["accuracy", "loss"])
+    assert t["batch"] == [{"name": "x", "dtype": "float32", "shape": [8, 6, 3]},
+                          {"name": "y", "dtype": "int32", "shape": [8]}]
+    assert m["init"]["custom_call_targets"] == ["lapack_sgeqrf_ffi", "lapack_sorgqr_ffi"]
+    data = ee.sequence_data()
+    got = lstm_file(m["init"]["file"]).call(np.asarray(jax.random.key_data(jax.random.key(0))),
+                                            data["x_train"][:8])
+    ref = flax.core.unfreeze(models.LSTMClassifier().init(
+        {"params": jax.random.key(0), "dropout": jax.random.key(0)}, data["x_train"][:8], training=True))
+    flat = ef.read_safetensors(str(LSTM / "variables.safetensors"))[0]
+    for n, a in ef.named_leaves(ref, "variables"):
+        np.testing.assert_array_equal(np.asarray(a), flat[n], err_msg=n)
+    for n, a in ef.named_leaves(got, "variables"):
+        np.testing.assert_array_equal(np.asarray(a), flat[n], err_msg=n)
+    # the recurrent kernels are orthogonal (what the QR custom calls are for)
+    hh = ref["params"]["OptimizedLSTMCell_0"]["hi"]["kernel"]
+    np.testing.assert_allclose(hh.T @ hh, np.eye(hh.shape[1]), atol=1e-5)
+
+
+def test_lstm_two_train_steps_equal_jax():
+    """The exported train_step twice from the bundled variables == golden (bit for bit on
+    CPU) and == an independent optax loop within 1e-5."""
+    m = json.loads((LSTM / "manifest.json").read_text())
+    t = m["train"]
+    g = ef.read_safetensors(str(LSTM / "golden.safetensors"))[0]
+    v = variables_tree(ef.read_safetensors(str(LSTM / "variables.safetensors"))[0])
+    params = v["params"]
+    data = ee.sequence_data()
+    x, y = data["x_train"], data["y_train"]
+    step = lstm_file(t["train_step"]["file"])
+    opt_state = lstm_file(t["init_opt_state"]["file"]).call(params)
+    key = np.asarray(jax.random.key_data(jax.random.key(0)))
+    perm = documented_permutation(0, 0, len(y))
+    p, losses = params, []
+    for i in range(2):
+        idx = perm[i * 8:(i + 1) * 8]
+        p, _, opt_state, key, mets = step.call(p, {}, opt_state, key, {"x": x[idx], "y": y[idx]})
+        losses.append(np.float32(mets["loss"]))
+    assert g["train/loss"].shape == (2,)
+    np.testing.assert_array_equal(np.asarray(losses), g["train/loss"])
+    for n, a in ef.named_leaves({"params": p}, "variables"):
+        np.testing.assert_array_equal(np.asarray(a), g[f"train/after/{n}"], err_msg=n)
+    for n, a in opt_state.items():
+        np.testing.assert_array_equal(np.asarray(a), g[f"train/after/opt_state/{n}"], err_msg=n)
+    np.testing.assert_array_equal(np.asarray(key), g["train/key_after"])
+
+    # independent oracle: optax adam(0.01) on module.apply, dropout key from the RNG contract
+    module = models.LSTMClassifier()
+    opt = optax.adam(0.01)
+    o_state = opt.init(params)
+    K = jax.random.key(0, impl=KEY_IMPL)
+    q = params
+    for i in range(2):
+        K, k = jax.random.split(K)
+        idx = perm[i * 8:(i + 1) * 8]
+
+        def loss_fn(q):
+            logits = module.apply({"params": q}, x[idx], training=True, rngs={"dropout": k})
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[idx][:, None], axis=1))
+        loss, grads = jax.value_and_grad(loss_fn)(q)
+        np.testing.assert_allclose(float(loss), g["train/loss"][i], rtol=1e-5)
+        upd, o_state = opt.update(grads, o_state, q)
+        q = optax.apply_updates(q, upd)
+    for n, a in ef.named_leaves({"params": q}, "variables"):
+        np.testing.assert_allclose(np.asarray(a), g[f"train/after/{n}"], rtol=1e-5, atol=1e-5, err_msg=n)
+    changed = [n for n, a in ef.named_leaves({"params": q}, "variables")
+               if not np.array_equal(np.asarray(a), np.asarray(dict(ef.named_leaves({"params": params}, "variables"))[n]))]
+    assert len(changed) == len(jax.tree_util.tree_leaves(params))

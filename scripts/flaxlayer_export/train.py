@@ -1,92 +1,45 @@
-"""Export a Flax linen module's training loop (optax) to a flaxlayer bundle.
+"""export_train_step: a Flax linen module's training loop (optax) in a bundle.
 
-    from export_train import export_train_step
-    export_train_step(module, {"x": x[:32], "y": y[:32]}, "hlo/my_model",
+    from flaxlayer_export import export_train_step
+    export_train_step(module, {"x": x[:32], "y": y[:32]}, "bundles/my_model",
                       loss="softmax_cross_entropy", optimizer=optax.adam(1e-3))
 
-The bundle is a normal FlaxLayer bundle (written by `export_flax`, for the model's inputs at
-the training batch size) plus the computations `init_opt_state`, `train_step` and
-`eval_step` and an optional `train` section in manifest.json (docs/bundle-format.md,
-docs/training.md). Golden data of the same loop run in plain JAX goes into
-golden.safetensors under `train/` when `golden_data` is given.
+The bundle is a normal FlaxLayer bundle (export_flax's, for the model's inputs at the
+training batch size) plus the computations `init_opt_state`, `train_step` and `eval_step`
+and a `train` section in manifest.json (docs/bundle-format.md, docs/training.md). Golden
+data of the same loop run in plain JAX goes into golden.safetensors under `train/` when
+`golden_data` is given. Needs optax (`pip install flaxlayer-export[train]`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-import jax
-import jax.numpy as jnp
 import flax
 import flax.linen as nn
-import optax
+import jax
+import jax.numpy as jnp
+import numpy as np
 from flax.core import DenyList
 
-from export_flax import (  # reuse: naming, serialization, location stripping, manifest JSON
-    KEY_IMPL,
-    _check_exported,
-    _export_one,
-    _sds,
-    _spec,
-    _split_variables,
-    dumps_json,
-    export_flax,
-    method_name_of,
-    named_leaves,
-    takes_training,
-)
+try:
+    import optax
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise ImportError("export_train_step needs optax: pip install 'flaxlayer-export[train]'") from e
 
-__all__ = [
-    "export_train_step",
-    "epoch_permutation",
-    "epoch_batches",
-    "LOSSES",
-    "GOLDEN_STEPS",
-]
+from .batch_order import epoch_batches, epoch_permutation
+from .bundle_dir import write_bundle
+from .linen import (KEY_IMPL, build_flax_bundle, canonical_arrays, check_exported,
+                    export_computation, sds, split_variables)
+from .methods import method_name_of, takes_training
+from .names import named_leaves, role_specs, spec
+
+__all__ = ["export_train_step", "make_step_functions", "run_golden", "evaluate",
+           "epoch_permutation", "epoch_batches", "LOSSES", "GOLDEN_STEPS"]
 
 LOSSES = ("softmax_cross_entropy", "mse")
 GOLDEN_STEPS = 20
 DEFAULT_OPTIMIZER_NAME = "adam(learning_rate=0.001)"
-
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-
-
-# --------------------------------------------------------------------------
-# Batch order (docs/training.md); the Rust twin is flaxlayer::layer::epoch_permutation
-# --------------------------------------------------------------------------
-
-class _SplitMix64:
-    def __init__(self, state: int):
-        self.state = state & _MASK64
-
-    def next(self) -> int:
-        self.state = (self.state + _GOLDEN) & _MASK64
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        return z ^ (z >> 31)
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of the n training examples in epoch `epoch` (0-based): Fisher-Yates driven by
-    SplitMix64 seeded with `seed XOR ((epoch + 1) * 0x9E3779B97F4A7C15)` (wrapping u64)."""
-    rng = _SplitMix64((seed & _MASK64) ^ (((epoch + 1) * _GOLDEN) & _MASK64))
-    perm = list(range(n))
-    for i in range(n - 1, 0, -1):
-        j = rng.next() % (i + 1)
-        perm[i], perm[j] = perm[j], perm[i]
-    return np.asarray(perm, dtype=np.int64)
-
-
-def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[np.ndarray]:
-    """Consecutive slices of `batch_size` of the epoch's permutation; the last partial slice
-    is dropped."""
-    perm = epoch_permutation(seed, epoch, n)
-    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n // batch_size)]
 
 
 # --------------------------------------------------------------------------
@@ -105,7 +58,7 @@ def _per_example(loss: str, out, y):
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def _check_batch(loss: str, batch: dict):
+def _check_batch(loss: str, batch: dict) -> int:
     if not isinstance(batch, dict) or set(batch) != {"x", "y"}:
         raise ValueError('sample_batch must be a dict {"x": inputs, "y": targets}')
     y = np.asarray(batch["y"])
@@ -193,7 +146,7 @@ def run_golden(train_step, eval_step, init_opt_state, variables, data, *, seed, 
     test split (padded last batch, w = 0). Returns golden tensors named `train/...`."""
     x_train, y_train = np.asarray(data["x_train"]), np.asarray(data["y_train"])
     n = len(y_train)
-    params, state = _split_variables(variables)
+    params, state = split_variables(variables)
     opt_state = jax.jit(init_opt_state)(params)
     key = jax.random.key_data(jax.random.key(seed, impl=KEY_IMPL))
     step = jax.jit(train_step)
@@ -209,6 +162,8 @@ def run_golden(train_step, eval_step, init_opt_state, variables, data, *, seed, 
             metrics.setdefault(k, []).append(np.float32(v))
     g = {f"train/{k}": np.asarray(v, np.float32) for k, v in metrics.items()}
     for nm, x in named_leaves({"params": params, **state}, "variables"):
+        g[f"train/after/{nm}"] = np.asarray(x)
+    for nm, x in named_leaves({"opt_state": dict(opt_state)}, "opt_state"):
         g[f"train/after/{nm}"] = np.asarray(x)
     g["train/key_after"] = np.asarray(key)
     if "x_test" in data:
@@ -245,17 +200,13 @@ def evaluate(eval_step, params, state, x, y, batch_size) -> dict[str, float]:
 # The exporter
 # --------------------------------------------------------------------------
 
-def _role_specs(tree, role, bare):
-    return [_spec(n, x, role=role) for n, x in named_leaves(tree, bare)]
-
-
 def export_train_step(
     module: nn.Module,
     sample_batch: dict,
     out_dir: str,
     *,
     loss: str = "softmax_cross_entropy",
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: "optax.GradientTransformation | None" = None,
     optimizer_name: str | None = None,
     method=None,
     variables=None,
@@ -273,7 +224,8 @@ def export_train_step(
       module: a flax.linen.Module; its method returns logits [B, C] (softmax_cross_entropy) or
         predictions shaped like the targets (mse).
       sample_batch: {"x": inputs (array or PyTree), "y": targets}: int32 labels [B] for
-        softmax_cross_entropy, floats for mse. B is the training batch size.
+        softmax_cross_entropy, floats for mse. B is the training batch size. int64/float64
+        leaves become int32/float32, as under jax.jit.
       loss: "softmax_cross_entropy" or "mse".
       optimizer: an optax GradientTransformation; default optax.adam(1e-3).
       optimizer_name: a human description for the manifest (default: the adam default's,
@@ -281,12 +233,14 @@ def export_train_step(
       method, variables, seed, rng_streams, platforms: as for export_flax (the FlaxLayer part
         of the bundle is exported at the batch size B).
       golden_data: {"x_train", "y_train"[, "x_test", "y_test"]}: record the plain-JAX loop's
-        first `golden_steps` losses (docs/training.md) in golden.safetensors.
+        first `golden_steps` steps (docs/training.md) in golden.safetensors.
       extra_golden: more golden tensors, as for export_flax.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    sample_batch = jax.tree_util.tree_map(np.asarray, sample_batch)
+    if not isinstance(sample_batch, dict) or set(sample_batch) != {"x", "y"}:
+        raise ValueError('sample_batch must be a dict {"x": inputs, "y": targets}')
+    sample_batch = canonical_arrays(sample_batch, "sample batch leaf", "batch")
     batch_size = _check_batch(loss, sample_batch)
     if optimizer is None:
         optimizer = optax.adam(1e-3)
@@ -297,10 +251,7 @@ def export_train_step(
     init_opt_state, train_step, eval_step = make_step_functions(
         module, loss=loss, optimizer=optimizer, method=method, rng_streams=rng_streams)
 
-    captured: dict[str, Any] = {}
-
     def golden(v):
-        captured["variables"] = v  # export_flax's bundled variables (plain numpy)
         g = {}
         if golden_data is not None:
             g.update(run_golden(train_step, eval_step, init_opt_state, v, golden_data,
@@ -312,75 +263,67 @@ def export_train_step(
         g.update(extra)
         return g
 
-    manifest = export_flax(module, sample_batch["x"], out_dir, method=method, variables=variables,
-                           seed=seed, rng_streams=rng_streams, platforms=platforms,
-                           extra_golden=golden)
+    built = build_flax_bundle(module, sample_batch["x"], method=method, variables=variables,
+                              seed=seed, rng_streams=rng_streams, platforms=platforms,
+                              extra_golden=golden)
 
     # ---- shapes ------------------------------------------------------------
-    params, state = _split_variables(captured["variables"])
-    p_sds, s_sds = _sds(params), _sds(state)
+    params, state = split_variables(built.variables)
+    p_sds, s_sds = sds(params), sds(state)
     key_sds = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    batch_sds = _sds(sample_batch)
-    w_sds = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
-    eval_sds = {**batch_sds, "w": w_sds}
+    batch_sds = sds(sample_batch)
+    eval_sds = {**batch_sds, "w": jax.ShapeDtypeStruct((batch_size,), jnp.float32)}
     opt_sds = jax.eval_shape(init_opt_state, p_sds)
     opt_named = {"opt_state": opt_sds}
 
-    param_args = _role_specs({"params": params}, "param", "params")
-    state_args = _role_specs(state, "state", "state")
-    opt_specs = _role_specs(opt_named, "opt_state", "opt_state")
-    key_spec = _spec(None, key_sds, role="key")
-
-    files: dict[str, bytes] = {}
+    param_args = role_specs({"params": params}, "param", "params")
+    state_args = role_specs(state, "state", "state")
+    opt_specs = role_specs(opt_named, "opt_state", "opt_state")
+    key_spec = spec(None, key_sds, role="key")
     entries: dict[str, dict] = {}
 
+    def add(name, fname, c, args, results, batch=None):
+        check_exported(c.exp, args, results)
+        built.files[fname] = c.data
+        entries[name] = {**({"batch_size": batch} if batch is not None else {}), "file": fname,
+                         "args": args, "results": results,
+                         "custom_call_targets": c.custom_call_targets}
+
     # init_opt_state(params) -> opt_state
-    exp = _export_one(init_opt_state, "init_opt_state", (), (p_sds,), platforms)
-    args, results = param_args, opt_specs
-    _check_exported(exp, args, results)
-    files["init_opt_state.jaxexport"] = bytes(exp.serialize())
-    entries["init_opt_state"] = {"file": "init_opt_state.jaxexport", "args": args, "results": results}
+    c = export_computation(init_opt_state, "init_opt_state", (), (p_sds,), platforms)
+    add("init_opt_state", "init_opt_state.jaxexport", c, param_args, opt_specs)
 
     # train_step(params, state, opt_state, key, batch) -> (params, state, opt_state, key, metrics)
     out = jax.eval_shape(train_step, p_sds, s_sds, opt_sds, key_sds, batch_sds)
     if (jax.tree_util.tree_structure(out[0]) != jax.tree_util.tree_structure(p_sds)
             or jax.tree_util.tree_structure(out[2]) != jax.tree_util.tree_structure(opt_sds)):
         raise ValueError("train_step changed the structure of params or opt_state")
-    exp = _export_one(train_step, "train_step", (0, 1, 2, 3),
-                      (p_sds, s_sds, opt_sds, key_sds, batch_sds), platforms)
-    args = param_args + state_args + opt_specs + [key_spec] + _role_specs(batch_sds, "input", "batch")
-    results = (param_args + state_args + opt_specs + [key_spec]
-               + _role_specs(out[4], "metric", "metrics"))
-    _check_exported(exp, args, results)
-    fname = f"train_step.b{batch_size}.jaxexport"
-    files[fname] = bytes(exp.serialize())
-    entries["train_step"] = {"batch_size": batch_size, "file": fname, "args": args, "results": results}
+    c = export_computation(train_step, "train_step", (0, 1, 2, 3),
+                           (p_sds, s_sds, opt_sds, key_sds, batch_sds), platforms)
+    add("train_step", f"train_step.b{batch_size}.jaxexport", c,
+        param_args + state_args + opt_specs + [key_spec] + role_specs(batch_sds, "input", "batch"),
+        param_args + state_args + opt_specs + [key_spec] + role_specs(out[4], "metric", "metrics"),
+        batch=batch_size)
     metric_names = [n for n, _ in named_leaves(out[4], "metrics")]
 
     # eval_step(params, state, batch + w) -> metric sums
     ev = jax.eval_shape(eval_step, p_sds, s_sds, eval_sds)
-    exp = _export_one(eval_step, "eval_step", (), (p_sds, s_sds, eval_sds), platforms)
-    args = param_args + state_args + _role_specs(eval_sds, "input", "batch")
-    results = _role_specs(ev, "metric", "metrics")
-    _check_exported(exp, args, results)
-    fname = f"eval_step.b{batch_size}.jaxexport"
-    files[fname] = bytes(exp.serialize())
-    entries["eval_step"] = {"batch_size": batch_size, "file": fname, "args": args, "results": results}
+    c = export_computation(eval_step, "eval_step", (), (p_sds, s_sds, eval_sds), platforms)
+    add("eval_step", f"eval_step.b{batch_size}.jaxexport", c,
+        param_args + state_args + role_specs(eval_sds, "input", "batch"),
+        role_specs(ev, "metric", "metrics"), batch=batch_size)
 
-    manifest["train"] = {
+    built.manifest["train"] = {
         "method": method_name_of(method),
         "loss": loss,
         "optimizer": optimizer_name,
         "batch_size": batch_size,
-        "batch": [_spec(n, x) for n, x in named_leaves(batch_sds, "batch")],
+        "batch": [spec(n, x) for n, x in named_leaves(batch_sds, "batch")],
         "metrics": metric_names,
         "eval_metrics": [n for n, _ in named_leaves(ev, "metrics")],
-        "opt_state": [_spec(n, x) for n, x in named_leaves(opt_named, "opt_state")],
+        "opt_state": [spec(n, x) for n, x in named_leaves(opt_named, "opt_state")],
         **entries,
     }
-    for fname, data in files.items():
-        with open(os.path.join(out_dir, fname), "wb") as f:
-            f.write(data)
-    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
-        f.write(dumps_json(manifest) + "\n")
-    return manifest
+    built.finish()
+    write_bundle(out_dir, built.files)
+    return built.manifest

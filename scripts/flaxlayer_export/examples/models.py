@@ -1,6 +1,7 @@
-"""Example Flax linen modules for the committed bundles under hlo/.
+"""Example Flax linen modules of the committed bundles under hlo/ (registry.py says which).
 
-Only plain ops (no linalg / LAPACK custom calls).
+`LSTMClassifier` (orthogonal init: QR) and `LinalgModule` (Cholesky, LU solve, eigh) lower to
+LAPACK custom calls on CPU; the others use plain StableHLO ops only.
 """
 
 from __future__ import annotations
@@ -167,3 +168,95 @@ class DigitsMLP(nn.Module):
         x = nn.relu(x)
         x = nn.Dropout(rate=0.2)(x, deterministic=not training)
         return nn.Dense(10)(x)
+
+
+class ActNorm(nn.Module):
+    """Glow's activation normalisation with data-dependent init: `loc` and `log_scale` are set
+    so that the first batch (the init inputs) comes out with zero mean and unit variance per
+    feature; afterwards they are ordinary params."""
+
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, inputs):
+        loc = self.param("loc", lambda rng: -jnp.mean(inputs, axis=0))
+        log_scale = self.param("log_scale", lambda rng: -jnp.log(jnp.std(inputs, axis=0) + self.eps))
+        return (inputs + loc) * jnp.exp(log_scale)
+
+
+class ActNormDense(nn.Module):
+    """ActNorm then Dense (hlo/actnorm): init depends on the init inputs' values."""
+
+    @nn.compact
+    def __call__(self, inputs):
+        return nn.Dense(4)(ActNorm()(inputs))
+
+
+class SmallMLP(nn.Module):
+    """MLP 8-16-3 (hlo/pretrained_mlp, exported with given variables)."""
+
+    @nn.compact
+    def __call__(self, inputs):
+        return nn.Dense(3)(nn.relu(nn.Dense(16)(inputs)))
+
+
+class Buckets(nn.Module):
+    """Dict of two leaves -> (batched output [B, 2], a parameter-derived vector [4] with no
+    batch axis) (hlo/buckets). The vector has as many entries as one of the exported batch
+    sizes, so a reader that guesses the batch axis from one shape gets it wrong."""
+
+    @nn.compact
+    def __call__(self, inputs):
+        h = nn.relu(nn.Dense(8)(inputs["a"])) + nn.Dense(8)(inputs["b"])
+        y = nn.Dense(2)(h)
+        scale = self.param("scale", nn.initializers.normal(1.0), (4,))
+        return y, 2.0 * jnp.tanh(scale)
+
+
+class BatchStatsBN(nn.Module):
+    """Dense + BatchNorm on batch statistics even at inference (hlo/bn_batch_stats): every
+    call normalises with the batch's own mean and variance (and updates the running
+    averages), so rows depend on each other and padding would change the results."""
+
+    @nn.compact
+    def __call__(self, inputs):
+        x = nn.Dense(6)(inputs)
+        return nn.BatchNorm(use_running_average=False, momentum=0.9)(x)
+
+
+class LSTMClassifier(nn.Module):
+    """Sequence classifier [B, T, F] -> logits [B, classes] (hlo/lstm, hlo/lstm_train): an
+    LSTM (nn.OptimizedLSTMCell) and a GRU over time, dropout on the last step, Dense. Both
+    cells' recurrent kernels are initialised orthogonally (QR), which lowers to LAPACK custom
+    calls (geqrf, orgqr) in init."""
+
+    hidden: int = 8
+    classes: int = 3
+
+    @nn.compact
+    def __call__(self, inputs, training):
+        x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(inputs)
+        x = nn.RNN(nn.GRUCell(self.hidden))(x)
+        x = nn.Dropout(rate=0.2)(x[:, -1], deterministic=not training)
+        return nn.Dense(self.classes, name="head")(x)
+
+
+class LinalgModule(nn.Module):
+    """Builds one SPD matrix per row, A = H H^T + I with H = Dense(x) reshaped [k, k], and
+    returns its Cholesky factor, the solution of A s = rhs (rhs a param) and its eigenvalues
+    and eigenvectors (each column's sign fixed so that its largest-magnitude entry is
+    positive) (hlo/linalg). On CPU: LAPACK potrf, getrf/trsm, syevd custom calls."""
+
+    k: int = 4
+
+    @nn.compact
+    def __call__(self, inputs):
+        b, k = inputs.shape[0], self.k
+        h = nn.Dense(k * k)(inputs).reshape(b, k, k)
+        a = h @ jnp.swapaxes(h, -1, -2) + jnp.eye(k, dtype=h.dtype)
+        rhs = self.param("rhs", nn.initializers.normal(1.0), (k,))
+        solve = jnp.linalg.solve(a, jnp.broadcast_to(rhs, (b, k))[..., None])[..., 0]
+        w, v = jnp.linalg.eigh(a)
+        big = jnp.take_along_axis(v, jnp.argmax(jnp.abs(v), axis=-2)[..., None, :], axis=-2)
+        v = v * jnp.sign(big)
+        return {"cholesky": jnp.linalg.cholesky(a), "solve": solve, "eigvals": w, "eigvecs": v}

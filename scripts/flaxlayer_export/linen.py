@@ -1,0 +1,526 @@
+"""export_flax: a Flax linen module's init and method, in inference and training mode, as a
+bundle directory (docs/bundle-format.md, docs/exporter.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Callable, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import DenyList
+from jax import export as jax_export
+
+from . import _jax_internals
+from .batching import (batched_names, batched_state_names, padding_check, resolve_batch_sizes,
+                       with_batch, written_state)
+from .bundle_dir import write_bundle
+from .manifest_json import manifest_bytes
+from .methods import (check_signature, file_stem, input_error, method_name_of, method_title,
+                      takes_training)
+from .names import dtype_name, leaf_name, named_leaves, spec
+from .safetensors_io import safetensors_bytes
+
+FORMAT = "flaxlayer.bundle"
+FORMAT_VERSION = 1
+KEY_IMPL = "threefry2x32"
+INIT_INPUTS_FILE = "init_inputs.safetensors"
+DEFAULT_MAX_BATCH = 64
+
+
+class StateError(ValueError):
+    """apply created or restructured a state collection."""
+
+
+@dataclasses.dataclass
+class Computation:
+    """One exported function: the Exported, its serialized bytes and its custom calls."""
+    exp: jax_export.Exported
+    data: bytes
+    custom_call_targets: list[str]
+
+
+@dataclasses.dataclass
+class BuiltBundle:
+    """A bundle in memory: its files by name, the manifest, and the bundled variables."""
+    manifest: dict
+    files: dict[str, bytes]
+    variables: dict
+    golden: dict[str, np.ndarray]
+
+    def finish(self) -> None:
+        """(Re)write manifest.json and golden.safetensors from `manifest` and `golden`."""
+        self.files["manifest.json"] = manifest_bytes(self.manifest)
+        self.files["golden.safetensors"] = safetensors_bytes(self.golden, _meta("golden"))
+
+
+def _meta(content: str) -> dict[str, str]:
+    return {"format": FORMAT, "version": str(FORMAT_VERSION), "content": content}
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+
+def canonical_arrays(tree, what: str, bare: str):
+    """Leaves as numpy arrays in the dtypes jax.jit would use (`canonicalize_dtype`: int64 ->
+    int32 and float64 -> float32 unless x64 is enabled)."""
+    def f(path, x):
+        a = np.asarray(x)
+        if not (jnp.issubdtype(a.dtype, jnp.number) or jnp.issubdtype(a.dtype, jnp.bool_)):
+            raise ValueError(f"{what} {leaf_name(path, bare)!r}: not an array of numbers ({a.dtype})")
+        dt = np.dtype(jax.dtypes.canonicalize_dtype(a.dtype))
+        return a if a.dtype == dt else a.astype(dt)
+    return jax.tree_util.tree_map_with_path(f, tree)
+
+
+def to_plain(tree):
+    """FrozenDict -> dict, leaves -> numpy."""
+    return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(tree))
+
+
+def sds(tree):
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def split_variables(variables: dict):
+    params = variables.get("params", {})
+    state = {c: v for c, v in variables.items() if c != "params"}
+    return params, state
+
+
+def _avals_list(tree):
+    return [(n, tuple(x.shape), np.dtype(x.dtype)) for n, x in named_leaves(tree, "tree")]
+
+
+def check_exported(exp, args: list[dict], results: list[dict]) -> None:
+    """The manifest slots agree with the Exported's flat in/out avals (ValueError otherwise)."""
+    if len(exp.in_avals) != len(args) or len(exp.out_avals) != len(results):
+        raise ValueError(
+            f"{exp.fun_name}: the manifest has {len(args)} args / {len(results)} results, "
+            f"jax.export traced {len(exp.in_avals)} / {len(exp.out_avals)}")
+    for kind, pairs in (("argument", zip(args, exp.in_avals)), ("result", zip(results, exp.out_avals))):
+        for s, aval in pairs:
+            if s["shape"] != list(aval.shape) or s["dtype"] != dtype_name(aval.dtype):
+                slot = f"{s['role']} {s['name']!r}" if "name" in s else s["role"]
+                raise ValueError(
+                    f"{exp.fun_name}: {kind} {slot} is {s['dtype']}{s['shape']} in the manifest "
+                    f"but jax.export traced {dtype_name(aval.dtype)}{list(aval.shape)}")
+
+
+def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms) -> Computation:
+    """jax.jit(fn) exported at `avals`, locations stripped, custom calls listed."""
+    fn.__name__ = name
+    fn.__qualname__ = name
+    exp = jax_export.export(jax.jit(fn, donate_argnums=donate), platforms=tuple(platforms))(*avals)
+    exp = _jax_internals.strip_locations(exp)
+    return Computation(exp, bytes(exp.serialize()), _jax_internals.custom_call_targets(exp))
+
+
+def _leading(tree) -> int | None:
+    """The common leading dimension of every leaf, or None."""
+    dims = {int(x.shape[0]) if np.ndim(x) else None for x in jax.tree_util.tree_leaves(tree)}
+    return dims.pop() if len(dims) == 1 else None
+
+
+def _mark(specs: list[dict], batched: dict[str, bool]) -> list[dict]:
+    return [{**s, "batched": batched[s["name"]]} if s.get("role", "output") == "output" else s
+            for s in specs]
+
+
+# --------------------------------------------------------------------------
+# the exporter
+# --------------------------------------------------------------------------
+
+def export_flax(
+    module: nn.Module,
+    sample_inputs,
+    out_dir: str,
+    *,
+    method=None,
+    variables=None,
+    seed: int = 0,
+    rng_streams: Sequence[str] = ("dropout",),
+    init_inputs=None,
+    platforms: Sequence[str] = ("cpu",),
+    batch_sizes: Sequence[int] | str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    extra_golden: dict[str, Any] | Callable[[dict], dict] | None = None,
+) -> dict:
+    """Export `module` to a bundle directory `out_dir`; returns the manifest.
+
+    Args:
+      module: a flax.linen.Module instance.
+      sample_inputs: an array or PyTree of arrays (tuple/list/dict) with a common leading
+        batch dimension; the exported shapes and the golden data use them. int64/float64
+        leaves become int32/float32, as under jax.jit.
+      method: None (`__call__`), a method name, or a function
+        `fn(module, inputs[, training])` (Keras FlaxLayer conventions).
+      variables: variables to bundle instead of `module.init` under `seed`
+        (manifest `variables_origin`: "given" instead of "init").
+      seed: `K0 = jax.random.key(seed)` (threefry) for init and the layer key.
+      rng_streams: RNG streams fed by the key (besides "params" at init).
+      init_inputs: inputs for `init` when they differ from `sample_inputs`. When the exported
+        init reads them (data-dependent init), they are bundled as init_inputs.safetensors.
+      platforms: lowering platforms; more than one adds JAX's platform-index argument to
+        every computation.
+      batch_sizes: one inference/training computation per batch size (leading dim of every
+        input replaced): a list that includes the sample batch, "auto" (powers of two up to
+        `max_batch`, plus the sample batch), or None (the sample batch only).
+      max_batch: the largest power of two for batch_sizes="auto".
+      extra_golden: extra tensors for golden.safetensors (e.g. decoder `greedy/...`), a dict
+        or a function of the bundled variables returning one; names must not clash with the
+        standard ones.
+    """
+    built = build_flax_bundle(
+        module, sample_inputs, method=method, variables=variables, seed=seed,
+        rng_streams=rng_streams, init_inputs=init_inputs, platforms=platforms,
+        batch_sizes=batch_sizes, max_batch=max_batch, extra_golden=extra_golden)
+    write_bundle(out_dir, built.files)
+    return built.manifest
+
+
+def build_flax_bundle(module, sample_inputs, *, method=None, variables=None, seed=0,
+                      rng_streams=("dropout",), init_inputs=None, platforms=("cpu",),
+                      batch_sizes=None, max_batch=DEFAULT_MAX_BATCH,
+                      extra_golden=None) -> BuiltBundle:
+    """Everything export_flax writes, in memory (export_train_step adds to it)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a flax.linen.Module, got {type(module)}")
+    check_signature(module, method)
+    sample_inputs = canonical_arrays(sample_inputs, "sample input", "inputs")
+    init_inputs = (sample_inputs if init_inputs is None
+                   else canonical_arrays(init_inputs, "init input", "inputs"))
+    sample_batch = _sample_batch(sample_inputs)
+    ex = _LinenExport(module=module, method=method, fns=module_functions(module, method, tuple(rng_streams)),
+                      seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
+                      init_inputs=init_inputs, sample_batch=sample_batch,
+                      batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch))
+    return ex.build(variables, extra_golden)
+
+
+def _sample_batch(sample_inputs) -> int:
+    """The sample inputs' common leading (batch) dimension."""
+    named = named_leaves(sample_inputs, "inputs")
+    if not named:
+        raise ValueError("sample_inputs has no arrays")
+    for n, x in named:
+        if x.ndim == 0:
+            raise ValueError(f"sample input {n!r} is a scalar: every input needs a leading (batch) dimension")
+    b = _leading(sample_inputs)
+    if b is None:
+        raise ValueError("every sample input needs the same leading (batch) dimension, got "
+                         + ", ".join(f"{n}: {list(x.shape)}" for n, x in named))
+    return b
+
+
+def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
+    """The exported functions (init, inference, training: raw key data in and out) and the
+    golden oracles (plain jitted module.init / module.apply), per the RNG contract."""
+    training_arg = takes_training(module, method)
+    train_kw = {"training": True} if training_arg else {}
+    infer_kw = {"training": False} if training_arg else {}
+
+    def init(key, inputs):
+        k = jax.random.wrap_key_data(key, impl=KEY_IMPL)
+        rngs = {"params": k, **{s: k for s in rng_streams}}
+        v = module.init(rngs, inputs, method=method, **train_kw)
+        return flax.core.unfreeze(v)
+
+    def _apply(params, state, inputs, rngs, kw):
+        out, mutated = module.apply(
+            {"params": params, **state}, inputs, method=method, rngs=rngs,
+            mutable=DenyList(["params"]), **kw)
+        mutated = flax.core.unfreeze(mutated)
+        extra = sorted(set(mutated) - set(state))
+        if extra:
+            raise StateError(
+                f"apply created collections {extra} that are not in the variables; "
+                "only collections present after init can be state")
+        new_state = {c: mutated.get(c, state[c]) for c in state}
+        if jax.tree_util.tree_structure(new_state) != jax.tree_util.tree_structure(state):
+            raise StateError("apply changed the structure of the state collections")
+        return out, new_state
+
+    def inference(params, state, inputs):
+        return _apply(params, state, inputs, None, infer_kw)
+
+    def training(params, state, key, inputs):
+        K = jax.random.wrap_key_data(key, impl=KEY_IMPL)
+        K, k = jax.random.split(K)
+        out, new_state = _apply(params, state, inputs, {s: k for s in rng_streams}, train_kw)
+        return out, new_state, jax.random.key_data(K)
+
+    oracle_init = jax.jit(lambda k, x: module.init(
+        {"params": k, **{s: k for s in rng_streams}}, x, method=method, **train_kw))
+    oracle_infer = jax.jit(lambda v, x: module.apply(
+        v, x, method=method, mutable=DenyList(["params"]), **infer_kw))
+    oracle_train = jax.jit(lambda v, x, k: module.apply(
+        v, x, method=method, rngs={s: k for s in rng_streams},
+        mutable=DenyList(["params"]), **train_kw))
+    return types.SimpleNamespace(
+        init=init, inference=inference, training=training, takes_training=training_arg,
+        rng_streams=rng_streams, oracle_init=oracle_init, oracle_infer=oracle_infer,
+        oracle_train=oracle_train)
+
+
+KEY_SDS = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
+@dataclasses.dataclass
+class _LinenExport:
+    """One export_flax run; `build` calls the steps in order."""
+    module: nn.Module
+    method: Any
+    fns: Any
+    seed: int
+    platforms: tuple[str, ...]
+    sample_inputs: Any
+    init_inputs: Any
+    sample_batch: int
+    batch_sizes: list[int]
+    calling_convention_version: int = 0  # of the exported init (manifest producer)
+
+    @property
+    def K0(self):
+        return jax.random.key(self.seed, impl=KEY_IMPL)
+
+    @property
+    def title(self) -> str:
+        return method_title(self.module, self.method)
+
+    def build(self, given_variables, extra_golden) -> BuiltBundle:
+        init_shapes = self.init_shapes()
+        batched_state = self.state_batch_axis(init_shapes)
+        variables, init_variables = self.variables(given_variables, init_shapes)
+        params, state = split_variables(variables)
+        files: dict[str, bytes] = {}
+        init_entry = self.export_init(init_shapes, files)
+        entries, shapes = self.export_modes(params, state, files)
+        batched = self.output_batch_axes(params, state, shapes, batched_state)
+        for mode in entries:
+            for e in entries[mode]:
+                e["results"] = _mark(e["results"], batched[mode])
+        batching = self.batching(params, state, batched["inference"], batched_state)
+        with_init = given_variables is not None or "inputs_file" in init_entry
+        golden = self.golden(variables, (init_variables or self.plain_init()) if with_init else None,
+                             extra_golden)
+        if "inputs_file" in init_entry:
+            files[INIT_INPUTS_FILE] = safetensors_bytes(
+                dict(named_leaves(self.init_inputs, "inputs")), _meta("init_inputs"))
+        files["variables.safetensors"] = safetensors_bytes(
+            dict(named_leaves(variables, "variables")), _meta("variables"))
+        manifest = self.manifest(variables, "init" if given_variables is None else "given", init_entry,
+                                 _mark([spec(n, x) for n, x in named_leaves(
+                                     shapes["inference"][self.sample_batch], "outputs")], batched["inference"]),
+                                 batching, entries)
+        built = BuiltBundle(manifest, files, variables, golden)
+        built.finish()
+        return built
+
+    # ---- init and the variables ---------------------------------------------------
+    def init_shapes(self):
+        try:
+            return jax.eval_shape(self.fns.init, KEY_SDS, sds(self.init_inputs))
+        except Exception as e:  # noqa: BLE001 - the user's method failed on the inputs
+            raise input_error(self.module, self.method, self.init_inputs, e,
+                              what=f"module.init ({self.title})") from e
+
+    def state_batch_axis(self, init_shapes) -> list[str] | None:
+        """The state leaves with the batch axis (decode caches made at the init batch); only
+        the init batch can then be exported."""
+        state_names = [n for n, _ in named_leaves(
+            {c: v for c, v in init_shapes.items() if c != "params"}, "state")]
+        init_batch = _leading(self.init_inputs)
+        batched_state = batched_state_names(
+            lambda b: jax.eval_shape(self.fns.init, KEY_SDS, with_batch(self.init_inputs, b)),
+            init_batch, state_names)
+        wrong = [b for b in self.batch_sizes if b != init_batch] if batched_state else []
+        if wrong:
+            raise ValueError(
+                f"state {batched_state[0]!r} (and {len(batched_state) - 1} more) has the init "
+                f"batch {init_batch} as its leading axis, so every computation must run at batch "
+                f"{init_batch}; batch sizes {wrong} cannot be exported (use batch_sizes=[{init_batch}] "
+                f"and sample inputs of batch {init_batch})")
+        return batched_state
+
+    def plain_init(self):
+        return to_plain(self.fns.oracle_init(self.K0, self.init_inputs))
+
+    def variables(self, given, init_shapes):
+        """(the variables to bundle, module.init's variables or None when given)."""
+        if given is None:
+            variables = init_variables = self.plain_init()
+        else:
+            variables, init_variables = canonical_arrays(to_plain(given), "variable", "variables"), None
+        if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(init_shapes):
+            raise ValueError("given variables do not have the structure module.init produces: "
+                             f"{[n for n, _ in named_leaves(variables, 'variables')]} vs "
+                             f"{[n for n, _ in named_leaves(init_shapes, 'variables')]}")
+        for (n, a), (_, b) in zip(named_leaves(variables, "variables"), named_leaves(init_shapes, "variables")):
+            if a.shape != b.shape or a.dtype != b.dtype:
+                raise ValueError(f"variable {n}: {a.dtype}{list(a.shape)} but init gives {b.dtype}{list(b.shape)}")
+        return variables, init_variables
+
+    def export_init(self, init_shapes, files) -> dict:
+        """init.jaxexport and the manifest's init entry (with inputs_file when init reads its
+        inputs' values: its module_kept_var_idx keeps an input)."""
+        c = export_computation(self.fns.init, "init", (), (KEY_SDS, sds(self.init_inputs)), self.platforms)
+        args = [spec(None, KEY_SDS, role="key")] + [
+            spec(n, x, role="input") for n, x in named_leaves(self.init_inputs, "inputs")]
+        results = [spec(n, x, role="param" if n.split("/", 1)[0] == "params" else "state")
+                   for n, x in named_leaves(init_shapes, "variables")]
+        check_exported(c.exp, args, results)
+        files["init.jaxexport"] = c.data
+        self.calling_convention_version = int(c.exp.calling_convention_version)
+        entry = {"file": "init.jaxexport",
+                 "inputs": [spec(n, x) for n, x in named_leaves(self.init_inputs, "inputs")],
+                 "args": args, "results": results}
+        if any(i >= 1 for i in c.exp.module_kept_var_idx):
+            entry["inputs_file"] = INIT_INPUTS_FILE
+        entry["custom_call_targets"] = c.custom_call_targets
+        return entry
+
+    # ---- inference and training per batch size -------------------------------------
+    def _modes(self):
+        return (("inference", self.fns.inference, (1,), False),
+                ("training", self.fns.training, (1, 2), True))
+
+    def export_modes(self, params, state, files):
+        """Each mode at each batch size: files, manifest entries, and the output shapes."""
+        p_sds, s_sds = sds(params), sds(state)
+        try:
+            jax.eval_shape(self.fns.inference, p_sds, s_sds, sds(self.sample_inputs))
+        except StateError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise input_error(self.module, self.method, self.sample_inputs, e,
+                              what=f"inference ({self.title})") from e
+        stem = file_stem(method_name_of(self.method))
+        entries: dict[str, list[dict]] = {"inference": [], "training": []}
+        shapes: dict[str, dict[int, Any]] = {"inference": {}, "training": {}}
+        for b in self.batch_sizes:
+            x_sds = with_batch(self.sample_inputs, b)
+            for mode, fn, donate, with_key in self._modes():
+                avals = (p_sds, s_sds, KEY_SDS, x_sds) if with_key else (p_sds, s_sds, x_sds)
+                outputs, new_state = jax.eval_shape(fn, *avals)[:2]
+                if _avals_list(new_state) != _avals_list(state):
+                    raise ValueError(f"{mode}: the new state's shapes/dtypes differ from the state's")
+                shapes[mode][b] = outputs
+                c = export_computation(fn, f"{stem}.{mode}", donate, avals, self.platforms)
+                key = [spec(None, KEY_SDS, role="key")] if with_key else []
+                args = ([spec(n, x, role="param") for n, x in named_leaves({"params": params}, "params")]
+                        + [spec(n, x, role="state") for n, x in named_leaves(state, "state")] + key
+                        + [spec(n, x, role="input") for n, x in named_leaves(x_sds, "inputs")])
+                results = ([spec(n, x, role="output") for n, x in named_leaves(outputs, "outputs")]
+                           + [spec(n, x, role="state") for n, x in named_leaves(new_state, "state")] + key)
+                check_exported(c.exp, args, results)
+                fname = f"{stem}.{mode}.b{b}.jaxexport"
+                files[fname] = c.data
+                entries[mode].append({"batch_size": b, "file": fname, "args": args, "results": results,
+                                      "custom_call_targets": c.custom_call_targets})
+        return entries, shapes
+
+    def output_batch_axes(self, params, state, shapes, batched_state) -> dict[str, dict[str, bool]]:
+        """{mode: {output name: batched}} from the shapes at every exported size plus one
+        probe size (state at the probe size from init when the state has the batch axis)."""
+        probe = max(self.batch_sizes) + 1
+        try:
+            probe_state = sds(state)
+            if batched_state:
+                probe_state = {c: v for c, v in jax.eval_shape(
+                    self.fns.init, KEY_SDS, with_batch(self.init_inputs, probe)).items() if c != "params"}
+            x_sds = with_batch(self.sample_inputs, probe)
+            for mode, fn, _, with_key in self._modes():
+                avals = (sds(params), probe_state, KEY_SDS, x_sds) if with_key else (sds(params), probe_state, x_sds)
+                shapes[mode][probe] = jax.eval_shape(fn, *avals)[0]
+        except Exception:  # noqa: BLE001 - a model fixed to its exported sizes: judge by those
+            for mode in shapes:
+                shapes[mode].pop(probe, None)
+        return {mode: batched_names(shapes[mode], "outputs") for mode in shapes}
+
+    def batching(self, params, state, batched_outputs, batched_state) -> dict:
+        """The method's `batching` entry: stateful (from the jaxpr), paddable (run in JAX)."""
+        p_sds, s_sds = sds(params), sds(state)
+        jaxpr = jax.make_jaxpr(self.fns.inference)(p_sds, s_sds, sds(self.sample_inputs))
+        n_out = len(jax.tree_util.tree_leaves(jax.eval_shape(
+            self.fns.inference, p_sds, s_sds, sds(self.sample_inputs))[0]))
+        writes = written_state(jaxpr, len(jax.tree_util.tree_leaves(params)),
+                               len(jax.tree_util.tree_leaves(state)), n_out)
+
+        def infer(p, s, x):
+            out, mut = self.fns.oracle_infer({"params": p, **s}, x)
+            return out, {**s, **flax.core.unfreeze(mut)}
+
+        return padding_check(infer, params, state, self.sample_inputs, sizes=self.batch_sizes,
+                             batched_outputs=batched_outputs, batched_state=batched_state,
+                             stateful=any(writes))
+
+    # ---- golden (plain module.init / module.apply, not the functions above) ------------
+    def golden(self, variables, init_variables, extra_golden) -> dict[str, np.ndarray]:
+        state = {c: v for c, v in variables.items() if c != "params"}
+        g: dict[str, np.ndarray] = {}
+        for n, x in named_leaves(self.sample_inputs, "inputs"):
+            g[f"inputs/{n}"] = np.asarray(x)
+        out, mut = self.fns.oracle_infer(variables, self.sample_inputs)
+        for n, x in named_leaves(out, "outputs"):
+            g[f"inference/{n}"] = np.asarray(x)
+        for n, x in named_leaves({**state, **flax.core.unfreeze(mut)}, "state"):
+            g[f"inference_state/{n}"] = np.asarray(x)
+        K = self.K0
+        cur = dict(variables)
+        for step in range(2):
+            K, k = jax.random.split(K)
+            out, mut = self.fns.oracle_train(cur, self.sample_inputs, k)
+            for n, x in named_leaves(out, "outputs"):
+                g[f"training/{step}/{n}"] = np.asarray(x)
+            cur = {**cur, **flax.core.unfreeze(mut)}
+        for n, x in named_leaves({c: v for c, v in cur.items() if c != "params"}, "state"):
+            g[f"after_training/{n}"] = np.asarray(x)
+        g["key/after_training"] = np.asarray(jax.random.key_data(K))
+        if init_variables is not None:
+            # variables.safetensors is not init's result, or init's result depends on its inputs
+            for n, x in named_leaves(init_variables, "variables"):
+                g[f"init/{n}"] = np.asarray(x)
+        if callable(extra_golden):
+            extra_golden = extra_golden(variables)
+        for n, x in (extra_golden or {}).items():
+            if n in g:
+                raise ValueError(f"extra_golden name {n!r} clashes with a standard golden name")
+            g[n] = np.asarray(x)
+        return g
+
+    # ---- manifest -----------------------------------------------------------------
+    def manifest(self, variables, origin, init_entry, outputs, batching, entries) -> dict:
+        mname = method_name_of(self.method)
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "module": type(self.module).__name__,
+            "seed": self.seed,
+            "key": {"impl": KEY_IMPL, "dtype": "uint32", "shape": [2],
+                    "initial": [int(v) for v in np.asarray(jax.random.key_data(self.K0))]},
+            "rng_streams": list(self.fns.rng_streams),
+            "platforms": list(self.platforms),
+            "default_method": mname,
+            "producer": {"jax": jax.__version__, "flax": flax.__version__,
+                         "calling_convention_version": self.calling_convention_version},
+            "variables_origin": origin,
+            "variables": [{"name": n, "collection": n.split("/", 1)[0], "dtype": dtype_name(x.dtype),
+                           "shape": [int(s) for s in x.shape]} for n, x in named_leaves(variables, "variables")],
+            "init": init_entry,
+            "methods": {
+                mname: {
+                    "takes_training": self.fns.takes_training,
+                    "inputs": [spec(n, x) for n, x in named_leaves(self.sample_inputs, "inputs")],
+                    "outputs": outputs,
+                    "batching": batching,
+                    "inference": entries["inference"],
+                    "training": entries["training"],
+                }
+            },
+        }
