@@ -1,5 +1,5 @@
 //! `Trainer` against JAX: `hlo/digits_train` (written by `scripts/export_examples.py` with
-//! `scripts/export_train.py`) carries golden data of the same training loop run in plain JAX,
+//! `flaxlayer_export.export_train_step`) carries golden data of the same training loop run in plain JAX,
 //! on `hlo/digits/data.safetensors` (`scripts/make_digits.py`). See docs/training.md.
 
 use std::collections::BTreeMap;

@@ -42,7 +42,7 @@ pub struct Manifest {
     pub init: InitSpec,
     /// The exported methods, by name.
     pub methods: BTreeMap<String, MethodSpec>,
-    /// The training loop's computations (`scripts/export_train.py`), when exported.
+    /// The training loop's computations (the exporter's `export_train_step`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainSpec>,
 }

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// A bundle with a train section (scripts/export_train.py).
+    /// A bundle with a train section (the exporter's export_train_step).
     bundle: PathBuf,
     /// safetensors with `x_train`, `y_train` and optionally `x_test`, `y_test` (rows are examples).
     #[arg(long)]
