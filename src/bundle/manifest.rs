@@ -42,6 +42,10 @@ pub struct Manifest {
     pub init: InitSpec,
     /// The exported methods, by name.
     pub methods: BTreeMap<String, MethodSpec>,
+    /// The partitioner the multi-device computations were lowered for: `shardy` (JAX's
+    /// default, and the default when absent) or `gspmd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioner: Option<String>,
     /// The training loop's computations (the exporter's `export_train_step`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainSpec>,

@@ -74,6 +74,12 @@ impl Bundle {
         })
     }
 
+    /// The most devices any computation of the bundle was exported for (1 for a
+    /// single-device bundle).
+    pub fn devices(&self) -> usize {
+        self.computations.values().map(|c| usize::try_from(c.exported.nr_devices).unwrap_or(1)).max().unwrap_or(1).max(1)
+    }
+
     /// The method named `name`.
     pub fn method(&self, name: &str) -> Result<&MethodSpec> {
         self.manifest.methods.get(name).ok_or_else(|| Error::NotFound {
@@ -130,8 +136,8 @@ fn check_computation(manifest: &Manifest, spec: &ComputationSpec, exp: &Exported
     if !exp.ordered_effects.is_empty() {
         return bad(format!("ordered effects {:?} are not supported", exp.ordered_effects));
     }
-    if exp.nr_devices != 1 {
-        return bad(format!("exported for {} devices; only single-device computations run", exp.nr_devices));
+    if exp.nr_devices == 0 {
+        return bad("exported for 0 devices".to_string());
     }
     for (slot, aval) in spec.args.iter().chain(&spec.results).zip(exp.in_avals.iter().chain(&exp.out_avals)) {
         let var = match slot.role {

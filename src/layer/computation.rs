@@ -2,11 +2,11 @@
 //! state, key and inputs onto JAX's flat arguments, and the flat results back.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::cache::CompileSetting;
 use super::isolate::Isolation;
-use super::placement::{DeviceArray, Placement};
+use super::placement::{DeviceArray, Layout, Placement};
 use super::state::DeviceState;
 use crate::bundle::{BundleComputation, Exported, Role};
 use crate::pjrt::{ArgSpec, Buffer, CompileOptions, LoadedExecutable, Program};
@@ -39,11 +39,14 @@ pub(crate) enum Sink {
     Metric(usize),
 }
 
-/// How a layer's computations compile: the cache directory and the isolation, if any.
+/// How a layer's computations compile: the cache directory, the isolation, if any, and the
+/// partitioner of multi-device programs.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CompileHow {
     pub cache: Option<PathBuf>,
     pub isolation: Option<Isolation>,
+    /// Multi-device programs carry Shardy annotations (else GSPMD's).
+    pub shardy: bool,
 }
 
 /// The names a computation's slots resolve against.
@@ -74,6 +77,14 @@ pub(crate) struct Computation {
     /// Sources of the arguments the module keeps (`module_kept_var_idx`), in order, each
     /// with whether it may be donated.
     kept: Vec<(Source, bool)>,
+    /// How many devices one execution runs on (the export's `nr_devices`).
+    pub devices: usize,
+    /// The layout of each kept argument over those devices.
+    kept_layouts: Vec<Layout>,
+    /// The layout of each input leaf.
+    input_layouts: Vec<Layout>,
+    /// The layout and whole shape of each result.
+    result_layouts: Vec<(Layout, Vec<usize>)>,
     pub sinks: Vec<Sink>,
     /// The input leaves, named by PyTree path.
     pub inputs: Vec<TensorSpec>,
@@ -143,7 +154,35 @@ impl Computation {
             .iter()
             .map(|&i| sources.get(i).copied().ok_or_else(|| Error::format(file, format!("kept argument {i} out of range"))))
             .collect::<Result<Vec<_>>>()?;
-        let platform_index = platform_index_arg(placement, exp, file)?;
+        let devices = usize::try_from(exp.nr_devices).unwrap_or(0).max(1);
+        if devices > placement.len() {
+            return Err(Error::invalid(
+                file,
+                format!("exported for {devices} devices, but the layer holds {}: build it with devices({devices})", placement.len()),
+            ));
+        }
+        let layout = |s: Option<&crate::bundle::NamedSharding>| -> Layout { s.filter(|_| devices > 1).cloned().map(Arc::new) };
+        let kept_layouts = exp.module_kept_var_idx.iter().map(|&i| layout(exp.in_shardings.get(i).and_then(Option::as_ref))).collect();
+        let input_layouts = spec
+            .args
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.role == Role::Input)
+            .map(|(i, _)| layout(exp.in_shardings.get(i).and_then(Option::as_ref)))
+            .collect();
+        let result_layouts = exp
+            .out_avals
+            .iter()
+            .enumerate()
+            .map(|(j, aval)| (layout(exp.out_shardings.get(j).and_then(Option::as_ref)), aval.shape.clone()))
+            .collect();
+        let options = if devices > 1 {
+            let ids = placement.device_ids()?.into_iter().take(devices).collect();
+            CompileOptions::spmd(ids, how.shardy)
+        } else {
+            CompileOptions { portable: placement.portable, ..CompileOptions::default() }
+        };
+        let platform_index = platform_index_arg(placement, exp, file, devices)?;
         let mut signature = Vec::new();
         if platform_index.is_some() {
             signature.push(ArgSpec { dtype: DType::I32, dims: vec![] });
@@ -161,13 +200,17 @@ impl Computation {
             exe: OnceLock::new(),
             compiling: Mutex::new(()),
             placement: placement.clone(),
-            options: CompileOptions { portable: placement.portable, ..CompileOptions::default() },
+            options,
             mlir: exp.mlir_module.clone(),
             signature,
             cache: how.cache.clone(),
             isolation: how.isolation.clone(),
             platform_index,
             kept,
+            devices,
+            kept_layouts,
+            input_layouts,
+            result_layouts,
             sinks,
             inputs,
             inputs_tree,
@@ -176,11 +219,6 @@ impl Computation {
             outputs_tree,
             metric_names,
         })
-    }
-
-    /// Where the computation runs.
-    pub fn placement(&self) -> &Placement {
-        &self.placement
     }
 
     /// The executable, compiled (or loaded from the compile cache) on first use.
@@ -244,16 +282,37 @@ impl Computation {
         leaves.len() == self.inputs.len() && self.inputs.iter().zip(leaves).all(|(s, l)| s.shape == l.shape())
     }
 
+    /// Uploads input leaf `i` laid out for this computation.
+    pub fn upload_input(&self, i: usize, t: &crate::tensor::TensorView<'_>) -> Result<DeviceArray> {
+        let layout = self.input_layouts.get(i).cloned().flatten();
+        self.placement.upload_to(t, self.devices, &layout).map_err(|e| match e {
+            Error::InvalidArgument { reason, .. } => Error::invalid(format!("input {:?}", self.inputs.get(i).map_or("?", |s| s.name.as_str())), reason),
+            other => other,
+        })
+    }
+
+    /// The layouts of the input leaves, in order.
+    pub fn input_layouts(&self) -> Vec<(usize, Layout)> {
+        self.input_layouts.iter().map(|l| (self.devices, l.clone())).collect()
+    }
+
+    /// The layout the computation wants for the state source `source`, if it takes it.
+    pub fn layout_of(&self, source: Source) -> Option<(usize, Layout)> {
+        self.kept.iter().zip(&self.kept_layouts).find(|((s, _), _)| *s == source).map(|(_, l)| (self.devices, l.clone()))
+    }
+
     /// Runs on the state's arrays and `inputs`. With `donate`, the state arguments marked
-    /// donatable may be consumed; params (outside a train step) and inputs never are.
+    /// donatable may be consumed; params (outside a train step) and inputs never are. An
+    /// argument held in another layout than the computation's is moved into its layout first
+    /// (through the host).
     pub fn run(&self, state: &DeviceState, inputs: &[DeviceArray], donate: bool) -> Result<Vec<DeviceArray>> {
-        let mut args: Vec<&Buffer> = Vec::with_capacity(self.kept.len() + 1);
+        let mut arrays: Vec<&DeviceArray> = Vec::with_capacity(self.kept.len());
+        let mut moved: Vec<Option<DeviceArray>> = Vec::new();
         let mut flags: Vec<bool> = Vec::with_capacity(self.kept.len() + 1);
-        if let Some(p) = &self.platform_index {
-            args.push(p.shard(0)?);
+        if self.platform_index.is_some() {
             flags.push(false);
         }
-        for &(source, donatable) in &self.kept {
+        for (&(source, donatable), layout) in self.kept.iter().zip(&self.kept_layouts) {
             let array = match source {
                 Source::Input(i) => inputs.get(i).ok_or_else(|| Error::ArgumentCount {
                     what: format!("inputs of {}", self.file),
@@ -262,11 +321,42 @@ impl Computation {
                 })?,
                 other => state.source(other)?,
             };
-            args.push(array.shard(0)?);
+            moved.push((!array.is_laid_out(self.devices, layout)).then(|| self.placement.upload_to(&array.to_tensor()?.view(), self.devices, layout)).transpose()?);
+            arrays.push(array);
             flags.push(donate && donatable);
         }
-        let outs = self.executable()?.execute_on(&args, &flags, self.placement.execute_device())?;
-        Ok(outs.into_iter().map(DeviceArray::single).collect())
+        let args: Vec<&DeviceArray> = arrays.iter().zip(&moved).map(|(a, m)| m.as_ref().unwrap_or(a)).collect();
+        if self.devices == 1 {
+            let mut buffers: Vec<&Buffer> = Vec::with_capacity(args.len() + 1);
+            if let Some(p) = &self.platform_index {
+                buffers.push(p.shard(0)?);
+            }
+            for a in &args {
+                buffers.push(a.shard(0)?);
+            }
+            let outs = self.executable()?.execute_on(&buffers, &flags, self.placement.execute_device())?;
+            return Ok(outs.into_iter().map(DeviceArray::single).collect());
+        }
+        let per_device = (0..self.devices)
+            .map(|d| {
+                let mut buffers: Vec<&Buffer> = Vec::with_capacity(args.len() + 1);
+                if let Some(p) = &self.platform_index {
+                    buffers.push(p.shard(d)?);
+                }
+                for a in &args {
+                    buffers.push(a.shard(d)?);
+                }
+                Ok(buffers)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outs = self.executable()?.execute_sharded(&per_device, &flags)?;
+        let mut results: Vec<Vec<Buffer>> = (0..self.result_layouts.len()).map(|_| Vec::with_capacity(self.devices)).collect();
+        for device_outs in outs {
+            for (j, b) in device_outs.into_iter().enumerate() {
+                results[j].push(b);
+            }
+        }
+        Ok(results.into_iter().zip(&self.result_layouts).map(|(shards, (layout, shape))| DeviceArray::sharded(shards, layout.clone(), shape.clone())).collect())
     }
 }
 
@@ -297,9 +387,10 @@ fn last_positional_arg(in_tree: &TreeDef, file: &str) -> Result<TreeDef> {
     .ok_or_else(|| Error::format(file, "in_tree is not ((args...), {kwargs}) with at least one argument"))
 }
 
-/// JAX's platform-index argument for the placement's client, if the export has several
-/// platforms; an error if the client's platform is not among them.
-pub(crate) fn platform_index_arg(placement: &Placement, exp: &Exported, file: &str) -> Result<Option<DeviceArray>> {
+/// JAX's platform-index argument for the placement's client (replicated on `devices`
+/// devices), if the export has several platforms; an error if the client's platform is not
+/// among them.
+pub(crate) fn platform_index_arg(placement: &Placement, exp: &Exported, file: &str, devices: usize) -> Result<Option<DeviceArray>> {
     let name = placement.client.platform_name()?;
     let Some(index) = exp.platform_index(&name) else {
         return Err(Error::invalid(
@@ -311,5 +402,5 @@ pub(crate) fn platform_index_arg(placement: &Placement, exp: &Exported, file: &s
         return Ok(None);
     }
     let t = crate::Tensor::scalar(index as i32);
-    Ok(Some(placement.upload(&t.view())?))
+    Ok(Some(placement.upload_to(&t.view(), devices, &None)?))
 }

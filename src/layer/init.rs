@@ -3,7 +3,7 @@
 
 use super::computation::{CompileHow, Computation, Names, Sink, Source};
 use super::options::VariablesSource;
-use super::placement::{DeviceArray, Placement};
+use super::placement::{DeviceArray, Layout, Placement};
 use super::state::{check_named, DeviceState};
 use crate::bundle::Bundle;
 use crate::spec::TensorSpec;
@@ -14,6 +14,7 @@ use crate::{Error, Result};
 pub(crate) fn initial_variables(
     bundle: &Bundle,
     placement: &Placement,
+    layouts: &[(usize, Layout)],
     source: &VariablesSource,
     seed: u64,
     how: &CompileHow,
@@ -22,20 +23,33 @@ pub(crate) fn initial_variables(
     let from_file = |path: &std::path::Path| -> Result<Vec<DeviceArray>> {
         let bytes = crate::files::read(path, crate::files::MAX_WEIGHTS_BYTES)?;
         let views = safetensors_views(&bytes, &path.display().to_string())?;
-        upload_all(placement, specs, &views)
+        upload_all(placement, specs, layouts, &views)
     };
     match source {
-        VariablesSource::Given(given) => upload_all(placement, specs, given),
+        VariablesSource::Given(given) => upload_all(placement, specs, layouts, given),
         VariablesSource::File(path) => from_file(path),
         VariablesSource::Bundle if bundle.variables_path().is_file() => from_file(&bundle.variables_path()),
-        VariablesSource::Bundle | VariablesSource::Init => run_init(bundle, placement, specs, seed, how),
+        VariablesSource::Bundle | VariablesSource::Init => {
+            let vars = run_init(bundle, placement, specs, seed, how)?;
+            vars.into_iter().zip(layouts).map(|(a, (devices, layout))| relayout(placement, a, *devices, layout)).collect()
+        }
     }
 }
 
-fn upload_all<V: crate::tensor::AsView>(placement: &Placement, specs: &[TensorSpec], given: &[(String, V)]) -> Result<Vec<DeviceArray>> {
+/// `array` in the layout `devices`/`layout`: itself when it is, else moved there (through
+/// the host).
+pub(crate) fn relayout(placement: &Placement, array: DeviceArray, devices: usize, layout: &Layout) -> Result<DeviceArray> {
+    if array.is_laid_out(devices, layout) {
+        return Ok(array);
+    }
+    placement.upload_to(&array.to_tensor()?.view(), devices, layout)
+}
+
+fn upload_all<V: crate::tensor::AsView>(placement: &Placement, specs: &[TensorSpec], layouts: &[(usize, Layout)], given: &[(String, V)]) -> Result<Vec<DeviceArray>> {
     check_named("variable", specs, given, true)?
         .into_iter()
-        .map(|v| v.ok_or_else(|| Error::invalid("variables", "missing")).and_then(|v| placement.upload(&v)))
+        .zip(layouts)
+        .map(|(v, (devices, layout))| v.ok_or_else(|| Error::invalid("variables", "missing")).and_then(|v| placement.upload_to(&v, *devices, layout)))
         .collect()
 }
 
@@ -46,13 +60,15 @@ pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSp
     let manifest = bundle.manifest();
     let init = bundle.computation(&manifest.init.computation.file)?;
     let comp = Computation::new(placement, init, &Names { variables: specs, opt_state: &[] }, how)?;
-    let state = DeviceState::new(placement.clone(), Vec::new(), Vec::new(), super::seed_key(seed))?;
+    let key_layout = comp.layout_of(Source::Key).unwrap_or((1, None));
+    let state = DeviceState::new(placement.clone(), Vec::new(), Vec::new(), Vec::new(), super::seed_key(seed), key_layout)?;
     let reads_inputs = comp.kept_sources().any(|s| matches!(s, Source::Input(_)));
     let inputs = match (reads_inputs, bundle.init_inputs()?) {
         (false, _) => Vec::new(),
         (true, Some(values)) => check_named("init input", &comp.inputs, &values, true)?
             .into_iter()
-            .map(|v| v.ok_or_else(|| Error::invalid("init inputs", "missing")).and_then(|v| placement.upload(&v)))
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| Error::invalid("init inputs", "missing")).and_then(|v| comp.upload_input(i, &v)))
             .collect::<Result<Vec<_>>>()?,
         (true, None) => {
             return Err(Error::invalid(

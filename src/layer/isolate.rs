@@ -55,6 +55,12 @@ pub struct WorkerRequest {
     pub device_ordinal: i64,
     /// See [`CompileOptions`].
     pub portable: bool,
+    /// The partitions' device ids of an SPMD compile.
+    #[serde(default)]
+    pub spmd_device_ids: Option<Vec<i64>>,
+    /// Whether the SPMD program uses Shardy.
+    #[serde(default)]
+    pub shardy: bool,
 }
 
 impl WorkerRequest {
@@ -66,6 +72,8 @@ impl WorkerRequest {
             num_partitions: options.num_partitions,
             device_ordinal: options.device_ordinal,
             portable: options.portable,
+            spmd_device_ids: options.spmd.as_ref().map(|s| s.device_ids.clone()),
+            shardy: options.spmd.as_ref().is_some_and(|s| s.shardy),
         }
     }
 
@@ -76,6 +84,7 @@ impl WorkerRequest {
             num_partitions: self.num_partitions,
             device_ordinal: self.device_ordinal,
             portable: self.portable,
+            spmd: self.spmd_device_ids.clone().map(|device_ids| crate::pjrt::Spmd { device_ids, shardy: self.shardy }),
         }
     }
 }

@@ -6,11 +6,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::batching::{self, Plan};
-use super::computation::{Computation, Names, Sink};
+use super::computation::{Computation, Names, Sink, Source};
 use super::inputs::AsInputs;
 use super::mode::Mode;
 use super::options::{Build, Builder, BundleSource, Options};
-use super::placement::{DeviceArray, Placement};
+use super::placement::{DeviceArray, Layout, Placement};
 use super::state::DeviceState;
 use crate::bundle::{Batching, Bundle, MethodSpec};
 use crate::pjrt::Client;
@@ -86,21 +86,35 @@ impl<K: Kind> Layer<K> {
     /// Sets up the method's computations (each compiles on its first call, or loads from the
     /// compile cache), the variables and the key.
     pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
-        let placement = Placement::single(options.client()?, options.device)?;
+        let placement = Placement::new(options.client()?, options.device, bundle.devices())?;
         let manifest = bundle.manifest();
         let method = options.method.clone().unwrap_or_else(|| manifest.default_method.clone());
         let spec = bundle.method(&method)?.clone();
         let seed = options.seed.unwrap_or(manifest.seed);
-        let how = options.compile_how();
+        let how = options.compile_how(&bundle);
         let specs = manifest.variables.clone();
         let names = Names { variables: &specs, opt_state: &[] };
         let prepare = |list: &[crate::bundle::ComputationSpec]| -> Result<Vec<Computation>> {
             list.iter().map(|c| Computation::new(&placement, bundle.computation(&c.file)?, &names, &how)).collect()
         };
         let (inference, training) = (prepare(&spec.inference)?, prepare(&spec.training)?);
-        let vars = super::init::initial_variables(&bundle, &placement, &options.variables, seed, &how)?;
-        let state = DeviceState::new(placement, specs, vars, options.key.unwrap_or_else(|| seed_key(seed)))?;
+        let all: Vec<&Computation> = inference.iter().chain(&training).collect();
+        let layouts: Vec<(usize, Layout)> = (0..specs.len()).map(|i| layout_in(&all, Source::Var(i))).collect();
+        let vars = super::init::initial_variables(&bundle, &placement, &layouts, &options.variables, seed, &how)?;
+        let key_layout = layout_in(&all, Source::Key);
+        let state = DeviceState::new(placement, specs, vars, layouts, options.key.unwrap_or_else(|| seed_key(seed)), key_layout)?;
         Ok(Layer { kind: PhantomData, bundle, method, seed, batching: spec.batching, state, inference, training })
+    }
+
+    /// The shapes of each variable's buffers, one per device that holds it: a sharded
+    /// variable's blocks, or the whole array on each device holding a replica.
+    pub fn variable_shards(&self) -> Vec<(String, Vec<Vec<usize>>)> {
+        self.state.variable_shards()
+    }
+
+    /// How many devices the layer runs on.
+    pub fn num_devices(&self) -> usize {
+        self.state.placement().len()
     }
 
     /// The same layer as another kind (free: nothing is copied).
@@ -247,6 +261,12 @@ impl<K: Kind> Layer<K> {
     }
 }
 
+/// The layout the first of `comps` that takes `source` wants for it (whole on one device
+/// when none does).
+pub(crate) fn layout_in(comps: &[&Computation], source: Source) -> (usize, Layout) {
+    comps.iter().find_map(|c| c.layout_of(source)).unwrap_or((1, None))
+}
+
 /// Runs a call: plans the batch, runs each chunk's computation through `run` (which returns
 /// the chunk's outputs), and puts the outputs back together as a tree.
 fn run_plan(
@@ -262,7 +282,7 @@ fn run_plan(
     let tensors = if plan.is_exact(comps) {
         // The common case, without padding or chunk bookkeeping.
         let comp = &comps[plan.chunks[0].comp];
-        let inputs = leaves.iter().map(|l| comp.placement().upload(l)).collect::<Result<Vec<_>>>()?;
+        let inputs = leaves.iter().enumerate().map(|(i, l)| comp.upload_input(i, l)).collect::<Result<Vec<_>>>()?;
         run(comp, inputs)?.iter().map(DeviceArray::to_tensor).collect::<Result<Vec<_>>>()?
     } else {
         let mut per_chunk = Vec::with_capacity(plan.chunks.len());
@@ -283,10 +303,9 @@ fn run_plan(
 /// Uploads one chunk's inputs: the leaves' rows of the chunk, padded to the computation's
 /// batch size.
 fn upload_chunk(comp: &Computation, plan: &Plan, chunk: &batching::Chunk, pad: f64, leaves: &[&TensorView<'_>]) -> Result<Vec<DeviceArray>> {
-    let placement = comp.placement();
     let to = comp.batch_size.unwrap_or(chunk.len);
     debug_assert!(chunk.start + chunk.len <= plan.rows);
-    leaves.iter().map(|l| placement.upload(&batching::rows(l, chunk.start, chunk.len, to, pad)?.view())).collect()
+    leaves.iter().enumerate().map(|(i, l)| comp.upload_input(i, &batching::rows(l, chunk.start, chunk.len, to, pad)?.view())).collect()
 }
 
 static_assertions::assert_impl_all!(JaxLayer: Send, Sync);

@@ -13,6 +13,9 @@ use crate::bundle::Bundle;
 use crate::pjrt::Client;
 use crate::{Result, Tensor};
 
+/// The environment variable that sets how many virtual devices a CPU client has.
+pub const CPU_DEVICES_ENV: &str = "FLAXLAYER_CPU_DEVICES";
+
 /// Where the bundle comes from: a directory or an opened bundle.
 #[derive(Debug, Clone)]
 pub enum BundleSource {
@@ -95,20 +98,29 @@ pub struct Options {
     /// Compile in a child process with a time limit (bundles from elsewhere); see
     /// [`Isolation`].
     pub isolation: Option<Isolation>,
+    /// On a CPU plugin, how many (virtual) devices the client has; the plugin's default (4)
+    /// when `None`, or `$FLAXLAYER_CPU_DEVICES`. Ignored when a client is given.
+    pub cpu_devices: Option<usize>,
     /// Trainer only: the seed of the batch order; the seed when `None`.
     pub shuffle_seed: Option<u64>,
 }
 
 impl Options {
-    /// How computations compile under these options.
-    pub(crate) fn compile_how(&self) -> CompileHow {
-        CompileHow { cache: self.cache.dir(), isolation: self.isolation.clone() }
+    /// How computations of `bundle` compile under these options.
+    pub(crate) fn compile_how(&self, bundle: &Bundle) -> CompileHow {
+        let shardy = bundle.manifest().partitioner.as_deref() != Some("gspmd");
+        CompileHow { cache: self.cache.dir(), isolation: self.isolation.clone(), shardy }
     }
 
-    /// The client these options name: the given one, or a new one on the plugin.
+    /// The client these options name: the given one, or a new one on the plugin (with
+    /// `cpu_devices` devices on a CPU plugin, when asked).
     pub(crate) fn client(&self) -> Result<Client> {
-        match &self.client {
-            Some(c) => Ok(c.clone()),
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let from_env = || std::env::var(CPU_DEVICES_ENV).ok().and_then(|v| v.parse().ok());
+        match self.cpu_devices.or_else(from_env) {
+            Some(n) => Client::with_cpu_devices(self.plugin.as_deref(), n),
             None => Client::new(self.plugin.as_deref()),
         }
     }
@@ -195,6 +207,13 @@ impl<T: Build> Builder<T> {
     /// The PJRT plugin `.so`; default: the search of [`crate::pjrt::Plugin::load`].
     pub fn plugin(mut self, path: impl Into<PathBuf>) -> Self {
         self.options.plugin = Some(path.into());
+        self
+    }
+
+    /// On a CPU plugin, create the client with `n` (virtual) devices, for bundles exported
+    /// for several devices; default: the plugin's (4), or `$FLAXLAYER_CPU_DEVICES`.
+    pub fn cpu_devices(mut self, n: usize) -> Self {
+        self.options.cpu_devices = Some(n);
         self
     }
 

@@ -1,29 +1,58 @@
-//! Where a layer runs: a client and its device(s), and arrays held there.
+//! Where a layer runs: a client and its device(s), and arrays held there — whole on one
+//! device, replicated on several, or split into shards as a JAX named sharding says.
+
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use crate::bundle::NamedSharding;
 use crate::pjrt::{Buffer, Client, Device};
 use crate::tensor::TensorView;
 use crate::{Error, Result, Tensor};
 
-/// The client and the devices a layer's computations run on. Today one device; a layer over
-/// several devices holds one shard (or replica) of every array per device.
+/// The client and the devices a layer's computations run on: one device, or the devices of a
+/// mesh, in the mesh's device order (JAX's `mesh.devices.flat`).
 #[derive(Debug, Clone)]
 pub(crate) struct Placement {
     pub client: Client,
     pub devices: Vec<Device>,
     /// The index of the first device among the client's devices.
     pub device_index: usize,
-    /// Executables are compiled portable (run on the device named at execution) when the
-    /// device is not the client's first.
+    /// Executables are compiled portable (run on the device named at execution) when a
+    /// single-device layer's device is not the client's first.
     pub portable: bool,
 }
 
+/// How an array is laid out over a placement's devices: `None` is whole (one device) or
+/// replicated (every device); `Some` splits it as a JAX named sharding says.
+pub(crate) type Layout = Option<Arc<NamedSharding>>;
+
 impl Placement {
-    /// The device `index` of `client`.
-    pub fn single(client: Client, index: usize) -> Result<Placement> {
-        let device = client.device(index)?;
-        Ok(Placement { client, devices: vec![device], device_index: index, portable: index != 0 })
+    /// `count` devices of `client` from index `first` on.
+    pub fn new(client: Client, first: usize, count: usize) -> Result<Placement> {
+        let all = client.devices()?;
+        if first + count > all.len() {
+            return Err(Error::invalid(
+                "devices",
+                format!(
+                    "the bundle runs on {count} device(s) from index {first}, but the client has {}; on CPU, ask for more \
+                     with the builder's cpu_devices(n), the CLI's --devices N or FLAXLAYER_CPU_DEVICES",
+                    all.len()
+                ),
+            ));
+        }
+        let devices = all.into_iter().skip(first).take(count).collect();
+        Ok(Placement { client, devices, device_index: first, portable: count == 1 && first != 0 })
+    }
+
+    /// The number of devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// The PJRT ids of the devices, in order.
+    pub fn device_ids(&self) -> Result<Vec<i64>> {
+        self.devices.iter().map(|d| d.id().map(i64::from)).collect()
     }
 
     /// The device executions run on, for an executable compiled portable.
@@ -35,34 +64,78 @@ impl Placement {
         }
     }
 
-    /// Uploads a host array to every device of the placement.
-    pub fn upload(&self, t: &TensorView<'_>) -> Result<DeviceArray> {
-        let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-        let shards = self
-            .devices
-            .iter()
-            .map(|d| self.client.buffer_from_bytes(t.dtype(), &dims, t.as_bytes(), d))
-            .collect::<Result<SmallVec<_>>>()?;
-        Ok(DeviceArray { shards })
-    }
-
-    /// Uploads raw `uint32[2]` key data.
-    pub fn upload_key(&self, key: [u32; 2]) -> Result<DeviceArray> {
-        let t = Tensor::from_vec(vec![2], key.to_vec())?;
-        self.upload(&t.view())
+    /// Uploads a host array for a computation on the first `devices` devices, laid out as
+    /// `layout` says: whole on one device, replicated, or one block per device.
+    pub fn upload_to(&self, t: &TensorView<'_>, devices: usize, layout: &Layout) -> Result<DeviceArray> {
+        let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect::<Vec<i64>>();
+        let targets = self.devices.get(..devices).ok_or_else(|| Error::invalid("devices", format!("{devices} wanted, {} held", self.devices.len())))?;
+        let shards = match layout {
+            Some(sharding) if devices > 1 => {
+                let tiling = sharding.tiling(t.shape())?;
+                targets
+                    .iter()
+                    .zip(&tiling)
+                    .map(|(d, slice)| {
+                        let block = block_bytes(t, &slice.ranges);
+                        self.client.buffer_from_bytes(t.dtype(), &dims(&slice.shape()), &block, d)
+                    })
+                    .collect::<Result<SmallVec<_>>>()?
+            }
+            _ => targets.iter().map(|d| self.client.buffer_from_bytes(t.dtype(), &dims(t.shape()), t.as_bytes(), d)).collect::<Result<SmallVec<_>>>()?,
+        };
+        Ok(DeviceArray { shards, layout: if devices > 1 { layout.clone() } else { None }, shape: t.shape().to_vec() })
     }
 }
 
-/// An array on the device(s) of a placement: one buffer per device.
+/// The bytes of the block `ranges` (one range per dimension) of a row-major array.
+fn block_bytes(t: &TensorView<'_>, ranges: &[std::ops::Range<usize>]) -> Vec<u8> {
+    let shape = t.shape();
+    let item = t.dtype().size_in_bytes();
+    let Some((last, outer)) = ranges.split_last() else { return t.as_bytes().to_vec() };
+    let row = (last.end - last.start) * item;
+    let mut out = Vec::with_capacity(outer.iter().map(|r| r.end - r.start).product::<usize>() * row);
+    for_each_row(shape, outer, &mut |offset| {
+        let start = (offset * shape[shape.len() - 1] + last.start) * item;
+        out.extend_from_slice(&t.as_bytes()[start..start + row]);
+    });
+    out
+}
+
+/// Calls `f` with the row-major row index (over all dimensions but the last) of every row
+/// of the block `outer` of an array of `shape`, in order.
+fn for_each_row(shape: &[usize], outer: &[std::ops::Range<usize>], f: &mut impl FnMut(usize)) {
+    fn walk(shape: &[usize], outer: &[std::ops::Range<usize>], dim: usize, base: usize, f: &mut impl FnMut(usize)) {
+        if dim == outer.len() {
+            f(base);
+            return;
+        }
+        for i in outer[dim].clone() {
+            walk(shape, outer, dim + 1, base * shape[dim] + i, f);
+        }
+    }
+    walk(shape, outer, 0, 0, f)
+}
+
+/// An array on the device(s) of a placement: one buffer per device holding it.
 #[derive(Debug)]
 pub(crate) struct DeviceArray {
     shards: SmallVec<[Buffer; 1]>,
+    layout: Layout,
+    /// The whole array's shape.
+    shape: Vec<usize>,
 }
 
 impl DeviceArray {
     /// An array held by one buffer on one device.
     pub fn single(buffer: Buffer) -> DeviceArray {
-        DeviceArray { shards: smallvec::smallvec![buffer] }
+        let shape = buffer.dims().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+        DeviceArray { shards: smallvec::smallvec![buffer], layout: None, shape }
+    }
+
+    /// An array held by one buffer per device, laid out as `layout` says (`None`:
+    /// replicated), whose whole shape is `shape`.
+    pub fn sharded(shards: Vec<Buffer>, layout: Layout, shape: Vec<usize>) -> DeviceArray {
+        DeviceArray { shards: shards.into(), layout, shape }
     }
 
     /// The buffer of a single-device array.
@@ -79,17 +152,60 @@ impl DeviceArray {
         self.shards.get(i).ok_or_else(|| Error::invalid("device array", format!("no shard {i}: it has {n}")))
     }
 
+    /// Whether the array is held on `devices` devices laid out as `layout`.
+    pub fn is_laid_out(&self, devices: usize, layout: &Layout) -> bool {
+        self.shards.len() == devices && (devices == 1 || self.layout == *layout)
+    }
+
+    /// The shapes of the buffers, one per device holding the array.
+    pub fn shard_shapes(&self) -> Vec<Vec<usize>> {
+        self.shards.iter().map(|b| b.dims().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect()).collect()
+    }
+
     /// Whether any shard was deleted (donated to an execution that consumed it).
     pub fn is_deleted(&self) -> bool {
         self.shards.iter().any(|b| b.is_deleted().unwrap_or(true))
     }
 
-    /// The whole array on the host.
+    /// The whole array on the host: the one buffer, or its shards put together.
     pub fn to_tensor(&self) -> Result<Tensor> {
-        let b = self.shard(0)?;
-        let shape = b.dims().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
-        let mut t = Tensor::zeros(b.dtype(), shape)?;
-        b.copy_to_host_bytes(t.as_mut_bytes())?;
-        Ok(t)
+        let first = self.shard(0)?;
+        let Some(sharding) = self.layout.as_ref().filter(|_| self.shards.len() > 1) else {
+            let mut t = Tensor::zeros(first.dtype(), self.shape.clone())?;
+            first.copy_to_host_bytes(t.as_mut_bytes())?;
+            return Ok(t);
+        };
+        let mut whole = Tensor::zeros(first.dtype(), self.shape.clone())?;
+        let item = first.dtype().size_in_bytes();
+        let shape = self.shape.clone();
+        for (buffer, slice) in self.shards.iter().zip(sharding.tiling(&shape)?) {
+            let mut block = Tensor::zeros(buffer.dtype(), slice.shape())?;
+            buffer.copy_to_host_bytes(block.as_mut_bytes())?;
+            let Some((last, outer)) = slice.ranges.split_last() else { continue };
+            let row = (last.end - last.start) * item;
+            let (src, dst) = (block.as_bytes(), whole.as_mut_bytes());
+            let mut k = 0;
+            for_each_row(&shape, outer, &mut |offset| {
+                let start = (offset * shape[shape.len() - 1] + last.start) * item;
+                dst[start..start + row].copy_from_slice(&src[k * row..(k + 1) * row]);
+                k += 1;
+            });
+        }
+        Ok(whole)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_of_a_row_major_array() {
+        let t = Tensor::from_vec(vec![2, 3, 4], (0..24).map(|i| i as f32).collect()).unwrap();
+        let b = block_bytes(&t.view(), &[1..2, 0..3, 2..4]);
+        let got: Vec<f32> = bytemuck::cast_slice(&b).to_vec();
+        assert_eq!(got, [14.0, 15.0, 18.0, 19.0, 22.0, 23.0]);
+        let all = block_bytes(&t.view(), &[0..2, 0..3, 0..4]);
+        assert_eq!(all, t.as_bytes());
     }
 }

@@ -63,8 +63,8 @@ impl RawLoop {
             return Err(Error::ArgumentCount { what: "raw loop inputs".into(), expected: input_index, got: inputs.len() });
         }
         let mut args = Vec::new();
-        let placement = super::placement::Placement::single(client.clone(), 0)?;
-        if let Some(index) = super::computation::platform_index_arg(&placement, exp, file)? {
+        let placement = super::placement::Placement::new(client.clone(), 0, 1)?;
+        if let Some(index) = super::computation::platform_index_arg(&placement, exp, file, 1)? {
             args.push(RawArg::Resident(index.into_single()?));
         }
         for &i in &exp.module_kept_var_idx {

@@ -3,17 +3,19 @@
 //! that writes a computation's results back.
 
 use super::computation::{Computation, Sink, Source};
-use super::placement::{DeviceArray, Placement};
+use super::placement::{DeviceArray, Layout, Placement};
 use crate::pjrt::Client;
 use crate::spec::{self, TensorSpec};
 use crate::tensor::{AsView, TensorView};
 use crate::{Error, Result, Tensor};
 
-/// Named arrays of one kind (the variables, or the optimizer state), in manifest order.
+/// Named arrays of one kind (the variables, or the optimizer state), in manifest order,
+/// each with the layout it is held in (how many devices, and how it is split).
 #[derive(Debug, Default)]
 struct Group {
     specs: Vec<TensorSpec>,
     arrays: Vec<DeviceArray>,
+    layouts: Vec<(usize, Layout)>,
 }
 
 /// What a failed execution took with it.
@@ -36,17 +38,26 @@ pub(crate) struct DeviceState {
     vars: Group,
     opt: Group,
     key: DeviceArray,
+    key_layout: (usize, Layout),
     lost: Option<Lost>,
 }
 
 impl DeviceState {
-    /// State with these variables (checked against `specs`, all of them) and key.
-    pub fn new(placement: Placement, specs: Vec<TensorSpec>, vars: Vec<DeviceArray>, key: [u32; 2]) -> Result<DeviceState> {
-        if specs.len() != vars.len() {
+    /// State with these variables (already uploaded in `layouts`) and key (uploaded here, in
+    /// `key_layout`).
+    pub fn new(
+        placement: Placement,
+        specs: Vec<TensorSpec>,
+        vars: Vec<DeviceArray>,
+        layouts: Vec<(usize, Layout)>,
+        key: [u32; 2],
+        key_layout: (usize, Layout),
+    ) -> Result<DeviceState> {
+        if specs.len() != vars.len() || specs.len() != layouts.len() {
             return Err(Error::ArgumentCount { what: "variables".into(), expected: specs.len(), got: vars.len() });
         }
-        let key = placement.upload_key(key)?;
-        Ok(DeviceState { placement, vars: Group { specs, arrays: vars }, opt: Group::default(), key, lost: None })
+        let key = upload_key(&placement, key, &key_layout)?;
+        Ok(DeviceState { placement, vars: Group { specs, arrays: vars, layouts }, opt: Group::default(), key, key_layout, lost: None })
     }
 
     pub fn placement(&self) -> &Placement {
@@ -78,11 +89,20 @@ impl DeviceState {
         &self,
         kind: &'static str,
         specs: &[TensorSpec],
+        layouts: &[(usize, Layout)],
         given: &[(String, V)],
         complete: bool,
     ) -> Result<Vec<Option<DeviceArray>>> {
         let views = check_named(kind, specs, given, complete)?;
-        views.into_iter().map(|v| v.map(|v| self.placement.upload(&v)).transpose()).collect()
+        let whole = (1, None);
+        views
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let (devices, layout) = layouts.get(i).unwrap_or(&whole);
+                v.map(|v| self.placement.upload_to(&v, *devices, layout)).transpose()
+            })
+            .collect()
     }
 
     /// Copies every variable to the host, by Flax path.
@@ -95,7 +115,7 @@ impl DeviceState {
     /// replaced.
     pub fn set_variables<V: AsView>(&mut self, given: &[(String, V)]) -> Result<()> {
         self.check_alive()?;
-        let uploaded = self.upload_named("variable", &self.vars.specs, given, false)?;
+        let uploaded = self.upload_named("variable", &self.vars.specs, &self.vars.layouts, given, false)?;
         replace(&mut self.vars, uploaded);
         Ok(())
     }
@@ -106,13 +126,18 @@ impl DeviceState {
         download(&self.opt)
     }
 
-    /// Sets the optimizer state's specs and values (all of them).
-    pub fn init_opt_state(&mut self, specs: Vec<TensorSpec>, arrays: Vec<DeviceArray>) -> Result<()> {
-        if specs.len() != arrays.len() {
+    /// Sets the optimizer state's specs, values (all of them) and layouts.
+    pub fn init_opt_state(&mut self, specs: Vec<TensorSpec>, arrays: Vec<DeviceArray>, layouts: Vec<(usize, Layout)>) -> Result<()> {
+        if specs.len() != arrays.len() || specs.len() != layouts.len() {
             return Err(Error::ArgumentCount { what: "optimizer state".into(), expected: specs.len(), got: arrays.len() });
         }
-        self.opt = Group { specs, arrays };
+        self.opt = Group { specs, arrays, layouts };
         Ok(())
+    }
+
+    /// The shapes of each variable's buffers, one per device holding it.
+    pub fn variable_shards(&self) -> Vec<(String, Vec<Vec<usize>>)> {
+        self.vars.specs.iter().zip(&self.vars.arrays).map(|(s, a)| (s.name.clone(), a.shard_shapes())).collect()
     }
 
     /// The raw `uint32[2]` data of the key.
@@ -127,7 +152,7 @@ impl DeviceState {
     /// Replaces the key data.
     pub fn set_key(&mut self, key: [u32; 2]) -> Result<()> {
         self.check_alive()?;
-        self.key = self.placement.upload_key(key)?;
+        self.key = upload_key(&self.placement, key, &self.key_layout)?;
         Ok(())
     }
 
@@ -224,6 +249,11 @@ pub(crate) fn check_named<'a, V: AsView>(
         }
     }
     Ok(out)
+}
+
+fn upload_key(placement: &Placement, key: [u32; 2], (devices, layout): &(usize, Layout)) -> Result<DeviceArray> {
+    let t = Tensor::from_vec(vec![2], key.to_vec())?;
+    placement.upload_to(&t.view(), *devices, layout)
 }
 
 fn download(group: &Group) -> Result<Vec<(String, Tensor)>> {

@@ -70,6 +70,14 @@ impl Client {
             .or_else(|_| Client::with_plugin(plugin))
     }
 
+    /// [`Client::new`] with `n` devices on a CPU plugin (the `cpu_device_count` option; the
+    /// CPU plugins default to 4). A plugin that refuses the option is an error.
+    pub fn with_cpu_devices(plugin_path: Option<&Path>, n: usize) -> Result<Client> {
+        let plugin = Plugin::load(plugin_path)?;
+        let options = ClientOptions::cpu_synchronous().set("cpu_device_count", super::options::OptionValue::Int64(n as i64));
+        Client::with_options(plugin, &options)
+    }
+
     /// Creates a client on an already loaded plugin.
     pub fn with_plugin(plugin: Arc<Plugin>) -> Result<Client> {
         Client::with_options(plugin, &ClientOptions::default())

@@ -309,4 +309,74 @@ impl LoadedExecutable {
         }
         Ok(outputs)
     }
+
+    /// Runs an SPMD program (compiled with [`CompileOptions::spmd`]) on its devices:
+    /// `inputs[d]` are device `d`'s shards of the arguments, in partition order, and the
+    /// result's `[d]` are device `d`'s shards of the outputs. Donation flags apply to every
+    /// device alike.
+    pub fn execute_sharded(&self, inputs: &[Vec<&Buffer>], donate: &[bool]) -> Result<Vec<Vec<Buffer>>> {
+        let Some(first) = inputs.first() else {
+            return Err(Error::ArgumentCount { what: "devices of an SPMD execution".into(), expected: 1, got: 0 });
+        };
+        if let Some(d) = inputs.iter().position(|args| args.len() != first.len()) {
+            return Err(Error::ArgumentCount { what: format!("arguments on device {d}"), expected: first.len(), got: inputs[d].len() });
+        }
+        if donate.len() != first.len() {
+            return Err(Error::ArgumentCount { what: "donation flags".into(), expected: first.len(), got: donate.len() });
+        }
+        for args in inputs {
+            self.check_inputs(args)?;
+            self.check_same_client(args, None)?;
+        }
+        let raws: Vec<Vec<*mut ffi::PJRT_Buffer>> = inputs.iter().map(|args| args.iter().map(|b| b.raw()).collect()).collect();
+        let keep: Vec<i64> = (0..first.len() as i64).filter(|&i| !donate[i as usize]).collect();
+        let mut outs: Vec<Vec<*mut ffi::PJRT_Buffer>> = inputs.iter().map(|_| vec![std::ptr::null_mut(); self.num_outputs]).collect();
+        let mut done: Vec<*mut ffi::PJRT_Event> = vec![std::ptr::null_mut(); inputs.len()];
+        let mut opts = ffi::PJRT_ExecuteOptions::new();
+        opts.non_donatable_input_indices = keep.as_ptr();
+        opts.num_non_donatable_input_indices = keep.len();
+        let arg_lists: Vec<*const *mut ffi::PJRT_Buffer> = raws.iter().map(|r| r.as_ptr()).collect();
+        let out_lists: Vec<*mut *mut ffi::PJRT_Buffer> = outs.iter_mut().map(|o| o.as_mut_ptr()).collect();
+        let mut a = ffi::PJRT_LoadedExecutable_Execute_Args::new();
+        a.executable = self.raw.as_ptr();
+        a.options = &mut opts;
+        a.argument_lists = arg_lists.as_ptr();
+        a.num_devices = inputs.len();
+        a.num_args = first.len();
+        a.output_lists = out_lists.as_ptr();
+        a.device_complete_events = done.as_mut_ptr();
+        // SAFETY: every pointer in `a` outlives the call: `opts` and `keep`; `num_devices`
+        // argument lists of `num_args` live input buffers of this client (checked above),
+        // borrowed for the call; as many output lists of `num_outputs` writable slots; one
+        // writable event slot per device. The executable runs on its own devices.
+        let result = unsafe { call!(self.client.plugin, PJRT_LoadedExecutable_Execute, &mut a) };
+        // Own every output handle before anything can fail, so none leaks.
+        let outputs: Vec<Vec<Result<Buffer>>> = outs
+            .into_iter()
+            .map(|list| {
+                list.into_iter()
+                    .filter_map(NonNull::new)
+                    // SAFETY: each output is a fresh buffer of this client, owned by nobody else.
+                    .map(|raw| unsafe { Buffer::from_raw(&self.client, raw) })
+                    .collect()
+            })
+            .collect();
+        let mut completion = Ok(());
+        for event in done {
+            // SAFETY: each slot is null or a fresh event of this plugin, owned by us.
+            let waited = unsafe { event::wait_raw(&self.client.plugin, event) };
+            completion = completion.and(waited);
+        }
+        result?;
+        completion?;
+        let outputs = outputs.into_iter().map(|list| list.into_iter().collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+        if let Some(list) = outputs.iter().find(|l| l.len() != self.num_outputs) {
+            return Err(Error::Pjrt {
+                call: "PJRT_LoadedExecutable_Execute",
+                code: ErrorCode::Internal,
+                message: format!("expected {} outputs per device, got {}", self.num_outputs, list.len()),
+            });
+        }
+        Ok(outputs)
+    }
 }

@@ -24,7 +24,7 @@ mod xla_ffi;
 
 pub use buffer::Buffer;
 pub use client::{Client, Device};
-pub use compile_options::CompileOptions;
+pub use compile_options::{CompileOptions, Spmd};
 pub use discovery::{plugin_file_names, user_plugin_dir};
 pub use executable::{ArgSpec, LoadedExecutable, Program};
 pub use options::{ClientOptions, OptionValue};

@@ -13,7 +13,10 @@ pub use batch::{Batch, Metrics};
 pub use batch_order::{epoch_batches, epoch_permutation};
 pub use checkpoint::{OPT_STATE_FILE, TRAINER_FILE};
 
-use super::computation::{Computation, Names, Sink};
+use super::computation::{Computation, Names, Sink, Source};
+use super::init::relayout;
+use super::jax_layer::layout_in;
+use super::placement::Layout;
 use super::flax_layer::FlaxLayer;
 use super::jax_layer::JaxLayer;
 use super::options::{Build, Builder, BundleSource, Options, VariablesSource};
@@ -99,7 +102,7 @@ impl Trainer {
             options.method = spec.method.clone();
         }
         let shuffle_seed = options.shuffle_seed;
-        let how = options.compile_how();
+        let how = options.compile_how(&bundle);
         let mut layer = JaxLayer::new(bundle.clone(), options)?;
         let shuffle_seed = shuffle_seed.unwrap_or(layer.seed());
         let placement = layer.state().placement().clone();
@@ -111,20 +114,22 @@ impl Trainer {
         };
         let train = compile(&spec.train_step.file)?.donating_params();
         let eval = compile(&spec.eval_step.file)?;
+        let layouts: Vec<(usize, Layout)> = (0..spec.opt_state.len()).map(|i| layout_in(&[&train], Source::OptState(i))).collect();
         let opt_state = match opt {
             OptStart::Fresh => {
                 let init = compile(&spec.init_opt_state.file)?;
                 let results = layer.state().run(&init, &[])?;
-                init.results_by(results, |s| if let Sink::OptState(i) = s { Some(i) } else { None }, &spec.opt_state, "optimizer state")?
+                let arrays = init.results_by(results, |s| if let Sink::OptState(i) = s { Some(i) } else { None }, &spec.opt_state, "optimizer state")?;
+                arrays.into_iter().zip(&layouts).map(|(a, (n, l))| relayout(&placement, a, *n, l)).collect::<Result<Vec<_>>>()?
             }
             OptStart::Saved(given) => layer
                 .state()
-                .upload_named("optimizer state", &spec.opt_state, &given, true)?
+                .upload_named("optimizer state", &spec.opt_state, &layouts, &given, true)?
                 .into_iter()
                 .map(|a| a.ok_or_else(|| Error::invalid("optimizer state", "missing")))
                 .collect::<Result<Vec<_>>>()?,
         };
-        layer.state_mut().init_opt_state(spec.opt_state.clone(), opt_state)?;
+        layer.state_mut().init_opt_state(spec.opt_state.clone(), opt_state, layouts)?;
         Ok(Trainer { layer, spec, shuffle_seed, steps, batch_size, train, eval })
     }
 
@@ -169,7 +174,7 @@ impl Trainer {
     /// Checks `batch` against `comp`'s inputs (every one present once, dtype, shape;
     /// nothing else) and uploads it in `comp`'s order. Nothing is uploaded unless all fit.
     fn upload_batch(&self, comp: &Computation, batch: &Batch) -> Result<Vec<DeviceArray>> {
-        let arrays = self.layer.state().upload_named("batch input", &comp.inputs, batch.leaves(), true).map_err(|e| match e {
+        let arrays = self.layer.state().upload_named("batch input", &comp.inputs, &comp.input_layouts(), batch.leaves(), true).map_err(|e| match e {
             Error::ShapeMismatch { what, expected, got } => {
                 Error::ShapeMismatch { what: format!("{what} (the exported batch size is {})", self.batch_size), expected, got }
             }
