@@ -11,6 +11,8 @@ pub mod layer;
 #[allow(unsafe_code)]
 pub mod pjrt;
 pub mod pytree;
+#[cfg(feature = "serve")]
+pub mod server;
 mod spec;
 pub mod tensor;
 
