@@ -1,16 +1,21 @@
 //! The dynamic batcher: a model's queue of checked requests, and worker threads that take the
 //! next batch from it and run it with `predict` (never on the async runtime).
 //!
-//! - **Merging** (when the model allows it): the first request of a batch waits at most
-//!   `max_queue_delay` for more; requests join until their rows reach `max_batch_size`, and a
-//!   request that would pass it starts the next batch. The rows are concatenated, the layer
-//!   pads them to an exported size (or splits them), and each request gets its own rows of the
-//!   outputs that carry the batch axis, and the whole of the others.
+//! - **Merging** (when the model allows it): requests join a batch until their rows reach
+//!   `max_batch_size` (a request that would pass it starts the next batch). While other
+//!   requests to the model are arriving (received, not yet queued), the batch waits for them,
+//!   at most `max_queue_delay` after its first request came; when none is, it runs at once, so
+//!   a lone client never waits.
+//! - **Chunks** (when the bundle is paddable): the rows run as the chunks of exported batch
+//!   sizes that cost least, by the time each size took at warm-up (9 rows with sizes 4 and 256
+//!   run as 4 + 4 + 1 padded to 4, not as 256). Each request gets its own rows of the outputs
+//!   that carry the batch axis, and the whole of the others.
 //! - **Unbatched**: each request runs alone, one at a time per worker.
 //! - A merged batch that fails is run again request by request, so a request that fails
 //!   fails only itself.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,7 +49,41 @@ pub struct Policy {
     pub max_delay: Duration,
     /// Per output leaf: whether its leading axis is the batch (needed to merge).
     pub output_batched: Vec<bool>,
+    /// For a paddable bundle: each exported batch size with the cost of one call at it (any
+    /// unit); rows then run in the cheapest chunks of these sizes. Empty: one call as is.
+    pub chunk_costs: Vec<(usize, f64)>,
 }
+
+/// Requests to a model that have arrived but are not queued yet: a forming batch waits for
+/// them (up to its deadline) only while there are some.
+#[derive(Debug, Default)]
+pub struct Arrivals(AtomicUsize);
+
+impl Arrivals {
+    /// Counts a request until the guard is dropped (when it is queued, or refused).
+    pub fn arrive(self: &Arc<Self>) -> Arriving {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Arriving(Some(self.clone()))
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// One arriving request; dropping it (after queueing the request) stops counting it.
+pub struct Arriving(Option<Arc<Arrivals>>);
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// How often a batch waiting for arriving requests checks whether they still are.
+const ARRIVAL_POLL: Duration = Duration::from_micros(50);
 
 /// A model's queue and its worker threads. Dropping it lets the workers finish every queued
 /// request, then joins them.
@@ -53,10 +92,12 @@ pub struct Batcher {
     workers: Vec<JoinHandle<()>>,
 }
 
-/// What the workers share: the receiver, and a request held back for the next batch.
+/// What the workers share: the receiver, a request held back for the next batch, and the
+/// count of arriving requests.
 struct Queue {
     rx: Receiver<Job>,
     held: Option<Job>,
+    arrivals: Arc<Arrivals>,
 }
 
 /// What a worker needs to run batches.
@@ -69,9 +110,9 @@ struct Runner {
 
 impl Batcher {
     /// Starts `instances` worker threads for `layer`.
-    pub fn start(layer: Arc<JaxLayer>, policy: Policy, instances: usize, metrics: Arc<Metrics>, labels: ModelLabels) -> Result<Batcher> {
+    pub fn start(layer: Arc<JaxLayer>, policy: Policy, instances: usize, arrivals: Arc<Arrivals>, metrics: Arc<Metrics>, labels: ModelLabels) -> Result<Batcher> {
         let (sender, rx) = mpsc::channel();
-        let queue = Arc::new(Mutex::new(Queue { rx, held: None }));
+        let queue = Arc::new(Mutex::new(Queue { rx, held: None, arrivals }));
         let runner = Arc::new(Runner { layer, policy, metrics, labels });
         let mut workers = Vec::with_capacity(instances);
         for i in 0..instances {
@@ -118,8 +159,9 @@ fn work(queue: &Mutex<Queue>, runner: &Runner) {
     }
 }
 
-/// The next batch: the held-back or next request, then (when merging) every request that
-/// arrives before the first one's deadline and fits. `None` once the queue is closed and empty.
+/// The next batch: the held-back or next request, then (when merging) every queued request
+/// that fits, and those still arriving before the first one's deadline. `None` once the queue
+/// is closed and empty.
 fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
     let first = match q.held.take() {
         Some(j) => j,
@@ -134,12 +176,13 @@ fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
                 let now = Instant::now();
-                if now >= deadline {
+                if now >= deadline || !q.arrivals.any() {
                     break;
                 }
-                match q.rx.recv_timeout(deadline - now) {
+                match q.rx.recv_timeout((deadline - now).min(ARRIVAL_POLL)) {
                     Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         };
@@ -184,13 +227,22 @@ impl Runner {
         }
     }
 
-    /// One call of the layer on `inputs` (flatten order); the outputs in flatten order.
+    /// The layer on `inputs` (flatten order, `rows` rows): one call, or the cheapest chunks
+    /// of exported sizes for a paddable bundle. The outputs in flatten order.
     fn predict(&self, inputs: &[Tensor], rows: usize, requests: usize) -> Result<Vec<Tensor>> {
         let started = Instant::now();
-        let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
+        let chunks = plan_chunks(rows, &self.policy.chunk_costs);
         let call = || -> Result<Vec<Tensor>> {
-            let tree = self.layer.input_tree().unflatten(views)?;
-            Ok(self.layer.predict(&tree)?.into_leaves())
+            if chunks.len() <= 1 {
+                return self.call(inputs.iter().map(Tensor::view).collect());
+            }
+            let mut parts = Vec::with_capacity(chunks.len());
+            let mut start = 0;
+            for &len in &chunks {
+                parts.push(self.call(inputs.iter().map(|t| row_view(t, start, len)).collect::<Result<_>>()?)?);
+                start += len;
+            }
+            join(parts, rows, &self.policy.output_batched)
         };
         let out = std::panic::catch_unwind(AssertUnwindSafe(call))
             .unwrap_or_else(|_| Err(Error::invalid("inference", "the call panicked; the server goes on")));
@@ -199,6 +251,72 @@ impl Runner {
         self.metrics.batch_requests.get_or_create(&self.labels).observe(requests as f64);
         out
     }
+
+    /// One `predict` of the layer on leaves in flatten order.
+    fn call(&self, views: Vec<TensorView<'_>>) -> Result<Vec<Tensor>> {
+        let tree = self.layer.input_tree().unflatten(views)?;
+        Ok(self.layer.predict(&tree)?.into_leaves())
+    }
+}
+
+/// The chunk lengths that run `rows` rows at least cost, given each exported size's cost of
+/// one call (a chunk of `len` rows runs at the smallest size `>= len`, padded). One chunk of
+/// all rows when there are no costs.
+pub fn plan_chunks(rows: usize, costs: &[(usize, f64)]) -> Vec<usize> {
+    if costs.is_empty() || rows == 0 {
+        return vec![rows];
+    }
+    // best[r]: the least cost of r rows, and the size of the first chunk that gets it.
+    let mut best: Vec<(f64, usize)> = vec![(0.0, 0); rows + 1];
+    for r in 1..=rows {
+        best[r] = costs
+            .iter()
+            .map(|&(size, cost)| (cost + best[r.saturating_sub(size)].0, size))
+            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
+    }
+    let mut chunks = Vec::new();
+    let mut r = rows;
+    while r > 0 {
+        let len = best[r].1.min(r).max(1);
+        chunks.push(len);
+        r -= len;
+    }
+    chunks
+}
+
+/// Rows `start..start + len` of `t`, borrowed.
+fn row_view(t: &Tensor, start: usize, len: usize) -> Result<TensorView<'_>> {
+    let n = t.shape().first().copied().unwrap_or(0);
+    let row = t.num_bytes().checked_div(n).unwrap_or(0);
+    let mut shape = t.shape().to_vec();
+    if let Some(first) = shape.first_mut() {
+        *first = len;
+    }
+    TensorView::new(t.dtype(), shape, &t.as_bytes()[start * row..(start + len) * row])
+}
+
+/// The chunks' outputs as one: batched outputs concatenated, the others from the first chunk.
+fn join(mut parts: Vec<Vec<Tensor>>, rows: usize, batched: &[bool]) -> Result<Vec<Tensor>> {
+    let first = parts.first().cloned().unwrap_or_default();
+    let mut out = Vec::with_capacity(first.len());
+    for (i, leaf) in first.into_iter().enumerate() {
+        if !batched.get(i).copied().unwrap_or(false) {
+            out.push(leaf);
+            continue;
+        }
+        let mut shape = leaf.shape().to_vec();
+        shape[0] = rows;
+        let mut t = Tensor::zeros(leaf.dtype(), shape)?;
+        let dst = t.as_mut_bytes();
+        let mut at = 0;
+        for part in parts.iter_mut() {
+            let src = part[i].as_bytes();
+            dst.get_mut(at..at + src.len()).ok_or_else(|| Error::invalid("chunk outputs", "more rows than the batch"))?.copy_from_slice(src);
+            at += src.len();
+        }
+        out.push(t);
+    }
+    Ok(out)
 }
 
 /// The jobs' inputs concatenated along the batch axis, leaf by leaf.
@@ -278,8 +396,8 @@ mod tests {
     #[test]
     fn batches_fill_to_max_rows_and_hold_the_next_request() {
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None };
-        let policy = Policy { merge: true, max_rows: 4, max_delay: Duration::ZERO, output_batched: vec![true] };
+        let mut q = Queue { rx, held: None, arrivals: Arc::default() };
+        let policy = Policy { merge: true, max_rows: 4, max_delay: Duration::ZERO, output_batched: vec![true], chunk_costs: vec![] };
         let mut keep = Vec::new();
         for rows in [1, 2, 3, 1] {
             let (j, r) = job(rows, 0.0);
@@ -293,7 +411,7 @@ mod tests {
         assert!(next_batch(&mut q, &policy).is_none());
         let single = Policy { merge: false, ..policy };
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None };
+        let mut q = Queue { rx, held: None, arrivals: Arc::default() };
         for rows in [1, 1] {
             let (j, r) = job(rows, 0.0);
             keep.push(r);
@@ -303,20 +421,67 @@ mod tests {
     }
 
     #[test]
-    fn the_first_request_waits_at_most_the_delay() {
+    fn a_batch_waits_for_arriving_requests_and_only_for_them() {
+        let policy = Policy { merge: true, max_rows: 64, max_delay: Duration::from_millis(300), output_batched: vec![true], chunk_costs: vec![] };
+        let arrivals: Arc<Arrivals> = Arc::default();
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None };
-        let policy = Policy { merge: true, max_rows: 64, max_delay: Duration::from_millis(30), output_batched: vec![true] };
-        let (j, _r) = job(1, 0.0);
+        let mut q = Queue { rx, held: None, arrivals: arrivals.clone() };
+        // Nothing arriving: the batch runs at once.
+        let (j, _r1) = job(1, 0.0);
         tx.send(j).unwrap();
+        let t = Instant::now();
+        assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
+        assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+        // One arriving: the batch waits for it.
+        let (j, _r2) = job(1, 0.0);
+        tx.send(j).unwrap();
+        let coming = arrivals.arrive();
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(5));
             let (j, r) = job(2, 0.0);
             tx.send(j).unwrap();
+            drop(coming);
             (tx, r)
         });
         let batch = next_batch(&mut q, &policy).unwrap();
-        let _keep = late.join().unwrap();
-        assert_eq!(batch.iter().map(|j| j.rows).collect::<Vec<_>>(), vec![1, 2], "the second request came within the delay");
+        let (tx, _r3) = late.join().unwrap();
+        assert_eq!(batch.iter().map(|j| j.rows).collect::<Vec<_>>(), vec![1, 2]);
+        // One that never comes (refused before queueing is dropped late): the deadline ends the wait.
+        let never = arrivals.arrive();
+        let (j, _r4) = job(1, 0.0);
+        tx.send(j).unwrap();
+        let t = Instant::now();
+        assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
+        assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
+        drop(never);
+    }
+
+    #[test]
+    fn chunks_cost_least() {
+        // The CNN: sizes 4 and 256, a call at 256 costing ~50 at 4.
+        let cnn = [(4, 1.0), (256, 50.0)];
+        assert_eq!(plan_chunks(1, &cnn), vec![1]);
+        assert_eq!(plan_chunks(9, &cnn), vec![4, 4, 1]);
+        assert_eq!(plan_chunks(256, &cnn), vec![256]);
+        assert_eq!(plan_chunks(300, &cnn).iter().sum::<usize>(), 300);
+        // Calls that cost about the same at every size: one call, padded.
+        let mlp = [(1, 1.0), (8, 1.1), (256, 1.5)];
+        assert_eq!(plan_chunks(9, &mlp), vec![9]);
+        assert_eq!(plan_chunks(9, &[(1, 1.0), (8, 1.1), (256, 3.0)]), vec![1, 8]);
+        assert_eq!(plan_chunks(3, &mlp), vec![3]);
+        assert_eq!(plan_chunks(600, &mlp).iter().sum::<usize>(), 600);
+        assert_eq!(plan_chunks(5, &[]), vec![5]);
+    }
+
+    #[test]
+    fn chunk_outputs_join_in_order() {
+        let a = Tensor::from_vec(vec![2, 1], vec![1.0f32, 2.0]).unwrap();
+        let b = Tensor::from_vec(vec![1, 1], vec![3.0f32]).unwrap();
+        let s = Tensor::from_vec(vec![], vec![9i32]).unwrap();
+        let out = join(vec![vec![a.clone(), s.clone()], vec![b, s.clone()]], 3, &[true, false]).unwrap();
+        assert_eq!(out[0].as_slice::<f32>().unwrap(), &[1.0, 2.0, 3.0]);
+        assert_eq!(out[1], s);
+        let v = row_view(&a, 1, 1).unwrap();
+        assert_eq!((v.shape(), v.as_bytes()), (&[1usize, 1][..], &2.0f32.to_le_bytes()[..]));
     }
 }

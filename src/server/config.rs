@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// The default limit of a request body: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
-/// The default wait of the first request of a merged batch for more requests: 500 µs.
+/// The default longest wait of a forming batch for arriving requests: 500 µs.
 pub const DEFAULT_MAX_QUEUE_DELAY_US: u64 = 500;
 
 /// The name of a model's settings file, beside its version directories.
@@ -50,15 +50,16 @@ pub struct ModelConfig {
     /// The most rows a merged batch holds. Default: the largest exported batch size. A single
     /// request with more rows runs alone.
     pub max_batch_size: Option<usize>,
-    /// How long the first request of a batch waits for more, in microseconds. Default 500. A
-    /// batch runs as soon as it is full, so the wait only costs time at low load.
+    /// The longest a forming batch waits for requests still arriving (received, not yet
+    /// queued), counted from its first request, in microseconds. Default 500. A batch runs at
+    /// once when it is full or when no request to the model is arriving.
     pub max_queue_delay_us: u64,
     /// Worker threads running the model's calls, each taking the next batch. Default 1.
     pub instances: usize,
     /// The bundle method to serve. Default: the bundle's default method.
     pub method: Option<String>,
-    /// Run every exported batch size once on zeros at start-up, so no client waits for a
-    /// compile. Default `true`.
+    /// Run every exported batch size on zeros at start-up, so no client waits for a compile,
+    /// and time each size to plan chunks. Default `true`.
     pub warmup: bool,
 }
 

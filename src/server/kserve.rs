@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::datatype;
 use super::error::ApiError;
+use super::batcher::Arriving;
 use super::model::Model;
 use super::state::{read_body, AppState};
 use crate::Tensor;
@@ -97,7 +98,8 @@ async fn infer_at(state: &AppState, name: &str, version: Option<&str>, headers: 
             return Err(e);
         }
     };
-    let result = run(state, model, headers, body).await;
+    let arriving = model.arrive();
+    let result = run(state, model, headers, body, arriving).await;
     state.account(Some(model), started, result.as_ref().err());
     result
 }
@@ -134,7 +136,7 @@ struct RequestOutput {
     parameters: Map<String, Value>,
 }
 
-async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body, arriving: Arriving) -> Result<Response, ApiError> {
     let body = read_body(headers, body, state.max_body_bytes).await?;
     let (json_part, binary) = split_body(headers, &body)?;
     let request: InferRequest = serde_json::from_slice(json_part).map_err(|e| ApiError::malformed(format!("the inference request JSON: {e}")))?;
@@ -142,7 +144,7 @@ async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body) -
     let named = decode_inputs(&request.inputs, binary)?;
     let selected = select_outputs(model, &request)?;
     let (inputs, rows) = model.check_inputs(named)?;
-    let outputs = model.infer(inputs, rows).await?;
+    let outputs = model.infer(inputs, rows, arriving).await?;
     encode_response(model, request.id, &selected, &outputs)
 }
 

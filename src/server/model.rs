@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::batcher::{Batcher, Job, Policy};
+use super::batcher::{Arrivals, Arriving, Batcher, Job, Policy};
 use super::config::{ModelConfig, ServerConfig};
 use super::datatype;
 use super::error::ApiError;
@@ -39,6 +39,7 @@ pub struct Model {
     policy: Policy,
     config: ModelConfig,
     labels: ModelLabels,
+    arrivals: Arc<Arrivals>,
     batcher: Batcher,
 }
 
@@ -75,19 +76,19 @@ impl Model {
         let batch_sizes = layer.batch_sizes(Mode::Inference);
         let any_batch = batching.paddable && all_marked;
         let merge = config.dynamic_batching && any_batch && !writes_state;
+        let input_dims = dims(&specs_in, |_| any_batch);
+        let output_dims = dims(&specs_out, |i| any_batch && output_batched.get(i).copied().flatten() == Some(true));
+        let costs = if config.warmup { warm_up(&layer, &specs_in)? } else { guessed_costs(&specs_in) };
         let policy = Policy {
             merge,
             max_rows: config.max_batch_size.unwrap_or_else(|| batch_sizes.last().copied().unwrap_or(1)),
             max_delay: Duration::from_micros(config.max_queue_delay_us),
             output_batched: output_batched.iter().map(|b| b.unwrap_or(false)).collect(),
+            chunk_costs: if any_batch { costs } else { Vec::new() },
         };
-        let input_dims = dims(&specs_in, |_| any_batch);
-        let output_dims = dims(&specs_out, |i| any_batch && output_batched.get(i).copied().flatten() == Some(true));
-        if config.warmup {
-            warm_up(&layer, &specs_in)?;
-        }
         let labels = ModelLabels { model: name.to_string(), version: version.to_string() };
-        let batcher = Batcher::start(layer.clone(), policy.clone(), config.instances, metrics, labels.clone())?;
+        let arrivals = Arc::new(Arrivals::default());
+        let batcher = Batcher::start(layer.clone(), policy.clone(), config.instances, arrivals.clone(), metrics, labels.clone())?;
         Ok(Model {
             name: name.to_string(),
             version,
@@ -101,6 +102,7 @@ impl Model {
             policy,
             config: config.clone(),
             labels,
+            arrivals,
             batcher,
         })
     }
@@ -203,11 +205,20 @@ impl Model {
         format!("[{}] with N in {}", shown.join(", "), self.describe_batch())
     }
 
-    /// Runs checked inputs through the batcher; the outputs in flatten order.
-    pub async fn infer(&self, inputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>, ApiError> {
+    /// Counts a request as arriving until the returned guard is dropped (by
+    /// [`Model::infer`], or when the request is refused): batches forming meanwhile wait for it.
+    pub fn arrive(&self) -> Arriving {
+        self.arrivals.arrive()
+    }
+
+    /// Runs checked inputs through the batcher; the outputs in flatten order. `arriving` (from
+    /// [`Model::arrive`]) is dropped once the request is queued.
+    pub async fn infer(&self, inputs: Vec<Tensor>, rows: usize, arriving: Arriving) -> Result<Vec<Tensor>, ApiError> {
         let (reply, rx) = oneshot::channel();
         let job = Job { inputs, rows, enqueued: Instant::now(), reply };
-        if self.batcher.submit(job).is_err() {
+        let queued = self.batcher.submit(job);
+        drop(arriving);
+        if queued.is_err() {
             return Err(ApiError::Unavailable { reason: format!("the workers of model {:?} have stopped", self.name) });
         }
         match rx.await {
@@ -270,15 +281,32 @@ fn dims(per_size: &[Vec<TensorSpec>], any: impl Fn(usize) -> bool) -> Vec<Vec<i6
         .collect()
 }
 
-/// Runs every exported computation once on zeros, so that each is compiled (or loaded from
-/// the compile cache) before the first request.
-fn warm_up(layer: &JaxLayer, per_size: &[Vec<TensorSpec>]) -> Result<()> {
+/// Runs every exported computation on zeros, so that each is compiled (or loaded from the
+/// compile cache) before the first request; returns each batch size with the least time of
+/// its calls after the first, in seconds.
+fn warm_up(layer: &JaxLayer, per_size: &[Vec<TensorSpec>]) -> Result<Vec<(usize, f64)>> {
+    const TIMED_CALLS: usize = 3;
+    let mut costs = Vec::with_capacity(per_size.len());
     for specs in per_size {
         let zeros = specs.iter().map(|s| Tensor::zeros(s.dtype, s.shape.clone())).collect::<Result<Vec<_>>>()?;
         let tree = layer.input_tree().unflatten(zeros)?;
         layer.predict(&tree)?;
+        let mut least = f64::INFINITY;
+        for _ in 0..TIMED_CALLS {
+            let t = Instant::now();
+            layer.predict(&tree)?;
+            least = least.min(t.elapsed().as_secs_f64());
+        }
+        if let Some(rows) = specs.first().and_then(|s| s.shape.first()) {
+            costs.push((*rows, least));
+        }
     }
-    Ok(())
+    Ok(costs)
+}
+
+/// Call costs when nothing was timed: a call's overhead as much as ten rows, plus its rows.
+fn guessed_costs(per_size: &[Vec<TensorSpec>]) -> Vec<(usize, f64)> {
+    per_size.iter().filter_map(|specs| specs.first()?.shape.first().map(|&b| (b, 10.0 + b as f64))).collect()
 }
 
 fn names(specs: &[TensorSpec]) -> String {

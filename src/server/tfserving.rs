@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::datatype::{self, Elements, Named};
 use super::error::ApiError;
+use super::batcher::Arriving;
 use super::model::Model;
 use super::state::{read_body, AppState};
 use crate::{Tensor, TensorSpec};
@@ -75,12 +76,13 @@ async fn predict_at(state: &AppState, name: &str, version: Option<&str>, headers
             return Err(e);
         }
     };
-    let result = run(state, model, headers, body).await;
+    let arriving = model.arrive();
+    let result = run(state, model, headers, body, arriving).await;
     state.account(Some(model), started, result.as_ref().err());
     result
 }
 
-async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body, arriving: Arriving) -> Result<Response, ApiError> {
     let body = read_body(headers, body, state.max_body_bytes).await?;
     let request: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("the predict request JSON: {e}")))?;
     check_signature(model, request.get("signature_name"))?;
@@ -91,7 +93,7 @@ async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body) -
         (None, Some(inputs)) => (from_columns(model.inputs(), inputs)?, false),
     };
     let (inputs, rows) = model.check_inputs(named)?;
-    let outputs = model.infer(inputs, rows).await?;
+    let outputs = model.infer(inputs, rows, arriving).await?;
     let specs = model.outputs();
     let body = if rows_format {
         serde_json::to_vec(&Predictions { predictions: to_rows(specs, &outputs, rows)? })
