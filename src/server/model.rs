@@ -184,7 +184,7 @@ impl Model {
             ordered.push(t);
         }
         let n = rows.map_or(0, |(r, _)| r);
-        let accepted = if self.any_batch { n >= 1 } else { self.batch_sizes.contains(&n) || (self.batch_sizes.is_empty() && dims_fixed(&self.input_dims[0], n)) };
+        let accepted = if self.any_batch { n >= 1 } else { self.batch_sizes.contains(&n) || (self.batch_sizes.is_empty() && self.input_dims.first().is_some_and(|d| dims_fixed(d, n))) };
         if !accepted {
             let first = self.inputs.first().map_or("", |s| s.name.as_str());
             return Err(ApiError::invalid_tensor(format!("input {first:?}"), format!("a batch size in {}", self.describe_batch()), n.to_string()));
