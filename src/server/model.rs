@@ -52,7 +52,7 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads the bundle at `dir` as version `version` of `name`, decides how it batches,
     /// warms it up (unless the config says not to) and starts its workers.
-    pub fn load(name: &str, version: u64, dir: &Path, config: &ModelConfig, server: &ServerConfig, client: &Client, metrics: Arc<Metrics>) -> Result<Model> {
+    pub(crate) fn load(name: &str, version: u64, dir: &Path, config: &ModelConfig, server: &ServerConfig, client: &Client, metrics: Arc<Metrics>) -> Result<Model> {
         let mut builder = JaxLayer::builder(dir).client(client.clone());
         if let Some(iso) = &server.untrusted {
             builder = builder.untrusted(iso.clone());
@@ -138,7 +138,7 @@ impl Model {
     }
 
     /// The labels of its metrics.
-    pub fn labels(&self) -> &ModelLabels {
+    pub(crate) fn labels(&self) -> &ModelLabels {
         &self.labels
     }
 
@@ -207,13 +207,13 @@ impl Model {
 
     /// Counts a request as arriving until the returned guard is dropped (by
     /// [`Model::infer`], or when the request is refused): batches forming meanwhile wait for it.
-    pub fn arrive(&self) -> Arriving {
+    pub(crate) fn arrive(&self) -> Arriving {
         self.arrivals.arrive()
     }
 
     /// Runs checked inputs through the batcher; the outputs in flatten order. `arriving` (from
     /// [`Model::arrive`]) is dropped once the request is queued.
-    pub async fn infer(&self, inputs: Vec<Tensor>, rows: usize, arriving: Arriving) -> Result<Vec<Tensor>, ApiError> {
+    pub(crate) async fn infer(&self, inputs: Vec<Tensor>, rows: usize, arriving: Arriving) -> Result<Vec<Tensor>, ApiError> {
         let (reply, rx) = oneshot::channel();
         let job = Job { inputs, rows, enqueued: Instant::now(), reply };
         let queued = self.batcher.submit(job);

@@ -24,7 +24,7 @@ impl Repository {
     /// directory with a bundle; entries that are not directories, or whose names are not
     /// positive integers, are skipped (`config.json`, notes, ...). Any bundle that fails to
     /// load fails the whole repository, naming it.
-    pub fn load(server: &ServerConfig, client: &Client, metrics: &Arc<Metrics>) -> Result<Repository> {
+    pub(crate) fn load(server: &ServerConfig, client: &Client, metrics: &Arc<Metrics>) -> Result<Repository> {
         let dir = server.models.as_path();
         let mut models = BTreeMap::new();
         for (name, model_dir) in subdirs(dir)? {
