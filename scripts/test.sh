@@ -8,7 +8,7 @@ scripts/setup.sh
 # Compiled executables are cached inside the repo for test runs (see README: compile cache).
 export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
 echo "== cargo test"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --features serve
 cargo test --locked --doc
 echo "== library without the cli feature"
 cargo build --locked --no-default-features --lib

@@ -13,6 +13,8 @@ mod linalg;
 #[allow(unsafe_code)]
 pub mod pjrt;
 pub mod pytree;
+#[cfg(feature = "serve")]
+pub mod server;
 mod spec;
 pub mod tensor;
 

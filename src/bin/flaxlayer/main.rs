@@ -9,6 +9,8 @@ use flaxlayer::{Bundle, JaxLayer, Mode, PyTree, Tensor};
 
 mod bench;
 mod plugin;
+#[cfg(feature = "serve")]
+mod serve;
 mod train;
 
 #[derive(Parser)]
@@ -40,6 +42,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Which PJRT plugin loads; install the CPU plugin for this user.
     Plugin(plugin::PluginArgs),
+    /// Serve a model repository over HTTP: KServe v2 (with binary tensors) and TF Serving REST,
+    /// with dynamic batching and Prometheus metrics.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
     /// Compile a program read on stdin and write the executable to stdout (the child process
     /// of --untrusted; not for direct use).
     #[command(name = "compile-worker", hide = true)]
@@ -120,6 +126,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_bundle(args, &common),
         Command::Bench(args) => bench::run(args, &common),
         Command::Train(args) => train::run(args, &common),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args, &common),
         Command::CompileWorker { request } => {
             let (mut stdin, mut stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
             Ok(flaxlayer::layer::isolate::run_worker(&request, &mut stdin, &mut stdout)?)

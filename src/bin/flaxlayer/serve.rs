@@ -1,0 +1,60 @@
+//! `flaxlayer serve`: an inference server over a model repository (KServe v2 and TF Serving
+//! REST), until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use flaxlayer::server::{shutdown_signal, Server, ServerConfig, DEFAULT_MAX_BODY_BYTES};
+
+use crate::Common;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The model repository: MODEL/VERSION/ bundle directories (the highest version serves by
+    /// default), each model with an optional MODEL/config.json.
+    #[arg(long)]
+    models: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Threads of the HTTP runtime (default: one per core). Model calls run on their own
+    /// worker threads (`instances` in MODEL/config.json).
+    #[arg(long)]
+    http_threads: Option<usize>,
+}
+
+pub fn run(args: ServeArgs, common: &Common) -> Result<()> {
+    let client = flaxlayer::pjrt::Client::new(common.plugin.as_deref()).context("loading the PJRT plugin")?;
+    let config = ServerConfig { models: args.models.clone(), max_body_bytes: args.max_body_bytes, untrusted: common.isolation.clone() };
+    let server = Server::load(&config, &client).with_context(|| format!("loading the model repository {}", args.models.display()))?;
+    for (name, versions) in server.repository().models() {
+        for m in versions {
+            let batching = if m.merges() { "dynamic batching" } else { "unbatched" };
+            println!("model {name} version {}: {} input(s), {} output(s), {batching}", m.version(), m.inputs().len(), m.outputs().len());
+        }
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.http_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("starting the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await.with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        println!("listening on http://{}", listener.local_addr()?);
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        server.run(listener, shutdown_signal()).await.context("serving")
+    })?;
+    drop(rt);
+    // Every request has been answered; let the workers go.
+    drop(server);
+    println!("stopped");
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! The dynamic batcher: a model's queue of checked requests, and worker threads that take the
+//! next batch from it and run it with `predict` (never on the async runtime).
+//!
+//! - **Merging** (when the model allows it): requests join a batch until their rows reach
+//!   `max_batch_size` (a request that would pass it starts the next batch). While other
+//!   requests to the model are arriving (received, not yet queued), the batch waits for them,
+//!   at most `max_queue_delay` after its first request came; when none is, it runs at once, so
+//!   a lone client never waits.
+//! - **Chunks** (when the bundle is paddable): the rows run as the chunks of exported batch
+//!   sizes that cost least, by the time each size took at warm-up (9 rows with sizes 4 and 256
+//!   run as 4 + 4 + 1 padded to 4, not as 256). Each request gets its own rows of the outputs
+//!   that carry the batch axis, and the whole of the others.
+//! - **Unbatched**: each request runs alone, one at a time per worker.
+//! - A merged batch that fails is run again request by request, so a request that fails
+//!   fails only itself.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::metrics::{observe, Metrics, ModelLabels};
+use crate::{Error, JaxLayer, Result, Tensor, TensorView};
+
+/// One checked request: its inputs in the layer's flatten order, all with `rows` rows.
+pub struct Job {
+    /// The input leaves, in flatten order.
+    pub inputs: Vec<Tensor>,
+    /// The batch size they share.
+    pub rows: usize,
+    /// When the request was queued.
+    pub enqueued: Instant,
+    /// Where its outputs (in flatten order) go.
+    pub reply: oneshot::Sender<Result<Vec<Tensor>>>,
+}
+
+/// How a model's batches are formed and run.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Merge requests (else each runs alone).
+    pub merge: bool,
+    /// The most rows of a merged batch.
+    pub max_rows: usize,
+    /// How long the first request of a batch waits for more.
+    pub max_delay: Duration,
+    /// Per output leaf: whether its leading axis is the batch (needed to merge).
+    pub output_batched: Vec<bool>,
+    /// For a paddable bundle: each exported batch size with the cost of one call at it (any
+    /// unit); rows then run in the cheapest chunks of these sizes. Empty: one call as is.
+    pub chunk_costs: Vec<(usize, f64)>,
+}
+
+/// Requests to a model that have arrived but are not queued yet: a forming batch waits for
+/// them (up to its deadline) only while there are some.
+#[derive(Debug, Default)]
+pub struct Arrivals(AtomicUsize);
+
+impl Arrivals {
+    /// Counts a request until the guard is dropped (when it is queued, or refused).
+    pub fn arrive(self: &Arc<Self>) -> Arriving {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Arriving(Some(self.clone()))
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// One arriving request; dropping it (after queueing the request) stops counting it.
+pub struct Arriving(Option<Arc<Arrivals>>);
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// How often a batch waiting for arriving requests checks whether they still are.
+const ARRIVAL_POLL: Duration = Duration::from_micros(50);
+
+/// A model's queue and its worker threads. Dropping it lets the workers finish every queued
+/// request, then joins them.
+pub struct Batcher {
+    sender: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// What the workers share: the receiver, a request held back for the next batch, and the
+/// count of arriving requests.
+struct Queue {
+    rx: Receiver<Job>,
+    held: Option<Job>,
+    arrivals: Arc<Arrivals>,
+}
+
+/// What a worker needs to run batches.
+struct Runner {
+    layer: Arc<JaxLayer>,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    labels: ModelLabels,
+}
+
+impl Batcher {
+    /// Starts `instances` worker threads for `layer`.
+    pub fn start(layer: Arc<JaxLayer>, policy: Policy, instances: usize, arrivals: Arc<Arrivals>, metrics: Arc<Metrics>, labels: ModelLabels) -> Result<Batcher> {
+        let (sender, rx) = mpsc::channel();
+        let queue = Arc::new(Mutex::new(Queue { rx, held: None, arrivals }));
+        let runner = Arc::new(Runner { layer, policy, metrics, labels });
+        let mut workers = Vec::with_capacity(instances);
+        for i in 0..instances {
+            let (queue, runner) = (queue.clone(), runner.clone());
+            let name = format!("{}-{}-{i}", runner.labels.model, runner.labels.version);
+            let handle = std::thread::Builder::new()
+                .name(name.chars().take(15).collect())
+                .spawn(move || work(&queue, &runner))
+                .map_err(|e| Error::invalid("worker thread", format!("could not start: {e}")))?;
+            workers.push(handle);
+        }
+        Ok(Batcher { sender: Some(sender), workers })
+    }
+
+    /// Queues a job. Fails only when the workers are gone.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+        match &self.sender {
+            Some(s) => s.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A worker: takes the next batch while holding the queue, runs it after letting go.
+fn work(queue: &Mutex<Queue>, runner: &Runner) {
+    loop {
+        let batch = {
+            let Ok(mut q) = queue.lock() else { return };
+            next_batch(&mut q, &runner.policy)
+        };
+        match batch {
+            Some(jobs) => runner.run(jobs),
+            None => return,
+        }
+    }
+}
+
+/// The next batch: the held-back or next request, then (when merging) every queued request
+/// that fits, and those still arriving before the first one's deadline. `None` once the queue
+/// is closed and empty.
+fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
+    let first = match q.held.take() {
+        Some(j) => j,
+        None => q.rx.recv().ok()?,
+    };
+    let deadline = first.enqueued + policy.max_delay;
+    let mut rows = first.rows;
+    let mut jobs = vec![first];
+    while policy.merge && rows < policy.max_rows {
+        let job = match q.rx.try_recv() {
+            Ok(j) => j,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline || !q.arrivals.any() {
+                    break;
+                }
+                match q.rx.recv_timeout((deadline - now).min(ARRIVAL_POLL)) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
+        if rows + job.rows > policy.max_rows {
+            q.held = Some(job);
+            break;
+        }
+        rows += job.rows;
+        jobs.push(job);
+    }
+    Some(jobs)
+}
+
+impl Runner {
+    fn run(&self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        for j in &jobs {
+            observe(&self.metrics.queue_seconds.get_or_create(&self.labels), started.saturating_duration_since(j.enqueued));
+        }
+        if jobs.len() == 1 {
+            let job = jobs.into_iter().next().expect("one job");
+            let out = self.predict(&job.inputs, job.rows, 1);
+            let _ = job.reply.send(out);
+            return;
+        }
+        let rows: usize = jobs.iter().map(|j| j.rows).sum();
+        let merged = concat(&jobs).and_then(|inputs| self.predict(&inputs, rows, jobs.len()));
+        match merged.and_then(|outs| split(&outs, &jobs, &self.policy.output_batched)) {
+            Ok(parts) => {
+                for (job, part) in jobs.into_iter().zip(parts) {
+                    let _ = job.reply.send(Ok(part));
+                }
+            }
+            // Checked requests should not fail together; if they do, each runs alone so
+            // that only the one at fault fails.
+            Err(_) => {
+                for job in jobs {
+                    let out = self.predict(&job.inputs, job.rows, 1);
+                    let _ = job.reply.send(out);
+                }
+            }
+        }
+    }
+
+    /// The layer on `inputs` (flatten order, `rows` rows): one call, or the cheapest chunks
+    /// of exported sizes for a paddable bundle. The outputs in flatten order.
+    fn predict(&self, inputs: &[Tensor], rows: usize, requests: usize) -> Result<Vec<Tensor>> {
+        let started = Instant::now();
+        let chunks = plan_chunks(rows, &self.policy.chunk_costs);
+        let call = || -> Result<Vec<Tensor>> {
+            if chunks.len() <= 1 {
+                return self.call(inputs.iter().map(Tensor::view).collect());
+            }
+            let mut parts = Vec::with_capacity(chunks.len());
+            let mut start = 0;
+            for &len in &chunks {
+                parts.push(self.call(inputs.iter().map(|t| row_view(t, start, len)).collect::<Result<_>>()?)?);
+                start += len;
+            }
+            join(parts, rows, &self.policy.output_batched)
+        };
+        let out = std::panic::catch_unwind(AssertUnwindSafe(call))
+            .unwrap_or_else(|_| Err(Error::invalid("inference", "the call panicked; the server goes on")));
+        observe(&self.metrics.compute_seconds.get_or_create(&self.labels), started.elapsed());
+        self.metrics.batch_rows.get_or_create(&self.labels).observe(rows as f64);
+        self.metrics.batch_requests.get_or_create(&self.labels).observe(requests as f64);
+        out
+    }
+
+    /// One `predict` of the layer on leaves in flatten order.
+    fn call(&self, views: Vec<TensorView<'_>>) -> Result<Vec<Tensor>> {
+        let tree = self.layer.input_tree().unflatten(views)?;
+        Ok(self.layer.predict(&tree)?.into_leaves())
+    }
+}
+
+/// The chunk lengths that run `rows` rows at least cost, given each exported size's cost of
+/// one call (a chunk of `len` rows runs at the smallest size `>= len`, padded). One chunk of
+/// all rows when there are no costs.
+pub fn plan_chunks(rows: usize, costs: &[(usize, f64)]) -> Vec<usize> {
+    if costs.is_empty() || rows == 0 {
+        return vec![rows];
+    }
+    // best[r]: the least cost of r rows, and the size of the first chunk that gets it.
+    let mut best: Vec<(f64, usize)> = vec![(0.0, 0); rows + 1];
+    for r in 1..=rows {
+        best[r] = costs
+            .iter()
+            .map(|&(size, cost)| (cost + best[r.saturating_sub(size)].0, size))
+            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
+    }
+    let mut chunks = Vec::new();
+    let mut r = rows;
+    while r > 0 {
+        let len = best[r].1.min(r).max(1);
+        chunks.push(len);
+        r -= len;
+    }
+    chunks
+}
+
+/// Rows `start..start + len` of `t`, borrowed.
+fn row_view(t: &Tensor, start: usize, len: usize) -> Result<TensorView<'_>> {
+    let n = t.shape().first().copied().unwrap_or(0);
+    let row = t.num_bytes().checked_div(n).unwrap_or(0);
+    let mut shape = t.shape().to_vec();
+    if let Some(first) = shape.first_mut() {
+        *first = len;
+    }
+    TensorView::new(t.dtype(), shape, &t.as_bytes()[start * row..(start + len) * row])
+}
+
+/// The chunks' outputs as one: batched outputs concatenated, the others from the first chunk.
+fn join(mut parts: Vec<Vec<Tensor>>, rows: usize, batched: &[bool]) -> Result<Vec<Tensor>> {
+    let first = parts.first().cloned().unwrap_or_default();
+    let mut out = Vec::with_capacity(first.len());
+    for (i, leaf) in first.into_iter().enumerate() {
+        if !batched.get(i).copied().unwrap_or(false) {
+            out.push(leaf);
+            continue;
+        }
+        let mut shape = leaf.shape().to_vec();
+        shape[0] = rows;
+        let mut t = Tensor::zeros(leaf.dtype(), shape)?;
+        let dst = t.as_mut_bytes();
+        let mut at = 0;
+        for part in parts.iter_mut() {
+            let src = part[i].as_bytes();
+            dst.get_mut(at..at + src.len()).ok_or_else(|| Error::invalid("chunk outputs", "more rows than the batch"))?.copy_from_slice(src);
+            at += src.len();
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// The jobs' inputs concatenated along the batch axis, leaf by leaf.
+fn concat(jobs: &[Job]) -> Result<Vec<Tensor>> {
+    let first = &jobs[0].inputs;
+    let rows: usize = jobs.iter().map(|j| j.rows).sum();
+    let mut out = Vec::with_capacity(first.len());
+    for (i, leaf) in first.iter().enumerate() {
+        let mut shape = leaf.shape().to_vec();
+        shape[0] = rows;
+        let mut t = Tensor::zeros(leaf.dtype(), shape)?;
+        let dst = t.as_mut_bytes();
+        let mut at = 0;
+        for j in jobs {
+            let src = j.inputs[i].as_bytes();
+            dst[at..at + src.len()].copy_from_slice(src);
+            at += src.len();
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Each job's part of a merged batch's outputs: its rows of the batched outputs, a copy of
+/// the others.
+fn split(outputs: &[Tensor], jobs: &[Job], batched: &[bool]) -> Result<Vec<Vec<Tensor>>> {
+    let total: usize = jobs.iter().map(|j| j.rows).sum();
+    let mut parts: Vec<Vec<Tensor>> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for (out, &is_batched) in outputs.iter().zip(batched) {
+        if !is_batched {
+            parts.iter_mut().for_each(|p| p.push(out.clone()));
+            continue;
+        }
+        if out.shape().first() != Some(&total) {
+            return Err(Error::ShapeMismatch { what: "a batched output".into(), expected: vec![total], got: out.shape().to_vec() });
+        }
+        let row = out.num_bytes() / total.max(1);
+        let mut start = 0;
+        for (job, part) in jobs.iter().zip(parts.iter_mut()) {
+            let mut shape = out.shape().to_vec();
+            shape[0] = job.rows;
+            part.push(Tensor::new(out.dtype(), shape, &out.as_bytes()[start * row..(start + job.rows) * row])?);
+            start += job.rows;
+        }
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(rows: usize, first: f32) -> (Job, oneshot::Receiver<Result<Vec<Tensor>>>) {
+        let (reply, rx) = oneshot::channel();
+        let values: Vec<f32> = (0..rows * 2).map(|i| first + i as f32).collect();
+        let inputs = vec![Tensor::from_vec(vec![rows, 2], values).unwrap()];
+        (Job { inputs, rows, enqueued: Instant::now(), reply }, rx)
+    }
+
+    #[test]
+    fn concat_and_split_give_each_job_its_rows() {
+        let (a, _ra) = job(1, 0.0);
+        let (b, _rb) = job(3, 100.0);
+        let jobs = vec![a, b];
+        let merged = concat(&jobs).unwrap();
+        assert_eq!(merged[0].shape(), &[4, 2]);
+        assert_eq!(merged[0].as_slice::<f32>().unwrap(), &[0.0, 1.0, 100.0, 101.0, 102.0, 103.0, 104.0, 105.0]);
+        let scalar = Tensor::from_vec(vec![], vec![7i32]).unwrap();
+        let parts = split(&[merged[0].clone(), scalar.clone()], &jobs, &[true, false]).unwrap();
+        assert_eq!(parts[0][0].as_slice::<f32>().unwrap(), &[0.0, 1.0]);
+        assert_eq!(parts[1][0].shape(), &[3, 2]);
+        assert_eq!(parts[1][0].as_slice::<f32>().unwrap()[0], 100.0);
+        assert_eq!(parts[1][1], scalar);
+        assert!(split(&[scalar], &jobs, &[true]).is_err());
+    }
+
+    #[test]
+    fn batches_fill_to_max_rows_and_hold_the_next_request() {
+        let (tx, rx) = mpsc::channel();
+        let mut q = Queue { rx, held: None, arrivals: Arc::default() };
+        let policy = Policy { merge: true, max_rows: 4, max_delay: Duration::ZERO, output_batched: vec![true], chunk_costs: vec![] };
+        let mut keep = Vec::new();
+        for rows in [1, 2, 3, 1] {
+            let (j, r) = job(rows, 0.0);
+            keep.push(r);
+            tx.send(j).unwrap();
+        }
+        let sizes = |b: Vec<Job>| b.iter().map(|j| j.rows).collect::<Vec<_>>();
+        assert_eq!(sizes(next_batch(&mut q, &policy).unwrap()), vec![1, 2]);
+        assert_eq!(sizes(next_batch(&mut q, &policy).unwrap()), vec![3, 1]);
+        drop(tx);
+        assert!(next_batch(&mut q, &policy).is_none());
+        let single = Policy { merge: false, ..policy };
+        let (tx, rx) = mpsc::channel();
+        let mut q = Queue { rx, held: None, arrivals: Arc::default() };
+        for rows in [1, 1] {
+            let (j, r) = job(rows, 0.0);
+            keep.push(r);
+            tx.send(j).unwrap();
+        }
+        assert_eq!(sizes(next_batch(&mut q, &single).unwrap()), vec![1]);
+    }
+
+    #[test]
+    fn a_batch_waits_for_arriving_requests_and_only_for_them() {
+        let policy = Policy { merge: true, max_rows: 64, max_delay: Duration::from_millis(300), output_batched: vec![true], chunk_costs: vec![] };
+        let arrivals: Arc<Arrivals> = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let mut q = Queue { rx, held: None, arrivals: arrivals.clone() };
+        // Nothing arriving: the batch runs at once.
+        let (j, _r1) = job(1, 0.0);
+        tx.send(j).unwrap();
+        let t = Instant::now();
+        assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
+        assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+        // One arriving: the batch waits for it.
+        let (j, _r2) = job(1, 0.0);
+        tx.send(j).unwrap();
+        let coming = arrivals.arrive();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            let (j, r) = job(2, 0.0);
+            tx.send(j).unwrap();
+            drop(coming);
+            (tx, r)
+        });
+        let batch = next_batch(&mut q, &policy).unwrap();
+        let (tx, _r3) = late.join().unwrap();
+        assert_eq!(batch.iter().map(|j| j.rows).collect::<Vec<_>>(), vec![1, 2]);
+        // One that never comes (refused before queueing is dropped late): the deadline ends the wait.
+        let never = arrivals.arrive();
+        let (j, _r4) = job(1, 0.0);
+        tx.send(j).unwrap();
+        let t = Instant::now();
+        assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
+        assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
+        drop(never);
+    }
+
+    #[test]
+    fn chunks_cost_least() {
+        // The CNN: sizes 4 and 256, a call at 256 costing ~50 at 4.
+        let cnn = [(4, 1.0), (256, 50.0)];
+        assert_eq!(plan_chunks(1, &cnn), vec![1]);
+        assert_eq!(plan_chunks(9, &cnn), vec![4, 4, 1]);
+        assert_eq!(plan_chunks(256, &cnn), vec![256]);
+        assert_eq!(plan_chunks(300, &cnn).iter().sum::<usize>(), 300);
+        // Calls that cost about the same at every size: one call, padded.
+        let mlp = [(1, 1.0), (8, 1.1), (256, 1.5)];
+        assert_eq!(plan_chunks(9, &mlp), vec![9]);
+        assert_eq!(plan_chunks(9, &[(1, 1.0), (8, 1.1), (256, 3.0)]), vec![1, 8]);
+        assert_eq!(plan_chunks(3, &mlp), vec![3]);
+        assert_eq!(plan_chunks(600, &mlp).iter().sum::<usize>(), 600);
+        assert_eq!(plan_chunks(5, &[]), vec![5]);
+    }
+
+    #[test]
+    fn chunk_outputs_join_in_order() {
+        let a = Tensor::from_vec(vec![2, 1], vec![1.0f32, 2.0]).unwrap();
+        let b = Tensor::from_vec(vec![1, 1], vec![3.0f32]).unwrap();
+        let s = Tensor::from_vec(vec![], vec![9i32]).unwrap();
+        let out = join(vec![vec![a.clone(), s.clone()], vec![b, s.clone()]], 3, &[true, false]).unwrap();
+        assert_eq!(out[0].as_slice::<f32>().unwrap(), &[1.0, 2.0, 3.0]);
+        assert_eq!(out[1], s);
+        let v = row_view(&a, 1, 1).unwrap();
+        assert_eq!((v.shape(), v.as_bytes()), (&[1usize, 1][..], &2.0f32.to_le_bytes()[..]));
+    }
+}

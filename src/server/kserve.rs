@@ -1,0 +1,361 @@
+//! The Open Inference Protocol v2 (KServe v2) over HTTP/REST, with Triton's binary tensor
+//! data extension: health, server and model metadata, and inference with tensors as JSON
+//! `data` or as raw little-endian bytes after the JSON (`Inference-Header-Content-Length`,
+//! `binary_data_size`, `binary_data`, `binary_data_output`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::datatype;
+use super::error::ApiError;
+use super::batcher::Arriving;
+use super::model::Model;
+use super::state::{read_body, AppState};
+use crate::Tensor;
+
+/// The header giving the length of the JSON part of a body that carries binary tensors.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The v2 routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+}
+
+async fn server_metadata() -> Response {
+    json_response(&json!({"name": "flaxlayer", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}))
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> StatusCode {
+    if state.is_draining() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn model_metadata(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    metadata(&state, &model, None)
+}
+
+async fn model_metadata_version(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+    metadata(&state, &model, Some(&version))
+}
+
+fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let model = state.repo.get(name, version)?;
+    Ok(json_response(&model.metadata(&state.repo.versions(name)?)))
+}
+
+async fn model_ready(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
+    model_ready_at(&state, &model, None)
+}
+
+async fn model_ready_version(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    model_ready_at(&state, &model, Some(&version))
+}
+
+fn model_ready_at(state: &AppState, name: &str, version: Option<&str>) -> Result<StatusCode, ApiError> {
+    state.repo.get(name, version)?;
+    Ok(if state.is_draining() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK })
+}
+
+async fn infer(State(state): State<Arc<AppState>>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    infer_at(&state, &model, None, &headers, body).await
+}
+
+async fn infer_version(State(state): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    infer_at(&state, &model, Some(&version), &headers, body).await
+}
+
+async fn infer_at(state: &AppState, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let model = match state.repo.get(name, version) {
+        Ok(m) => m,
+        Err(e) => {
+            state.account(None, started, Some(&e));
+            return Err(e);
+        }
+    };
+    let arriving = model.arrive();
+    let result = run(state, model, headers, body, arriving).await;
+    state.account(Some(model), started, result.as_ref().err());
+    result
+}
+
+/// `$inference_request`.
+#[derive(Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<RequestInput>,
+    #[serde(default)]
+    outputs: Option<Vec<RequestOutput>>,
+}
+
+/// `$request_input`.
+#[derive(Deserialize)]
+struct RequestInput {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+/// `$request_output`.
+#[derive(Deserialize)]
+struct RequestOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body, arriving: Arriving) -> Result<Response, ApiError> {
+    let body = read_body(headers, body, state.max_body_bytes).await?;
+    let (json_part, binary) = split_body(headers, &body)?;
+    let request: InferRequest = serde_json::from_slice(json_part).map_err(|e| ApiError::malformed(format!("the inference request JSON: {e}")))?;
+    check_request_parameters(&request.parameters)?;
+    let named = decode_inputs(&request.inputs, binary)?;
+    let selected = select_outputs(model, &request)?;
+    let (inputs, rows) = model.check_inputs(named)?;
+    let outputs = model.infer(inputs, rows, arriving).await?;
+    encode_response(model, request.id, &selected, &outputs)
+}
+
+/// The JSON part and the binary part of a body: split at `Inference-Header-Content-Length`
+/// when present, else all JSON.
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    let Some(v) = headers.get(HEADER_LENGTH) else { return Ok((body, &[])) };
+    let n = v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
+        ApiError::malformed(format!("Inference-Header-Content-Length must be a byte count, got {:?}", String::from_utf8_lossy(v.as_bytes())))
+    })?;
+    if n > body.len() {
+        return Err(ApiError::malformed(format!("Inference-Header-Content-Length is {n} but the body has {} bytes", body.len())));
+    }
+    Ok(body.split_at(n))
+}
+
+fn check_request_parameters(params: &Map<String, Value>) -> Result<(), ApiError> {
+    let sequence = params.get("sequence_id").is_some_and(|v| v.as_u64() != Some(0) && v.as_str() != Some(""));
+    if sequence {
+        return Err(ApiError::Unsupported { feature: "the sequence extension (sequence_id)".into() });
+    }
+    if params.get("binary_data_output").is_some_and(|v| !v.is_boolean()) {
+        return Err(ApiError::malformed("parameter binary_data_output must be a boolean"));
+    }
+    Ok(())
+}
+
+fn refuse_shared_memory(params: &Map<String, Value>) -> Result<(), ApiError> {
+    if params.keys().any(|k| k.starts_with("shared_memory_")) {
+        return Err(ApiError::Unsupported { feature: "the shared-memory extension".into() });
+    }
+    Ok(())
+}
+
+/// Each input as a tensor: its JSON `data`, or its `binary_data_size` bytes taken in order from
+/// the binary part, which must be used up exactly.
+fn decode_inputs(inputs: &[RequestInput], binary: &[u8]) -> Result<Vec<(String, Tensor)>, ApiError> {
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        refuse_shared_memory(&input.parameters)?;
+        let what = format!("input {:?}", input.name);
+        let dtype = datatype::parse(&input.datatype)
+            .ok_or_else(|| ApiError::invalid_tensor(&what, format!("a datatype among {}", datatype::known()), format!("{:?}", input.datatype)))?;
+        let shape: Vec<usize> = input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| ApiError::malformed(format!("{what}: shape {:?} does not fit this machine", input.shape)))?;
+        let expected = dtype.array_bytes(&shape).map_err(|_| ApiError::malformed(format!("{what}: shape {shape:?} is too large")))?;
+        let bytes = match (input.parameters.get("binary_data_size"), &input.data) {
+            (Some(_), Some(_)) => return Err(ApiError::malformed(format!("{what} has both \"data\" and binary_data_size"))),
+            (None, None) => return Err(ApiError::malformed(format!("{what} has neither \"data\" nor binary_data_size"))),
+            (Some(size), None) => {
+                let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| ApiError::malformed(format!("{what}: binary_data_size must be a byte count, got {size}")))?;
+                if size != expected {
+                    return Err(ApiError::invalid_tensor(&what, format!("{expected} bytes of binary data ({} {shape:?})", input.datatype), format!("binary_data_size {size}")));
+                }
+                let end = at.checked_add(size).filter(|&e| e <= binary.len()).ok_or_else(|| {
+                    ApiError::malformed(format!("{what}: binary_data_size {size} runs past the body's {} bytes of binary data (Inference-Header-Content-Length missing or wrong?)", binary.len()))
+                })?;
+                let slice = &binary[at..end];
+                at = end;
+                slice.to_vec()
+            }
+            (None, Some(data)) => {
+                let mut bytes = Vec::with_capacity(expected);
+                datatype::encode_json(&what, dtype, data, &mut bytes)?;
+                if bytes.len() != expected {
+                    let (want, got) = (expected / dtype.size_in_bytes(), bytes.len() / dtype.size_in_bytes());
+                    return Err(ApiError::invalid_tensor(&what, format!("{want} elements for shape {shape:?}"), format!("{got} elements in \"data\"")));
+                }
+                bytes
+            }
+        };
+        let t = Tensor::new(dtype, shape, &bytes).map_err(|e| ApiError::malformed(format!("{what}: {e}")))?;
+        out.push((input.name.clone(), t));
+    }
+    if at != binary.len() {
+        return Err(ApiError::malformed(format!("{} bytes of binary data follow the JSON but the inputs' binary_data_size add up to {at}", binary.len())));
+    }
+    Ok(out)
+}
+
+/// The outputs to answer, by index, each with whether it goes as binary data: those the
+/// request lists (in its order), else all of them.
+fn select_outputs(model: &Model, request: &InferRequest) -> Result<Vec<(usize, bool)>, ApiError> {
+    let all_binary = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
+    let Some(wanted) = &request.outputs else {
+        return Ok((0..model.outputs().len()).map(|i| (i, all_binary)).collect());
+    };
+    wanted
+        .iter()
+        .map(|o| {
+            refuse_shared_memory(&o.parameters)?;
+            if o.parameters.get("classification").is_some_and(|v| v.as_u64() != Some(0)) {
+                return Err(ApiError::Unsupported { feature: "the classification extension".into() });
+            }
+            let binary = match o.parameters.get("binary_data") {
+                None => all_binary,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => return Err(ApiError::malformed(format!("output {:?}: binary_data must be a boolean, got {v}", o.name))),
+            };
+            Ok((model.output_index(&o.name)?, binary))
+        })
+        .collect()
+}
+
+/// `$inference_response`.
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    outputs: Vec<ResponseOutput<'a>>,
+}
+
+/// `$response_output`: JSON `data`, or the size of its binary data.
+#[derive(Serialize)]
+struct ResponseOutput<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<datatype::Elements<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+/// `$inference_response`, followed by the binary outputs when any is binary.
+fn encode_response(model: &Model, id: Option<String>, selected: &[(usize, bool)], outputs: &[Tensor]) -> Result<Response, ApiError> {
+    let mut binary = Vec::new();
+    let mut outs = Vec::with_capacity(selected.len());
+    for &(i, as_binary) in selected {
+        let (spec, t) = (&model.outputs()[i], &outputs[i]);
+        let mut o = ResponseOutput { name: &spec.name, datatype: datatype::name(t.dtype()), shape: t.shape(), parameters: None, data: None };
+        if as_binary {
+            o.parameters = Some(BinarySize { binary_data_size: t.num_bytes() });
+            binary.extend_from_slice(t.as_bytes());
+        } else {
+            o.data = Some(datatype::Elements::flat(t.dtype(), t.as_bytes()));
+        }
+        outs.push(o);
+    }
+    let response = InferResponse { model_name: model.name(), model_version: model.version().to_string(), id, outputs: outs };
+    let mut body = serde_json::to_vec(&response).map_err(|e| ApiError::malformed(format!("writing the response: {e}")))?;
+    if !selected.iter().any(|&(_, b)| b) {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
+    let json_len = body.len();
+    body.extend_from_slice(&binary);
+    let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
+    r.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    Ok(r)
+}
+
+fn json_response(v: &Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_inputs_are_taken_in_order_and_used_up() {
+        let req: InferRequest = serde_json::from_value(json!({
+            "inputs": [
+                {"name": "a", "shape": [2], "datatype": "UINT32", "parameters": {"binary_data_size": 8}},
+                {"name": "b", "shape": [3], "datatype": "BOOL", "data": [true, false, true]},
+                {"name": "c", "shape": [1], "datatype": "INT16", "parameters": {"binary_data_size": 2}}
+            ]
+        }))
+        .unwrap();
+        let bin = [1u8, 0, 0, 0, 2, 0, 0, 0, 0xff, 0x7f];
+        let got = decode_inputs(&req.inputs, &bin).unwrap();
+        assert_eq!(got[0].1.as_slice::<u32>().unwrap(), &[1, 2]);
+        assert_eq!(got[1].1.to_bools().unwrap(), vec![true, false, true]);
+        assert_eq!(got[2].1.as_slice::<i16>().unwrap(), &[i16::MAX]);
+        let e = decode_inputs(&req.inputs, &bin[..9]).unwrap_err().to_string();
+        assert!(e.contains("runs past"), "{e}");
+        let mut longer = bin.to_vec();
+        longer.push(0);
+        let e = decode_inputs(&req.inputs, &longer).unwrap_err().to_string();
+        assert!(e.contains("11 bytes of binary data follow the JSON"), "{e}");
+    }
+
+    #[test]
+    fn inputs_are_checked_against_their_shape_and_datatype() {
+        let one = |v: Value| -> String {
+            let req: InferRequest = serde_json::from_value(json!({"inputs": [v]})).unwrap();
+            decode_inputs(&req.inputs, &[]).unwrap_err().to_string()
+        };
+        assert_eq!(one(json!({"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3]})), "input \"x\": expected 4 elements for shape [2, 2], got 3 elements in \"data\"");
+        assert!(one(json!({"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]})).contains("expected a datatype among BOOL"));
+        assert!(one(json!({"name": "x", "shape": [1], "datatype": "FP32"})).contains("neither"));
+        assert!(one(json!({"name": "x", "shape": [1], "datatype": "FP32", "data": [1], "parameters": {"shared_memory_region": "r"}})).contains("shared-memory"));
+        assert!(one(json!({"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 8}})).contains("expected 4 bytes"));
+    }
+
+    #[test]
+    fn the_header_length_splits_the_body() {
+        let mut h = HeaderMap::new();
+        assert_eq!(split_body(&h, b"{}xyz").unwrap(), (&b"{}xyz"[..], &b""[..]));
+        h.insert(HEADER_LENGTH, HeaderValue::from(2));
+        assert_eq!(split_body(&h, b"{}xyz").unwrap(), (&b"{}"[..], &b"xyz"[..]));
+        h.insert(HEADER_LENGTH, HeaderValue::from(9));
+        assert!(split_body(&h, b"{}xyz").is_err());
+        h.insert(HEADER_LENGTH, HeaderValue::from_static("two"));
+        assert!(split_body(&h, b"{}xyz").is_err());
+    }
+}
