@@ -1,0 +1,794 @@
+#!/usr/bin/env python3
+"""Benchmark flaxlayer against the other ways to run an exported JAX model outside Python:
+ONNX Runtime (jax2onnx + the Rust `ort` crate) and IREE (StableHLO compiled by iree-compile).
+
+    python3 scripts/bench_peers.py              # full run (~10 min the first time), writes BENCHMARKS.md
+    python3 scripts/bench_peers.py --quick      # smoke run, writes nothing
+    python3 scripts/bench_peers.py --rounds 3 --no-write --no-profile
+
+Not part of scripts/demo.sh or scripts/test.sh. On first use it creates .venv-peers/ (gitignored)
+with the pins of scripts/requirements-peers.txt, idempotently (a stamp holds the file's sha256),
+then re-runs itself in it. It builds `target/release/flaxlayer` and the ORT bench
+(benches/peers, its own crate) and keeps its artifacts in target/peers-work/.
+
+Workloads, on the committed bundles and their variables:
+  mlp      hlo/mlp, batch 1          (MLP 64-256-256-10)
+  cnn      hlo/cnn, batch 256        (Keras' FlaxLayer CNN)
+  decoder  hlo/decoder, one inference step at batch 1 (2-layer decoder with a KV cache)
+Systems:
+  flaxlayer  `flaxlayer bench BUNDLE --batch B --json`: host in -> host out per call.
+  ORT        jax2onnx converts the same Flax module (scripts/models.py) with the bundle's
+             variables as initializers; benches/peers times host in -> host out per call.
+  IREE       iree-compile compiles the StableHLO the bundle holds (`tf.aliasing_output` stripped:
+             IREE 3.13 computes wrong decoder results with them), params as arguments ("args");
+             and the same computation with the params folded in as constants ("consts").
+             iree-benchmark-module times it with the local-sync and local-task drivers.
+Every peer's outputs are checked against JAX (the bundle's `.jaxexport` called by JAX on the
+same inputs) before it is timed; a peer whose outputs differ is reported as wrong, not timed.
+Rounds alternate the systems (round r: flaxlayer, ORT, IREE ...). The table between
+`<!-- peers:begin -->` and `<!-- peers:end -->` in BENCHMARKS.md is rewritten; the rest is kept.
+With --profile (default on) a `perf` profile of flaxlayer's MLP batch-1 call is summarised too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+VENV = os.path.join(REPO, ".venv-peers")
+REQUIREMENTS = os.path.join(HERE, "requirements-peers.txt")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# .venv-peers (standard library only: this part runs under any python3)
+# --------------------------------------------------------------------------------------------
+
+def ensure_venv() -> None:
+    """Create/update .venv-peers from requirements-peers.txt, then re-exec this script in it."""
+    py = os.path.join(VENV, "bin", "python")
+    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
+        return
+    t0 = time.time()
+    if not os.path.exists(py):
+        log(f"[peers] creating {os.path.relpath(VENV, REPO)}")
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    stamp = os.path.join(VENV, ".requirements.sha256")
+    with open(REQUIREMENTS, "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    have = open(stamp).read().strip() if os.path.exists(stamp) else ""
+    if have != want:
+        log("[peers] installing scripts/requirements-peers.txt into .venv-peers")
+        subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", REQUIREMENTS],
+                       check=True)
+        with open(stamp, "w") as f:
+            f.write(want + "\n")
+    os.environ["PEERS_SETUP_SECONDS"] = f"{time.time() - t0:.1f}"
+    log(f"[peers] .venv-peers ready in {time.time() - t0:.1f} s")
+    os.execv(py, [py, os.path.abspath(__file__), *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    ensure_venv()
+
+# --------------------------------------------------------------------------------------------
+# Everything below runs inside .venv-peers.
+# --------------------------------------------------------------------------------------------
+
+import argparse  # noqa: E402
+import datetime as _dt  # noqa: E402
+import glob  # noqa: E402
+import importlib.metadata as md  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+
+HLO = os.path.join(REPO, "hlo")
+WORK = os.path.join(REPO, "target", "peers-work")
+FL_BIN = os.path.join(REPO, "target", "release", "flaxlayer")
+ORT_BENCH_DIR = os.path.join(REPO, "benches", "peers")
+ORT_BIN = os.path.join(REPO, "target", "peers", "release", "flaxlayer-peers-bench")
+MAIN_SITE = os.path.join(REPO, ".venv", "lib", "python3.11", "site-packages")
+BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
+PROF_BEGIN, PROF_END = "<!-- profile:begin -->", "<!-- profile:end -->"
+
+# Outputs agree when max|peer - jax| <= RTOL * max(max|jax|, 1) (f32); integers exactly.
+RTOL = 1e-5
+IREE_DRIVERS = ("local-sync", "local-task")
+IREE_COMPILE_FLAGS = [
+    "--iree-input-type=stablehlo", "--iree-hal-target-device=local",
+    "--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu=host",
+    "--iree-opt-level=O3",
+]
+
+
+def run(cmd, timeout=900, env=None, **kw) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=REPO, **kw)
+    if p.returncode != 0:
+        tail = "\n".join((p.stderr + p.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"{os.path.basename(cmd[0])} exited {p.returncode}:\n{tail}")
+    return p
+
+
+def last_json(text: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no JSON line in: {text[-300:]}")
+
+
+def sha256_files(*paths) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Workloads
+# --------------------------------------------------------------------------------------------
+
+class Workload:
+    """One bundle computation: its args (manifest order), JAX's results on fixed inputs."""
+
+    def __init__(self, name, bundle, batch, make_module, iters, warmup):
+        import numpy as np
+        from flax.traverse_util import unflatten_dict
+        from jax import export as jax_export
+        from safetensors.numpy import load_file
+
+        self.name, self.bundle, self.batch = name, bundle, batch
+        self.iters, self.warmup = iters, warmup
+        self.dir = os.path.join(HLO, bundle)
+        self.module = make_module()
+        with open(os.path.join(self.dir, "manifest.json")) as f:
+            manifest = json.load(f)
+        comp = [c for c in manifest["methods"]["__call__"]["inference"] if c["batch_size"] == batch]
+        if len(comp) != 1:
+            raise SystemExit(f"{bundle}: no inference computation for batch {batch}")
+        self.file = os.path.join(self.dir, comp[0]["file"])
+        self.arg_specs, self.result_specs = comp[0]["args"], comp[0]["results"]
+        self.variables = load_file(os.path.join(self.dir, "variables.safetensors"))
+        golden = load_file(os.path.join(self.dir, "golden.safetensors"))
+        (in_spec,) = [a for a in self.arg_specs if a["role"] == "input"]
+        g = golden.get("inputs/inputs")
+        if g is not None and list(g.shape) == in_spec["shape"]:
+            self.x = g  # the bundle's golden inputs where the batch matches
+        else:
+            self.x = np.random.default_rng(0).standard_normal(in_spec["shape"]).astype(in_spec["dtype"])
+        self.args = [self.x if a["role"] == "input" else self.variables[a["name"]] for a in self.arg_specs]
+        nested = unflatten_dict(dict(self.variables), sep="/")
+        self.params = nested["params"]
+        self.state_names = [a["name"] for a in self.arg_specs if a["role"] == "state"]
+        with open(self.file, "rb") as f:
+            self.exported = jax_export.deserialize(bytearray(f.read()))
+        self.expected = self._jax_results(golden)
+
+    def state_tree(self, values):
+        from flax.traverse_util import unflatten_dict
+        return unflatten_dict(dict(zip(self.state_names, values)), sep="/")
+
+    def _jax_results(self, golden) -> list:
+        """JAX's results of the bundle's computation: [(result name, array)] in manifest order."""
+        import jax
+        import numpy as np
+        state = self.state_tree([self.variables[n] for n in self.state_names])
+        out = self.exported.call(self.params, state, self.x)
+        leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(out)]
+        names = [r["name"] for r in self.result_specs]
+        if len(leaves) != len(names):
+            raise SystemExit(f"{self.name}: JAX returned {len(leaves)} results, manifest has {len(names)}")
+        g = golden.get("inference/outputs")
+        if g is not None and g.shape == leaves[0].shape:  # sanity: JAX here agrees with the golden data
+            bad = check(leaves[0], g)
+            if bad:
+                raise SystemExit(f"{self.name}: JAX on this machine disagrees with golden data: {bad}")
+        return list(zip(names, leaves))
+
+
+def check(got, want) -> str | None:
+    """None when `got` agrees with `want`, else what differs."""
+    import numpy as np
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return f"{got.dtype}{list(got.shape)} vs JAX {want.dtype}{list(want.shape)}"
+    if np.issubdtype(want.dtype, np.integer):
+        return None if np.array_equal(got, want) else f"integers differ (max {np.abs(got - want).max()})"
+    err = float(np.abs(got.astype(np.float64) - want).max())
+    scale = max(float(np.abs(want).max()), 1.0)
+    if not np.isfinite(err) or err > RTOL * scale:
+        return f"max |diff| {err:.3g} > {RTOL:g} × {scale:.3g}"
+    return None
+
+
+def rel_err(got, want) -> float:
+    import numpy as np
+    want = np.asarray(want)
+    if np.issubdtype(want.dtype, np.integer):
+        return 0.0 if np.array_equal(got, want) else float("inf")
+    return float(np.abs(np.asarray(got, np.float64) - want).max()) / max(float(np.abs(want).max()), 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------
+
+def ort_lib() -> str:
+    import onnxruntime
+    libs = sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))
+    if not libs:
+        raise SystemExit("libonnxruntime.so not found in the onnxruntime wheel")
+    return libs[0]
+
+
+def ort_model(w: Workload) -> tuple[str, list[str]]:
+    """Convert the Flax module with jax2onnx (variables as initializers, state as inputs and
+    outputs); reuse the file while the bundle and the pins are unchanged. Returns the .onnx path
+    and the ONNX output names in manifest result order."""
+    from jax2onnx import to_onnx
+    from flax.traverse_util import flatten_dict
+    import jax
+    out_dir = os.path.join(WORK, "onnx", w.name)
+    path = os.path.join(out_dir, "model.onnx")
+    stamp = os.path.join(out_dir, "stamp")
+    key = sha256_files(w.file, os.path.join(w.dir, "variables.safetensors"), REQUIREMENTS,
+                       os.path.join(HERE, "models.py"), os.path.abspath(__file__))
+    out_names = ["outputs"] + [f"new/{n}" for n in w.state_names]
+    if os.path.exists(path) and os.path.exists(stamp) and open(stamp).read() == key:
+        return path, out_names
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    module, params, names = w.module, w.params, w.state_names
+
+    def step(*args):
+        """The inference call: state leaves (manifest order) and the inputs in; the outputs and
+        the updated state leaves out."""
+        if not names:
+            return module.apply({"params": params}, args[-1])
+        state = w.state_tree(args[:-1])
+        out, mut = module.apply({"params": params, **state}, args[-1], training=False, mutable=list(state))
+        flat = flatten_dict(mut, sep="/")
+        return (out, *[flat[n] for n in names])
+
+    ins = [w.variables[n] for n in names] + [w.x]
+    t0 = time.time()
+    log(f"  jax2onnx: converting {w.name} ...")
+    to_onnx(step, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in ins], model_name=w.name,
+            return_mode="file", output_path=path, input_names=[*names, "inputs"], output_names=out_names)
+    log(f"  jax2onnx: {w.name} in {time.time() - t0:.0f} s")
+    with open(stamp, "w") as f:
+        f.write(key)
+    return path, out_names
+
+
+def ort_inputs_file(w: Workload) -> str:
+    from safetensors.numpy import save_file
+    path = os.path.join(WORK, "onnx", w.name, "inputs.safetensors")
+    save_file({**{n: w.variables[n] for n in w.state_names}, "inputs": w.x}, path)
+    return path
+
+
+def ort_bench(model, inputs, warmup, iters, save=None) -> dict:
+    cmd = [ORT_BIN, "--ort-lib", ort_lib(), "--model", model, "--inputs", inputs,
+           "--warmup", str(warmup), "--iters", str(iters)]
+    if save:
+        cmd += ["--save-outputs", save]
+    return last_json(run(cmd).stdout)
+
+
+def ort_check(w: Workload, model, out_names) -> list[tuple[str, float]] | str:
+    """Errors per result (name, scale-relative error), or what is wrong."""
+    from safetensors.numpy import load_file
+    inputs = ort_inputs_file(w)
+    save = os.path.join(WORK, "onnx", w.name, "outputs.safetensors")
+    ort_bench(model, inputs, 0, 1, save=save)
+    got = load_file(save)
+    return compare(w, [got.get(n) for n in out_names])
+
+
+def compare(w: Workload, got: list) -> list[tuple[str, float]] | str:
+    errs = []
+    for (name, want), g in zip(w.expected, got):
+        if g is None:
+            return f"{name}: missing"
+        bad = check(g, want)
+        if bad:
+            return f"{name}: {bad}"
+        errs.append((name, rel_err(g, want)))
+    return errs
+
+
+# --------------------------------------------------------------------------------------------
+# IREE
+# --------------------------------------------------------------------------------------------
+
+ALIASING = re.compile(r"\s*\{tf\.aliasing_output = \d+ : i32\}")
+
+
+def strip_aliasing(text: str) -> str:
+    out = ALIASING.sub("", text)
+    if "tf.aliasing_output" in out:
+        raise SystemExit("tf.aliasing_output left in the module after stripping")
+    return out
+
+
+def iree_bin(tool: str) -> str:
+    return os.path.join(VENV, "bin", tool)
+
+
+def iree_variant_mlir(w: Workload, variant: str) -> tuple[str, list]:
+    """StableHLO text and its arguments: 'args' = the bundle's module as it is (params as
+    arguments); 'consts' = the same computation called with the params as constants."""
+    import jax
+    if variant == "args":
+        return strip_aliasing(w.exported.mlir_module()), w.args
+    state_vals = [w.variables[n] for n in w.state_names]
+    params = jax.tree_util.tree_map(lambda a: a, w.params)
+
+    def f(state, x):
+        return w.exported.call(params, w.state_tree(state), x)
+
+    lowered = jax.jit(f).lower(state_vals, w.x)
+    text = lowered.compiler_ir("stablehlo").operation.get_asm(large_elements_limit=None)
+    if "__elided__" in text:
+        raise SystemExit("constants were elided from the printed module")
+    return strip_aliasing(text), [*state_vals, w.x]
+
+
+def iree_prepare(w: Workload, variant: str) -> tuple[str, list[str]]:
+    """Compile (cached by content) and write the .npy inputs; returns (vmfb, --input flags)."""
+    import numpy as np
+    d = os.path.join(WORK, "iree", w.name, variant)
+    os.makedirs(d, exist_ok=True)
+    text, args = iree_variant_mlir(w, variant)
+    mlir = os.path.join(d, "module.mlir")
+    vmfb = os.path.join(d, "module.vmfb")
+    key = hashlib.sha256((text + " ".join(IREE_COMPILE_FLAGS)).encode()).hexdigest()
+    stamp = os.path.join(d, "stamp")
+    if not (os.path.exists(vmfb) and os.path.exists(stamp) and open(stamp).read() == key):
+        with open(mlir, "w") as f:
+            f.write(text)
+        t0 = time.time()
+        run([iree_bin("iree-compile"), mlir, *IREE_COMPILE_FLAGS, "-o", vmfb])
+        log(f"  iree-compile {w.name} ({variant}): {time.time() - t0:.1f} s")
+        with open(stamp, "w") as f:
+            f.write(key)
+    flags = []
+    for i, a in enumerate(args):
+        p = os.path.join(d, f"in{i}.npy")
+        np.save(p, np.asarray(a))
+        flags.append(f"--input=@{p}")
+    return vmfb, flags
+
+
+def iree_check(w: Workload, vmfb, inputs, driver) -> list[tuple[str, float]] | str:
+    import numpy as np
+    d = os.path.dirname(vmfb)
+    outs = [os.path.join(d, f"out{i}.{driver}.npy") for i in range(len(w.expected))]
+    for o in outs:
+        if os.path.exists(o):
+            os.remove(o)
+    run([iree_bin("iree-run-module"), f"--module={vmfb}", f"--device={driver}", "--function=main",
+         *inputs, *[f"--output=@{o}" for o in outs]])
+    return compare(w, [np.load(o) if os.path.exists(o) else None for o in outs])
+
+
+def iree_bench(vmfb, inputs, driver, warmup, iters, reps=5) -> float:
+    """Median over `reps` repetitions of the mean µs per call (iree-benchmark-module
+    reports a mean per repetition); a warm-up run first."""
+    per = max(1, iters // reps)
+    cmd = [iree_bin("iree-benchmark-module"), f"--module={vmfb}", f"--device={driver}", "--function=main",
+           *inputs, f"--benchmark_min_time={per}x", f"--benchmark_repetitions={reps}",
+           "--benchmark_format=json", f"--benchmark_min_warmup_time={0.0001 * max(warmup, 1)}"]
+    out = json.loads(run(cmd).stdout)
+    times = [b for b in out["benchmarks"] if b.get("run_type") == "iteration"]
+    unit = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
+    return statistics.median(b["real_time"] * unit[b["time_unit"]] for b in times)
+
+
+# --------------------------------------------------------------------------------------------
+# flaxlayer
+# --------------------------------------------------------------------------------------------
+
+def fl_bench(w: Workload, processes: int) -> float:
+    """Median µs per call of `flaxlayer bench`; the decoder's caches hold max_len = 16
+    positions, so it runs 4 + 12 calls per process in several processes."""
+    cache = os.path.join(WORK, "fl-cache")
+    meds = []
+    for _ in range(processes):
+        p = run([FL_BIN, "bench", w.dir, "--batch", str(w.batch), "--warmup", str(w.warmup),
+                 "--iters", str(w.iters), "--json"], env={"FLAXLAYER_CACHE": cache})
+        meds.append(last_json(p.stdout)["median_us"])
+    return statistics.median(meds)
+
+
+# --------------------------------------------------------------------------------------------
+# perf profile of flaxlayer's MLP batch-1 call
+# --------------------------------------------------------------------------------------------
+
+def perf_works() -> bool:
+    try:
+        p = subprocess.run(["perf", "record", "-e", "cpu-clock", "-o", os.devnull, "--", "true"],
+                           capture_output=True, text=True, timeout=60)
+        return p.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def category(dso: str, sym: str) -> str:
+    s = sym.lower()
+    if dso.startswith("[kernel"):
+        return "kernel"
+    if re.search(r"\b(malloc|free|calloc|realloc|cfree|_int_malloc|_int_free|malloc_consolidate|"
+                 r"tcache|operator new|operator delete|__libc_malloc|__libc_free|_znwm|_zdlpv|"
+                 r"posix_memalign|aligned_alloc|memalign)\b|_int_memalign|unlink_chunk", s):
+        return "malloc/free"
+    if "flaxlayer" in dso:
+        return "flaxlayer (our crate + Rust std)"
+    if "pjrt" in dso or "plugin" in dso:
+        if re.search(r"eigen|xnn|onednn|dnnl|mkl|gemm|gemv|matmul|dot|__xla_cpu_runtime|kernel", s):
+            return "XLA kernels (in the plugin)"
+        return "plugin runtime (PJRT/XLA runtime, absl, tsl)"
+    if dso in ("[unknown]", "[JIT] tid") or dso.startswith("[anon") or "memfd" in dso or dso.startswith("//anon"):
+        return "XLA kernels (JIT code)"
+    if dso.startswith("libc") or dso.startswith("ld-linux"):
+        return "libc (memcpy etc.)"
+    if "libstdc++" in dso or "libgcc" in dso:
+        return "libstdc++/libgcc"
+    return f"other ({dso})"
+
+
+def perf_profile(calls: int) -> dict:
+    """perf record (cpu-clock sampling) of `flaxlayer bench hlo/mlp --batch 1`; self time
+    by symbol and by category."""
+    data = os.path.join(WORK, "perf.data")
+    cache = os.path.join(WORK, "fl-cache")
+    run(["perf", "record", "-e", "cpu-clock", "-F", "4000", "-o", data, "--", FL_BIN, "bench",
+         os.path.join(HLO, "mlp"), "--batch", "1", "--warmup", "1000", "--iters", str(calls), "--json"],
+        env={"FLAXLAYER_CACHE": cache})
+    rep = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
+               "--percent-limit", "0", "-F", "overhead,sample,dso,sym"], timeout=600).stdout
+    rows = []
+    for line in rep.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\d+)\s+(\S+(?: tid)?)\s+\[([.kuHgj!])\]\s+(.*)$", line)
+        if m:
+            rows.append((float(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5).strip()))
+    cats: dict[str, float] = {}
+    for pct, _, dso, _, sym in rows:
+        c = category(dso, sym)
+        cats[c] = cats.get(c, 0.0) + pct
+    top = [line for line in rep.splitlines() if re.match(r"\s*[\d.]+%", line)][:30]
+    return {"categories": sorted(cats.items(), key=lambda kv: -kv[1]), "top": top,
+            "samples": sum(r[1] for r in rows), "calls": calls}
+
+
+# --------------------------------------------------------------------------------------------
+# Environment description
+# --------------------------------------------------------------------------------------------
+
+def lscpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
+    except OSError:
+        return platform.processor() or "?"
+    info = dict(re.findall(r"^([^:\n]+):\s*(.+)$", out, re.M))
+    model = info.get("Model name", "?").strip()
+    hv = info.get("Hypervisor vendor")
+    return f"{model}{f' ({hv} VM)' if hv else ''}, {os.cpu_count()} logical cores"
+
+
+def dist_version(name: str, path=None) -> str:
+    try:
+        if path:
+            (d,) = [d for d in md.distributions(path=[path]) if d.metadata["Name"].lower() == name.lower()]
+            return d.version
+        return md.version(name)
+    except (md.PackageNotFoundError, ValueError):
+        return "?"
+
+
+def ort_crate_version() -> str:
+    try:
+        with open(os.path.join(ORT_BENCH_DIR, "Cargo.lock")) as f:
+            m = re.search(r'name = "ort"\nversion = "([^"]+)"', f.read())
+        return m.group(1) if m else "?"
+    except OSError:
+        return "?"
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=REPO, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=REPO, timeout=30).stdout.strip()
+        return rev + (", dirty tree" if dirty else "")
+    except OSError:
+        return "?"
+
+
+def loadavg() -> str:
+    try:
+        return open("/proc/loadavg").read().split()[0]
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------------------------
+# Table
+# --------------------------------------------------------------------------------------------
+
+def fmt_us(x: float) -> str:
+    return f"{x / 1e3:.2f} ms" if x >= 1e3 else f"{x:.1f} µs"
+
+
+def cell(vals: list[float], ours: list[float]) -> str:
+    """median over rounds (min–max of round medians), and peer/flaxlayer median of per-round ratios."""
+    if not vals:
+        return "—"
+    med = statistics.median(vals)
+    lo, hi = min(vals), max(vals)
+    rng = f"{lo:.1f}–{hi:.1f} µs" if hi < 1e3 else f"{lo / 1e3:.2f}–{hi / 1e3:.2f} ms"
+    txt = f"{fmt_us(med)} ({rng})"
+    if ours and len(ours) == len(vals):
+        txt += f", **{statistics.median(v / o for v, o in zip(vals, ours)):.2f}×**"
+    return txt
+
+
+def md_table(head, rows) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def replace_block(text: str, begin: str, end: str, body: str) -> str:
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        a = text.index(begin)
+        b = text.index(end, a) + len(end)
+        return text[:a] + block + text[b:]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="2 rounds, few iterations, no BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    ap.add_argument("--no-profile", action="store_true", help="skip the perf profile")
+    ap.add_argument("--only", nargs="*", choices=["mlp", "cnn", "decoder"], help="some workloads only")
+    args = ap.parse_args(argv)
+    q = args.quick
+    rounds = 2 if q else args.rounds
+    write = not (args.no_write or q)
+    t_start = time.time()
+    os.makedirs(WORK, exist_ok=True)
+    load_start = loadavg()
+
+    log("[peers] building target/release/flaxlayer and the ORT bench")
+    run(["cargo", "build", "--release", "--bin", "flaxlayer"], timeout=3600)
+    run(["cargo", "build", "--release", "--manifest-path", os.path.join(ORT_BENCH_DIR, "Cargo.toml"),
+         "--target-dir", os.path.join(REPO, "target", "peers")], timeout=3600)
+
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+    sys.path.insert(0, HERE)
+    import models
+
+    # (name, bundle, batch, module, iters, warmup); flaxlayer's decoder: 4 + 12 calls a process
+    specs = [
+        ("mlp", "mlp", 1, models.MLP, 300 if q else 3000, 50 if q else 300),
+        ("cnn", "cnn", 256, models.MyFlaxModule, 6 if q else 40, 2 if q else 5),
+        ("decoder", "decoder", 1, models.TinyDecoder, 12, 4),
+    ]
+    peer_iters = {"mlp": (300, 50) if q else (3000, 300), "cnn": (6, 2) if q else (40, 5),
+                  "decoder": (300, 50) if q else (3000, 300)}
+    fl_procs = {"mlp": 1, "cnn": 1, "decoder": 2 if q else 4}
+    workloads = [Workload(*s) for s in specs if not args.only or s[0] in args.only]
+
+    # ---- prepare and check every peer (outputs vs JAX) before timing ----------------------
+    systems: dict[str, dict[str, dict]] = {}  # workload -> system -> {check, run}
+    for w in workloads:
+        log(f"[peers] {w.name}: preparing peers")
+        sy = systems[w.name] = {}
+        try:
+            model, out_names = ort_model(w)
+            inputs = ort_inputs_file(w)
+            chk = ort_check(w, model, out_names)
+            sy["ORT"] = {"check": chk, "run": (lambda m=model, i=inputs, it=peer_iters[w.name]:
+                                               ort_bench(m, i, it[1], it[0])["median_us"])}
+        except Exception as e:  # noqa: BLE001 (a peer that fails is reported, not fatal)
+            sy["ORT"] = {"check": f"failed: {str(e).strip().splitlines()[-1][:200]}"}
+        for variant in ("args", "consts"):
+            try:
+                vmfb, flags = iree_prepare(w, variant)
+            except Exception as e:  # noqa: BLE001
+                for drv in IREE_DRIVERS:
+                    sy[f"IREE {variant} {drv}"] = {"check": f"failed: {str(e).strip().splitlines()[-1][:200]}"}
+                continue
+            for drv in IREE_DRIVERS:
+                try:
+                    chk = iree_check(w, vmfb, flags, drv)
+                except Exception as e:  # noqa: BLE001
+                    chk = f"failed: {str(e).strip().splitlines()[-1][:200]}"
+                sy[f"IREE {variant} {drv}"] = {
+                    "check": chk, "run": (lambda v=vmfb, f=flags, d=drv, it=peer_iters[w.name]:
+                                          iree_bench(v, f, d, it[1], it[0]))}
+        for name, s in sy.items():
+            ok = not isinstance(s["check"], str)
+            log(f"  {name}: " + (f"outputs agree (max rel err {max(e for _, e in s['check']):.2g})" if ok
+                                else f"NOT TIMED: {s['check']}"))
+
+    # ---- alternating rounds -----------------------------------------------------------------
+    res: dict[str, dict[str, list[float]]] = {w.name: {} for w in workloads}
+    for r in range(rounds):
+        log(f"[peers] round {r + 1}/{rounds}")
+        for w in workloads:
+            res[w.name].setdefault("flaxlayer", []).append(fl_bench(w, fl_procs[w.name]))
+            for name, s in systems[w.name].items():
+                if isinstance(s["check"], str):
+                    continue
+                res[w.name].setdefault(name, []).append(s["run"]())
+    load_end = loadavg()
+
+    profile = None
+    if not args.no_profile and not q:
+        if perf_works():
+            log("[peers] perf profile of flaxlayer's mlp b1 call")
+            profile = perf_profile(200_000)
+        else:
+            log("[peers] perf does not work here: no profile")
+    elapsed = time.time() - t_start
+
+    # ---- report -------------------------------------------------------------------------------
+    rows, checks, detail = [], [], []
+    for w in workloads:
+        rs, sy = res[w.name], systems[w.name]
+        ours = rs.get("flaxlayer", [])
+
+        def best(prefix):
+            cands = [(statistics.median(v), k) for k, v in rs.items() if k.startswith(prefix) and v]
+            return min(cands)[1] if cands else None
+
+        iree_a, iree_c = best("IREE args"), best("IREE consts")
+        peers = [k for k in ("ORT", iree_a, iree_c) if k]
+        # ours / best peer, per round
+        ratio = "—"
+        if peers and ours:
+            per_round = [o / min(rs[k][i] for k in peers) for i, o in enumerate(ours)]
+            ratio = f"{statistics.median(per_round):.2f}×"
+
+        def peer_cell(k, label_missing):
+            if k is None:
+                return label_missing
+            txt = cell(rs[k], ours)
+            return txt + (f" [{k.split()[-1]}]" if k.startswith("IREE") else "")
+
+        def missing(prefix):
+            bad = [f"{k.split()[-1]}: {s['check']}" for k, s in sy.items()
+                   if k.startswith(prefix) and isinstance(s["check"], str)]
+            return "not timed: " + "; ".join(bad) if bad else "—"
+
+        rows.append([f"{w.name} (b{w.batch})", cell(ours, []), peer_cell("ORT" if "ORT" in rs else None, missing("ORT")),
+                     peer_cell(iree_a, missing("IREE args")), peer_cell(iree_c, missing("IREE consts")), ratio])
+        for k, s in sy.items():
+            if isinstance(s["check"], str):
+                checks.append([w.name, k, "**WRONG / FAILED**", s["check"]])
+            else:
+                checks.append([w.name, k, "ok", f"{max(e for _, e in s['check']):.2g}"])
+        for k, v in rs.items():
+            detail.append(f"{w.name}/{k}: " + ", ".join(f"{x:.1f}" for x in v))
+
+    table = md_table(["workload", "flaxlayer", "ORT (ort crate)", "IREE, params as arguments",
+                      "IREE, params as constants", "flaxlayer / best peer"], rows)
+    check_table = md_table(["workload", "peer", "outputs vs JAX", "max error / max(max|JAX|, 1)"], checks)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    setup = os.environ.get("PEERS_SETUP_SECONDS", "?")
+    vers = (f"onnxruntime {dist_version('onnxruntime')} (ort crate {ort_crate_version()}, load-dynamic, api-31), "
+            f"jax2onnx {dist_version('jax2onnx')}, onnx {dist_version('onnx')}; "
+            f"iree-base-compiler {dist_version('iree-base-compiler')}, iree-base-runtime {dist_version('iree-base-runtime')}; "
+            f"jax {dist_version('jax')}, jaxlib {dist_version('jaxlib')}, flax {dist_version('flax')}; "
+            f"flaxlayer {git_rev()} with lammps-jax-pjrt-cpu {dist_version('lammps-jax-pjrt-cpu', MAIN_SITE)}")
+    it_txt = ", ".join(
+        f"{w.name}: flaxlayer {fl_procs[w.name]}×{w.iters} (+{w.warmup}), peers {peer_iters[w.name][0]} (+{peer_iters[w.name][1]})"
+        for w in workloads)
+    body = f"""Reproduce: `python3 scripts/bench_peers.py` (installs `.venv-peers/` from
+`scripts/requirements-peers.txt` on first use, builds `target/release/flaxlayer` and
+`benches/peers`; not part of `scripts/demo.sh` or `scripts/test.sh`).
+
+- Date: {now}; {rounds} rounds, each running flaxlayer, ORT, then IREE on a workload before the next; {elapsed:.0f} s total; load average {load_start} at start, {load_end} at end.
+- Machine: {lscpu_model()}.
+- Versions: {vers}.
+- Calls per round: {it_txt}.
+- Each cell: median over rounds of the per-round median µs per call (min–max of the round
+  medians), then **peer / flaxlayer** time, the median of the per-round ratios (< 1: the peer is
+  faster). Last column: flaxlayer / the fastest peer, median of per-round ratios (> 1: a peer is faster).
+- flaxlayer: `flaxlayer bench BUNDLE --batch B --json`, host in → host out per call (inputs
+  uploaded, outputs copied into new host tensors; params and the decoder's cache stay on the
+  device, the cache advancing one position per call).
+- ORT: `benches/peers` (Rust, `ort` crate) on the jax2onnx conversion of the same Flax module with
+  the bundle's variables as initializers; per call: ORT values over host memory in, outputs
+  copied into host `Vec`s. Default session options (all graph optimisations, one intra-op
+  thread per core). The decoder's cache is an input and an output (fixed inputs every call).
+- IREE: `iree-compile {' '.join(IREE_COMPILE_FLAGS)}` of the bundle's StableHLO
+  (`tf.aliasing_output` stripped), timed by `iree-benchmark-module` (inputs already in HAL
+  buffers, outputs left in them: no host copies; on CPU these are host memory). Reported: the
+  faster driver over rounds, in brackets; value per round = median of 5 repetitions' mean.
+  "Constants": the same exported computation called by `jax.jit` with the params closed over,
+  so iree-compile sees them as constants (the decoder's cache stays an argument).
+- Outputs checked against JAX before timing: max |peer − JAX| ≤ {RTOL:g} × max(max|JAX|, 1)
+  for f32, integers exact; JAX = the bundle's `.jaxexport` called by JAX 0.10.2 on the same
+  inputs (mlp and decoder: the bundle's golden inputs, and JAX agrees with the golden outputs;
+  cnn b256: normal random inputs, seed 0).
+
+{table}
+
+Output checks (every result: the decoder's logits and its 7 updated cache entries):
+
+{check_table}
+
+<details><summary>Per-round medians (µs per call)</summary>
+
+```
+{chr(10).join(detail)}
+```
+</details>
+"""
+    prof_body = None
+    if profile:
+        cats = md_table(["where (self time)", "share of samples"],
+                        [[c, f"{p:.1f}%"] for c, p in profile["categories"] if p >= 0.05])
+        prof_body = f"""`perf record -e cpu-clock -F 4000` of `flaxlayer bench hlo/mlp --batch 1 --iters {profile['calls']}`
+({profile['samples']} samples, {now}; hardware counters are not available in this VM, so this is
+timer sampling). Self time grouped by where it runs; the setup (plugin load, compile-cache
+read) is included but small.
+
+{cats}
+
+<details><summary>Top 30 symbols (self time)</summary>
+
+```
+{chr(10).join(profile['top'])}
+```
+</details>
+"""
+    print(table)
+    print()
+    print(check_table)
+    print("\n".join(detail))
+    if prof_body:
+        print(prof_body)
+    print(f"(.venv-peers setup {setup} s; run {elapsed:.0f} s)")
+    if write:
+        path = os.path.join(REPO, "BENCHMARKS.md")
+        with open(path) as f:
+            text = f.read()
+        text = replace_block(text, BEGIN, END, body)
+        if prof_body:
+            text = replace_block(text, PROF_BEGIN, PROF_END, prof_body)
+        with open(path, "w") as f:
+            f.write(text)
+        log(f"[peers] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
