@@ -430,50 +430,92 @@ def perf_works() -> bool:
 
 
 def category(dso: str, sym: str) -> str:
+    """Where a sample's leaf frame runs."""
     s = sym.lower()
     if dso.startswith("[kernel"):
         return "kernel"
-    if re.search(r"\b(malloc|free|calloc|realloc|cfree|_int_malloc|_int_free|malloc_consolidate|"
-                 r"tcache|operator new|operator delete|__libc_malloc|__libc_free|_znwm|_zdlpv|"
-                 r"posix_memalign|aligned_alloc|memalign)\b|_int_memalign|unlink_chunk", s):
-        return "malloc/free"
-    if "flaxlayer" in dso:
+    if re.search(r"(^|[^a-z])(malloc|free|calloc|realloc|cfree|_int_malloc|_int_free|malloc_consolidate|"
+                 r"_int_memalign|_mid_memalign|__libc_memalign|unlink_chunk|operator new|operator delete)"
+                 r"([^a-z]|$)", s):
+        return "malloc/free (libc, operator new/delete)"
+    if dso == "flaxlayer":
         return "flaxlayer (our crate + Rust std)"
     if "pjrt" in dso or "plugin" in dso:
-        if re.search(r"eigen|xnn|onednn|dnnl|mkl|gemm|gemv|matmul|dot|__xla_cpu_runtime|kernel", s):
-            return "XLA kernels (in the plugin)"
-        return "plugin runtime (PJRT/XLA runtime, absl, tsl)"
-    if dso in ("[unknown]", "[JIT] tid") or dso.startswith("[anon") or "memfd" in dso or dso.startswith("//anon"):
-        return "XLA kernels (JIT code)"
+        return "plugin .so (stripped: PJRT/XLA runtime and its Eigen kernels)"
+    if dso.startswith(("[JIT", "[unknown]", "perf-", "//anon")):
+        return "XLA-compiled kernels (JIT code)"
     if dso.startswith("libc") or dso.startswith("ld-linux"):
-        return "libc (memcpy etc.)"
+        return "libc other (memcpy, strcmp, ...)"
     if "libstdc++" in dso or "libgcc" in dso:
-        return "libstdc++/libgcc"
+        return "libstdc++/libgcc (dynamic_cast, ...)"
     return f"other ({dso})"
 
 
+SETUP_FRAMES = ("FlaxLayerBuilder::build", "Bundle::open", "Plugin::load", "Client::new")
+
+
+def entry_point(frames) -> str:
+    """The flaxlayer function a sample is under: the innermost `flaxlayer::pjrt::` frame (the
+    PJRT call our crate made), else the innermost `flaxlayer::` frame (our own code)."""
+    syms = [sym for sym, _ in frames]
+    if any(any(f in sym for f in SETUP_FRAMES) for sym in syms):
+        return "setup (bundle, plugin, compile cache)"
+    for pat in ("flaxlayer::pjrt::", "flaxlayer::"):
+        for sym in syms:
+            if sym.startswith(pat) or f"<impl {pat}" in sym or sym.startswith(f"<{pat}"):
+                return re.sub(r"^flaxlayer::", "", sym)
+    return "(stack not unwound past JIT/stripped code)"
+
+
 def perf_profile(calls: int) -> dict:
-    """perf record (cpu-clock sampling) of `flaxlayer bench hlo/mlp --batch 1`; self time
-    by symbol and by category."""
+    """`perf record` (cpu-clock sampling, DWARF call graphs) of `flaxlayer bench hlo/mlp --batch 1`:
+    self time by category and by symbol, and the flaxlayer function each sample is under."""
     data = os.path.join(WORK, "perf.data")
     cache = os.path.join(WORK, "fl-cache")
-    run(["perf", "record", "-e", "cpu-clock", "-F", "4000", "-o", data, "--", FL_BIN, "bench",
-         os.path.join(HLO, "mlp"), "--batch", "1", "--warmup", "1000", "--iters", str(calls), "--json"],
-        env={"FLAXLAYER_CACHE": cache})
-    rep = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
-               "--percent-limit", "0", "-F", "overhead,sample,dso,sym"], timeout=600).stdout
-    rows = []
-    for line in rep.splitlines():
-        m = re.match(r"\s*([\d.]+)%\s+(\d+)\s+(\S+(?: tid)?)\s+\[([.kuHgj!])\]\s+(.*)$", line)
-        if m:
-            rows.append((float(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5).strip()))
-    cats: dict[str, float] = {}
-    for pct, _, dso, _, sym in rows:
+    run(["perf", "record", "-e", "cpu-clock", "-F", "999", "--call-graph", "dwarf,16384", "-o", data, "--",
+         FL_BIN, "bench", os.path.join(HLO, "mlp"), "--batch", "1", "--warmup", "1000", "--iters", str(calls),
+         "--json"], env={"FLAXLAYER_CACHE": cache})
+    script = run(["perf", "script", "-i", data, "-F", "ip,sym,dso"], timeout=900).stdout
+    samples = []
+    for block in script.split("\n\n"):
+        raw = []
+        for line in block.splitlines():
+            m = re.match(r"\s*([0-9a-f]+) (.*) \((.*)\)$", line)
+            if m:
+                raw.append((m.group(1), m.group(2).strip(), os.path.basename(m.group(3))))
+        # an inlined frame belongs to the next real frame at the same address; perf prints none
+        # for frames inlined inside libc (tcache_get, __GI___libc_free, ...)
+        frames = []
+        for i, (ip, sym, dso) in enumerate(raw):
+            if dso == "inlined":
+                dso = next((d for a, _, d in raw[i + 1:] if a == ip and d != "inlined"), "libc.so.6")
+            frames.append((sym, dso))
+        if frames:
+            samples.append(frames)
+    n = len(samples)
+    cats: dict[str, int] = {}
+    entries: dict[str, dict[str, int]] = {}
+    syms: dict[tuple[str, str], int] = {}
+    for frames in samples:
+        sym, dso = frames[0]
+        if category(dso, sym).startswith("XLA-compiled"):
+            dso, sym = "[JIT code]", "(XLA-compiled code, all addresses)"
+        elif re.fullmatch(r"\[unknown\]|0x[0-9a-f]+", sym) or sym == "[unknown]":
+            sym = "(stripped, all addresses)"
         c = category(dso, sym)
-        cats[c] = cats.get(c, 0.0) + pct
-    top = [line for line in rep.splitlines() if re.match(r"\s*[\d.]+%", line)][:30]
-    return {"categories": sorted(cats.items(), key=lambda kv: -kv[1]), "top": top,
-            "samples": sum(r[1] for r in rows), "calls": calls}
+        cats[c] = cats.get(c, 0) + 1
+        e = entries.setdefault(entry_point(frames), {})
+        e[c] = e.get(c, 0) + 1
+        syms[(dso, sym)] = syms.get((dso, sym), 0) + 1
+    pct = lambda k: 100.0 * k / max(n, 1)  # noqa: E731
+    top = [f"{pct(k):6.2f}%  {k:6d}  {dso[:28]:28s}  {sym[:110]}"
+           for (dso, sym), k in sorted(syms.items(), key=lambda kv: -kv[1])[:30]]
+    entry_rows = []
+    for e, cs in sorted(entries.items(), key=lambda kv: -sum(kv[1].values()))[:12]:
+        parts = ", ".join(f"{c.split(' (')[0]} {pct(k):.1f}" for c, k in sorted(cs.items(), key=lambda kv: -kv[1])[:4])
+        entry_rows.append((e, pct(sum(cs.values())), parts))
+    return {"categories": [(c, pct(k)) for c, k in sorted(cats.items(), key=lambda kv: -kv[1])],
+            "entries": entry_rows, "top": top, "samples": n, "calls": calls}
 
 
 # --------------------------------------------------------------------------------------------
@@ -756,14 +798,25 @@ Output checks (every result: the decoder's logits and its 7 updated cache entrie
     if profile:
         cats = md_table(["where (self time)", "share of samples"],
                         [[c, f"{p:.1f}%"] for c, p in profile["categories"] if p >= 0.05])
-        prof_body = f"""`perf record -e cpu-clock -F 4000` of `flaxlayer bench hlo/mlp --batch 1 --iters {profile['calls']}`
-({profile['samples']} samples, {now}; hardware counters are not available in this VM, so this is
-timer sampling). Self time grouped by where it runs; the setup (plugin load, compile-cache
-read) is included but small.
+        entries = md_table(["under flaxlayer function", "share of samples", "of which (leaf, %)"],
+                           [[f"`{e}`", f"{p:.1f}%", parts] for e, p, parts in profile["entries"]])
+        prof_body = f"""`perf record -e cpu-clock -F 999 --call-graph dwarf` of `flaxlayer bench hlo/mlp --batch 1
+--iters {profile['calls']}` ({profile['samples']} samples, {now}). Hardware counters are not available in
+this VM, so this is timer sampling. The plugin `.so` is stripped: its runtime code and the Eigen
+kernels it calls can't be told apart by name. "XLA-compiled kernels" is the code XLA generated for
+the MLP.
+
+Self time by where the sampled instruction is:
 
 {cats}
 
-<details><summary>Top 30 symbols (self time)</summary>
+By the flaxlayer function the sample is under: the innermost `flaxlayer::pjrt::` frame, which is the PJRT
+call our crate made, or else our own code. Unwinding often stops inside JIT code or the stripped plugin,
+so these shares are lower bounds:
+
+{entries}
+
+<details><summary>Top 30 leaf symbols (self time; XLA-compiled addresses merged)</summary>
 
 ```
 {chr(10).join(profile['top'])}
