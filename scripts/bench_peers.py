@@ -570,6 +570,13 @@ def loadavg() -> str:
         return "?"
 
 
+def load1() -> float:
+    try:
+        return float(loadavg())
+    except ValueError:
+        return 0.0
+
+
 # --------------------------------------------------------------------------------------------
 # Table
 # --------------------------------------------------------------------------------------------
@@ -617,13 +624,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     ap.add_argument("--no-profile", action="store_true", help="skip the perf profile")
     ap.add_argument("--only", nargs="*", choices=["mlp", "cnn", "decoder"], help="some workloads only")
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                    help="before timing, wait up to SECONDS for the 1-minute load average to drop below 1")
     args = ap.parse_args(argv)
     q = args.quick
     rounds = 2 if q else args.rounds
     write = not (args.no_write or q)
     t_start = time.time()
     os.makedirs(WORK, exist_ok=True)
-    load_start = loadavg()
 
     log("[peers] building target/release/flaxlayer and the ORT bench")
     run(["cargo", "build", "--release", "--bin", "flaxlayer"], timeout=3600)
@@ -680,6 +688,13 @@ def main(argv=None) -> int:
                                 else f"NOT TIMED: {s['check']}"))
 
     # ---- alternating rounds -----------------------------------------------------------------
+    deadline = time.time() + args.wait_idle
+    while time.time() < deadline and load1() >= 1.0:
+        log(f"[peers] load average {loadavg()}: waiting for the machine to be idle")
+        time.sleep(min(30.0, max(deadline - time.time(), 0.0)))
+    load_start = loadavg()
+    if load1() >= 1.0:
+        log(f"[peers] note: load average {load_start} at the start of the timed rounds")
     res: dict[str, dict[str, list[float]]] = {w.name: {} for w in workloads}
     for r in range(rounds):
         log(f"[peers] round {r + 1}/{rounds}")
@@ -756,7 +771,7 @@ def main(argv=None) -> int:
 `scripts/requirements-peers.txt` on first use, builds `target/release/flaxlayer` and
 `benches/peers`; not part of `scripts/demo.sh` or `scripts/test.sh`).
 
-- Date: {now}; {rounds} rounds, each running flaxlayer, ORT, then IREE on a workload before the next; {elapsed:.0f} s total; load average {load_start} at start, {load_end} at end.
+- Date: {now}; {rounds} rounds, each running flaxlayer, ORT, then IREE on a workload before the next; {elapsed:.0f} s total; 1-minute load average {load_start} at the start of the rounds, {load_end} at the end (other processes share the 2 cores).
 - Machine: {lscpu_model()}.
 - Versions: {vers}.
 - Calls per round: {it_txt}.
