@@ -5,6 +5,7 @@ ONNX Runtime (jax2onnx + the Rust `ort` crate) and IREE (StableHLO compiled by i
     python3 scripts/bench_peers.py              # full run (~10 min the first time), writes BENCHMARKS.md
     python3 scripts/bench_peers.py --quick      # smoke run, writes nothing
     python3 scripts/bench_peers.py --rounds 3 --no-write --no-profile
+    python3 scripts/bench_peers.py --profile-only   # only the profiles of flaxlayer's MLP b1 call
 
 Not part of scripts/demo.sh or scripts/test.sh. On first use it creates .venv-peers/ (gitignored)
 with the pins of scripts/requirements-peers.txt, idempotently (a stamp holds the file's sha256),
@@ -27,7 +28,9 @@ Every peer's outputs are checked against JAX (the bundle's `.jaxexport` called b
 same inputs) before it is timed; a peer whose outputs differ is reported as wrong, not timed.
 Rounds alternate the systems (round r: flaxlayer, ORT, IREE ...). The table between
 `<!-- peers:begin -->` and `<!-- peers:end -->` in BENCHMARKS.md is rewritten; the rest is kept.
-With --profile (default on) a `perf` profile of flaxlayer's MLP batch-1 call is summarised too.
+Unless --no-profile, flaxlayer's MLP batch-1 call is also profiled: `perf` (time, by library and
+by the PJRT call our crate made) and callgrind (instructions per call, by library and by function);
+--profile-only does only that and rewrites only the `<!-- profile:... -->` block.
 """
 
 from __future__ import annotations
@@ -112,11 +115,11 @@ IREE_COMPILE_FLAGS = [
 ]
 
 
-def run(cmd, timeout=900, env=None, **kw) -> subprocess.CompletedProcess:
+def run(cmd, timeout=900, env=None, cwd=REPO) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     if env:
         e.update(env)
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=REPO, **kw)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd)
     if p.returncode != 0:
         tail = "\n".join((p.stderr + p.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"{os.path.basename(cmd[0])} exited {p.returncode}:\n{tail}")
@@ -518,6 +521,61 @@ def perf_profile(calls: int) -> dict:
             "entries": entry_rows, "top": top, "samples": n, "calls": calls}
 
 
+def callgrind_profile(calls: int) -> dict | None:
+    """valgrind --tool=callgrind on `flaxlayer bench hlo/mlp --batch 1`, collecting only inside
+    `JaxLayer::call`: instructions per call by library (self) and by flaxlayer function
+    (inclusive). Instruction counts don't depend on what else the machine runs."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
+        return None
+    out = os.path.join(WORK, "callgrind.out")
+    warmup = 10
+    run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+         "--toggle-collect=flaxlayer::layer::jax_layer::JaxLayer::call", FL_BIN, "bench",
+         os.path.join(HLO, "mlp"), "--batch", "1", "--warmup", str(warmup), "--iters", str(calls), "--json"],
+        env={"FLAXLAYER_CACHE": os.path.join(WORK, "fl-cache")}, timeout=1800)
+    n = calls + warmup
+    line = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?):(.*) \[(.*)\]$")
+
+    def annotate(inclusive: bool):
+        # run outside the repo: inside it, callgrind_annotate shortens source paths and then
+        # splits a function's inclusive cost by source file
+        txt = run(["callgrind_annotate", "--auto=no", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}",
+                   out], cwd=WORK).stdout
+        totals.extend(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) \S+\s+PROGRAM TOTALS", txt, re.M))
+        rows = []
+        for l in txt.splitlines():
+            m = line.match(l)
+            if m:
+                rows.append((int(m.group(1).replace(",", "")), m.group(3).strip(), os.path.basename(m.group(4))))
+        return rows
+
+    totals: list[int] = []
+    self_rows = annotate(False)
+    total = totals[0]
+    cats: dict[str, int] = {}
+    for ir, fn, obj in self_rows:
+        c = category("[JIT code]" if obj == "???" else obj, fn)
+        cats[c] = cats.get(c, 0) + ir
+    incl = {}
+    for ir, fn, obj in annotate(True):
+        if obj == "flaxlayer" and fn.startswith(("flaxlayer::", "<flaxlayer::", "core::ptr::drop_in_place<flaxlayer::")):
+            incl[fn] = max(incl.get(fn, 0), ir)
+    wanted = ["JaxLayer::call", "Computation::run_with_opt_state", "LoadedExecutable::execute_on",
+              "Computation::executable", "jax_layer::prepare", "buffer_from_bytes", "jax_layer::download_outputs",
+              "Buffer::copy_to_host_bytes", "jax_layer::to_tensor"]
+    fn_rows = []
+    for w in wanted:
+        hits = [(ir, fn) for fn, ir in incl.items() if fn.endswith(w)]
+        if hits:
+            ir, fn = max(hits)
+            fn_rows.append((re.sub(r"^flaxlayer::", "", fn), ir / n, 100.0 * ir / total))
+    return {"calls": n, "total": total, "per_call": total / n,
+            "categories": [(c, ir / n, 100.0 * ir / total) for c, ir in sorted(cats.items(), key=lambda kv: -kv[1])]
+            + [("(functions below callgrind_annotate's cut-off)", (total - sum(cats.values())) / n,
+                100.0 * (total - sum(cats.values())) / total)],
+            "functions": fn_rows}
+
+
 # --------------------------------------------------------------------------------------------
 # Environment description
 # --------------------------------------------------------------------------------------------
@@ -613,6 +671,66 @@ def replace_block(text: str, begin: str, end: str, body: str) -> str:
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def profile_markdown(profile, callgrind, now, load) -> str | None:
+    parts = []
+    if callgrind:
+        cg_cats = md_table(["library (self)", "instructions per call", "share"],
+                           [[c, f"{ir:,.0f}", f"{p:.1f}%"] for c, ir, p in callgrind["categories"] if p >= 0.05])
+        cg_fns = md_table(["flaxlayer function (inclusive)", "instructions per call", "share"],
+                          [[f"`{fn}`", f"{ir:,.0f}", f"{p:.1f}%"] for fn, ir, p in callgrind["functions"]])
+        parts.append(f"""**Instructions** (`valgrind --tool=callgrind`, collecting inside `JaxLayer::call` only,
+{callgrind['calls']:,} calls of `flaxlayer bench hlo/mlp --batch 1`): {callgrind['per_call']:,.0f} instructions per
+call. These counts don't depend on the machine's load. The first call also loads the executable
+from the compile cache (`Computation::executable`); that is a one-time cost, counted here once.
+
+{cg_cats}
+
+{cg_fns}
+""")
+    if profile:
+        cats = md_table(["where (self time)", "share of samples"],
+                        [[c, f"{p:.1f}%"] for c, p in profile["categories"] if p >= 0.05])
+        entries = md_table(["under flaxlayer function", "share of samples", "of which (leaf, %)"],
+                           [[f"`{e}`", f"{p:.1f}%", parts_] for e, p, parts_ in profile["entries"]])
+        parts.append(f"""**Time** (`perf record -e cpu-clock -F 999 --call-graph dwarf` of `flaxlayer bench hlo/mlp
+--batch 1 --iters {profile['calls']:,}`, {profile['samples']} samples). Hardware counters are not available in
+this VM, so this is timer sampling; the 1-minute load average was {load} when the profile
+started, so other processes compete for the cores. The plugin `.so` is stripped: its runtime
+code and the Eigen kernels it calls can't be told apart by name. "XLA-compiled kernels" is the
+code XLA generated for the MLP.
+
+Self time by where the sampled instruction is:
+
+{cats}
+
+By the flaxlayer function the sample is under: the innermost `flaxlayer::pjrt::` frame, which is the PJRT
+call our crate made, or else our own code. Unwinding often stops inside JIT code or the stripped plugin,
+so these shares are lower bounds:
+
+{entries}
+
+<details><summary>Top 30 leaf symbols (self time; XLA-compiled addresses merged)</summary>
+
+```
+{chr(10).join(profile['top'])}
+```
+</details>
+""")
+    return f"Profiled {now}.\n\n" + "\n".join(parts) if parts else None
+
+
+def run_profiles():
+    """(perf profile or None, callgrind profile or None) of flaxlayer's MLP batch-1 call."""
+    profile = None
+    if perf_works():
+        log("[peers] perf profile of flaxlayer's mlp b1 call")
+        profile = perf_profile(200_000)
+    else:
+        log("[peers] perf does not work here: no perf profile")
+    log("[peers] callgrind profile of flaxlayer's mlp b1 call")
+    return profile, callgrind_profile(2000)
+
+
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
@@ -622,7 +740,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="2 rounds, few iterations, no BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
-    ap.add_argument("--no-profile", action="store_true", help="skip the perf profile")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiles")
+    ap.add_argument("--profile-only", action="store_true", help="only the profiles (no peers, no rounds)")
     ap.add_argument("--only", nargs="*", choices=["mlp", "cnn", "decoder"], help="some workloads only")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                     help="before timing, wait up to SECONDS for the 1-minute load average to drop below 1")
@@ -637,6 +756,20 @@ def main(argv=None) -> int:
     run(["cargo", "build", "--release", "--bin", "flaxlayer"], timeout=3600)
     run(["cargo", "build", "--release", "--manifest-path", os.path.join(ORT_BENCH_DIR, "Cargo.toml"),
          "--target-dir", os.path.join(REPO, "target", "peers")], timeout=3600)
+
+    if args.profile_only:
+        profile, callgrind = run_profiles()
+        now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        prof_body = profile_markdown(profile, callgrind, now, loadavg())
+        print(prof_body)
+        if write and prof_body:
+            path = os.path.join(REPO, "BENCHMARKS.md")
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(replace_block(text, PROF_BEGIN, PROF_END, prof_body))
+            log(f"[peers] wrote the profile into {path}")
+        return 0
 
     import jax
     jax.config.update("jax_platforms", "cpu")
@@ -706,13 +839,9 @@ def main(argv=None) -> int:
                 res[w.name].setdefault(name, []).append(s["run"]())
     load_end = loadavg()
 
-    profile = None
+    profile = callgrind = None
     if not args.no_profile and not q:
-        if perf_works():
-            log("[peers] perf profile of flaxlayer's mlp b1 call")
-            profile = perf_profile(200_000)
-        else:
-            log("[peers] perf does not work here: no profile")
+        profile, callgrind = run_profiles()
     elapsed = time.time() - t_start
 
     # ---- report -------------------------------------------------------------------------------
@@ -809,35 +938,7 @@ Output checks (every result: the decoder's logits and its 7 updated cache entrie
 ```
 </details>
 """
-    prof_body = None
-    if profile:
-        cats = md_table(["where (self time)", "share of samples"],
-                        [[c, f"{p:.1f}%"] for c, p in profile["categories"] if p >= 0.05])
-        entries = md_table(["under flaxlayer function", "share of samples", "of which (leaf, %)"],
-                           [[f"`{e}`", f"{p:.1f}%", parts] for e, p, parts in profile["entries"]])
-        prof_body = f"""`perf record -e cpu-clock -F 999 --call-graph dwarf` of `flaxlayer bench hlo/mlp --batch 1
---iters {profile['calls']}` ({profile['samples']} samples, {now}). Hardware counters are not available in
-this VM, so this is timer sampling. The plugin `.so` is stripped: its runtime code and the Eigen
-kernels it calls can't be told apart by name. "XLA-compiled kernels" is the code XLA generated for
-the MLP.
-
-Self time by where the sampled instruction is:
-
-{cats}
-
-By the flaxlayer function the sample is under: the innermost `flaxlayer::pjrt::` frame, which is the PJRT
-call our crate made, or else our own code. Unwinding often stops inside JIT code or the stripped plugin,
-so these shares are lower bounds:
-
-{entries}
-
-<details><summary>Top 30 leaf symbols (self time; XLA-compiled addresses merged)</summary>
-
-```
-{chr(10).join(profile['top'])}
-```
-</details>
-"""
+    prof_body = profile_markdown(profile, callgrind, now, load_end)
     print(table)
     print()
     print(check_table)
