@@ -340,10 +340,9 @@ def iree_variant_mlir(w: Workload, variant: str) -> tuple[str, list]:
     if variant == "args":
         return strip_aliasing(w.exported.mlir_module()), w.args
     state_vals = [w.variables[n] for n in w.state_names]
-    params = jax.tree_util.tree_map(lambda a: a, w.params)
 
-    def f(state, x):
-        return w.exported.call(params, w.state_tree(state), x)
+    def f(state, x):  # numpy params closed over: jax.jit lowers them as constants
+        return w.exported.call(w.params, w.state_tree(state), x)
 
     lowered = jax.jit(f).lower(state_vals, w.x)
     text = lowered.compiler_ir("stablehlo").operation.get_asm(large_elements_limit=None)
