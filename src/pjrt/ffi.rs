@@ -223,6 +223,8 @@ pub const PJRT_Buffer_Type_BF16: PJRT_Buffer_Type = 13;
 
 pub type PJRT_HostBufferSemantics = c_uint;
 pub const PJRT_HostBufferSemantics_kImmutableOnlyDuringCall: PJRT_HostBufferSemantics = 0;
+pub const PJRT_HostBufferSemantics_kImmutableUntilTransferCompletes: PJRT_HostBufferSemantics = 1;
+pub const PJRT_HostBufferSemantics_kImmutableZeroCopy: PJRT_HostBufferSemantics = 2;
 
 pub type PJRT_Buffer_MemoryLayout_Type = c_uint;
 pub const PJRT_Buffer_MemoryLayout_Type_Tiled: PJRT_Buffer_MemoryLayout_Type = 0;
