@@ -26,12 +26,11 @@ from flax import nnx
 
 from .batching import resolve_batch_sizes
 from .kinds import NNX_FACTORY, module_kind
-from .linen import DEFAULT_MAX_BATCH, _LinenExport, prepare_inputs
+from .linen import DEFAULT_MAX_BATCH, KEY_IMPL, _LinenExport, prepare_inputs
 from .methods import check_signature, takes_training
 from .names import named_leaves
 from .nnx_state import PARAMS, StateError, StateLayout
 
-KEY_IMPL = "threefry2x32"
 MODES = ("inference", "training")
 
 
@@ -101,7 +100,7 @@ def prepare(module, *, seed: int, variables=None) -> NnxModel:
     graphdefs = {}
     for mode in MODES:
         g, state = nnx.split(mode_view(module, mode == "training"))
-        StateLayout.of(state).check(list(nnx.to_flat_state(state)))  # same variables in both modes
+        layout.check(list(nnx.to_flat_state(state)))  # a view has the module's variables
         graphdefs[mode] = g
     return NnxModel(module, make, origin, layout, graphdefs)
 

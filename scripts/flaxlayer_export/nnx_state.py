@@ -113,15 +113,16 @@ class StateLayout:
     # ---- state -> variables dict -----------------------------------------------
     def variables(self, state, *, raw: dict | None = None) -> dict:
         """The variables dict of `state` (an nnx.State of this layout). `raw` maps id() of a
-        key array wrapped by `state_of` to its key data: a key that the call passed through
-        comes out as that same array, so the computation shows no write."""
+        key array wrapped by `state_of` to (that array, its key data): a key that the call
+        passed through comes out as that same key data, so the computation shows no write."""
         flat = list(nnx.to_flat_state(state))
         self.check(flat)
         out: dict = {}
         for leaf, (_, var) in zip(self.leaves, flat):
             x = var.get_value()
             if leaf.key_impl is not None:
-                x = raw[id(x)] if raw is not None and id(x) in raw else jax.random.key_data(x)
+                kept = raw.get(id(x)) if raw is not None else None
+                x = kept[1] if kept is not None and kept[0] is x else jax.random.key_data(x)
             node = out.setdefault(leaf.collection, {})
             for p in leaf.path[:-1]:
                 node = node.setdefault(str(p), {})
@@ -143,7 +144,7 @@ class StateLayout:
     # ---- variables dict -> state -------------------------------------------------
     def state_of(self, variables: dict, *, raw: dict | None = None):
         """The nnx.State holding `variables`' values (typed keys wrapped again). When `raw` is
-        a dict, it records id(wrapped key) -> key data for `variables`."""
+        a dict, it records id(wrapped key) -> (wrapped key, key data) for `variables`."""
         flat = []
         for leaf, (_, var) in zip(self.leaves, self.template):
             node = variables[leaf.collection]
@@ -154,7 +155,7 @@ class StateLayout:
                 data = x
                 x = jax.random.wrap_key_data(data, impl=leaf.key_impl)
                 if raw is not None:
-                    raw[id(x)] = data
+                    raw[id(x)] = (x, data)
             flat.append((leaf.path, var.replace(x)))
         return nnx.from_flat_state(flat)
 

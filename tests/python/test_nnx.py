@@ -455,6 +455,32 @@ def test_rng_streams_choice(tmp_path):
         ef.export_flax(model, X, str(tmp_path / "c"), rng_streams=("default",))
 
 
+class TwoMethods(nnx.Module):
+    def __init__(self, *, rngs):
+        self.linear = nnx.Linear(3, 2, rngs=rngs)
+        self.bn = nnx.BatchNorm(2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear(x)
+
+    def normalized(self, x):
+        return self.bn(self.linear(x))
+
+
+def test_a_named_method(tmp_path):
+    model = TwoMethods(rngs=nnx.Rngs(0))
+    m = ef.export_flax(model, X, str(tmp_path / "b"), method="normalized")
+    assert m["default_method"] == "normalized"
+    entry = m["methods"]["normalized"]["training"][0]
+    exp = jax_export.deserialize(bytearray((tmp_path / "b" / entry["file"]).read_bytes()))
+    v = ef.read_safetensors(str(tmp_path / "b" / "variables.safetensors"))[0]
+    out, state, _ = exp.call(nest(v, lambda c: c == "params")["params"], nest(v, lambda c: c != "params"),
+                             jax.random.key_data(jax.random.key(0)), X)
+    model.train()
+    assert_close(out, np.asarray(model.normalized(X)), "normalized, training mode")
+    assert_named_close(flat_named(state), state_only(named_state(model)), "batch stats after")
+
+
 class GrowsState(nnx.Module):
     """Creates a Variable during the call (as `sow` and lazy initialisation do)."""
 
