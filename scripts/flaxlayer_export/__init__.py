@@ -1,4 +1,4 @@
-"""Export Flax linen modules to flaxlayer bundles (docs/exporter.md, docs/bundle-format.md).
+"""Export Flax modules (linen and NNX) to flaxlayer bundles (docs/exporter.md, docs/bundle-format.md).
 
     from flaxlayer_export import export_flax, export_train_step
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 from ._jax_internals import SUPPORTED_JAX_TEXT, UnsupportedJaxError, check_jax_version
 from .batching import resolve_batch_sizes
 from .bundle_dir import write_bundle
-from .linen import KEY_IMPL, build_flax_bundle, export_flax
+from .export import build_flax_bundle, export_flax
+from .linen import KEY_IMPL
 from .methods import InputStructureError, method_name_of, takes_training
 from .names import leaf_name, named_leaves
 from .safetensors_io import read_safetensors, write_safetensors

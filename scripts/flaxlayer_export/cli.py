@@ -1,4 +1,4 @@
-"""The `flaxlayer-export` console script: export a Flax linen module to a bundle.
+"""The `flaxlayer-export` console script: export a Flax module (linen or NNX) to a bundle.
 
     flaxlayer-export PY_FILE:ATTR --input inputs=1,28,28,1:float32 --out bundles/my_model
     flaxlayer-export my_package.models:MyModule --input ... --out ...
@@ -20,8 +20,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from flax import nnx
 
-from .linen import DEFAULT_MAX_BATCH, export_flax
+from .export import export_flax
+from .kinds import module_kind
+from .linen import DEFAULT_MAX_BATCH
 from .methods import InputStructureError
 
 _INPUT_RE = re.compile(r"^([^=]+)=([0-9,\s]*):([A-Za-z0-9_]+)$")
@@ -96,7 +99,9 @@ def _load_python(target: str):
 
 
 def load_target(target: str):
-    """(python module, flax Module) for PY_FILE:ATTR or package.module:ATTR."""
+    """(python module, what to export) for PY_FILE:ATTR or package.module:ATTR: a linen or NNX
+    module instance, a function of `rngs` returning an NNX module (an NNX class whose other
+    arguments have defaults is one), or what a zero-argument callable returns."""
     if ":" not in target:
         raise CliError("target must be PY_FILE:ATTR or MODULE:ATTR")
     pymod = _load_python(target)
@@ -104,9 +109,15 @@ def load_target(target: str):
     if not hasattr(pymod, attr):
         raise CliError(f"{target}: {attr!r} is not defined there")
     obj = getattr(pymod, attr)
-    module = obj if isinstance(obj, nn.Module) else obj()
-    if not isinstance(module, nn.Module):
-        raise CliError(f"{attr} is not a flax.linen.Module nor returns one")
+    try:
+        module_kind(obj)  # a linen or NNX module, or a factory of rngs: exported as it is
+        return pymod, obj
+    except TypeError:
+        pass
+    module = obj() if callable(obj) else None
+    if not isinstance(module, (nn.Module, nnx.Module)):
+        raise CliError(f"{attr} is not a Flax module (linen or NNX), a function of rngs returning "
+                       "an NNX module, nor a zero-argument callable returning a module")
     return pymod, module
 
 
@@ -135,7 +146,9 @@ def _parser():
     p.add_argument("--method", default=None,
                    help="a method name of the module, or a function name in PY_FILE taking (module, inputs[, training])")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rng-streams", default="dropout", help="comma-separated RNG streams (default: dropout)")
+    p.add_argument("--rng-streams", default=None,
+                   help="comma-separated RNG streams fed by the layer key (default: dropout for a linen "
+                        "module, every nnx.Rngs stream of an NNX module; empty for none)")
     p.add_argument("--batch-sizes", default=None,
                    help='comma-separated, e.g. 1,8, or "auto": powers of two up to --max-batch '
                         "(default: the sample batch)")
@@ -149,18 +162,23 @@ def _parser():
 def run(args) -> int:
     pymod, module = load_target(args.target)
     method = args.method
-    if method is not None and not hasattr(type(module), method):
+    owner = module if isinstance(module, type) else type(module)
+    if method is not None and not hasattr(owner, method):
         fn = getattr(pymod, method, None)
-        if not callable(fn):
+        # a function factory's module is only known once built: let the exporter look
+        built_later = not isinstance(module, (type, nn.Module, nnx.Module))
+        if callable(fn):
+            method = fn
+        elif not built_later:
             raise CliError(f"--method {method!r} is neither a method of the module nor a function in the file")
-        method = fn
     inputs = make_cli_inputs(args.input)
     init_inputs = make_cli_inputs(args.init_input) if args.init_input else None
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
     try:
         manifest = export_flax(
             module, inputs, args.out, method=method, seed=args.seed,
-            rng_streams=tuple(split(args.rng_streams)), init_inputs=init_inputs,
+            rng_streams=None if args.rng_streams is None else tuple(split(args.rng_streams)),
+            init_inputs=init_inputs,
             platforms=tuple(split(args.platforms)),
             batch_sizes=parse_batch_sizes(args.batch_sizes), max_batch=args.max_batch)
     except InputStructureError as e:

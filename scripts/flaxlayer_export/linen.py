@@ -1,11 +1,12 @@
-"""export_flax: a Flax linen module's init and method, in inference and training mode, as a
-bundle directory (docs/bundle-format.md, docs/exporter.md)."""
+"""export_flax for Flax linen modules: init and the method, in inference and training mode, as a
+bundle in memory (docs/bundle-format.md, docs/exporter.md); the steps of an export
+(`_LinenExport`), which the NNX exporter reuses."""
 
 from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -18,11 +19,11 @@ from jax import export as jax_export
 from . import _jax_internals
 from .batching import (batched_names, batched_state_names, padding_check, resolve_batch_sizes,
                        with_batch, written_state)
-from .bundle_dir import write_bundle
 from .manifest_json import manifest_bytes
 from .methods import (check_signature, file_stem, input_error, method_name_of, method_title,
                       takes_training)
 from .names import dtype_name, leaf_name, named_leaves, spec
+from .nnx_state import StateError
 from .safetensors_io import safetensors_bytes
 
 FORMAT = "flaxlayer.bundle"
@@ -30,10 +31,7 @@ FORMAT_VERSION = 1
 KEY_IMPL = "threefry2x32"
 INIT_INPUTS_FILE = "init_inputs.safetensors"
 DEFAULT_MAX_BATCH = 64
-
-
-class StateError(ValueError):
-    """apply created or restructured a state collection."""
+DEFAULT_RNG_STREAMS = ("dropout",)  # linen; an NNX module's default is all of its streams
 
 
 @dataclasses.dataclass
@@ -136,71 +134,26 @@ def _mark(specs: list[dict], batched: dict[str, bool]) -> list[dict]:
 # the exporter
 # --------------------------------------------------------------------------
 
-def export_flax(
-    module: nn.Module,
-    sample_inputs,
-    out_dir: str,
-    *,
-    method=None,
-    variables=None,
-    seed: int = 0,
-    rng_streams: Sequence[str] = ("dropout",),
-    init_inputs=None,
-    platforms: Sequence[str] = ("cpu",),
-    batch_sizes: Sequence[int] | str | None = None,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    extra_golden: dict[str, Any] | Callable[[dict], dict] | None = None,
-) -> dict:
-    """Export `module` to a bundle directory `out_dir`; returns the manifest.
-
-    Args:
-      module: a flax.linen.Module instance.
-      sample_inputs: an array or PyTree of arrays (tuple/list/dict) with a common leading
-        batch dimension; the exported shapes and the golden data use them. int64/float64
-        leaves become int32/float32, as under jax.jit.
-      method: None (`__call__`), a method name, or a function
-        `fn(module, inputs[, training])` (Keras FlaxLayer conventions).
-      variables: variables to bundle instead of `module.init` under `seed`
-        (manifest `variables_origin`: "given" instead of "init").
-      seed: `K0 = jax.random.key(seed)` (threefry) for init and the layer key.
-      rng_streams: RNG streams fed by the key (besides "params" at init).
-      init_inputs: inputs for `init` when they differ from `sample_inputs`. When the exported
-        init reads them (data-dependent init), they are bundled as init_inputs.safetensors.
-      platforms: lowering platforms; more than one adds JAX's platform-index argument to
-        every computation.
-      batch_sizes: one inference/training computation per batch size (leading dim of every
-        input replaced): a list that includes the sample batch, "auto" (powers of two up to
-        `max_batch`, plus the sample batch), or None (the sample batch only).
-      max_batch: the largest power of two for batch_sizes="auto".
-      extra_golden: extra tensors for golden.safetensors (e.g. decoder `greedy/...`), a dict
-        or a function of the bundled variables returning one; names must not clash with the
-        standard ones.
-    """
-    built = build_flax_bundle(
-        module, sample_inputs, method=method, variables=variables, seed=seed,
-        rng_streams=rng_streams, init_inputs=init_inputs, platforms=platforms,
-        batch_sizes=batch_sizes, max_batch=max_batch, extra_golden=extra_golden)
-    write_bundle(out_dir, built.files)
-    return built.manifest
-
-
-def build_flax_bundle(module, sample_inputs, *, method=None, variables=None, seed=0,
-                      rng_streams=("dropout",), init_inputs=None, platforms=("cpu",),
-                      batch_sizes=None, max_batch=DEFAULT_MAX_BATCH,
-                      extra_golden=None) -> BuiltBundle:
-    """Everything export_flax writes, in memory (export_train_step adds to it)."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a flax.linen.Module, got {type(module)}")
+def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=None, seed=0,
+                 rng_streams=None, init_inputs=None, platforms=("cpu",), batch_sizes=None,
+                 max_batch=DEFAULT_MAX_BATCH) -> "_LinenExport":
+    """The export of a linen module, ready to `build`."""
     check_signature(module, method)
+    sample_inputs, init_inputs, sample_batch = prepare_inputs(sample_inputs, init_inputs)
+    streams = DEFAULT_RNG_STREAMS if rng_streams is None else tuple(rng_streams)
+    return _LinenExport(module=module, method=method, fns=module_functions(module, method, streams),
+                        seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
+                        init_inputs=init_inputs, sample_batch=sample_batch,
+                        batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch),
+                        given=variables)
+
+
+def prepare_inputs(sample_inputs, init_inputs):
+    """(sample inputs, init inputs, sample batch), leaves in jax.jit's dtypes."""
     sample_inputs = canonical_arrays(sample_inputs, "sample input", "inputs")
     init_inputs = (sample_inputs if init_inputs is None
                    else canonical_arrays(init_inputs, "init input", "inputs"))
-    sample_batch = _sample_batch(sample_inputs)
-    ex = _LinenExport(module=module, method=method, fns=module_functions(module, method, tuple(rng_streams)),
-                      seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
-                      init_inputs=init_inputs, sample_batch=sample_batch,
-                      batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch))
-    return ex.build(variables, extra_golden)
+    return sample_inputs, init_inputs, _sample_batch(sample_inputs)
 
 
 def _sample_batch(sample_inputs) -> int:
@@ -219,8 +172,10 @@ def _sample_batch(sample_inputs) -> int:
 
 
 def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
-    """The exported functions (init, inference, training: raw key data in and out) and the
-    golden oracles (plain jitted module.init / module.apply), per the RNG contract."""
+    """The exported functions (init, inference, training: raw key data in and out; and
+    apply_inference / apply_training(..., k), which export_train_step's steps call) and the
+    golden oracles (oracle_init, plain_inference, plain_training: plain jitted module.init /
+    module.apply), per the RNG contract. nnx_export.nnx_functions gives the same namespace."""
     training_arg = takes_training(module, method)
     train_kw = {"training": True} if training_arg else {}
     infer_kw = {"training": False} if training_arg else {}
@@ -249,10 +204,13 @@ def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
     def inference(params, state, inputs):
         return _apply(params, state, inputs, None, infer_kw)
 
+    def apply_training(params, state, inputs, k):
+        return _apply(params, state, inputs, {s: k for s in rng_streams}, train_kw)
+
     def training(params, state, key, inputs):
         K = jax.random.wrap_key_data(key, impl=KEY_IMPL)
         K, k = jax.random.split(K)
-        out, new_state = _apply(params, state, inputs, {s: k for s in rng_streams}, train_kw)
+        out, new_state = apply_training(params, state, inputs, k)
         return out, new_state, jax.random.key_data(K)
 
     oracle_init = jax.jit(lambda k, x: module.init(
@@ -262,10 +220,19 @@ def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
     oracle_train = jax.jit(lambda v, x, k: module.apply(
         v, x, method=method, rngs={s: k for s in rng_streams},
         mutable=DenyList(["params"]), **train_kw))
+
+    def plain_inference(params, state, inputs):
+        out, mut = oracle_infer({"params": params, **state}, inputs)
+        return out, {**state, **flax.core.unfreeze(mut)}
+
+    def plain_training(params, state, inputs, k):
+        out, mut = oracle_train({"params": params, **state}, inputs, k)
+        return out, {**state, **flax.core.unfreeze(mut)}
+
     return types.SimpleNamespace(
-        init=init, inference=inference, training=training, takes_training=training_arg,
-        rng_streams=rng_streams, oracle_init=oracle_init, oracle_infer=oracle_infer,
-        oracle_train=oracle_train)
+        init=init, inference=inference, training=training, apply_inference=inference,
+        apply_training=apply_training, takes_training=training_arg, rng_streams=rng_streams,
+        oracle_init=oracle_init, plain_inference=plain_inference, plain_training=plain_training)
 
 
 KEY_SDS = jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -273,7 +240,8 @@ KEY_SDS = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 @dataclasses.dataclass
 class _LinenExport:
-    """One export_flax run; `build` calls the steps in order."""
+    """One export_flax run (`fns`: the functions to export and their plain-Flax oracles);
+    `build` calls the steps in order."""
     module: nn.Module
     method: Any
     fns: Any
@@ -283,6 +251,7 @@ class _LinenExport:
     init_inputs: Any
     sample_batch: int
     batch_sizes: list[int]
+    given: Any = None  # variables to bundle instead of init's (export_flax's `variables`)
     calling_convention_version: int = 0  # of the exported init (manifest producer)
 
     @property
@@ -293,7 +262,8 @@ class _LinenExport:
     def title(self) -> str:
         return method_title(self.module, self.method)
 
-    def build(self, given_variables, extra_golden) -> BuiltBundle:
+    def build(self, extra_golden=None) -> BuiltBundle:
+        given_variables = self.given
         init_shapes = self.init_shapes()
         batched_state = self.state_batch_axis(init_shapes)
         variables, init_variables = self.variables(given_variables, init_shapes)
@@ -306,15 +276,14 @@ class _LinenExport:
             for e in entries[mode]:
                 e["results"] = _mark(e["results"], batched[mode])
         batching = self.batching(params, state, batched["inference"], batched_state)
-        with_init = given_variables is not None or "inputs_file" in init_entry
-        golden = self.golden(variables, (init_variables or self.plain_init()) if with_init else None,
+        golden = self.golden(variables, self.golden_init(given_variables, init_entry, init_variables),
                              extra_golden)
-        if "inputs_file" in init_entry:
+        if init_entry is not None and "inputs_file" in init_entry:
             files[INIT_INPUTS_FILE] = safetensors_bytes(
                 dict(named_leaves(self.init_inputs, "inputs")), _meta("init_inputs"))
         files["variables.safetensors"] = safetensors_bytes(
             dict(named_leaves(variables, "variables")), _meta("variables"))
-        manifest = self.manifest(variables, "init" if given_variables is None else "given", init_entry,
+        manifest = self.manifest(variables, self.origin(given_variables), init_entry,
                                  _mark([spec(n, x) for n, x in named_leaves(
                                      shapes["inference"][self.sample_batch], "outputs")], batched["inference"]),
                                  batching, entries)
@@ -350,6 +319,17 @@ class _LinenExport:
 
     def plain_init(self):
         return to_plain(self.fns.oracle_init(self.K0, self.init_inputs))
+
+    def origin(self, given) -> str:
+        """The manifest's variables_origin."""
+        return "init" if given is None else "given"
+
+    def golden_init(self, given, init_entry, init_variables):
+        """What init computes, for golden `init/...` when it is not variables.safetensors
+        (given variables, or an init that reads its inputs' values); else None."""
+        if given is not None or "inputs_file" in init_entry:
+            return init_variables or self.plain_init()
+        return None
 
     def variables(self, given, init_shapes):
         """(the variables to bundle, module.init's variables or None when given)."""
@@ -452,11 +432,7 @@ class _LinenExport:
         writes = written_state(jaxpr, len(jax.tree_util.tree_leaves(params)),
                                len(jax.tree_util.tree_leaves(state)), n_out)
 
-        def infer(p, s, x):
-            out, mut = self.fns.oracle_infer({"params": p, **s}, x)
-            return out, {**s, **flax.core.unfreeze(mut)}
-
-        return padding_check(infer, params, state, self.sample_inputs, sizes=self.batch_sizes,
+        return padding_check(self.fns.plain_inference, params, state, self.sample_inputs, sizes=self.batch_sizes,
                              batched_outputs=batched_outputs, batched_state=batched_state,
                              stateful=any(writes))
 
@@ -466,20 +442,20 @@ class _LinenExport:
         g: dict[str, np.ndarray] = {}
         for n, x in named_leaves(self.sample_inputs, "inputs"):
             g[f"inputs/{n}"] = np.asarray(x)
-        out, mut = self.fns.oracle_infer(variables, self.sample_inputs)
+        params = variables.get("params", {})
+        out, new_state = self.fns.plain_inference(params, state, self.sample_inputs)
         for n, x in named_leaves(out, "outputs"):
             g[f"inference/{n}"] = np.asarray(x)
-        for n, x in named_leaves({**state, **flax.core.unfreeze(mut)}, "state"):
+        for n, x in named_leaves(new_state, "state"):
             g[f"inference_state/{n}"] = np.asarray(x)
         K = self.K0
-        cur = dict(variables)
+        cur = state
         for step in range(2):
             K, k = jax.random.split(K)
-            out, mut = self.fns.oracle_train(cur, self.sample_inputs, k)
+            out, cur = self.fns.plain_training(params, cur, self.sample_inputs, k)
             for n, x in named_leaves(out, "outputs"):
                 g[f"training/{step}/{n}"] = np.asarray(x)
-            cur = {**cur, **flax.core.unfreeze(mut)}
-        for n, x in named_leaves({c: v for c, v in cur.items() if c != "params"}, "state"):
+        for n, x in named_leaves(cur, "state"):
             g[f"after_training/{n}"] = np.asarray(x)
         g["key/after_training"] = np.asarray(jax.random.key_data(K))
         if init_variables is not None:
@@ -512,7 +488,7 @@ class _LinenExport:
             "variables_origin": origin,
             "variables": [{"name": n, "collection": n.split("/", 1)[0], "dtype": dtype_name(x.dtype),
                            "shape": [int(s) for s in x.shape]} for n, x in named_leaves(variables, "variables")],
-            "init": init_entry,
+            **({"init": init_entry} if init_entry is not None else {}),
             "methods": {
                 mname: {
                     "takes_training": self.fns.takes_training,
@@ -523,4 +499,9 @@ class _LinenExport:
                     "training": entries["training"],
                 }
             },
+            **self.manifest_extra(),
         }
+
+    def manifest_extra(self) -> dict:
+        """More top-level manifest sections (NNX's `nnx`)."""
+        return {}

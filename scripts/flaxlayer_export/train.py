@@ -1,4 +1,4 @@
-"""export_train_step: a Flax linen module's training loop (optax) in a bundle.
+"""export_train_step: a Flax module's training loop (optax) in a bundle (linen or NNX).
 
     from flaxlayer_export import export_train_step
     export_train_step(module, {"x": x[:32], "y": y[:32]}, "bundles/my_model",
@@ -15,12 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import DenyList
 
 try:
     import optax
@@ -29,9 +26,10 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 
 from .batch_order import epoch_batches, epoch_permutation
 from .bundle_dir import write_bundle
-from .linen import (KEY_IMPL, build_flax_bundle, canonical_arrays, check_exported,
+from .export import exporter
+from .linen import (KEY_IMPL, canonical_arrays, check_exported,
                     export_computation, sds, split_variables)
-from .methods import method_name_of, takes_training
+from .methods import method_name_of
 from .names import named_leaves, role_specs, spec
 
 __all__ = ["export_train_step", "make_step_functions", "run_golden", "evaluate",
@@ -80,21 +78,13 @@ def _check_batch(loss: str, batch: dict) -> int:
 # The step functions
 # --------------------------------------------------------------------------
 
-def make_step_functions(module, *, loss, optimizer, method, rng_streams):
-    """(init_opt_state, train_step, eval_step) as plain Python functions of raw key data.
+def make_step_functions(fns, *, loss, optimizer):
+    """(init_opt_state, train_step, eval_step) as plain Python functions of raw key data, on
+    the functions an export exports (`fns`: linen or NNX, `exporter(...).fns`).
 
     The optimizer state crosses the functions' boundary as a flat dict {path: array}, the
     path `/`-joined from the optax state pytree (`0/mu/Dense_0/kernel`): jax.export and the
     runtime only take tuples, lists and dicts, not optax's NamedTuples."""
-    training_arg = takes_training(module, method)
-    train_kw = {"training": True} if training_arg else {}
-    infer_kw = {"training": False} if training_arg else {}
-
-    def apply(params, state, x, rngs, kw):
-        out, mutated = module.apply({"params": params, **state}, x, method=method, rngs=rngs,
-                                    mutable=DenyList(["params"]), **kw)
-        mutated = flax.core.unfreeze(mutated)
-        return out, {c: mutated.get(c, state[c]) for c in state}
 
     def to_flat(opt_state):
         return dict(named_leaves(opt_state, "0"))
@@ -110,10 +100,9 @@ def make_step_functions(module, *, loss, optimizer, method, rng_streams):
     def train_step(params, state, opt_state, key, batch):
         K = jax.random.wrap_key_data(key, impl=KEY_IMPL)
         K, k = jax.random.split(K)
-        rngs = {s: k for s in rng_streams}
 
         def loss_fn(p):
-            out, new_state = apply(p, state, batch["x"], rngs, train_kw)
+            out, new_state = fns.apply_training(p, state, batch["x"], k)
             if not isinstance(out, jax.Array):
                 raise ValueError("training needs a method returning one array")
             per, correct = _per_example(loss, out, batch["y"])
@@ -128,7 +117,7 @@ def make_step_functions(module, *, loss, optimizer, method, rng_streams):
         return new_params, new_state, to_flat(new_opt_state), jax.random.key_data(K), metrics
 
     def eval_step(params, state, batch):
-        out, _ = apply(params, state, batch["x"], None, infer_kw)
+        out, _ = fns.apply_inference(params, state, batch["x"])
         per, correct = _per_example(loss, out, batch["y"])
         w = batch["w"]
         metrics = {"loss_sum": jnp.sum(w * per), "count": jnp.sum(w)}
@@ -201,7 +190,7 @@ def evaluate(eval_step, params, state, x, y, batch_size) -> dict[str, float]:
 # --------------------------------------------------------------------------
 
 def export_train_step(
-    module: nn.Module,
+    module,
     sample_batch: dict,
     out_dir: str,
     *,
@@ -211,7 +200,7 @@ def export_train_step(
     method=None,
     variables=None,
     seed: int = 0,
-    rng_streams: Sequence[str] = ("dropout",),
+    rng_streams: Sequence[str] | None = None,
     platforms: Sequence[str] = ("cpu",),
     golden_data: dict[str, Any] | None = None,
     golden_steps: int = GOLDEN_STEPS,
@@ -221,7 +210,8 @@ def export_train_step(
     manifest.
 
     Args:
-      module: a flax.linen.Module; its method returns logits [B, C] (softmax_cross_entropy) or
+      module: a flax.linen.Module, an nnx.Module or a function make(rngs) returning one (as
+        for export_flax); its method returns logits [B, C] (softmax_cross_entropy) or
         predictions shaped like the targets (mse).
       sample_batch: {"x": inputs (array or PyTree), "y": targets}: int32 labels [B] for
         softmax_cross_entropy, floats for mse. B is the training batch size. int64/float64
@@ -246,10 +236,10 @@ def export_train_step(
         optimizer = optax.adam(1e-3)
         optimizer_name = optimizer_name or DEFAULT_OPTIMIZER_NAME
     optimizer_name = optimizer_name or "custom"
-    rng_streams = tuple(rng_streams)
+    ex = exporter(module, sample_batch["x"], method=method, variables=variables, seed=seed,
+                  rng_streams=rng_streams, platforms=platforms)
     platforms = tuple(platforms)
-    init_opt_state, train_step, eval_step = make_step_functions(
-        module, loss=loss, optimizer=optimizer, method=method, rng_streams=rng_streams)
+    init_opt_state, train_step, eval_step = make_step_functions(ex.fns, loss=loss, optimizer=optimizer)
 
     def golden(v):
         g = {}
@@ -263,9 +253,7 @@ def export_train_step(
         g.update(extra)
         return g
 
-    built = build_flax_bundle(module, sample_batch["x"], method=method, variables=variables,
-                              seed=seed, rng_streams=rng_streams, platforms=platforms,
-                              extra_golden=golden)
+    built = ex.build(golden)
 
     # ---- shapes ------------------------------------------------------------
     params, state = split_variables(built.variables)

@@ -38,8 +38,10 @@ pub struct Manifest {
     /// Every variable leaf, by Flax path (`params/Dense_0/kernel`); its collection is the
     /// first component.
     pub variables: Vec<TensorSpec>,
-    /// The `init` computation.
-    pub init: InitSpec,
+    /// The `init` computation; absent when nothing can build the variables again (an NNX
+    /// module exported as an instance: its variables are `variables.safetensors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSpec>,
     /// The exported methods, by name.
     pub methods: BTreeMap<String, MethodSpec>,
     /// The partitioner the multi-device computations were lowered for: `shardy` (JAX's
@@ -216,7 +218,7 @@ impl Manifest {
                 return bad(format!("variable {:?} is listed twice", v.name));
             }
         }
-        if let Some(f) = &self.init.inputs_file {
+        if let Some(f) = self.init.as_ref().and_then(|i| i.inputs_file.as_ref()) {
             check_file_name(f).map_err(|reason| Error::format("manifest.json", format!("init.inputs_file: {reason}")))?;
         }
         for (name, m) in &self.methods {
@@ -256,7 +258,7 @@ impl Manifest {
     /// Every computation of the bundle (the train section's last).
     pub fn computations(&self) -> impl Iterator<Item = &ComputationSpec> {
         let train = self.train.iter().flat_map(|t| [&t.init_opt_state, &t.train_step, &t.eval_step]);
-        std::iter::once(&self.init.computation)
+        self.init.iter().map(|i| &i.computation)
             .chain(self.methods.values().flat_map(|m| m.inference.iter().chain(&m.training)))
             .chain(train)
     }
@@ -307,6 +309,17 @@ mod tests {
         assert_eq!(m.variables[0].dtype, crate::DType::F32);
         assert_eq!(m.methods["__call__"].batching, Batching::default());
         assert_eq!(m.computations().count(), 3);
+    }
+
+    #[test]
+    fn init_is_optional() {
+        let mut v = minimal();
+        v.as_object_mut().unwrap().remove("init");
+        let m = parse(&v).unwrap();
+        assert!(m.init.is_none());
+        assert_eq!(m.computations().count(), 2);
+        v["init"] = serde_json::Value::Null;
+        assert!(parse(&v).unwrap().init.is_none());
     }
 
     fn with_train() -> serde_json::Value {

@@ -106,7 +106,7 @@ impl Bundle {
     /// The values `init` was traced with, when the bundle stores them (`init.inputs_file`:
     /// init reads its inputs' values, as data-dependent initializers do).
     pub fn init_inputs(&self) -> Result<Option<Vec<(String, Tensor)>>> {
-        match &self.manifest.init.inputs_file {
+        match self.manifest.init.as_ref().and_then(|i| i.inputs_file.as_ref()) {
             Some(file) => read_safetensors(self.dir.join(file)).map(Some),
             None => Ok(None),
         }

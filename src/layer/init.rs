@@ -58,7 +58,14 @@ fn upload_all<V: crate::tensor::AsView>(placement: &Placement, specs: &[TensorSp
 /// (`init.inputs_file`), as `module.init(key, x)` did; a bundle that lacks them is refused.
 pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSpec], seed: u64, how: &CompileHow) -> Result<Vec<DeviceArray>> {
     let manifest = bundle.manifest();
-    let init = bundle.computation(&manifest.init.computation.file)?;
+    let Some(init) = &manifest.init else {
+        return Err(Error::invalid(
+            format!("init of {}", bundle.dir().display()),
+            "the bundle has no init computation (an NNX module exported as an instance): start from its \
+             variables.safetensors or from given variables, or export a function make(rngs) building the module",
+        ));
+    };
+    let init = bundle.computation(&init.computation.file)?;
     let comp = Computation::new(placement, init, &Names { variables: specs, opt_state: &[] }, how)?;
     let key_layout = comp.layout_of(Source::Key).unwrap_or((1, None));
     let state = DeviceState::new(placement.clone(), Vec::new(), Vec::new(), Vec::new(), super::seed_key(seed), key_layout)?;

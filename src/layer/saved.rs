@@ -32,7 +32,7 @@ pub(crate) fn copy_bundle(bundle: &Bundle, dir: &Path) -> Result<()> {
     let manifest = bundle.manifest();
     let files = std::iter::once("manifest.json".to_string())
         .chain(manifest.computations().map(|c| c.file.clone()))
-        .chain(manifest.init.inputs_file.clone());
+        .chain(manifest.init.as_ref().and_then(|i| i.inputs_file.clone()));
     for file in files {
         let from = bundle.dir().join(&file);
         let bytes = crate::files::read(&from, crate::files::MAX_FILE_BYTES)?;

@@ -1,11 +1,14 @@
 //! What the integration tests share: where the committed bundles are, one PJRT client per
-//! test process, and the check that a save left no temporary files.
+//! test process, the check that a save left no temporary files, and golden data
+//! (`golden`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use flaxlayer::pjrt::Client;
+
+pub mod golden;
 
 /// A committed bundle under `hlo/` (written by the exporter's `export_examples`).
 pub fn hlo(name: &str) -> PathBuf {

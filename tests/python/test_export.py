@@ -189,8 +189,9 @@ def get_bundle(name) -> Bundle:
 
 def test_bundle_dirs_are_the_examples():
     dirs = sorted(p.parent.name for p in HLO.glob("*/manifest.json"))
-    # training bundles (ee.TRAIN_EXAMPLES) are tested in test_train.py
-    assert dirs == sorted(NAMES + list(ee.TRAIN_EXAMPLES))
+    # training bundles (ee.TRAIN_EXAMPLES) are tested in test_train.py, NNX bundles
+    # (ee.NNX_EXAMPLES, nnx_digits_train) in test_nnx.py
+    assert dirs == sorted(NAMES + list(ee.NNX_EXAMPLES) + list(ee.TRAIN_EXAMPLES))
 
 
 @pytest.mark.parametrize("name", NAMES)

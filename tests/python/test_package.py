@@ -276,8 +276,8 @@ def readme_python_snippet() -> str:
     section = text[text.index("## From Python"):]
     section = section[:section.index("\n## ", 1)]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 1, "the From Python section has one python block"
-    return blocks[0]
+    assert blocks, "the From Python section has a python block"
+    return blocks[0]  # linen; the NNX one runs in test_nnx.py
 
 
 def test_readme_python_snippet_runs_in_a_fresh_clone(tmp_path):

@@ -4,7 +4,8 @@
     .venv/bin/python scripts/export_examples.py mlp cnn    # some of them
     .venv/bin/python scripts/export_examples.py --out-root target/x
 
-Besides the FlaxLayer bundles (EXAMPLES): the data set `digits` (hlo/digits/data.safetensors,
+Besides the FlaxLayer bundles of linen modules (EXAMPLES) and of NNX modules (NNX_EXAMPLES): the
+data set `digits` (hlo/digits/data.safetensors,
 digits.py) and the training bundles (TRAIN_EXAMPLES, export_train_step, docs/training.md).
 Golden data beyond the standard names (docs/bundle-format.md) is computed here with plain
 jitted `module.apply` / `module.init`, independently of the exporter's functions.
@@ -26,7 +27,7 @@ from flax.core import DenyList
 from .. import export_flax
 from ..batch_order import epoch_permutation
 from ..linen import KEY_IMPL
-from . import digits, models
+from . import digits, models, nnx_models
 
 GREEDY_PROMPT = np.array([[5, 9, 2, 7]], dtype=np.int32)  # [1, P], P = 4
 GREEDY_STEPS = 8  # N
@@ -45,7 +46,7 @@ class Example:
     batch_sizes: tuple[int, ...] | str | None = None
     max_batch: int = 64
     platforms: tuple[str, ...] = ("cpu",)
-    rng_streams: tuple[str, ...] = ("dropout",)
+    rng_streams: tuple[str, ...] | None = ("dropout",)  # None: the exporter's default
     seed: int = 0
     # f(module, sample inputs) -> the variables to bundle (variables_origin "given")
     make_variables: Callable[[Any, Any], Any] | None = None
@@ -205,16 +206,60 @@ EXAMPLES: dict[str, Example] = {
 }
 
 
+def _counter_used_once():
+    """NnxCounter as a user would have it after one inference call: the bundle holds the
+    instance's current state (count 1)."""
+    from flax import nnx
+
+    module = nnx_models.NnxCounter(rngs=nnx.Rngs(3))
+    module(np.zeros((1, 3), np.float32), training=False)
+    return module
+
+
+def _attention_instance():
+    from flax import nnx
+
+    return nnx_models.NnxAttention(rngs=nnx.Rngs(params=1, dropout=2))
+
+
+# NNX modules (flax.nnx): an nnx.Module instance (its state is bundled, no init) or a
+# factory of `rngs` (a class; the bundle's init builds it again). rng_streams None: every
+# stream of the module is reseeded from the layer key on each training call; (): none.
+NNX_EXAMPLES: dict[str, Example] = {
+    "nnx_mlp_bn_dropout": Example(
+        make_module=lambda: nnx_models.NnxMLPBNDropout,
+        make_inputs=lambda: _normal(4, (4, 12)),
+        rng_streams=None,
+    ),
+    "nnx_attention": Example(
+        make_module=_attention_instance,
+        make_inputs=lambda: _normal(15, (2, 5, 8)),
+        batch_sizes=(2, 4),
+        rng_streams=(),
+    ),
+    "nnx_counter": Example(
+        make_module=_counter_used_once,
+        make_inputs=lambda: _normal(16, (3, 3)),
+        rng_streams=None,
+    ),
+}
+
+
+def example(name: str) -> Example:
+    """EXAMPLES[name] or NNX_EXAMPLES[name]."""
+    return EXAMPLES[name] if name in EXAMPLES else NNX_EXAMPLES[name]
+
+
 def example_variables(name: str, module=None):
     """The variables given to export_flax for EXAMPLES[name] (None: module.init)."""
-    ex = EXAMPLES[name]
+    ex = example(name)
     if ex.make_variables is None:
         return None
     return ex.make_variables(module or ex.make_module(), ex.make_inputs())
 
 
 def export_example(name: str, out_dir: str) -> dict:
-    ex = EXAMPLES[name]
+    ex = example(name)
     module = ex.make_module()
     return export_flax(
         module, ex.make_inputs(), out_dir,
@@ -234,7 +279,7 @@ class TrainExample:
     loss: str = "softmax_cross_entropy"
     # () -> (optax optimizer, its manifest description)
     make_optimizer: Callable[[], tuple[Any, str]] | None = None
-    rng_streams: tuple[str, ...] = ("dropout",)
+    rng_streams: tuple[str, ...] | None = ("dropout",)
     seed: int = 0
     golden_steps: int = 20
     # () -> extra golden tensors
@@ -284,6 +329,14 @@ TRAIN_EXAMPLES: dict[str, TrainExample] = {
         make_optimizer=lambda: _adam(0.01),
         golden_steps=2,
     ),
+    # NNX: the class is the factory (init builds it from the seed); every stream reseeded.
+    "nnx_digits_train": TrainExample(
+        make_module=lambda: nnx_models.NnxDigitsMLP,
+        make_data=digits.load_digits_split,
+        batch_size=32,
+        make_optimizer=lambda: _adam(0.001),
+        rng_streams=None,
+    ),
 }
 
 # Data sets: name -> fn(out_dir) writing <out_dir>/data.safetensors.
@@ -304,11 +357,11 @@ def export_train_example(name: str, out_dir: str) -> dict:
         golden_steps=ex.golden_steps, extra_golden=ex.extra_golden() if ex.extra_golden else None)
 
 
-ALL = [*EXAMPLES, *DATA, *TRAIN_EXAMPLES]
+ALL = [*EXAMPLES, *NNX_EXAMPLES, *DATA, *TRAIN_EXAMPLES]
 
 
 def export_any(name: str, out_dir: str):
-    if name in EXAMPLES:
+    if name in EXAMPLES or name in NNX_EXAMPLES:
         return export_example(name, out_dir)
     if name in DATA:
         return DATA[name](out_dir)

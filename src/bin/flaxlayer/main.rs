@@ -168,6 +168,9 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
         (true, None) => "variables.safetensors".to_string(),
     };
     println!("variables: {origin}");
+    if m.init.is_none() {
+        println!("init: none (the variables cannot be built again on the device)");
+    }
     let (params, state): (Vec<_>, Vec<_>) = m.variables.iter().partition(|v| v.is_param());
     let count = |vs: &[&flaxlayer::TensorSpec]| -> u64 { vs.iter().map(|v| v.num_elements().unwrap_or(0) as u64).sum() };
     println!("trainable weights: {} ({} params)", params.len(), count(&params));

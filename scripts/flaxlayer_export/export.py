@@ -1,0 +1,80 @@
+"""export_flax: a Flax module's init and method, in inference and training mode, as a bundle
+directory (docs/bundle-format.md, docs/exporter.md). Linen modules go to `linen.py`, NNX
+modules to `nnx_export.py`; both produce the same kind of bundle."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from .bundle_dir import write_bundle
+from .kinds import LINEN, module_kind
+from .linen import DEFAULT_MAX_BATCH, BuiltBundle, linen_export
+from .nnx_export import nnx_export
+
+
+def export_flax(
+    module,
+    sample_inputs,
+    out_dir: str,
+    *,
+    method=None,
+    variables=None,
+    seed: int = 0,
+    rng_streams: Sequence[str] | None = None,
+    init_inputs=None,
+    platforms: Sequence[str] = ("cpu",),
+    batch_sizes: Sequence[int] | str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    extra_golden: dict[str, Any] | Callable[[dict], dict] | None = None,
+) -> dict:
+    """Export `module` to a bundle directory `out_dir`; returns the manifest.
+
+    Args:
+      module: a flax.linen.Module instance; or a flax.nnx.Module instance (its current state
+        is bundled, the bundle has no init); or a function `make(rngs)` returning an
+        nnx.Module (the module is `make(rngs=nnx.Rngs(jax.random.key(seed)))` and the
+        bundle's init builds it again from the layer's seed).
+      sample_inputs: an array or PyTree of arrays (tuple/list/dict) with a common leading
+        batch dimension; the exported shapes and the golden data use them. int64/float64
+        leaves become int32/float32, as under jax.jit.
+      method: None (`__call__`), a method name, or a function
+        `fn(module, inputs[, training])` (Keras FlaxLayer conventions).
+      variables: variables to bundle instead of `module.init` under `seed` (linen), or an
+        nnx.State to `nnx.update` the module with (NNX) (manifest `variables_origin`:
+        "given").
+      seed: `K0 = jax.random.key(seed)` (threefry) for init and the layer key.
+      rng_streams: linen: the RNG streams fed by the layer key (besides "params" at init),
+        default ("dropout",). NNX: the module's nnx.Rngs streams reseeded from the layer key
+        on every training call, default all of them; () leaves them to advance through the
+        module's own RNG state.
+      init_inputs: inputs for `init` when they differ from `sample_inputs`. When the exported
+        init reads them (data-dependent init), they are bundled as init_inputs.safetensors.
+      platforms: lowering platforms; more than one adds JAX's platform-index argument to
+        every computation.
+      batch_sizes: one inference/training computation per batch size (leading dim of every
+        input replaced): a list that includes the sample batch, "auto" (powers of two up to
+        `max_batch`, plus the sample batch), or None (the sample batch only).
+      max_batch: the largest power of two for batch_sizes="auto".
+      extra_golden: extra tensors for golden.safetensors (e.g. decoder `greedy/...`), a dict
+        or a function of the bundled variables returning one; names must not clash with the
+        standard ones.
+    """
+    built = build_flax_bundle(
+        module, sample_inputs, method=method, variables=variables, seed=seed,
+        rng_streams=rng_streams, init_inputs=init_inputs, platforms=platforms,
+        batch_sizes=batch_sizes, max_batch=max_batch, extra_golden=extra_golden)
+    write_bundle(out_dir, built.files)
+    return built.manifest
+
+
+def exporter(module, sample_inputs, **kwargs):
+    """The export of `module` (linen or NNX), ready to `build`; its `fns` are the functions
+    it exports (export_train_step builds its steps on them)."""
+    if module_kind(module) == LINEN:
+        return linen_export(module, sample_inputs, **kwargs)
+    return nnx_export(module, sample_inputs, **kwargs)
+
+
+def build_flax_bundle(module, sample_inputs, *, extra_golden=None, **kwargs) -> BuiltBundle:
+    """Everything export_flax writes, in memory."""
+    return exporter(module, sample_inputs, **kwargs).build(extra_golden)
