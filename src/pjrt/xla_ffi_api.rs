@@ -4,10 +4,15 @@
 //! (`XLA_FFI_Error_Create`).
 //!
 //! **Version.** XLA FFI API **0.3** (`XLA_FFI_API_MAJOR 0`, `XLA_FFI_API_MINOR 3`): the header
-//! jaxlib 0.10.2 ships (`jaxlib/include/xla/ffi/api/c_api.h`) and the version our handlers
-//! report; the CPU plugin we ship with (`lammps-jax-pjrt-cpu` 0.11.2) accepts it, and its call
-//! frames and API table carry at least the fields below (checked through `struct_size` before
-//! any read). XLA only appends fields to these structs.
+//! jaxlib 0.10.2 ships (`jaxlib/include/xla/ffi/api/c_api.h`; no 0.4 header, such as jaxlib
+//! 0.11's, was at hand to check against), and the version our handlers report. The CPU plugin we ship with (`lammps-jax-pjrt-cpu`
+//! 0.11.2) implements API **0.4**, measured from its call frames: `api_version` 0.4, an
+//! `XLA_FFI_Api` of 200 bytes (0.3's 192 plus one function appended), a call frame of 168
+//! bytes (0.3's `XLA_FFI_CallFrame_STRUCT_SIZE`). XLA only appends fields and functions
+//! within a major version and accepts handlers of older minor versions, which is what it does
+//! with ours (it drops handlers it does not accept, and the tests compile calls to every
+//! one). Every read is checked against the struct's `struct_size` first, and a frame of
+//! another major version is refused.
 //!
 //! **Two sizes differ from the end of the last field.** The header defines
 //! `XLA_FFI_CallFrame_STRUCT_SIZE` up to `attrs` (not `future`) and

@@ -73,7 +73,7 @@ pub(crate) unsafe fn handle(target: &str, call_frame: *mut c_void, kernel: Kerne
     // SAFETY: the frame holds `api` (checked just above).
     let api = unsafe { addr_of!((*frame).api).read() };
     // SAFETY: the caller's contract, and `size` is the frame's size.
-    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { run(target, frame, size, kernel) }));
+    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { run(target, frame, api, size, kernel) }));
     let error = match outcome {
         Ok(Ok(())) => return std::ptr::null_mut(),
         Ok(Err(e)) => e,
@@ -92,11 +92,26 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// # Safety
-/// As [`handle`]; `size` is the frame's `struct_size`.
-unsafe fn run(target: &str, frame: *const XLA_FFI_CallFrame, size: usize, kernel: Kernel) -> Result<(), HandlerError> {
+/// As [`handle`]; `api` and `size` are the frame's `api` and `struct_size`.
+unsafe fn run(
+    target: &str,
+    frame: *const XLA_FFI_CallFrame,
+    api: *const XLA_FFI_Api,
+    size: usize,
+    kernel: Kernel,
+) -> Result<(), HandlerError> {
     if size < CALL_FRAME_MIN_SIZE {
         return Err(HandlerError::invalid(format!(
             "{target}: XLA_FFI_CallFrame of {size} bytes, expected at least {CALL_FRAME_MIN_SIZE} (XLA FFI API {XLA_FFI_API_MAJOR}.{XLA_FFI_API_MINOR})"
+        )));
+    }
+    // SAFETY: `api` is the frame's live API table, which starts with `struct_size`,
+    // `extension_start` and `api_version` in every XLA FFI version.
+    let major = unsafe { (!api.is_null()).then(|| addr_of!((*api).api_version.major_version).read()) };
+    if major.is_some_and(|m| m != XLA_FFI_API_MAJOR) {
+        return Err(HandlerError::invalid(format!(
+            "{target}: XLA FFI API major version {}, but flaxlayer's handlers follow {XLA_FFI_API_MAJOR}.{XLA_FFI_API_MINOR}",
+            major.unwrap_or_default()
         )));
     }
     // SAFETY: the frame holds every field up to `attrs` (checked above); each is read by

@@ -16,6 +16,8 @@ unsafe extern "C" fn record_error(args: *mut XLA_FFI_Error_Create_Args) -> *mut 
 fn api() -> XLA_FFI_Api {
     let mut api = <XLA_FFI_Api as super::super::ffi::Zero>::ZERO;
     api.struct_size = XLA_FFI_Api::STRUCT_SIZE;
+    api.api_version = XLA_FFI_Api_Version::new();
+    api.api_version.minor_version = 4;
     api.XLA_FFI_Error_Create = Some(record_error);
     api
 }
@@ -265,12 +267,15 @@ fn overlapping_buffers_are_refused() {
 }
 
 #[test]
-fn another_stage_or_a_short_frame_is_refused() {
+fn another_stage_api_major_or_a_short_frame_is_refused() {
     let (mut a, mut info) = ([4f32, 2., 2., 5.], [0i32]);
     let p = a.as_mut_ptr();
     let mut f = potrf(p, p, &mut info, uplo());
     f.stage = 0;
     assert!(f.call("lapack_spotrf_ffi", linalg).unwrap().1.contains("execution stage 0"));
+    let mut f = potrf(p, p, &mut info, uplo());
+    f.api.api_version.major_version = 1;
+    assert!(f.call("lapack_spotrf_ffi", linalg).unwrap().1.contains("XLA FFI API major version 1"));
     let mut f = potrf(p, p, &mut info, uplo());
     f.size = CALL_FRAME_MIN_SIZE - 8;
     assert!(f.call("lapack_spotrf_ffi", linalg).unwrap().1.contains("XLA_FFI_CallFrame of"));
