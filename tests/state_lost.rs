@@ -57,12 +57,12 @@ fn counter(layer: &FlaxLayer) -> (i32, f32) {
 #[test]
 fn the_fixture_runs_the_test_target_as_jax_did() {
     let (g, mut layer) = (golden(), layer());
-    let out = layer.call(&inputs(None), Mode::Inference).unwrap();
+    let out = layer.call(inputs(None), Mode::Inference).unwrap();
     assert!(out.as_tensor().unwrap().max_abs_diff(&g["inference/outputs"]).unwrap() <= 1e-6);
     assert_eq!(counter(&layer), (1, -1.5), "the custom call's copy of x[0, 0] reached the state");
     let mut layer = self::layer();
     for step in 0..2 {
-        let out = layer.call(&inputs(None), Mode::Training).unwrap();
+        let out = layer.call(inputs(None), Mode::Training).unwrap();
         assert!(out.as_tensor().unwrap().max_abs_diff(&g[&format!("training/{step}/outputs")]).unwrap() <= 1e-6);
     }
     assert_eq!(counter(&layer), (2, -3.0));
@@ -106,9 +106,9 @@ fn assert_lost(what: &str, err: Error) {
 #[test]
 fn an_execution_that_fails_after_donation_loses_the_state_and_every_later_use_refuses() {
     let mut layer = layer();
-    layer.call(&inputs(None), Mode::Inference).unwrap();
+    layer.call(inputs(None), Mode::Inference).unwrap();
     // (a) The failure after donation is the typed StateLost, naming the computation and why.
-    assert_lost("call", layer.call(&inputs(Some(2.0)), Mode::Inference).unwrap_err());
+    assert_lost("call", layer.call(inputs(Some(2.0)), Mode::Inference).unwrap_err());
     // (b) Nothing touches the deleted buffers again: every use of the state refuses.
     let good = inputs(None);
     assert_lost("call", layer.call(&good, Mode::Inference).unwrap_err());
@@ -131,7 +131,7 @@ fn an_execution_that_fails_after_donation_loses_the_state_and_every_later_use_re
 #[test]
 fn a_training_call_that_fails_loses_the_state_too() {
     let mut layer = layer();
-    let err = layer.call(&inputs(Some(2.0)), Mode::Training).unwrap_err();
+    let err = layer.call(inputs(Some(2.0)), Mode::Training).unwrap_err();
     assert!(matches!(&err, Error::StateLost { computation, .. } if computation == "__call__.training.b4.jaxexport"), "{err}");
     assert!(matches!(layer.key(), Err(Error::StateLost { .. })));
 }
@@ -140,7 +140,7 @@ fn a_training_call_that_fails_loses_the_state_too() {
 fn a_failure_before_donation_leaves_the_state_intact() {
     // (c) Inputs refused before anything runs: nothing is donated, nothing changes.
     let mut layer = layer();
-    layer.call(&inputs(None), Mode::Training).unwrap();
+    layer.call(inputs(None), Mode::Training).unwrap();
     let before = snapshot(&layer);
     let wrong_shape = Tensor::zeros(DType::F32, vec![4, 6]).unwrap();
     let err = layer.call(&wrong_shape, Mode::Training).unwrap_err();
@@ -150,11 +150,11 @@ fn a_failure_before_donation_leaves_the_state_intact() {
     assert!(matches!(&err, Error::DTypeMismatch { .. }), "{err}");
     assert_eq!(snapshot(&layer), before);
     // A failure on the device in `predict`, which donates nothing, changes nothing either.
-    let err = layer.predict(&inputs(Some(2.0))).unwrap_err();
+    let err = layer.predict(inputs(Some(2.0))).unwrap_err();
     assert!(matches!(&err, Error::Pjrt { message, .. } if message.contains("failure injected on purpose")), "{err}");
     assert_eq!(snapshot(&layer), before);
     // And the layer goes on as if nothing had happened.
-    layer.call(&inputs(None), Mode::Training).unwrap();
+    layer.call(inputs(None), Mode::Training).unwrap();
     let g = golden();
     assert_eq!(counter(&layer), (2, -3.0));
     assert_eq!(layer.key().unwrap().to_vec(), g["key/after_training"].to_vec::<u32>().unwrap());
