@@ -8,8 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use flaxlayer::layer::cache::CacheSetting;
 use flaxlayer::layer::epoch_batches;
+use flaxlayer::layer::isolate::Isolation;
 use flaxlayer::pjrt::{Client, CompileOptions, Program};
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, Error, FlaxLayer, Mode, PyTree, Tensor, Trainer};
@@ -72,6 +75,22 @@ fn lstm_init_runs_on_the_device_and_the_layer_matches_jax() {
     let want = load(hlo("lstm").join("variables.safetensors"));
     assert_close("lstm init on the device vs module.init", &named(layer.variables().unwrap()), &want, 1e-5);
     check_calls("lstm", &mut layer, 1e-5);
+}
+
+#[test]
+fn an_isolated_compile_worker_registers_the_handlers_too() {
+    // The worker (`flaxlayer compile-worker`, the untrusted-bundle mode) compiles in its own
+    // process, on a client of its own, which registers the handlers before compiling.
+    let iso = Isolation { worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_flaxlayer"))), timeout: Duration::from_secs(120) };
+    let layer = FlaxLayer::builder(hlo("lstm"))
+        .init_variables()
+        .untrusted(iso)
+        .compile_cache(CacheSetting::Off)
+        .client(client())
+        .build()
+        .unwrap();
+    let want = load(hlo("lstm").join("variables.safetensors"));
+    assert_close("lstm init compiled by the worker", &named(layer.variables().unwrap()), &want, 1e-5);
 }
 
 #[test]
