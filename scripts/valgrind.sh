@@ -4,8 +4,9 @@
 # plugin-internal ones in scripts/valgrind.supp, each justified there. Installs valgrind with
 # apt if it is missing. The sample is fixed and small (valgrind runs ~50x slower): it covers
 # compile, deserialize, execute with and without donation, host<->device copies (both paths),
-# error conversion, fake short plugin tables, foreign devices, FFI handler registration and a
-# FlaxLayer training/save/load cycle.
+# error conversion, fake short plugin tables, foreign devices, FFI handler registration, the
+# LAPACK XLA FFI handlers (call-frame decoding on hand-built frames, a registered handler run by
+# XLA, a handler's error returned through XLA) and a FlaxLayer training/save/load cycle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +41,14 @@ memcheck "$(test_binary --test pjrt)" \
   a_table_too_short_for_its_version_is_refused_without_reading_past_it
 memcheck "$(test_binary --lib)" \
   pjrt::xla_ffi::tests::the_cpu_plugin_has_the_ffi_extension \
-  pjrt::xla_ffi::tests::a_registered_handler_runs_in_a_custom_call
+  pjrt::xla_ffi::tests::a_registered_handler_runs_in_a_custom_call \
+  pjrt::xla_ffi_handlers::tests::registration_took_effect_a_lapack_custom_call_compiles_and_runs \
+  pjrt::xla_ffi_frame::tests::an_aliased_operand_is_factored_in_place \
+  pjrt::xla_ffi_frame::tests::a_separate_operand_is_copied_in_first \
+  pjrt::xla_ffi_frame::tests::overlapping_buffers_are_refused \
+  pjrt::xla_ffi_frame::tests::a_panic_is_an_internal_error_not_an_unwind_into_c
+memcheck "$(test_binary --test state_lost)" \
+  xla_consumes_donated_buffers_even_when_the_execution_fails
 memcheck "$(test_binary --test layer)" \
   dropout_masks_differ_between_steps_and_from_inference \
   save_then_load_gives_the_same_outputs_variables_and_key

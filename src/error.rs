@@ -236,6 +236,20 @@ pub enum Error {
         cause: String,
     },
 
+    /// A computation calls custom-call targets (`stablehlo.custom_call @target`) that the
+    /// PJRT plugin cannot run: XLA's CPU backend does not handle them itself and no handler is
+    /// registered for them (e.g. `lapack_sgeqrf_ffi` on a plugin without PJRT's FFI
+    /// extension). Raised when the layer or trainer is built, before anything is compiled.
+    #[error("{computation} calls custom call {} that the PJRT plugin cannot run: {reason}", targets.join(", "))]
+    UnsupportedCustomCall {
+        /// The targets, in the manifest's order (those that share the reason).
+        targets: Vec<String>,
+        /// The computation (bundle file) that calls them.
+        computation: String,
+        /// Why they cannot run.
+        reason: String,
+    },
+
     /// A compile in a child process (the untrusted-bundle mode) crashed, hung past its time
     /// limit, or failed; this process is unharmed.
     #[error("isolated compile of {what}: {reason}")]
@@ -340,6 +354,20 @@ mod tests {
         assert_eq!(format!("{e:?}"), "input \"x\": expected dtype float32, got int64");
         let e = Error::BatchSize { what: "input \"x\"".into(), got: 3, available: vec![1, 8], reason: String::new() };
         assert_eq!(e.to_string(), "input \"x\": batch must be one of [1, 8], got 3");
+    }
+
+    #[test]
+    fn unsupported_custom_call_names_targets_computation_and_reason() {
+        let e = Error::UnsupportedCustomCall {
+            targets: vec!["lapack_sgeqrf_ffi".into(), "lapack_sorgqr_ffi".into()],
+            computation: "init.jaxexport".into(),
+            reason: "the PJRT plugin has no FFI extension".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "init.jaxexport calls custom call lapack_sgeqrf_ffi, lapack_sorgqr_ffi that the PJRT plugin cannot run: \
+             the PJRT plugin has no FFI extension"
+        );
     }
 
     #[test]

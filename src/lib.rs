@@ -8,7 +8,7 @@ mod dtype;
 mod error;
 mod files;
 pub mod layer;
-#[allow(dead_code)] // until the XLA FFI handlers (issue 13) call it
+#[allow(dead_code)] // a few helpers (`Attrs::with`, `supported_targets`, ...) serve its unit tests only
 mod linalg;
 #[allow(unsafe_code)]
 pub mod pjrt;

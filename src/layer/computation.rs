@@ -111,10 +111,12 @@ fn index_of(specs: &[TensorSpec], name: &Option<String>, what: &str, file: &str)
 }
 
 impl Computation {
-    /// Prepares `comp` for `placement`, resolving slot names against `names`.
+    /// Prepares `comp` for `placement`, resolving slot names against `names`. A computation
+    /// that calls a custom call the plugin cannot run is refused here, before any compile.
     pub fn new(placement: &Placement, comp: &BundleComputation, names: &Names<'_>, how: &CompileHow) -> Result<Computation> {
         let (exp, spec) = (&comp.exported, &comp.spec);
         let file = spec.file.as_str();
+        super::custom_calls::check(file, spec.custom_call_targets.as_deref(), &placement.client)?;
         let mut sources = Vec::with_capacity(spec.args.len());
         let mut inputs = Vec::new();
         for (slot, aval) in spec.args.iter().zip(&exp.in_avals) {

@@ -97,7 +97,19 @@ impl Client {
             code: crate::ErrorCode::Internal,
             message: "returned a null client".into(),
         })?;
-        Ok(Client { inner: Arc::new(ClientInner { plugin, raw }) })
+        let client = Client { inner: Arc::new(ClientInner { plugin, raw }) };
+        client.register_ffi_handlers();
+        Ok(client)
+    }
+
+    /// On a CPU client, registers flaxlayer's XLA FFI handlers (the `lapack_*_ffi` targets) on
+    /// the plugin, once per plugin ([`Plugin::ffi_handlers`]). Never an error: a plugin
+    /// without the FFI extension gets none, and a computation that needs them is refused
+    /// when its layer is built.
+    fn register_ffi_handlers(&self) {
+        if self.platform_name().is_ok_and(|p| p == "cpu") {
+            self.plugin().ffi_handlers();
+        }
     }
 
     /// The plugin this client runs on.

@@ -21,6 +21,9 @@ mod ffi_extension;
 mod options;
 mod plugin;
 mod xla_ffi;
+mod xla_ffi_api;
+mod xla_ffi_frame;
+mod xla_ffi_handlers;
 
 pub use buffer::Buffer;
 pub use client::{Client, Device};
@@ -30,6 +33,7 @@ pub use executable::{ArgSpec, LoadedExecutable, Program};
 pub use options::{ClientOptions, OptionValue};
 pub use plugin::{Plugin, PluginSource, DEFAULT_PLUGIN, PLUGIN_LOG_ENV, PLUGIN_PATH_ENV};
 pub use xla_ffi::XlaFfiHandler;
+pub use xla_ffi_handlers::FfiHandlers;
 
 /// The plugin's API table entry `$name` (a function pointer), or `Error::Unsupported` when
 /// the plugin's table ends before that slot or the slot is null.

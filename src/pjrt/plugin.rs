@@ -57,6 +57,8 @@ pub struct Plugin {
     api: NonNull<ffi::PJRT_Api>,
     /// The plugin's `PJRT_Api.struct_size`, read once at load.
     table_size: usize,
+    /// flaxlayer's XLA FFI handlers on this plugin, registered once ([`Plugin::ffi_handlers`]).
+    pub(crate) ffi_handlers: OnceLock<super::FfiHandlers>,
     _lib: libloading::Library,
 }
 
@@ -154,7 +156,7 @@ impl Plugin {
         if table_size < TABLE_HEAD {
             return Err(Error::Unsupported { function: "PJRT_Api.pjrt_api_version" });
         }
-        let plugin = Plugin { path: path.to_path_buf(), source, api, table_size, _lib: lib };
+        let plugin = Plugin { path: path.to_path_buf(), source, api, table_size, ffi_handlers: OnceLock::new(), _lib: lib };
         plugin.check_version()?;
         Ok(plugin)
     }

@@ -145,49 +145,17 @@ mod tests {
 
     static CALLS: AtomicUsize = AtomicUsize::new(0);
 
-    // Just enough of `xla/ffi/api/c_api.h` (XLA FFI API 0.3, as jaxlib 0.10.2 ships it) for a
-    // handler to answer XLA's metadata query: without an API version XLA drops the handler.
-    #[repr(C)]
-    struct XlaFfiExtensionBase {
-        struct_size: usize,
-        type_: u32,
-        next: *mut XlaFfiExtensionBase,
-    }
-    #[repr(C)]
-    struct XlaFfiMetadataExtension {
-        base: XlaFfiExtensionBase,
-        metadata: *mut XlaFfiMetadata,
-    }
-    #[repr(C)]
-    struct XlaFfiMetadata {
-        struct_size: usize,
-        api_version: XlaFfiApiVersion,
-        traits: u32,
-    }
-    #[repr(C)]
-    struct XlaFfiApiVersion {
-        struct_size: usize,
-        extension_start: *mut c_void,
-        major_version: i32,
-        minor_version: i32,
-    }
-    #[repr(C)]
-    struct XlaFfiCallFrameHead {
-        struct_size: usize,
-        extension_start: *mut XlaFfiExtensionBase,
-    }
-    const XLA_FFI_EXTENSION_METADATA: u32 = 1;
-
     /// Answers XLA's metadata query (API 0.3, no traits); otherwise counts the call and
     /// succeeds without touching the call frame (its output buffer keeps whatever it held).
     unsafe extern "C" fn counting_handler(call_frame: *mut c_void) -> *mut c_void {
-        let frame = call_frame.cast::<XlaFfiCallFrameHead>();
+        use crate::pjrt::xla_ffi_api::*;
+        let frame = call_frame.cast::<XLA_FFI_CallFrame>();
         // SAFETY: XLA passes a live call frame, which starts with struct_size and
         // extension_start; a metadata extension points to a writable `XLA_FFI_Metadata`.
         unsafe {
             let ext = (*frame).extension_start;
-            if !ext.is_null() && (*ext).type_ == XLA_FFI_EXTENSION_METADATA {
-                let metadata = (*ext.cast::<XlaFfiMetadataExtension>()).metadata;
+            if !ext.is_null() && (*ext).type_ == XLA_FFI_Extension_Metadata {
+                let metadata = (*ext.cast::<XLA_FFI_Metadata_Extension>()).metadata;
                 (*metadata).api_version.major_version = 0;
                 (*metadata).api_version.minor_version = 3;
                 (*metadata).traits = 0;

@@ -6,6 +6,11 @@ mod c {
     include!(concat!(env!("OUT_DIR"), "/c.rs"));
 }
 
+#[allow(dead_code, non_camel_case_types, non_snake_case, non_upper_case_globals, clippy::all)]
+mod xla_c {
+    include!(concat!(env!("OUT_DIR"), "/xla_c.rs"));
+}
+
 // Our mirror, reachable as `crate::pjrt::ffi` as in flaxlayer.
 #[allow(dead_code, unused_imports, clippy::all)]
 #[path = "../../../src/pjrt/ffi.rs"]
@@ -13,6 +18,9 @@ pub mod ffi;
 #[allow(dead_code, unused_imports, clippy::all)]
 #[path = "../../../src/pjrt/ffi_extension.rs"]
 pub mod ffi_extension;
+#[allow(dead_code, unused_imports, non_upper_case_globals, clippy::all)]
+#[path = "../../../src/pjrt/xla_ffi_api.rs"]
+pub mod xla_ffi_api;
 mod pjrt {
     pub use super::ffi;
 }
@@ -42,7 +50,9 @@ fn field_size<S, F>(_: impl Fn(&S) -> &F) -> usize {
 include!(concat!(env!("OUT_DIR"), "/checks.rs"));
 
 fn main() {
-    let ours: Vec<Row> = pjrt::ffi::layout()
+    let mut layouts = pjrt::ffi::layout();
+    xla_ffi_api::xla_ffi_layouts(&mut layouts);
+    let ours: Vec<Row> = layouts
         .into_iter()
         .map(|r| Row::new(r.strukt, r.field, r.offset, r.size))
         .collect();
@@ -57,11 +67,13 @@ fn main() {
         }
     }
     let structs = theirs.iter().filter(|r| r.field.is_empty()).count();
-    let skipped = if FFI_EXTENSION_CHECKED {
-        ""
-    } else {
-        " (FFI extension structs not checked: set PJRT_FFI_EXTENSION_HEADER to pjrt_c_api_ffi_extension.h)"
-    };
+    let mut skipped = String::new();
+    if !FFI_EXTENSION_CHECKED {
+        skipped += " (FFI extension structs not checked: set PJRT_FFI_EXTENSION_HEADER to pjrt_c_api_ffi_extension.h)";
+    }
+    if !XLA_FFI_CHECKED {
+        skipped += " (XLA FFI structs not checked: set XLA_FFI_C_API_HEADER to xla/ffi/api/c_api.h, or install jaxlib in .venv)";
+    }
     if bad > 0 {
         eprintln!("abi_check: {bad} difference(s) between src/pjrt's mirror and the C headers");
         std::process::exit(1);
