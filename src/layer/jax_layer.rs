@@ -283,14 +283,14 @@ fn run_plan(
         // The common case, without padding or chunk bookkeeping.
         let comp = &comps[plan.chunks[0].comp];
         let inputs = leaves.iter().enumerate().map(|(i, l)| comp.upload_input(i, l)).collect::<Result<Vec<_>>>()?;
-        run(comp, inputs)?.iter().map(DeviceArray::to_tensor).collect::<Result<Vec<_>>>()?
+        run(comp, inputs)?.into_iter().map(DeviceArray::into_tensor).collect::<Result<Vec<_>>>()?
     } else {
         let mut per_chunk = Vec::with_capacity(plan.chunks.len());
         for chunk in &plan.chunks {
             let comp = &comps[chunk.comp];
             let inputs = upload_chunk(comp, &plan, chunk, batching.pad_value, &leaves)?;
             let outputs = run(comp, inputs)?;
-            per_chunk.push(outputs.iter().map(DeviceArray::to_tensor).collect::<Result<Vec<_>>>()?);
+            per_chunk.push(outputs.into_iter().map(DeviceArray::into_tensor).collect::<Result<Vec<_>>>()?);
         }
         batching::assemble(&plan, &first.output_batched, per_chunk)?
     };

@@ -167,6 +167,18 @@ impl DeviceArray {
         self.shards.iter().any(|b| b.is_deleted().unwrap_or(true))
     }
 
+    /// The whole array on the host, consuming it: for an array held whole, the copy takes the
+    /// exclusive path (no PJRT reference counting, see `Buffer::copy_to_host_exclusive`).
+    pub fn into_tensor(mut self) -> Result<Tensor> {
+        if self.shards.len() != 1 {
+            return self.to_tensor();
+        }
+        let buffer = &mut self.shards[0];
+        let mut t = Tensor::zeros(buffer.dtype(), std::mem::take(&mut self.shape))?;
+        buffer.copy_to_host_exclusive(t.as_mut_bytes())?;
+        Ok(t)
+    }
+
     /// The whole array on the host: the one buffer, or its shards put together.
     pub fn to_tensor(&self) -> Result<Tensor> {
         let first = self.shard(0)?;

@@ -22,6 +22,9 @@ pub struct Buffer {
     /// external references in an unsynchronised vector, so they must not be taken or
     /// released from two threads at once.
     direct_readers: Mutex<usize>,
+    /// The buffer's data is known to be defined (an output of an execution that completed),
+    /// so a copy need not ask for its ready event.
+    known_ready: bool,
 }
 
 // SAFETY: a PJRT_Buffer wraps an xla::PjRtBuffer, which is thread-safe: reads, copies to
@@ -115,9 +118,65 @@ impl Client {
     }
 }
 
+/// The dtype, dimensions and host readability of an executable's output, the same for every
+/// execution.
+#[derive(Debug, Clone)]
+pub(crate) struct OutputInfo {
+    dtype: DType,
+    dims: Vec<i64>,
+    host_readable: bool,
+}
+
 impl Buffer {
     fn new(client: Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>, dtype: DType, dims: Vec<i64>) -> Buffer {
-        Buffer { client, raw, dtype, dims, host_readable: OnceLock::new(), direct_readers: Mutex::new(0) }
+        Buffer { client, raw, dtype, dims, host_readable: OnceLock::new(), direct_readers: Mutex::new(0), known_ready: false }
+    }
+
+    /// Wraps an output of a completed execution whose dtype, dimensions and host
+    /// readability are known from an earlier output in the same position: no queries.
+    ///
+    /// # Safety
+    /// As [`Buffer::from_raw`]; and `info` describes `raw` (same executable, same output).
+    pub(crate) unsafe fn from_known(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>, info: &OutputInfo) -> Buffer {
+        let mut b = Buffer::new(client.clone(), raw, info.dtype, info.dims.clone());
+        let _ = b.host_readable.set(info.host_readable);
+        b.known_ready = true;
+        b
+    }
+
+    /// What [`Buffer::from_known`] needs to wrap later outputs in this one's position.
+    pub(crate) fn output_info(&mut self) -> OutputInfo {
+        self.known_ready = true;
+        OutputInfo { dtype: self.dtype, dims: self.dims.clone(), host_readable: self.is_host_readable() }
+    }
+
+    /// Whether the memory can be read directly (found once per buffer).
+    fn is_host_readable(&self) -> bool {
+        *self.host_readable.get_or_init(|| self.is_on_cpu().unwrap_or(false) && self.is_dense_row_major().unwrap_or(false))
+    }
+
+    /// [`Buffer::copy_to_host_bytes`] for a caller that holds the buffer exclusively (`&mut`):
+    /// no other thread can read, donate or free it meanwhile, so the direct copy of a CPU
+    /// buffer needs no PJRT external reference, and an output of a completed execution no
+    /// ready event.
+    pub fn copy_to_host_exclusive(&mut self, dst: &mut [u8]) -> Result<()> {
+        if !(self.known_ready && self.is_host_readable()) || dst.len() != self.host_size_in_bytes() {
+            return self.copy_to_host_bytes(dst);
+        }
+        let mut p = ffi::PJRT_Buffer_UnsafePointer_Args::new();
+        p.buffer = self.raw();
+        // SAFETY: the buffer handle is alive (`self` owns it).
+        unsafe { call!(self.client.plugin, PJRT_Buffer_UnsafePointer, &mut p) }?;
+        if p.buffer_pointer == 0 {
+            return self.copy_to_host_bytes(dst);
+        }
+        // SAFETY: the buffer is on the CPU, defined (its execution completed), dense and
+        // row-major, so its memory holds exactly `dst.len()` bytes (checked above) at
+        // `buffer_pointer`. `&mut self` means nobody else holds the buffer: nothing can donate,
+        // delete or write it while we read.
+        let src = unsafe { std::slice::from_raw_parts(p.buffer_pointer as *const u8, dst.len()) };
+        dst.copy_from_slice(src);
+        Ok(())
     }
 
     /// Wraps a buffer the plugin returned, reading its dtype and dimensions.
@@ -210,13 +269,11 @@ impl Buffer {
     /// done. Returns `false` (nothing copied) when the buffer is not on the CPU, its layout is
     /// not dense row-major, or the plugin lacks an entry point.
     fn copy_from_host_memory(&self, dst: &mut [u8]) -> Result<bool> {
-        let readable = *self
-            .host_readable
-            .get_or_init(|| self.is_on_cpu().unwrap_or(false) && self.is_dense_row_major().unwrap_or(false));
-        if !readable || !self.start_direct_read() {
+        if !self.is_host_readable() || !self.start_direct_read() {
             return Ok(false);
         }
-        let copied = self.wait_ready().and_then(|()| {
+        let ready = if self.known_ready { Ok(()) } else { self.wait_ready() };
+        let copied = ready.and_then(|()| {
             let mut p = ffi::PJRT_Buffer_UnsafePointer_Args::new();
             p.buffer = self.raw();
             // SAFETY: the buffer handle is alive (`self` owns it).

@@ -1,9 +1,9 @@
 //! Compiling programs and running them: `PJRT_LoadedExecutable`.
 
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use super::buffer::Buffer;
+use super::buffer::{Buffer, OutputInfo};
 use super::client::{Client, ClientInner, Device};
 use super::compile_options::CompileOptions;
 use super::{call, event, ffi};
@@ -34,6 +34,9 @@ pub struct LoadedExecutable {
     raw: NonNull<ffi::PJRT_LoadedExecutable>,
     num_outputs: usize,
     inputs: Option<Vec<ArgSpec>>,
+    /// The outputs' dtypes, dimensions and host readability, learned from the first
+    /// single-device execution so that later ones wrap their outputs without asking.
+    outputs: OnceLock<Vec<OutputInfo>>,
 }
 
 /// The dtype and dimensions an argument must have.
@@ -133,7 +136,7 @@ impl LoadedExecutable {
     /// `raw` is a live loaded executable of `client` that nothing else owns: the
     /// `LoadedExecutable` destroys it.
     unsafe fn new(client: &Arc<ClientInner>, raw: NonNull<ffi::PJRT_LoadedExecutable>) -> Result<Self> {
-        let mut exe = LoadedExecutable { client: client.clone(), raw, num_outputs: 0, inputs: None };
+        let mut exe = LoadedExecutable { client: client.clone(), raw, num_outputs: 0, inputs: None, outputs: OnceLock::new() };
         exe.num_outputs = exe.with_executable(|executable| {
             let mut a = ffi::PJRT_Executable_NumOutputs_Args::new();
             a.executable = executable;
@@ -288,24 +291,35 @@ impl LoadedExecutable {
         // and one output list (`outs`, `num_outputs` writable slots); `done`, a writable
         // event slot; the device, if any, of this client (checked above).
         let result = unsafe { call!(self.client.plugin, PJRT_LoadedExecutable_Execute, &mut a) };
+        let known = self.outputs.get().filter(|info| info.len() == self.num_outputs);
         // Own every output handle before anything can fail, so none leaks.
         let outputs = outs
             .into_iter()
             .filter_map(NonNull::new)
-            // SAFETY: each output is a fresh buffer of this client, owned by nobody else.
-            .map(|raw| unsafe { Buffer::from_raw(&self.client, raw) })
+            .enumerate()
+            .map(|(i, raw)| match known {
+                // SAFETY: each output is a fresh buffer of this client, owned by nobody else,
+                // and in the same position as the earlier output `known[i]` describes.
+                Some(info) => Ok(unsafe { Buffer::from_known(&self.client, raw, &info[i]) }),
+                // SAFETY: each output is a fresh buffer of this client, owned by nobody else.
+                None => unsafe { Buffer::from_raw(&self.client, raw) },
+            })
             .collect::<Vec<_>>();
         // SAFETY: `done` is null or a fresh event of this plugin, owned by us.
         let completion = unsafe { event::wait_raw(&self.client.plugin, done) };
         result?;
         completion?;
-        let outputs = outputs.into_iter().collect::<Result<Vec<_>>>()?;
+        let mut outputs = outputs.into_iter().collect::<Result<Vec<_>>>()?;
         if outputs.len() != self.num_outputs {
             return Err(Error::Pjrt {
                 call: "PJRT_LoadedExecutable_Execute",
                 code: ErrorCode::Internal,
                 message: format!("expected {} outputs, got {}", self.num_outputs, outputs.len()),
             });
+        }
+        if known.is_none() {
+            // The execution completed: its outputs are defined.
+            let _ = self.outputs.set(outputs.iter_mut().map(Buffer::output_info).collect());
         }
         Ok(outputs)
     }
