@@ -92,5 +92,25 @@ fn cold_start(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, mlp_latency, cnn_throughput, training_call, decode_step, cold_start);
+/// The cost of padding: `buckets` (exported at 1, 4 and 16 rows) at 3 rows, padded to 4,
+/// against 4 rows, which run as exported; and the MLP at 2 rows (padded to 8) against 8.
+fn padding(c: &mut Criterion) {
+    let client = Client::new(None).expect("PJRT plugin");
+    let mut g = c.benchmark_group("padding");
+    let rows = |n: usize, cols: usize| flaxlayer::Tensor::zeros(flaxlayer::DType::F32, vec![n, cols]).expect("rows");
+    let buckets = FlaxLayer::builder(hlo("buckets")).client(client.clone()).build().expect("layer");
+    let cols = |layer: &FlaxLayer, i: usize| layer.input_specs(Mode::Inference)[0][i].shape[1];
+    for n in [3usize, 4] {
+        let x = PyTree::dict([("a", PyTree::leaf(rows(n, cols(&buckets, 0)))), ("b", PyTree::leaf(rows(n, cols(&buckets, 1))))]);
+        g.bench_function(BenchmarkId::new("buckets", n), |bench| bench.iter_custom(|k| timed(k, || drop(buckets.predict(&x).expect("predict")))));
+    }
+    let mlp = FlaxLayer::builder(hlo("mlp")).client(client.clone()).build().expect("layer");
+    for n in [2usize, 8] {
+        let x = rows(n, 64);
+        g.bench_function(BenchmarkId::new("mlp", n), |bench| bench.iter_custom(|k| timed(k, || drop(mlp.predict(&x).expect("predict")))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, mlp_latency, cnn_throughput, training_call, decode_step, cold_start, padding);
 criterion_main!(benches);
