@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// upload, execute, copy outputs into memory allocated once.
     #[arg(long, conflicts_with = "cold_start")]
     raw: bool,
+    /// Throughput of `predict` (shared inference) from this many threads on one layer, each
+    /// making --iters calls: prints calls/s over all threads and per-call latency.
+    #[arg(long, conflicts_with_all = ["cold_start", "raw", "training"])]
+    threads: Option<usize>,
 }
 
 /// Random inputs for a batch of `batch` rows (default: the first exported size): normal
@@ -97,6 +101,9 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
     }
     let mut layer = b.build().with_context(|| format!("loading {}", args.bundle.display()))?;
     let inputs = random_inputs(&layer, mode, args.batch)?;
+    if let Some(threads) = args.threads {
+        return threads_bench(&layer, &inputs, threads, &args);
+    }
     let mut us = Vec::with_capacity(args.iters);
     if args.raw {
         let file = computation_file(&layer, mode, args.batch)?;
@@ -147,6 +154,51 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
         if args.raw {
             println!("(raw PJRT loop, no layer)");
         }
+    }
+    Ok(())
+}
+
+/// `threads` threads call `predict` on one layer, `--iters` times each after `--warmup`.
+fn threads_bench(layer: &JaxLayer, inputs: &PyTree, threads: usize, args: &BenchArgs) -> Result<()> {
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    for _ in 0..args.warmup {
+        layer.predict(inputs)?;
+    }
+    let barrier = std::sync::Barrier::new(threads);
+    let started = Instant::now();
+    let mut us: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || -> flaxlayer::Result<Vec<f64>> {
+                    barrier.wait();
+                    let mut us = Vec::with_capacity(args.iters);
+                    for _ in 0..args.iters {
+                        let t = Instant::now();
+                        drop(layer.predict(inputs)?);
+                        us.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    Ok(us)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a bench thread panicked")).collect::<flaxlayer::Result<Vec<_>>>()
+    })?
+    .concat();
+    let seconds = started.elapsed().as_secs_f64();
+    us.sort_by(f64::total_cmp);
+    let calls = us.len() as f64 / seconds;
+    let (p10, median, p90) = (percentile(&us, 0.1), percentile(&us, 0.5), percentile(&us, 0.9));
+    if args.json {
+        println!("{}", serde_json::json!({
+            "bundle": args.bundle, "threads": threads, "batch": args.batch, "iters": args.iters,
+            "calls_per_s": calls, "median_us": median, "p10_us": p10, "p90_us": p90,
+        }));
+    } else {
+        println!("{} predict from {threads} thread(s): {calls:.0} calls/s; per call median {median:.1} µs, p10 {p10:.1} µs, p90 {p90:.1} µs",
+            args.bundle.display());
     }
     Ok(())
 }
