@@ -102,3 +102,21 @@ fn a_manifest_that_disagrees_with_the_export_is_refused() {
     let err = FlaxLayer::builder(dir.path()).client(client()).build().unwrap_err();
     assert!(matches!(err, flaxlayer::Error::InvalidFormat { .. }), "{err}");
 }
+
+#[test]
+fn files_that_are_devices_or_fifos_are_refused_not_read_forever() {
+    // A computation that is a symlink to /dev/zero would be read until memory runs out, and a
+    // FIFO would block: both are refused as not regular files.
+    let dir = tempfile::tempdir().unwrap();
+    copy_bundle(dir.path());
+    let victim = dir.path().join("init.jaxexport");
+    std::fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &victim).unwrap();
+    let err = flaxlayer::Bundle::open(dir.path()).unwrap_err();
+    assert!(matches!(&err, flaxlayer::Error::InvalidArgument { reason, .. } if reason.contains("not a regular file")), "{err}");
+    std::fs::remove_file(&victim).unwrap();
+    if std::process::Command::new("mkfifo").arg(&victim).status().map(|s| s.success()).unwrap_or(false) {
+        let err = flaxlayer::Bundle::open(dir.path()).unwrap_err();
+        assert!(matches!(&err, flaxlayer::Error::InvalidArgument { .. }), "{err}");
+    }
+}

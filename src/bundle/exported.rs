@@ -129,11 +129,8 @@ impl Exported {
     /// Reads and parses a `.jaxexport` file; errors name the path.
     pub fn read(path: impl AsRef<Path>) -> Result<Exported> {
         let path = path.as_ref();
-        let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-        if len > MAX_BYTES as u64 {
-            return Err(Error::format(path.display().to_string(), format!("{len} bytes is over the 2 GiB a flatbuffer can hold")));
-        }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // A regular file, read with a hard limit: a flatbuffer holds at most 2 GiB.
+        let bytes = crate::files::read(path, MAX_BYTES as u64)?;
         parse(&bytes, &path.display().to_string())
     }
 

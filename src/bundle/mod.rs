@@ -114,14 +114,7 @@ impl Bundle {
 }
 
 fn read_capped(path: &Path) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(Error::format(
-            path.display().to_string(),
-            format!("{} bytes is more than the {MAX_FILE_BYTES}-byte limit", meta.len()),
-        ));
-    }
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::files::read(path, MAX_FILE_BYTES)
 }
 
 /// Checks that the manifest's roles fit JAX's avals: counts, and variables' dtypes and shapes.

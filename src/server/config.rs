@@ -80,11 +80,10 @@ impl ModelConfig {
     /// Reads `model_dir/config.json`, or the defaults when there is none.
     pub fn load(model_dir: &Path) -> Result<ModelConfig> {
         let path = model_dir.join(MODEL_CONFIG_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
-            Err(e) => return Err(Error::io(path, e)),
-        };
+        if !path.exists() {
+            return Ok(ModelConfig::default());
+        }
+        let bytes = crate::files::read(&path, crate::files::MAX_FILE_BYTES)?;
         let config: ModelConfig = serde_json::from_slice(&bytes).map_err(|e| Error::json(path.display().to_string(), e))?;
         config.validate(&path)?;
         Ok(config)

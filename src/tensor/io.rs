@@ -17,7 +17,7 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>>
 /// Reads every tensor of a safetensors file, sorted by name, and its metadata.
 pub fn read_safetensors_with_metadata(path: impl AsRef<Path>) -> Result<SafeTensorsContents> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::files::read(path, crate::files::MAX_WEIGHTS_BYTES)?;
     load_safetensors_bytes_with_metadata(&bytes, &path.display().to_string())
 }
 
