@@ -13,7 +13,9 @@ cargo test --locked --doc
 echo "== library without the cli feature"
 cargo build --locked --no-default-features --lib
 echo "== ABI check: src/pjrt's #[repr(C)] mirror against pjrt_c_api.h (bindgen)"
-header="${PJRT_C_API_HEADER:-$(ls .venv/lib/python3*/site-packages/xla_plugins/xla_cpu_pjrt/include/pjrt_c_api.h 2>/dev/null | head -n1 || true)}"
+header="${PJRT_C_API_HEADER:-$(ls "$PWD"/.venv/lib/python3*/site-packages/xla_plugins/xla_cpu_pjrt/include/pjrt_c_api.h 2>/dev/null | head -n1 || true)}"
+# The build script runs in tests/abi_check: hand it an absolute path.
+if [ -n "$header" ] && [ -f "$header" ]; then header="$(realpath "$header")"; fi
 if [ -n "$header" ] && [ -f "$header" ] && ldconfig -p | grep -q 'libclang[-.0-9]*\.so'; then
   PJRT_C_API_HEADER="$header" cargo run --locked --quiet --manifest-path tests/abi_check/Cargo.toml --target-dir target/abi_check
 else

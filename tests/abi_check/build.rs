@@ -42,7 +42,9 @@ fn main() {
     let include = out.join("include");
     let nested = include.join("xla/pjrt/c");
     std::fs::create_dir_all(&nested).unwrap();
-    std::fs::copy(&header, nested.join("pjrt_c_api.h")).unwrap();
+    if let Err(e) = std::fs::copy(&header, nested.join("pjrt_c_api.h")) {
+        panic!("cannot read pjrt_c_api.h at {} (relative paths are taken from tests/abi_check): {e}", header.display());
+    }
     let ffi_header = env::var_os("PJRT_FFI_EXTENSION_HEADER").map(PathBuf::from);
     let mut wrapper = String::from("#include \"xla/pjrt/c/pjrt_c_api.h\"\n");
     if let Some(h) = &ffi_header {
