@@ -35,3 +35,27 @@ echo "== package: build (default features, then the library alone) and unit test
 cargo build --locked --quiet
 cargo build --locked --quiet --no-default-features --lib
 cargo test --locked --quiet --lib
+
+echo "== a new project that depends on the crate by path, outside the repo, with no .venv anywhere"
+app="$tmp/app"
+cargo new --quiet --vcs none "$app"
+cd "$app"
+unset PJRT_C_API_HEADER
+cargo add --quiet --path "$repo" --no-default-features
+cat > src/main.rs <<'RUST'
+//! Built against flaxlayer as a path dependency: loads a committed bundle on the plugin named
+//! on the command line and prints its outputs for zeros.
+fn main() -> flaxlayer::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (bundle, plugin) = (args.next().expect("BUNDLE"), args.next().expect("PLUGIN"));
+    let layer = flaxlayer::FlaxLayer::builder(bundle).plugin(plugin).build()?;
+    let x = flaxlayer::Tensor::zeros(flaxlayer::DType::F32, vec![1, 64])?;
+    let y = layer.predict(&x)?;
+    println!("outputs {}", y[0]);
+    Ok(())
+}
+RUST
+cargo build --quiet
+out=$(env -i PATH="$PATH" HOME="$HOME" FLAXLAYER_CACHE=0 "$CARGO_TARGET_DIR/debug/app" "$repo/hlo/mlp" "$plugin")
+echo "$out"
+case "$out" in "outputs float32[1,10]"*) ;; *) echo "package_check: the dependent app did not run the bundle" >&2; exit 1 ;; esac
