@@ -38,7 +38,7 @@ jax.config.update("jax_enable_x64", True)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "lapack"
-# Targets outside JAX's export compatibility list (jax._src.export._export) must be allowed
+# Targets outside JAX's export compatibility list (in jax's private export module) must be allowed
 # explicitly; the runtime has no such list.
 UNSTABLE = ["ormqr", "gesvd"]
 DISABLED = [export.DisabledSafetyCheck.custom_call(f"lapack_{p}{op}_ffi") for p in "sd" for op in UNSTABLE]

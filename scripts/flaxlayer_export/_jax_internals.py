@@ -65,6 +65,14 @@ def _private():
                                  ir=ir, passmanager=passmanager)
 
 
+def allow_custom_call_target(target: str) -> None:
+    """Lets `jax.export` export calls to `target` for the rest of the process, as if it were
+    on JAX's export compatibility list (for test-only FFI targets; the runtime keeps no such
+    list). Per export, `disabled_checks=[DisabledSafetyCheck.custom_call(target)]` does the
+    same, but the exporter takes no such option."""
+    _private().export._CUSTOM_CALL_TARGETS_GUARANTEED_STABLE.add(target)
+
+
 def _artifact_target_version(serialized: bytes) -> str:
     """The StableHLO version string in the portable artifact's producer field."""
     m = re.match(rb"ML\xefR.StableHLO_v([0-9.]+)\x00", serialized, re.DOTALL)
