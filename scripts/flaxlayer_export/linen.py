@@ -24,6 +24,7 @@ from .methods import (check_signature, file_stem, input_error, method_name_of, m
                       takes_training)
 from .names import dtype_name, leaf_name, named_leaves, spec
 from .safetensors_io import safetensors_bytes
+from .sharding import mesh_request
 
 FORMAT = "flaxlayer.bundle"
 FORMAT_VERSION = 1
@@ -51,6 +52,7 @@ class BuiltBundle:
     files: dict[str, bytes]
     variables: dict
     golden: dict[str, np.ndarray]
+    plan: Any = None  # sharding.MeshPlan of a mesh export
 
     def finish(self) -> None:
         """(Re)write manifest.json and golden.safetensors from `manifest` and `golden`."""
@@ -79,8 +81,8 @@ def canonical_arrays(tree, what: str, bare: str):
 
 
 def to_plain(tree):
-    """FrozenDict -> dict, leaves -> numpy."""
-    return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(tree))
+    """FrozenDict -> dict, partitioning metadata (nn.Partitioned) unboxed, leaves -> numpy."""
+    return jax.tree_util.tree_map(np.asarray, flax.core.meta.unbox(flax.core.unfreeze(tree)))
 
 
 def sds(tree):
@@ -112,11 +114,14 @@ def check_exported(exp, args: list[dict], results: list[dict]) -> None:
                     f"but jax.export traced {dtype_name(aval.dtype)}{list(aval.shape)}")
 
 
-def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms) -> Computation:
-    """jax.jit(fn) exported at `avals`, locations stripped, custom calls listed."""
+def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms,
+                       shardings: Callable | None = None) -> Computation:
+    """jax.jit(fn) exported at `avals`, locations stripped, custom calls listed. `shardings`
+    (mesh exports): fn -> (in_shardings, out_shardings) for jax.jit."""
     fn.__name__ = name
     fn.__qualname__ = name
-    exp = jax_export.export(jax.jit(fn, donate_argnums=donate), platforms=tuple(platforms))(*avals)
+    on_mesh = {} if shardings is None else dict(zip(("in_shardings", "out_shardings"), shardings(fn)))
+    exp = jax_export.export(jax.jit(fn, donate_argnums=donate, **on_mesh), platforms=tuple(platforms))(*avals)
     exp = _jax_internals.strip_locations(exp)
     return Computation(exp, bytes(exp.serialize()), _jax_internals.custom_call_targets(exp))
 
@@ -150,6 +155,12 @@ def export_flax(
     batch_sizes: Sequence[int] | str | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     extra_golden: dict[str, Any] | Callable[[dict], dict] | None = None,
+    mesh=None,
+    param_sharding=None,
+    state_sharding=None,
+    input_sharding=None,
+    output_sharding=None,
+    logical_rules=None,
 ) -> dict:
     """Export `module` to a bundle directory `out_dir`; returns the manifest.
 
@@ -175,11 +186,18 @@ def export_flax(
       extra_golden: extra tensors for golden.safetensors (e.g. decoder `greedy/...`), a dict
         or a function of the bundled variables returning one; names must not clash with the
         standard ones.
+      mesh: a jax.sharding.Mesh: every computation runs on its devices, split as
+        `param_sharding`, `state_sharding`, `input_sharding`, `output_sharding` say
+        (PartitionSpecs; Flax's partitioning metadata with `logical_rules` for the variables
+        when not given; replicated otherwise). See flaxlayer_export.sharding.
     """
     built = build_flax_bundle(
         module, sample_inputs, method=method, variables=variables, seed=seed,
         rng_streams=rng_streams, init_inputs=init_inputs, platforms=platforms,
-        batch_sizes=batch_sizes, max_batch=max_batch, extra_golden=extra_golden)
+        batch_sizes=batch_sizes, max_batch=max_batch, extra_golden=extra_golden,
+        sharding=mesh_request(mesh, param_sharding=param_sharding, state_sharding=state_sharding,
+                              input_sharding=input_sharding, output_sharding=output_sharding,
+                              logical_rules=logical_rules))
     write_bundle(out_dir, built.files)
     return built.manifest
 
@@ -187,8 +205,9 @@ def export_flax(
 def build_flax_bundle(module, sample_inputs, *, method=None, variables=None, seed=0,
                       rng_streams=("dropout",), init_inputs=None, platforms=("cpu",),
                       batch_sizes=None, max_batch=DEFAULT_MAX_BATCH,
-                      extra_golden=None) -> BuiltBundle:
-    """Everything export_flax writes, in memory (export_train_step adds to it)."""
+                      extra_golden=None, sharding=None) -> BuiltBundle:
+    """Everything export_flax writes, in memory (export_train_step adds to it); `sharding`:
+    a sharding.MeshRequest for a mesh export."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a flax.linen.Module, got {type(module)}")
     check_signature(module, method)
@@ -196,10 +215,13 @@ def build_flax_bundle(module, sample_inputs, *, method=None, variables=None, see
     init_inputs = (sample_inputs if init_inputs is None
                    else canonical_arrays(init_inputs, "init input", "inputs"))
     sample_batch = _sample_batch(sample_inputs)
+    sizes = resolve_batch_sizes(batch_sizes, max_batch, sample_batch)
+    if sharding is not None:
+        sizes = sharding.fit_batch_sizes(sizes, sample_inputs, auto=batch_sizes == "auto")
     ex = _LinenExport(module=module, method=method, fns=module_functions(module, method, tuple(rng_streams)),
                       seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                       init_inputs=init_inputs, sample_batch=sample_batch,
-                      batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch))
+                      batch_sizes=sizes, sharding=sharding)
     return ex.build(variables, extra_golden)
 
 
@@ -229,7 +251,7 @@ def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
         k = jax.random.wrap_key_data(key, impl=KEY_IMPL)
         rngs = {"params": k, **{s: k for s in rng_streams}}
         v = module.init(rngs, inputs, method=method, **train_kw)
-        return flax.core.unfreeze(v)
+        return flax.core.meta.unbox(flax.core.unfreeze(v))
 
     def _apply(params, state, inputs, rngs, kw):
         out, mutated = module.apply(
@@ -255,8 +277,8 @@ def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
         out, new_state = _apply(params, state, inputs, {s: k for s in rng_streams}, train_kw)
         return out, new_state, jax.random.key_data(K)
 
-    oracle_init = jax.jit(lambda k, x: module.init(
-        {"params": k, **{s: k for s in rng_streams}}, x, method=method, **train_kw))
+    oracle_init = jax.jit(lambda k, x: flax.core.meta.unbox(module.init(
+        {"params": k, **{s: k for s in rng_streams}}, x, method=method, **train_kw)))
     oracle_infer = jax.jit(lambda v, x: module.apply(
         v, x, method=method, mutable=DenyList(["params"]), **infer_kw))
     oracle_train = jax.jit(lambda v, x, k: module.apply(
@@ -284,6 +306,8 @@ class _LinenExport:
     sample_batch: int
     batch_sizes: list[int]
     calling_convention_version: int = 0  # of the exported init (manifest producer)
+    sharding: Any = None  # sharding.MeshRequest of a mesh export
+    plan: Any = None  # its sharding.MeshPlan, once the variables are known
 
     @property
     def K0(self):
@@ -298,6 +322,8 @@ class _LinenExport:
         batched_state = self.state_batch_axis(init_shapes)
         variables, init_variables = self.variables(given_variables, init_shapes)
         params, state = split_variables(variables)
+        if self.sharding is not None:
+            self.plan = self.sharding.resolve(self, variables)
         files: dict[str, bytes] = {}
         init_entry = self.export_init(init_shapes, files)
         entries, shapes = self.export_modes(params, state, files)
@@ -318,7 +344,9 @@ class _LinenExport:
                                  _mark([spec(n, x) for n, x in named_leaves(
                                      shapes["inference"][self.sample_batch], "outputs")], batched["inference"]),
                                  batching, entries)
-        built = BuiltBundle(manifest, files, variables, golden)
+        if self.plan is not None:
+            manifest = self.plan.manifest_entry(manifest, method_name_of(self.method))
+        built = BuiltBundle(manifest, files, variables, golden, self.plan)
         built.finish()
         return built
 
@@ -369,11 +397,13 @@ class _LinenExport:
     def export_init(self, init_shapes, files) -> dict:
         """init.jaxexport and the manifest's init entry (with inputs_file when init reads its
         inputs' values: its module_kept_var_idx keeps an input)."""
-        c = export_computation(self.fns.init, "init", (), (KEY_SDS, sds(self.init_inputs)), self.platforms)
         args = [spec(None, KEY_SDS, role="key")] + [
             spec(n, x, role="input") for n, x in named_leaves(self.init_inputs, "inputs")]
         results = [spec(n, x, role="param" if n.split("/", 1)[0] == "params" else "state")
                    for n, x in named_leaves(init_shapes, "variables")]
+        avals = (KEY_SDS, sds(self.init_inputs))
+        c = export_computation(self.fns.init, "init", (), avals, self.platforms,
+                               self._shardings(avals, args, results, replicated_inputs=True))
         check_exported(c.exp, args, results)
         files["init.jaxexport"] = c.data
         self.calling_convention_version = int(c.exp.calling_convention_version)
@@ -384,6 +414,14 @@ class _LinenExport:
             entry["inputs_file"] = INIT_INPUTS_FILE
         entry["custom_call_targets"] = c.custom_call_targets
         return entry
+
+    def _shardings(self, avals, args, results, replicated_inputs=False):
+        """For export_computation on a mesh: fn -> (in_shardings, out_shardings); None on one
+        device. Init's inputs are replicated (init mostly ignores them)."""
+        if self.plan is None:
+            return None
+        inputs = (lambda n: jax.sharding.PartitionSpec()) if replicated_inputs else None
+        return lambda fn: self.plan.jit_shardings(fn, avals, args, results, inputs=inputs)
 
     # ---- inference and training per batch size -------------------------------------
     def _modes(self):
@@ -411,13 +449,14 @@ class _LinenExport:
                 if _avals_list(new_state) != _avals_list(state):
                     raise ValueError(f"{mode}: the new state's shapes/dtypes differ from the state's")
                 shapes[mode][b] = outputs
-                c = export_computation(fn, f"{stem}.{mode}", donate, avals, self.platforms)
                 key = [spec(None, KEY_SDS, role="key")] if with_key else []
                 args = ([spec(n, x, role="param") for n, x in named_leaves({"params": params}, "params")]
                         + [spec(n, x, role="state") for n, x in named_leaves(state, "state")] + key
                         + [spec(n, x, role="input") for n, x in named_leaves(x_sds, "inputs")])
                 results = ([spec(n, x, role="output") for n, x in named_leaves(outputs, "outputs")]
                            + [spec(n, x, role="state") for n, x in named_leaves(new_state, "state")] + key)
+                c = export_computation(fn, f"{stem}.{mode}", donate, avals, self.platforms,
+                                       self._shardings(avals, args, results))
                 check_exported(c.exp, args, results)
                 fname = f"{stem}.{mode}.b{b}.jaxexport"
                 files[fname] = c.data
@@ -466,7 +505,11 @@ class _LinenExport:
         g: dict[str, np.ndarray] = {}
         for n, x in named_leaves(self.sample_inputs, "inputs"):
             g[f"inputs/{n}"] = np.asarray(x)
-        out, mut = self.fns.oracle_infer(variables, self.sample_inputs)
+        bundled = variables
+        inputs = self.sample_inputs
+        if self.plan is not None:  # plain JAX on the same mesh
+            variables, inputs = self.plan.place(variables, inputs)
+        out, mut = self.fns.oracle_infer(variables, inputs)
         for n, x in named_leaves(out, "outputs"):
             g[f"inference/{n}"] = np.asarray(x)
         for n, x in named_leaves({**state, **flax.core.unfreeze(mut)}, "state"):
@@ -475,7 +518,7 @@ class _LinenExport:
         cur = dict(variables)
         for step in range(2):
             K, k = jax.random.split(K)
-            out, mut = self.fns.oracle_train(cur, self.sample_inputs, k)
+            out, mut = self.fns.oracle_train(cur, inputs, k)
             for n, x in named_leaves(out, "outputs"):
                 g[f"training/{step}/{n}"] = np.asarray(x)
             cur = {**cur, **flax.core.unfreeze(mut)}
@@ -487,7 +530,7 @@ class _LinenExport:
             for n, x in named_leaves(init_variables, "variables"):
                 g[f"init/{n}"] = np.asarray(x)
         if callable(extra_golden):
-            extra_golden = extra_golden(variables)
+            extra_golden = extra_golden(bundled)
         for n, x in (extra_golden or {}).items():
             if n in g:
                 raise ValueError(f"extra_golden name {n!r} clashes with a standard golden name")
