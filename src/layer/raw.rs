@@ -63,7 +63,7 @@ impl RawLoop {
             return Err(Error::ArgumentCount { what: "raw loop inputs".into(), expected: input_index, got: inputs.len() });
         }
         let mut args = Vec::new();
-        let placement = super::placement::Placement::new(client.clone(), 0, 1)?;
+        let placement = super::placement::Placement::new(client.clone(), 0, 1, "the raw loop")?;
         if let Some(index) = super::computation::platform_index_arg(&placement, exp, file, 1)? {
             args.push(RawArg::Resident(index.into_single()?));
         }
