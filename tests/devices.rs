@@ -327,3 +327,116 @@ fn the_manifest_mesh_must_agree_with_the_computations() {
     let err = Bundle::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("params/Dense_0/kernel") && err.to_string().contains("P('model')"), "{err}");
 }
+
+// ---- the CLI: --devices N, inspect ------------------------------------------------------
+
+mod cli {
+    use super::*;
+    use flaxlayer::tensor::write_safetensors;
+    use std::process::{Command, Output};
+
+    fn flaxlayer(args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_flaxlayer")).args(args).env_remove("FLAXLAYER_CPU_DEVICES").output().unwrap()
+    }
+
+    fn text(out: &Output) -> String {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    #[test]
+    fn run_on_eight_devices_needs_devices_8() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = golden("mesh2x4_mlp");
+        let (input, output) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+        write_safetensors(&input, &[("inputs", &g["inputs/inputs"])], None).unwrap();
+        let bundle = hlo("mesh2x4_mlp");
+        let args = ["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()];
+        let out = flaxlayer(&args);
+        assert!(!out.status.success());
+        assert!(text(&out).contains("runs on 8 device(s) from index 0, but the client has 4") && text(&out).contains("--devices 8"), "{}", text(&out));
+        let out = flaxlayer(&[&args[..], &["--devices", "8"]].concat());
+        assert!(out.status.success(), "{}", text(&out));
+        let got: Named = read_safetensors(&output).unwrap().into_iter().collect();
+        assert_close("run --devices 8", &got["outputs"], &g["inference/outputs"], TOL);
+    }
+
+    #[test]
+    fn inspect_shows_the_mesh_and_each_variables_split() {
+        let out = flaxlayer(&["inspect", hlo("tp_mlp").to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        let t = text(&out);
+        assert!(t.contains("mesh: model=4 (4 devices, partitioner shardy)"), "{t}");
+        let line = |name: &str| t.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("no {name} in {t}")).to_string();
+        assert!(line("params/Dense_0/kernel").contains("P(None, 'model') -> [64, 64] per device"), "{t}");
+        assert!(line("params/Dense_1/kernel").contains("P('model') -> [64, 256] per device"), "{t}");
+        assert!(line("params/Dense_2/kernel").contains("replicated"), "{t}");
+        let t = text(&flaxlayer(&["inspect", hlo("mesh2x4_mlp").to_str().unwrap()]));
+        assert!(t.contains("mesh: data=2 x model=4 (8 devices") && t.contains("inputs: float32[8, 16] P('data')"), "{t}");
+        let t = text(&flaxlayer(&["inspect", hlo("mlp").to_str().unwrap()]));
+        assert!(!t.contains("mesh:") && !t.contains("replicated"), "{t}");
+    }
+
+    #[test]
+    fn train_and_bench_take_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = hlo("digits").join("data.safetensors");
+        let out = flaxlayer(&[
+            "train", hlo("dp_digits_train").to_str().unwrap(), "--data", data.to_str().unwrap(), "--epochs", "1", "--batch-size", "32", "--json",
+            "--devices", "4", "--save", dir.path().join("ckpt").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+        assert!(line["test_accuracy"].as_f64().unwrap() > 0.5, "{line}");
+        let out = flaxlayer(&["bench", hlo("mesh2x4_mlp").to_str().unwrap(), "--devices", "8", "--iters", "5", "--warmup", "1", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = flaxlayer(&["bench", hlo("dp_mlp").to_str().unwrap(), "--raw", "--iters", "5", "--warmup", "1"]);
+        assert!(!out.status.success() && text(&out).contains("single-device computations only"), "{}", text(&out));
+    }
+}
+
+mod serve {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn serve_devices_8_serves_sharded_bundles() {
+        let repo = tempfile::tempdir().unwrap();
+        for name in ["dp_mlp", "mesh2x4_mlp"] {
+            std::fs::create_dir_all(repo.path().join(name)).unwrap();
+            std::os::unix::fs::symlink(hlo(name), repo.path().join(name).join("1")).unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flaxlayer"))
+            .args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0", "--devices", "8"])
+            .env_remove("FLAXLAYER_CPU_DEVICES")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("the server printed its address").unwrap();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        for (name, n) in [("dp_mlp", 3), ("mesh2x4_mlp", 8)] {
+            let g = golden(name);
+            let x = rows(&g["inputs/inputs"], 0, n);
+            let body = json!({"inputs": [{"name": "inputs", "shape": x.shape(), "datatype": "FP32", "data": x.to_vec::<f32>().unwrap()}]});
+            let mut resp = agent.post(&format!("{url}/v2/models/{name}/infer")).send(serde_json::to_vec(&body).unwrap().as_slice()).unwrap();
+            let text = resp.body_mut().read_to_string().unwrap();
+            assert_eq!(resp.status().as_u16(), 200, "{name}: {text}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let out = &v["outputs"][0];
+            let data: Vec<f32> = out["data"].as_array().unwrap().iter().map(|d| d.as_f64().unwrap() as f32).collect();
+            let shape: Vec<usize> = out["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            assert_close(name, &Tensor::from_vec(shape, data).unwrap(), &rows(&g["inference/outputs"], 0, n), TOL);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -34,6 +34,9 @@ impl RawLoop {
     pub fn new(client: &Client, bundle: &Bundle, file: &str, seed: u64, inputs: Vec<Tensor>) -> Result<RawLoop> {
         let comp = bundle.computation(file)?;
         let (spec, exp) = (&comp.spec, &comp.exported);
+        if exp.nr_devices > 1 {
+            return Err(Error::invalid(file, format!("exported for {} devices; the raw loop runs single-device computations only", exp.nr_devices)));
+        }
         let device = client.device(0)?;
         let exe = client.compile(Program::Mlir(&exp.mlir_module), &CompileOptions::default())?;
         let vars = bundle.variables()?.ok_or_else(|| Error::invalid(file, "the bundle has no variables.safetensors"))?;
