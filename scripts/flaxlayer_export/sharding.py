@@ -169,8 +169,7 @@ class MeshRequest:
             outputs = specs_by_name(outputs, out_tree, "outputs", "output_sharding")
         return MeshPlan(mesh=self.mesh, variables={n: specs[n] for n in shapes}, shapes=shapes,
                         inputs=lambda n: inputs.get(n, P()),
-                        outputs=lambda n: _by_name(outputs, n, "output_sharding"),
-                        input_json=inputs)
+                        outputs=lambda n: _by_name(outputs, n, "output_sharding"))
 
 
 def _by_name(given, name: str, what: str) -> P:
@@ -193,9 +192,7 @@ class MeshPlan:
     shapes: dict[str, tuple]
     inputs: Callable[[str], P]
     outputs: Callable[[str], P]
-    input_json: dict[str, P]
     opt_state: dict[str, P] = dataclasses.field(default_factory=dict)
-    batch: dict[str, P] | None = None
 
     def named(self, spec: P) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
@@ -248,8 +245,7 @@ class MeshPlan:
         for name, shape in opt_leaves:
             match = [s for p, (s, sh) in params.items() if name.endswith("/" + p) and sh == tuple(shape)]
             opt[name] = match[0] if match else P()
-        return dataclasses.replace(self, opt_state=opt, batch=batch,
-                                   inputs=lambda n: batch.get(n, P()))
+        return dataclasses.replace(self, opt_state=opt, inputs=lambda n: batch.get(n, P()))
 
     def manifest_entry(self, manifest: dict, method: str) -> dict:
         """`manifest` with "partitioner" and "mesh" after "variables" (docs/bundle-format.md)."""
