@@ -68,7 +68,7 @@ fn data_parallel_inference_pads_and_splits_any_batch() {
     let g = golden("dp_mlp");
     let layer = FlaxLayer::builder(hlo("dp_mlp")).client(client()).build().unwrap();
     let (x, want) = (input("dp_mlp"), &g["inference/outputs"]);
-    let y = layer.predict(&rows(&x, 0, 3)).unwrap();
+    let y = layer.predict(rows(&x, 0, 3)).unwrap();
     assert_close("3 rows", &y["outputs"], &rows(want, 0, 3), TOL);
     let mut twenty = Vec::new();
     for i in 0..20 {
@@ -94,7 +94,7 @@ fn tensor_parallel_devices_hold_only_their_shards() {
     assert_eq!(shards["params/Dense_1/bias"], vec![vec![256]; 4]);
     assert_eq!(shards["params/Dense_2/kernel"], vec![vec![256, 10]; 4]);
     assert_eq!(shards["params/Dense_2/bias"], vec![vec![10]; 4]);
-    let y = layer.predict(&input("tp_mlp")).unwrap();
+    let y = layer.predict(input("tp_mlp")).unwrap();
     assert_close("inference", &y["outputs"], &g["inference/outputs"], TOL);
     // The shards put together are the bundle's variables, exactly.
     let bundled: Named = read_safetensors(hlo("tp_mlp").join("variables.safetensors")).unwrap().into_iter().collect();
@@ -121,7 +121,7 @@ fn data_and_model_parallel_on_a_2x2_mesh_equal_jax() {
     assert_close("inference", &layer.predict(&x).unwrap()["outputs"], &g["inference/outputs"], TOL);
     assert_close("training", &layer.call(&x, Mode::Training).unwrap()["outputs"], &g["training/0/outputs"], TOL);
     // Batch 2: one row per `data` slice.
-    assert_close("batch 2", &layer.predict(&rows(&x, 0, 2)).unwrap()["outputs"], &rows(&g["inference/outputs"], 0, 2), TOL);
+    assert_close("batch 2", &layer.predict(rows(&x, 0, 2)).unwrap()["outputs"], &rows(&g["inference/outputs"], 0, 2), TOL);
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn predict_from_several_threads_on_a_sharded_layer() {
                 for i in 0..20 {
                     // Each thread its own rows: 2 (a one-row-per-slice batch) or all 8.
                     let (start, n) = if (t + i) % 2 == 0 { (2 * ((t + i) % 4), 2) } else { (0, 8) };
-                    let y = layer.predict(&rows(&x, start, n)).unwrap();
+                    let y = layer.predict(rows(&x, start, n)).unwrap();
                     assert_close(&format!("thread {t} call {i}"), &y["outputs"], &rows(&want, start, n), TOL);
                 }
             })
