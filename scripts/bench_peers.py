@@ -18,7 +18,7 @@ Workloads, on the committed bundles and their variables:
   decoder  hlo/decoder, one inference step at batch 1 (2-layer decoder with a KV cache)
 Systems:
   flaxlayer  `flaxlayer bench BUNDLE --batch B --json`: host in -> host out per call.
-  ORT        jax2onnx converts the same Flax module (scripts/models.py) with the bundle's
+  ORT        jax2onnx converts the same Flax module (flaxlayer_export/examples/models.py) with the bundle's
              variables as initializers; benches/peers times host in -> host out per call.
   IREE       iree-compile compiles the StableHLO the bundle holds (`tf.aliasing_output` stripped:
              IREE 3.13 computes wrong decoder results with them), params as arguments ("args");
@@ -45,6 +45,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 VENV = os.path.join(REPO, ".venv-peers")
 REQUIREMENTS = os.path.join(HERE, "requirements-peers.txt")
+# The example modules of the bundles: one file that needs only flax, loaded by its path (the
+# flaxlayer_export package is not installed in .venv-peers).
+MODELS = os.path.join(HERE, "flaxlayer_export", "examples", "models.py")
 
 
 def log(*a):
@@ -90,6 +93,7 @@ import argparse  # noqa: E402
 import datetime as _dt  # noqa: E402
 import glob  # noqa: E402
 import importlib.metadata as md  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -139,6 +143,15 @@ def sha256_files(*paths) -> str:
         with open(p, "rb") as f:
             h.update(f.read())
     return h.hexdigest()
+
+
+def load_models():
+    """flaxlayer_export/examples/models.py as a module of its own, loaded by its path."""
+    spec = importlib.util.spec_from_file_location("flaxlayer_example_models", MODELS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (every flax module) look it up there
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +262,7 @@ def ort_model(w: Workload) -> tuple[str, list[str]]:
     path = os.path.join(out_dir, "model.onnx")
     stamp = os.path.join(out_dir, "stamp")
     key = sha256_files(w.file, os.path.join(w.dir, "variables.safetensors"), REQUIREMENTS,
-                       os.path.join(HERE, "models.py"), os.path.abspath(__file__))
+                       MODELS, os.path.abspath(__file__))
     out_names = ["outputs"] + [f"new/{n}" for n in w.state_names]
     if os.path.exists(path) and os.path.exists(stamp) and open(stamp).read() == key:
         return path, out_names
@@ -772,8 +785,7 @@ def main(argv=None) -> int:
 
     import jax
     jax.config.update("jax_platforms", "cpu")
-    sys.path.insert(0, HERE)
-    import models
+    models = load_models()
 
     # (name, bundle, batch, module, iters, warmup); flaxlayer's decoder: 4 + 12 calls a process
     specs = [

@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
-from flaxlayer_export.examples.registry import main
+# The mesh examples run on up to 8 devices: JAX's CPU backend must be told before it starts.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+from flaxlayer_export.examples.registry import main  # noqa: E402
 
 HLO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hlo")
 

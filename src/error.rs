@@ -225,6 +225,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// A bundle runs on more devices than the client has, counted from the layer's first
+    /// device.
+    #[error(
+        "{what} runs on {needed} device(s) from index {first}, but the client has {available}; on CPU, create the \
+         client with more: the builder's cpu_devices({}), the CLI's --devices {} or FLAXLAYER_CPU_DEVICES={}",
+        first + needed, first + needed, first + needed
+    )]
+    TooFewDevices {
+        /// The bundle.
+        what: String,
+        /// How many devices it runs on (the most any of its computations was exported for).
+        needed: usize,
+        /// The index of the layer's first device among the client's.
+        first: usize,
+        /// How many devices the client has.
+        available: usize,
+    },
+
     /// A computation failed on the device after the layer's state had been donated to it: the
     /// params, state or key it held are gone. Every later call refuses with this error;
     /// rebuild the layer (or load a saved one) to continue.

@@ -10,6 +10,13 @@ from .bundle_dir import write_bundle
 from .kinds import LINEN, module_kind
 from .linen import DEFAULT_MAX_BATCH, BuiltBundle, linen_export
 from .nnx_export import nnx_export
+from .sharding import mesh_request
+
+NNX_ON_MESH = (
+    "exporting an NNX module on a mesh (mesh=...) is not supported yet: the mesh export reads "
+    "linen's partitioning metadata and runs its golden data through module.apply. Export the "
+    "NNX module without a mesh, or wrap it for linen (nnx.bridge.to_linen) and export that "
+    "on the mesh")
 
 
 def export_flax(
@@ -26,6 +33,12 @@ def export_flax(
     batch_sizes: Sequence[int] | str | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     extra_golden: dict[str, Any] | Callable[[dict], dict] | None = None,
+    mesh=None,
+    param_sharding=None,
+    state_sharding=None,
+    input_sharding=None,
+    output_sharding=None,
+    logical_rules=None,
 ) -> dict:
     """Export `module` to a bundle directory `out_dir`; returns the manifest.
 
@@ -58,23 +71,34 @@ def export_flax(
       extra_golden: extra tensors for golden.safetensors (e.g. decoder `greedy/...`), a dict
         or a function of the bundled variables returning one; names must not clash with the
         standard ones.
+      mesh: a jax.sharding.Mesh (linen modules): every computation runs on its devices,
+        split as `param_sharding`, `state_sharding`, `input_sharding`, `output_sharding` say
+        (PartitionSpecs; Flax's partitioning metadata with `logical_rules` for the variables
+        when not given; replicated otherwise). See flaxlayer_export.sharding. An NNX module
+        on a mesh is a NotImplementedError.
     """
     built = build_flax_bundle(
         module, sample_inputs, method=method, variables=variables, seed=seed,
         rng_streams=rng_streams, init_inputs=init_inputs, platforms=platforms,
-        batch_sizes=batch_sizes, max_batch=max_batch, extra_golden=extra_golden)
+        batch_sizes=batch_sizes, max_batch=max_batch, extra_golden=extra_golden,
+        sharding=mesh_request(mesh, param_sharding=param_sharding, state_sharding=state_sharding,
+                              input_sharding=input_sharding, output_sharding=output_sharding,
+                              logical_rules=logical_rules))
     write_bundle(out_dir, built.files)
     return built.manifest
 
 
-def exporter(module, sample_inputs, **kwargs):
+def exporter(module, sample_inputs, *, sharding=None, **kwargs):
     """The export of `module` (linen or NNX), ready to `build`; its `fns` are the functions
-    it exports (export_train_step builds its steps on them)."""
+    it exports (export_train_step builds its steps on them). `sharding`: a
+    sharding.MeshRequest (`mesh_request`) for a mesh export, linen only."""
     if module_kind(module) == LINEN:
-        return linen_export(module, sample_inputs, **kwargs)
+        return linen_export(module, sample_inputs, sharding=sharding, **kwargs)
+    if sharding is not None:
+        raise NotImplementedError(NNX_ON_MESH)
     return nnx_export(module, sample_inputs, **kwargs)
 
 
 def build_flax_bundle(module, sample_inputs, *, extra_golden=None, **kwargs) -> BuiltBundle:
-    """Everything export_flax writes, in memory."""
+    """Everything export_flax writes, in memory (keyword arguments as for `exporter`)."""
     return exporter(module, sample_inputs, **kwargs).build(extra_golden)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -49,6 +49,7 @@ class BuiltBundle:
     files: dict[str, bytes]
     variables: dict
     golden: dict[str, np.ndarray]
+    plan: Any = None  # sharding.MeshPlan of a mesh export
 
     def finish(self) -> None:
         """(Re)write manifest.json and golden.safetensors from `manifest` and `golden`."""
@@ -77,8 +78,8 @@ def canonical_arrays(tree, what: str, bare: str):
 
 
 def to_plain(tree):
-    """FrozenDict -> dict, leaves -> numpy."""
-    return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(tree))
+    """FrozenDict -> dict, partitioning metadata (nn.Partitioned) unboxed, leaves -> numpy."""
+    return jax.tree_util.tree_map(np.asarray, flax.core.meta.unbox(flax.core.unfreeze(tree)))
 
 
 def sds(tree):
@@ -110,11 +111,14 @@ def check_exported(exp, args: list[dict], results: list[dict]) -> None:
                     f"but jax.export traced {dtype_name(aval.dtype)}{list(aval.shape)}")
 
 
-def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms) -> Computation:
-    """jax.jit(fn) exported at `avals`, locations stripped, custom calls listed."""
+def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms,
+                       shardings: Callable | None = None) -> Computation:
+    """jax.jit(fn) exported at `avals`, locations stripped, custom calls listed. `shardings`
+    (mesh exports): fn -> (in_shardings, out_shardings) for jax.jit."""
     fn.__name__ = name
     fn.__qualname__ = name
-    exp = jax_export.export(jax.jit(fn, donate_argnums=donate), platforms=tuple(platforms))(*avals)
+    on_mesh = {} if shardings is None else dict(zip(("in_shardings", "out_shardings"), shardings(fn)))
+    exp = jax_export.export(jax.jit(fn, donate_argnums=donate, **on_mesh), platforms=tuple(platforms))(*avals)
     exp = _jax_internals.strip_locations(exp)
     return Computation(exp, bytes(exp.serialize()), _jax_internals.custom_call_targets(exp))
 
@@ -136,16 +140,19 @@ def _mark(specs: list[dict], batched: dict[str, bool]) -> list[dict]:
 
 def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=None, seed=0,
                  rng_streams=None, init_inputs=None, platforms=("cpu",), batch_sizes=None,
-                 max_batch=DEFAULT_MAX_BATCH) -> "_LinenExport":
-    """The export of a linen module, ready to `build`."""
+                 max_batch=DEFAULT_MAX_BATCH, sharding=None) -> "_LinenExport":
+    """The export of a linen module, ready to `build`; `sharding`: a sharding.MeshRequest
+    for a mesh export (export.py makes it from export_flax's mesh arguments)."""
     check_signature(module, method)
     sample_inputs, init_inputs, sample_batch = prepare_inputs(sample_inputs, init_inputs)
     streams = DEFAULT_RNG_STREAMS if rng_streams is None else tuple(rng_streams)
+    sizes = resolve_batch_sizes(batch_sizes, max_batch, sample_batch)
+    if sharding is not None:
+        sizes = sharding.fit_batch_sizes(sizes, sample_inputs, auto=batch_sizes == "auto")
     return _LinenExport(module=module, method=method, fns=module_functions(module, method, streams),
                         seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
-                        init_inputs=init_inputs, sample_batch=sample_batch,
-                        batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch),
-                        given=variables)
+                        init_inputs=init_inputs, sample_batch=sample_batch, batch_sizes=sizes,
+                        given=variables, sharding=sharding)
 
 
 def prepare_inputs(sample_inputs, init_inputs):
@@ -184,7 +191,7 @@ def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
         k = jax.random.wrap_key_data(key, impl=KEY_IMPL)
         rngs = {"params": k, **{s: k for s in rng_streams}}
         v = module.init(rngs, inputs, method=method, **train_kw)
-        return flax.core.unfreeze(v)
+        return flax.core.meta.unbox(flax.core.unfreeze(v))
 
     def _apply(params, state, inputs, rngs, kw):
         out, mutated = module.apply(
@@ -213,8 +220,8 @@ def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
         out, new_state = apply_training(params, state, inputs, k)
         return out, new_state, jax.random.key_data(K)
 
-    oracle_init = jax.jit(lambda k, x: module.init(
-        {"params": k, **{s: k for s in rng_streams}}, x, method=method, **train_kw))
+    oracle_init = jax.jit(lambda k, x: flax.core.meta.unbox(module.init(
+        {"params": k, **{s: k for s in rng_streams}}, x, method=method, **train_kw)))
     oracle_infer = jax.jit(lambda v, x: module.apply(
         v, x, method=method, mutable=DenyList(["params"]), **infer_kw))
     oracle_train = jax.jit(lambda v, x, k: module.apply(
@@ -253,6 +260,8 @@ class _LinenExport:
     batch_sizes: list[int]
     given: Any = None  # variables to bundle instead of init's (export_flax's `variables`)
     calling_convention_version: int = 0  # of the exported init (manifest producer)
+    sharding: Any = None  # sharding.MeshRequest of a mesh export
+    plan: Any = None  # its sharding.MeshPlan, once the variables are known
 
     @property
     def K0(self):
@@ -268,6 +277,8 @@ class _LinenExport:
         batched_state = self.state_batch_axis(init_shapes)
         variables, init_variables = self.variables(given_variables, init_shapes)
         params, state = split_variables(variables)
+        if self.sharding is not None:
+            self.plan = self.sharding.resolve(self, variables)
         files: dict[str, bytes] = {}
         init_entry = self.export_init(init_shapes, files)
         entries, shapes = self.export_modes(params, state, files)
@@ -287,7 +298,9 @@ class _LinenExport:
                                  _mark([spec(n, x) for n, x in named_leaves(
                                      shapes["inference"][self.sample_batch], "outputs")], batched["inference"]),
                                  batching, entries)
-        built = BuiltBundle(manifest, files, variables, golden)
+        if self.plan is not None:
+            manifest = self.plan.manifest_entry(manifest, method_name_of(self.method))
+        built = BuiltBundle(manifest, files, variables, golden, self.plan)
         built.finish()
         return built
 
@@ -349,11 +362,13 @@ class _LinenExport:
     def export_init(self, init_shapes, files) -> dict:
         """init.jaxexport and the manifest's init entry (with inputs_file when init reads its
         inputs' values: its module_kept_var_idx keeps an input)."""
-        c = export_computation(self.fns.init, "init", (), (KEY_SDS, sds(self.init_inputs)), self.platforms)
         args = [spec(None, KEY_SDS, role="key")] + [
             spec(n, x, role="input") for n, x in named_leaves(self.init_inputs, "inputs")]
         results = [spec(n, x, role="param" if n.split("/", 1)[0] == "params" else "state")
                    for n, x in named_leaves(init_shapes, "variables")]
+        avals = (KEY_SDS, sds(self.init_inputs))
+        c = export_computation(self.fns.init, "init", (), avals, self.platforms,
+                               self._shardings(avals, args, results, replicated_inputs=True))
         check_exported(c.exp, args, results)
         files["init.jaxexport"] = c.data
         self.calling_convention_version = int(c.exp.calling_convention_version)
@@ -364,6 +379,14 @@ class _LinenExport:
             entry["inputs_file"] = INIT_INPUTS_FILE
         entry["custom_call_targets"] = c.custom_call_targets
         return entry
+
+    def _shardings(self, avals, args, results, replicated_inputs=False):
+        """For export_computation on a mesh: fn -> (in_shardings, out_shardings); None on one
+        device. Init's inputs are replicated (init mostly ignores them)."""
+        if self.plan is None:
+            return None
+        inputs = (lambda n: jax.sharding.PartitionSpec()) if replicated_inputs else None
+        return lambda fn: self.plan.jit_shardings(fn, avals, args, results, inputs=inputs)
 
     # ---- inference and training per batch size -------------------------------------
     def _modes(self):
@@ -391,13 +414,14 @@ class _LinenExport:
                 if _avals_list(new_state) != _avals_list(state):
                     raise ValueError(f"{mode}: the new state's shapes/dtypes differ from the state's")
                 shapes[mode][b] = outputs
-                c = export_computation(fn, f"{stem}.{mode}", donate, avals, self.platforms)
                 key = [spec(None, KEY_SDS, role="key")] if with_key else []
                 args = ([spec(n, x, role="param") for n, x in named_leaves({"params": params}, "params")]
                         + [spec(n, x, role="state") for n, x in named_leaves(state, "state")] + key
                         + [spec(n, x, role="input") for n, x in named_leaves(x_sds, "inputs")])
                 results = ([spec(n, x, role="output") for n, x in named_leaves(outputs, "outputs")]
                            + [spec(n, x, role="state") for n, x in named_leaves(new_state, "state")] + key)
+                c = export_computation(fn, f"{stem}.{mode}", donate, avals, self.platforms,
+                                       self._shardings(avals, args, results))
                 check_exported(c.exp, args, results)
                 fname = f"{stem}.{mode}.b{b}.jaxexport"
                 files[fname] = c.data
@@ -438,12 +462,14 @@ class _LinenExport:
 
     # ---- golden (plain module.init / module.apply, not the functions above) ------------
     def golden(self, variables, init_variables, extra_golden) -> dict[str, np.ndarray]:
-        state = {c: v for c, v in variables.items() if c != "params"}
         g: dict[str, np.ndarray] = {}
         for n, x in named_leaves(self.sample_inputs, "inputs"):
             g[f"inputs/{n}"] = np.asarray(x)
-        params = variables.get("params", {})
-        out, new_state = self.fns.plain_inference(params, state, self.sample_inputs)
+        on_mesh, inputs = variables, self.sample_inputs
+        if self.plan is not None:  # plain JAX on the same mesh
+            on_mesh, inputs = self.plan.place(variables, inputs)
+        params, state = split_variables(on_mesh)
+        out, new_state = self.fns.plain_inference(params, state, inputs)
         for n, x in named_leaves(out, "outputs"):
             g[f"inference/{n}"] = np.asarray(x)
         for n, x in named_leaves(new_state, "state"):
@@ -452,7 +478,7 @@ class _LinenExport:
         cur = state
         for step in range(2):
             K, k = jax.random.split(K)
-            out, cur = self.fns.plain_training(params, cur, self.sample_inputs, k)
+            out, cur = self.fns.plain_training(params, cur, inputs, k)
             for n, x in named_leaves(out, "outputs"):
                 g[f"training/{step}/{n}"] = np.asarray(x)
         for n, x in named_leaves(cur, "state"):

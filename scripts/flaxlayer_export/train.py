@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 try:
     import optax
@@ -31,6 +32,7 @@ from .linen import (KEY_IMPL, canonical_arrays, check_exported,
                     export_computation, sds, split_variables)
 from .methods import method_name_of
 from .names import named_leaves, role_specs, spec
+from .sharding import mesh_request, spec_json, specs_by_name
 
 __all__ = ["export_train_step", "make_step_functions", "run_golden", "evaluate",
            "epoch_permutation", "epoch_batches", "LOSSES", "GOLDEN_STEPS"]
@@ -129,16 +131,18 @@ def make_step_functions(fns, *, loss, optimizer):
 
 
 def run_golden(train_step, eval_step, init_opt_state, variables, data, *, seed, batch_size,
-               steps=GOLDEN_STEPS) -> dict[str, np.ndarray]:
+               steps=GOLDEN_STEPS, jit=None) -> dict[str, np.ndarray]:
     """The loop in plain JAX (jitted Python functions): `steps` train steps in the documented
     batch order from `variables`, K0 = key(seed) and a fresh opt state, then eval on the
-    test split (padded last batch, w = 0). Returns golden tensors named `train/...`."""
+    test split (padded last batch, w = 0). Returns golden tensors named `train/...`.
+    `jit(fn)` jits each function (default jax.jit; on a mesh, with the export's shardings)."""
+    jit = jit or jax.jit
     x_train, y_train = np.asarray(data["x_train"]), np.asarray(data["y_train"])
     n = len(y_train)
     params, state = split_variables(variables)
-    opt_state = jax.jit(init_opt_state)(params)
+    opt_state = jit(init_opt_state)(params)
     key = jax.random.key_data(jax.random.key(seed, impl=KEY_IMPL))
-    step = jax.jit(train_step)
+    step = jit(train_step)
     per_epoch = n // batch_size
     if per_epoch == 0:
         raise ValueError(f"{n} training examples do not fill a batch of {batch_size}")
@@ -156,7 +160,7 @@ def run_golden(train_step, eval_step, init_opt_state, variables, data, *, seed, 
         g[f"train/after/{nm}"] = np.asarray(x)
     g["train/key_after"] = np.asarray(key)
     if "x_test" in data:
-        sums = evaluate(eval_step, params, state, data["x_test"], data["y_test"], batch_size)
+        sums = evaluate(eval_step, params, state, data["x_test"], data["y_test"], batch_size, jit=jit)
         count = sums["count"]
         g["train/eval/count"] = np.float64(count)
         g["train/eval/loss"] = np.float64(sums["loss_sum"] / count)
@@ -165,11 +169,11 @@ def run_golden(train_step, eval_step, init_opt_state, variables, data, *, seed, 
     return g
 
 
-def evaluate(eval_step, params, state, x, y, batch_size) -> dict[str, float]:
+def evaluate(eval_step, params, state, x, y, batch_size, jit=None) -> dict[str, float]:
     """Sums of eval_step's metrics over the data set in order, the last batch padded with
     zeros and weight 0; per-batch float32 sums added up in float64 (as the runtime does)."""
     x, y = np.asarray(x), np.asarray(y)
-    fn = jax.jit(eval_step)
+    fn = (jit or jax.jit)(eval_step)
     sums: dict[str, float] = {}
     for start in range(0, len(y), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
@@ -189,6 +193,13 @@ def evaluate(eval_step, params, state, x, y, batch_size) -> dict[str, float]:
 # The exporter
 # --------------------------------------------------------------------------
 
+def _input_specs(batch_specs: dict) -> dict:
+    """The FlaxLayer part's input_sharding from the batch's: `x` is the bare input `inputs`,
+    `x/<path>` the input `<path>`."""
+    table = {("inputs" if n == "x" else n[2:]): s for n, s in batch_specs.items() if n == "x" or n.startswith("x/")}
+    return lambda name: table.get(name)
+
+
 def export_train_step(
     module,
     sample_batch: dict,
@@ -205,6 +216,11 @@ def export_train_step(
     golden_data: dict[str, Any] | None = None,
     golden_steps: int = GOLDEN_STEPS,
     extra_golden: dict[str, Any] | Callable[[dict], dict] | None = None,
+    mesh=None,
+    param_sharding=None,
+    state_sharding=None,
+    batch_sharding=None,
+    logical_rules=None,
 ) -> dict:
     """Export `module` with its training step to the bundle directory `out_dir`; returns the
     manifest.
@@ -225,6 +241,13 @@ def export_train_step(
       golden_data: {"x_train", "y_train"[, "x_test", "y_test"]}: record the plain-JAX loop's
         first `golden_steps` steps (docs/training.md) in golden.safetensors.
       extra_golden: more golden tensors, as for export_flax.
+      mesh, param_sharding, state_sharding, logical_rules: as for export_flax (linen
+        modules; an NNX module on a mesh is a NotImplementedError); every computation runs
+        on the mesh's devices. batch_sharding splits the batch leaves (`x`,
+        `y`, `x/...`, and eval's `w` as `y`'s leading axis): a PartitionSpec for all of
+        them (`P("data")`: data parallel, XLA all-reduces the gradients), a tree matching
+        sample_batch, or a function of the leaf's name. The optimizer state is split as the
+        params it mirrors. The golden loop runs on the same mesh.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -236,24 +259,18 @@ def export_train_step(
         optimizer = optax.adam(1e-3)
         optimizer_name = optimizer_name or DEFAULT_OPTIMIZER_NAME
     optimizer_name = optimizer_name or "custom"
+    if mesh is None and batch_sharding is not None:
+        raise ValueError("batch_sharding given without a mesh: pass mesh=jax.sharding.Mesh(...)")
+    batch_specs = (None if mesh is None else
+                   specs_by_name(batch_sharding, sample_batch, "batch", "batch_sharding"))
+    request = mesh_request(mesh, param_sharding=param_sharding, state_sharding=state_sharding,
+                           input_sharding=None if batch_specs is None else _input_specs(batch_specs),
+                           logical_rules=logical_rules)
     ex = exporter(module, sample_batch["x"], method=method, variables=variables, seed=seed,
-                  rng_streams=rng_streams, platforms=platforms)
+                  rng_streams=rng_streams, platforms=platforms, sharding=request)
     platforms = tuple(platforms)
     init_opt_state, train_step, eval_step = make_step_functions(ex.fns, loss=loss, optimizer=optimizer)
-
-    def golden(v):
-        g = {}
-        if golden_data is not None:
-            g.update(run_golden(train_step, eval_step, init_opt_state, v, golden_data,
-                                seed=seed, batch_size=batch_size, steps=golden_steps))
-        extra = extra_golden(v) if callable(extra_golden) else (extra_golden or {})
-        for k in extra:
-            if k in g:
-                raise ValueError(f"extra_golden name {k!r} clashes with a train golden name")
-        g.update(extra)
-        return g
-
-    built = ex.build(golden)
+    built = ex.build()
 
     # ---- shapes ------------------------------------------------------------
     params, state = split_variables(built.variables)
@@ -263,6 +280,10 @@ def export_train_step(
     eval_sds = {**batch_sds, "w": jax.ShapeDtypeStruct((batch_size,), jnp.float32)}
     opt_sds = jax.eval_shape(init_opt_state, p_sds)
     opt_named = {"opt_state": opt_sds}
+    plan = built.plan
+    if plan is not None:
+        batch_specs["w"] = P(*list(batch_specs["y"])[:1])
+        plan = plan.with_train([(n, x.shape) for n, x in named_leaves(opt_named, "opt_state")], batch_specs)
 
     param_args = role_specs({"params": params}, "param", "params")
     state_args = role_specs(state, "state", "state")
@@ -270,7 +291,12 @@ def export_train_step(
     key_spec = spec(None, key_sds, role="key")
     entries: dict[str, dict] = {}
 
-    def add(name, fname, c, args, results, batch=None):
+    slots = {}  # fn -> its avals and slots, for the golden loop on the mesh
+
+    def add(name, fname, fn, donate, avals, args, results, batch=None):
+        slots[fn] = (avals, args, results)
+        shardings = None if plan is None else (lambda f: plan.jit_shardings(f, avals, args, results))
+        c = export_computation(fn, name, donate, avals, platforms, shardings)
         check_exported(c.exp, args, results)
         built.files[fname] = c.data
         entries[name] = {**({"batch_size": batch} if batch is not None else {}), "file": fname,
@@ -278,17 +304,15 @@ def export_train_step(
                          "custom_call_targets": c.custom_call_targets}
 
     # init_opt_state(params) -> opt_state
-    c = export_computation(init_opt_state, "init_opt_state", (), (p_sds,), platforms)
-    add("init_opt_state", "init_opt_state.jaxexport", c, param_args, opt_specs)
+    add("init_opt_state", "init_opt_state.jaxexport", init_opt_state, (), (p_sds,), param_args, opt_specs)
 
     # train_step(params, state, opt_state, key, batch) -> (params, state, opt_state, key, metrics)
     out = jax.eval_shape(train_step, p_sds, s_sds, opt_sds, key_sds, batch_sds)
     if (jax.tree_util.tree_structure(out[0]) != jax.tree_util.tree_structure(p_sds)
             or jax.tree_util.tree_structure(out[2]) != jax.tree_util.tree_structure(opt_sds)):
         raise ValueError("train_step changed the structure of params or opt_state")
-    c = export_computation(train_step, "train_step", (0, 1, 2, 3),
-                           (p_sds, s_sds, opt_sds, key_sds, batch_sds), platforms)
-    add("train_step", f"train_step.b{batch_size}.jaxexport", c,
+    add("train_step", f"train_step.b{batch_size}.jaxexport", train_step, (0, 1, 2, 3),
+        (p_sds, s_sds, opt_sds, key_sds, batch_sds),
         param_args + state_args + opt_specs + [key_spec] + role_specs(batch_sds, "input", "batch"),
         param_args + state_args + opt_specs + [key_spec] + role_specs(out[4], "metric", "metrics"),
         batch=batch_size)
@@ -296,8 +320,7 @@ def export_train_step(
 
     # eval_step(params, state, batch + w) -> metric sums
     ev = jax.eval_shape(eval_step, p_sds, s_sds, eval_sds)
-    c = export_computation(eval_step, "eval_step", (), (p_sds, s_sds, eval_sds), platforms)
-    add("eval_step", f"eval_step.b{batch_size}.jaxexport", c,
+    add("eval_step", f"eval_step.b{batch_size}.jaxexport", eval_step, (), (p_sds, s_sds, eval_sds),
         param_args + state_args + role_specs(eval_sds, "input", "batch"),
         role_specs(ev, "metric", "metrics"), batch=batch_size)
 
@@ -312,6 +335,23 @@ def export_train_step(
         "opt_state": [spec(n, x) for n, x in named_leaves(opt_named, "opt_state")],
         **entries,
     }
+    if plan is not None:
+        built.manifest["mesh"]["batch"] = {n: spec_json(batch_specs[n], len(x.shape))
+                                           for n, x in named_leaves(eval_sds, "batch")}
+        built.manifest["mesh"]["opt_state"] = {n: spec_json(plan.opt_state[n], len(x.shape))
+                                               for n, x in named_leaves(opt_named, "opt_state")}
+    train_golden = {}
+    if golden_data is not None:
+        jit = None if plan is None else (lambda f: jax.jit(f, **dict(zip(
+            ("in_shardings", "out_shardings"), plan.jit_shardings(f, *slots[f])))))
+        train_golden = run_golden(train_step, eval_step, init_opt_state, built.variables, golden_data,
+                                  seed=seed, batch_size=batch_size, steps=golden_steps, jit=jit)
+    extra = extra_golden(built.variables) if callable(extra_golden) else (extra_golden or {})
+    for k in list(train_golden) + list(extra):
+        if k in built.golden or (k in extra and k in train_golden):
+            raise ValueError(f"golden name {k!r} clashes with another golden name")
+    built.golden.update(train_golden)
+    built.golden.update({k: np.asarray(v) for k, v in extra.items()})
     built.finish()
     write_bundle(out_dir, built.files)
     return built.manifest

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::mesh_section::MeshSection;
 use crate::spec::TensorSpec;
 use crate::{Error, Result};
 
@@ -48,6 +49,10 @@ pub struct Manifest {
     /// default, and the default when absent) or `gspmd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitioner: Option<String>,
+    /// The mesh of a bundle exported for several devices, and how its variables, inputs and
+    /// outputs are split over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshSection>,
     /// The training loop's computations (the exporter's `export_train_step`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainSpec>,
@@ -217,6 +222,15 @@ impl Manifest {
             if !seen.insert(v.name.as_str()) {
                 return bad(format!("variable {:?} is listed twice", v.name));
             }
+        }
+        if let Some(mesh) = &self.mesh {
+            mesh.validate()?;
+            if let Some(name) = mesh.variables.keys().find(|n| self.variable(n).is_none()) {
+                return bad(format!("mesh.variables names unknown variable {name:?}"));
+            }
+        }
+        if let Some(p) = self.partitioner.as_deref().filter(|p| !matches!(*p, "shardy" | "gspmd")) {
+            return bad(format!("partitioner {p:?} is neither \"shardy\" nor \"gspmd\""));
         }
         if let Some(f) = self.init.as_ref().and_then(|i| i.inputs_file.as_ref()) {
             check_file_name(f).map_err(|reason| Error::format("manifest.json", format!("init.inputs_file: {reason}")))?;

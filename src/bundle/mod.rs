@@ -6,6 +6,7 @@ pub mod exported;
 mod flatbuf;
 mod jax_schema;
 mod manifest;
+mod mesh_section;
 mod sharding;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use exported::{Aval, Exported};
 pub use manifest::{Batching, ComputationSpec, InitSpec, Manifest, MethodSpec, Role, Slot, TrainSpec};
+pub use mesh_section::{spec_text, DimAxes, MeshSection, PartitionSpec};
 pub use sharding::{AxisType, DeviceSlice, Mesh, NamedSharding, MAX_MESH_DEVICES};
 
 use crate::tensor::read_safetensors;
@@ -80,6 +82,29 @@ impl Bundle {
         self.computations.values().map(|c| usize::try_from(c.exported.nr_devices).unwrap_or(1)).max().unwrap_or(1).max(1)
     }
 
+    /// The mesh the bundle's multi-device computations run on (the manifest's, else the one
+    /// their recorded shardings name); `None` for a single-device bundle.
+    pub fn mesh(&self) -> Option<Mesh> {
+        if let Some(m) = &self.manifest.mesh {
+            return Some(m.mesh());
+        }
+        let mut comps: Vec<&BundleComputation> = self.computations.values().filter(|c| c.exported.nr_devices > 1).collect();
+        comps.sort_by(|a, b| a.spec.file.cmp(&b.spec.file));
+        comps.iter().flat_map(|c| c.exported.in_shardings.iter().chain(&c.exported.out_shardings)).flatten().map(|s| s.mesh.clone()).next()
+    }
+
+    /// How the variable `name` is split when `method` runs: the sharding recorded for it by
+    /// the first of the method's inference, then training computations that takes it (the
+    /// layout a layer uploads it in); `None` when whole or replicated, or not taken.
+    pub fn variable_sharding(&self, method: &str, name: &str) -> Option<&NamedSharding> {
+        let m = self.manifest.methods.get(method)?;
+        m.inference.iter().chain(&m.training).find_map(|spec| {
+            let c = self.computations.get(&spec.file)?;
+            let i = spec.args.iter().position(|s| matches!(s.role, Role::Param | Role::State) && s.name.as_deref() == Some(name))?;
+            c.exported.in_shardings.get(i)?.as_ref().filter(|_| c.exported.nr_devices > 1)
+        })
+    }
+
     /// The method named `name`.
     pub fn method(&self, name: &str) -> Result<&MethodSpec> {
         self.manifest.methods.get(name).ok_or_else(|| Error::NotFound {
@@ -131,6 +156,17 @@ fn check_computation(manifest: &Manifest, spec: &ComputationSpec, exp: &Exported
     }
     if exp.nr_devices == 0 {
         return bad("exported for 0 devices".to_string());
+    }
+    if let (Some(mesh), true) = (&manifest.mesh, exp.nr_devices > 1) {
+        let devices = mesh.mesh().num_devices();
+        if usize::try_from(exp.nr_devices).ok() != Some(devices) {
+            return bad(format!("exported for {} devices, but the manifest's mesh {:?} {:?} has {devices}", exp.nr_devices, mesh.axis_names, mesh.shape));
+        }
+        for (slot, sharding) in spec.args.iter().zip(&exp.in_shardings).chain(spec.results.iter().zip(&exp.out_shardings)) {
+            if let (Role::Param | Role::State, Some(name), Some(sharding)) = (slot.role, &slot.name, sharding) {
+                mesh.check_variable(&spec.file, name, sharding)?;
+            }
+        }
     }
     for (slot, aval) in spec.args.iter().chain(&spec.results).zip(exp.in_avals.iter().chain(&exp.out_avals)) {
         let var = match slot.role {

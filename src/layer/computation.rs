@@ -2,13 +2,13 @@
 //! state, key and inputs onto JAX's flat arguments, and the flat results back.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use super::cache::CompileSetting;
 use super::isolate::Isolation;
-use super::placement::{DeviceArray, Layout, Placement};
+use super::placement::{block_shape, slot_layout, DeviceArray, Layout, Placement};
 use super::state::DeviceState;
-use crate::bundle::{BundleComputation, Exported, Role};
+use crate::bundle::{BundleComputation, Exported, Role, Slot};
 use crate::pjrt::{ArgSpec, Buffer, CompileOptions, LoadedExecutable, Program};
 use crate::pytree::TreeDef;
 use crate::spec::TensorSpec;
@@ -83,8 +83,8 @@ pub(crate) struct Computation {
     kept_layouts: Vec<Layout>,
     /// The layout of each input leaf.
     input_layouts: Vec<Layout>,
-    /// The layout and whole shape of each result.
-    result_layouts: Vec<(Layout, Vec<usize>)>,
+    /// The layout, whole shape and per-device block shape of each result.
+    result_layouts: Vec<(Layout, Vec<usize>, Vec<i64>)>,
     pub sinks: Vec<Sink>,
     /// The input leaves, named by PyTree path.
     pub inputs: Vec<TensorSpec>,
@@ -158,26 +158,25 @@ impl Computation {
             .collect::<Result<Vec<_>>>()?;
         let devices = usize::try_from(exp.nr_devices).unwrap_or(0).max(1);
         if devices > placement.len() {
-            return Err(Error::invalid(
-                file,
-                format!("exported for {devices} devices, but the layer holds {}: build it with devices({devices})", placement.len()),
-            ));
+            return Err(Error::TooFewDevices { what: file.to_string(), needed: devices, first: placement.device_index, available: placement.len() });
         }
-        let layout = |s: Option<&crate::bundle::NamedSharding>| -> Layout { s.filter(|_| devices > 1).cloned().map(Arc::new) };
-        let kept_layouts = exp.module_kept_var_idx.iter().map(|&i| layout(exp.in_shardings.get(i).and_then(Option::as_ref))).collect();
-        let input_layouts = spec
-            .args
-            .iter()
-            .enumerate()
-            .filter(|(_, slot)| slot.role == Role::Input)
-            .map(|(i, _)| layout(exp.in_shardings.get(i).and_then(Option::as_ref)))
-            .collect();
+        let arg_layouts = (0..exp.in_avals.len())
+            .map(|i| slot_layout(exp.in_shardings.get(i).and_then(Option::as_ref), devices, &exp.in_avals[i].shape, &slot_what(file, "argument", spec.args.get(i))))
+            .collect::<Result<Vec<Layout>>>()?;
+        let kept_layouts: Vec<Layout> = exp.module_kept_var_idx.iter().map(|&i| arg_layouts.get(i).cloned().flatten()).collect();
+        let input_layouts =
+            spec.args.iter().zip(&arg_layouts).filter(|(slot, _)| slot.role == Role::Input).map(|(_, l)| l.clone()).collect();
         let result_layouts = exp
             .out_avals
             .iter()
             .enumerate()
-            .map(|(j, aval)| (layout(exp.out_shardings.get(j).and_then(Option::as_ref)), aval.shape.clone()))
-            .collect();
+            .map(|(j, aval)| {
+                let what = slot_what(file, "result", spec.results.get(j));
+                let layout = slot_layout(exp.out_shardings.get(j).and_then(Option::as_ref), devices, &aval.shape, &what)?;
+                let block = block_shape(&layout, &aval.shape)?.iter().map(|&d| d as i64).collect();
+                Ok((layout, aval.shape.clone(), block))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let options = if devices > 1 {
             let ids = placement.device_ids()?.into_iter().take(devices).collect();
             CompileOptions::spmd(ids, how.shardy)
@@ -189,7 +188,10 @@ impl Computation {
         if platform_index.is_some() {
             signature.push(ArgSpec { dtype: DType::I32, dims: vec![] });
         }
-        signature.extend(exp.kept_in_avals().into_iter().map(|a| ArgSpec { dtype: a.dtype, dims: a.shape.iter().map(|&d| d as i64).collect() }));
+        // Each device gets its block of every argument.
+        for (aval, layout) in exp.kept_in_avals().into_iter().zip(&kept_layouts) {
+            signature.push(ArgSpec { dtype: aval.dtype, dims: block_shape(layout, &aval.shape)?.iter().map(|&d| d as i64).collect() });
+        }
         let inputs_tree = last_positional_arg(&exp.in_tree, file)?;
         let outputs_tree = match &exp.out_tree {
             TreeDef::Tuple(children) if !outputs.is_empty() => children.first().cloned(),
@@ -358,7 +360,19 @@ impl Computation {
                 results[j].push(b);
             }
         }
-        Ok(results.into_iter().zip(&self.result_layouts).map(|(shards, (layout, shape))| DeviceArray::sharded(shards, layout.clone(), shape.clone())).collect())
+        results
+            .into_iter()
+            .zip(&self.result_layouts)
+            .enumerate()
+            .map(|(j, (shards, (layout, shape, block)))| {
+                // XLA keeps each result in the layout the export recorded; anything else would
+                // be put together wrongly on the host.
+                if let Some(b) = shards.iter().find(|b| b.dims() != block.as_slice()) {
+                    return Err(Error::ShapeMismatch { what: format!("{}: block of result {j} on a device", self.file), expected: block.iter().map(|&d| d as usize).collect(), got: b.dims().iter().map(|&d| d.max(0) as usize).collect() });
+                }
+                Ok(DeviceArray::sharded(shards, layout.clone(), shape.clone()))
+            })
+            .collect()
     }
 }
 
@@ -387,6 +401,26 @@ fn last_positional_arg(in_tree: &TreeDef, file: &str) -> Result<TreeDef> {
         _ => None,
     }
     .ok_or_else(|| Error::format(file, "in_tree is not ((args...), {kwargs}) with at least one argument"))
+}
+
+/// How errors name argument or result slot `slot` of `file`: `f.jaxexport: input "x"`.
+fn slot_what(file: &str, kind: &str, slot: Option<&Slot>) -> String {
+    match slot {
+        Some(Slot { role, name: Some(name), .. }) => format!("{file}: {} {name:?}", role_word(*role)),
+        Some(Slot { role, .. }) => format!("{file}: {}", role_word(*role)),
+        None => format!("{file}: {kind}"),
+    }
+}
+
+fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Param | Role::State => "variable",
+        Role::Key => "the RNG key",
+        Role::Input => "input",
+        Role::Output => "output",
+        Role::OptState => "optimizer state",
+        Role::Metric => "metric",
+    }
 }
 
 /// JAX's platform-index argument for the placement's client (replicated on `devices`

@@ -86,7 +86,7 @@ impl<K: Kind> Layer<K> {
     /// Sets up the method's computations (each compiles on its first call, or loads from the
     /// compile cache), the variables and the key.
     pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
-        let placement = Placement::new(options.client()?, options.device, bundle.devices())?;
+        let placement = Placement::new(options.client()?, options.device, bundle.devices(), &bundle.dir().display().to_string())?;
         let manifest = bundle.manifest();
         let method = options.method.clone().unwrap_or_else(|| manifest.default_method.clone());
         let spec = bundle.method(&method)?.clone();

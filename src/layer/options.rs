@@ -113,8 +113,8 @@ impl Options {
     }
 
     /// The client these options name: the given one, or a new one on the plugin (with
-    /// `cpu_devices` devices on a CPU plugin, when asked).
-    pub(crate) fn client(&self) -> Result<Client> {
+    /// `cpu_devices` devices on a CPU plugin, or `$FLAXLAYER_CPU_DEVICES`, when asked).
+    pub fn client(&self) -> Result<Client> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }

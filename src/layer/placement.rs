@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::bundle::NamedSharding;
+use crate::bundle::{AxisType, Mesh, NamedSharding};
 use crate::pjrt::{Buffer, Client, Device};
 use crate::tensor::TensorView;
 use crate::{Error, Result, Tensor};
@@ -28,18 +28,11 @@ pub(crate) struct Placement {
 pub(crate) type Layout = Option<Arc<NamedSharding>>;
 
 impl Placement {
-    /// `count` devices of `client` from index `first` on.
-    pub fn new(client: Client, first: usize, count: usize) -> Result<Placement> {
+    /// `count` devices of `client` from index `first` on; `what` names the bundle in errors.
+    pub fn new(client: Client, first: usize, count: usize, what: &str) -> Result<Placement> {
         let all = client.devices()?;
-        if first + count > all.len() {
-            return Err(Error::invalid(
-                "devices",
-                format!(
-                    "the bundle runs on {count} device(s) from index {first}, but the client has {}; on CPU, ask for more \
-                     with the builder's cpu_devices(n), the CLI's --devices N or FLAXLAYER_CPU_DEVICES",
-                    all.len()
-                ),
-            ));
+        if first.checked_add(count).map_or(true, |end| end > all.len()) {
+            return Err(Error::TooFewDevices { what: what.to_string(), needed: count, first, available: all.len() });
         }
         let devices = all.into_iter().skip(first).take(count).collect();
         Ok(Placement { client, devices, device_index: first, portable: count == 1 && first != 0 })
@@ -84,6 +77,44 @@ impl Placement {
             _ => targets.iter().map(|d| self.client.buffer_from_bytes(t.dtype(), &dims(t.shape()), t.as_bytes(), d)).collect::<Result<SmallVec<_>>>()?,
         };
         Ok(DeviceArray { shards, layout: if devices > 1 { layout.clone() } else { None }, shape: t.shape().to_vec() })
+    }
+}
+
+/// The layout of one argument or result of an array of `shape` over `devices` devices, from
+/// the sharding its export recorded, normalized so that equal placements compare equal:
+/// `None` for one device, no sharding (XLA keeps unannotated parameters and results
+/// replicated) or a sharding that splits nothing; otherwise the sharding with trailing
+/// unsplit dimensions, axis types and memory kind left out. A sharding over another number
+/// of devices, or one that does not divide `shape` evenly, is an error naming `what` and the
+/// mesh axis.
+pub(crate) fn slot_layout(sharding: Option<&NamedSharding>, devices: usize, shape: &[usize], what: &str) -> Result<Layout> {
+    let Some(sharding) = sharding.filter(|_| devices > 1) else { return Ok(None) };
+    let bad = |reason: String| Error::format(what.to_string(), reason);
+    let mesh_devices = sharding.mesh.num_devices();
+    if mesh_devices != devices {
+        return Err(bad(format!("its sharding is over a mesh of {mesh_devices} devices, but the computation runs on {devices}")));
+    }
+    let block = sharding.shard_shape(shape).map_err(|e| match e {
+        Error::InvalidArgument { reason, .. } => bad(format!("shape {shape:?}: {reason}")),
+        other => other,
+    })?;
+    if block == shape {
+        return Ok(None);
+    }
+    let mut spec = sharding.spec.clone();
+    while spec.last().is_some_and(Vec::is_empty) {
+        spec.pop();
+    }
+    let mesh = Mesh { axis_types: vec![AxisType::Auto; sharding.mesh.axis_names.len()], ..sharding.mesh.clone() };
+    Ok(Some(Arc::new(NamedSharding { mesh, spec, memory_kind: None })))
+}
+
+/// The shape of each device's block of an array of `shape` laid out as `layout` (the whole
+/// shape when not split).
+pub(crate) fn block_shape(layout: &Layout, shape: &[usize]) -> Result<Vec<usize>> {
+    match layout {
+        Some(sharding) => sharding.shard_shape(shape),
+        None => Ok(shape.to_vec()),
     }
 }
 
@@ -210,6 +241,34 @@ impl DeviceArray {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sharding(sizes: &[usize], spec: &[&[&str]], types: AxisType) -> NamedSharding {
+        let names = ["data", "model"][..sizes.len()].iter().map(|s| s.to_string()).collect();
+        NamedSharding {
+            mesh: Mesh { axis_names: names, axis_sizes: sizes.to_vec(), axis_types: vec![types; sizes.len()] },
+            spec: spec.iter().map(|d| d.iter().map(|s| s.to_string()).collect()).collect(),
+            memory_kind: Some("device".into()),
+        }
+    }
+
+    #[test]
+    fn layouts_compare_by_placement() {
+        // One device, no sharding, or nothing split: whole or replicated.
+        let split = sharding(&[2, 2], &[&["data"]], AxisType::Explicit);
+        assert_eq!(slot_layout(Some(&split), 1, &[4, 3], "x").unwrap(), None);
+        assert_eq!(slot_layout(None, 4, &[4, 3], "x").unwrap(), None);
+        assert_eq!(slot_layout(Some(&sharding(&[2, 2], &[&[], &[]], AxisType::Auto)), 4, &[4, 3], "x").unwrap(), None);
+        // Trailing unsplit dimensions, axis types and memory kinds do not matter.
+        let a = slot_layout(Some(&split), 4, &[4, 3], "x").unwrap();
+        let b = slot_layout(Some(&sharding(&[2, 2], &[&["data"], &[]], AxisType::Auto)), 4, &[4, 3], "x").unwrap();
+        assert!(a.is_some() && a == b);
+        assert_eq!(block_shape(&a, &[4, 3]).unwrap(), [2, 3]);
+        // Errors name the slot and the axis.
+        let e = slot_layout(Some(&split), 4, &[3, 3], "f: input \"x\"").unwrap_err();
+        assert!(e.to_string().contains("input \"x\"") && e.to_string().contains("[\"data\"]") && e.to_string().contains("size 3"), "{e}");
+        let e = slot_layout(Some(&split), 8, &[4, 3], "f: input \"x\"").unwrap_err();
+        assert!(e.to_string().contains("mesh of 4 devices, but the computation runs on 8"), "{e}");
+    }
 
     #[test]
     fn blocks_of_a_row_major_array() {

@@ -34,6 +34,9 @@ impl RawLoop {
     pub fn new(client: &Client, bundle: &Bundle, file: &str, seed: u64, inputs: Vec<Tensor>) -> Result<RawLoop> {
         let comp = bundle.computation(file)?;
         let (spec, exp) = (&comp.spec, &comp.exported);
+        if exp.nr_devices > 1 {
+            return Err(Error::invalid(file, format!("exported for {} devices; the raw loop runs single-device computations only", exp.nr_devices)));
+        }
         let device = client.device(0)?;
         let exe = client.compile(Program::Mlir(&exp.mlir_module), &CompileOptions::default())?;
         let vars = bundle.variables()?.ok_or_else(|| Error::invalid(file, "the bundle has no variables.safetensors"))?;
@@ -63,7 +66,7 @@ impl RawLoop {
             return Err(Error::ArgumentCount { what: "raw loop inputs".into(), expected: input_index, got: inputs.len() });
         }
         let mut args = Vec::new();
-        let placement = super::placement::Placement::new(client.clone(), 0, 1)?;
+        let placement = super::placement::Placement::new(client.clone(), 0, 1, "the raw loop")?;
         if let Some(index) = super::computation::platform_index_arg(&placement, exp, file, 1)? {
             args.push(RawArg::Resident(index.into_single()?));
         }

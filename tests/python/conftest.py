@@ -3,6 +3,11 @@
 import os
 from pathlib import Path
 
+# The mesh bundles (flaxlayer_export.examples.registry.MESH_EXAMPLES) run on up to 8 devices:
+# JAX's CPU backend must be told before it starts, i.e. before any test module imports jax.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
 # JAX's persistent compilation cache under target/ (as FLAXLAYER_CACHE is for the Rust tests):
 # the suite compiles the same programs in several tests and in the CLI subprocesses, which
 # inherit the variable. Compiled programs are keyed by their HLO, jax version and flags, so a

@@ -190,8 +190,10 @@ def get_bundle(name) -> Bundle:
 def test_bundle_dirs_are_the_examples():
     dirs = sorted(p.parent.name for p in HLO.glob("*/manifest.json"))
     # training bundles (ee.TRAIN_EXAMPLES) are tested in test_train.py, NNX bundles
-    # (ee.NNX_EXAMPLES, nnx_digits_train) in test_nnx.py
-    assert dirs == sorted(NAMES + list(ee.NNX_EXAMPLES) + list(ee.TRAIN_EXAMPLES))
+    # (ee.NNX_EXAMPLES, nnx_digits_train) in test_nnx.py, mesh bundles (ee.MESH_EXAMPLES,
+    # ee.MESH_TRAIN_EXAMPLES) in test_devices.py
+    assert dirs == sorted(NAMES + list(ee.NNX_EXAMPLES) + list(ee.TRAIN_EXAMPLES) + list(ee.MESH_EXAMPLES)
+                          + list(ee.MESH_TRAIN_EXAMPLES))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ import tritonclient.http as httpclient
 
 REPO = Path(__file__).resolve().parents[2]
 HLO = REPO / "hlo"
-sys.path.insert(0, str(REPO / "scripts"))
 
 BUNDLES = ["cnn", "mlp", "mixed", "wrapper", "dense_bn_dropout", "decoder", "multi_platform"]
 ATOL = 2e-5  # XLA's CPU code may differ by an ulp between CPUs; the other tests use the same.
@@ -297,8 +295,9 @@ def test_tf_serving_model_status(server):
 def mlp_reference(rows: np.ndarray) -> np.ndarray:
     """JAX's MLP on `rows`, with the bundle's variables."""
     import jax
-    import models
     from flax.traverse_util import unflatten_dict
+
+    from flaxlayer_export.examples import models
 
     with safe_open(str(HLO / "mlp" / "variables.safetensors"), framework="flax") as f:
         variables = unflatten_dict({tuple(k.split("/")): f.get_tensor(k) for k in f.keys()})

@@ -4,10 +4,10 @@
 """
 
 from .models import (MLP, ActNorm, ActNormDense, BatchStatsBN, Buckets, DecoderLayer, DenseBNDropout,
-                     DigitsMLP, LinalgModule, LSTMClassifier, MixedDtypes, MyFlaxModule, SmallMLP,
+                     DigitsMLP, LinalgModule, LSTMClassifier, MixedDtypes, MyFlaxModule, PartitionedMLP, SmallMLP,
                      TinyDecoder, TinyDense, TwoInputModule, my_flax_module_wrapper)
 
 __all__ = ["MLP", "ActNorm", "ActNormDense", "BatchStatsBN", "Buckets", "DecoderLayer",
            "DenseBNDropout", "DigitsMLP", "LinalgModule", "LSTMClassifier", "MixedDtypes",
-           "MyFlaxModule", "SmallMLP", "TinyDecoder", "TinyDense", "TwoInputModule",
+           "MyFlaxModule", "PartitionedMLP", "SmallMLP", "TinyDecoder", "TinyDense", "TwoInputModule",
            "my_flax_module_wrapper"]

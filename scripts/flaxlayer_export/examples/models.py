@@ -148,6 +148,35 @@ class MLP(nn.Module):
         return nn.Dense(10)(x)
 
 
+class PartitionedMLP(nn.Module):
+    """An MLP with relu (by default 256-256-10: `MLP`'s, with the same variables under the same
+    seed) whose kernels and biases carry Flax's partitioning metadata, Megatron style: the
+    first Dense split by columns, the second by rows, the third replicated (hlo/mesh2x2_mlp,
+    hlo/mesh2x4_mlp). Physical mesh axes (`nn.with_partitioning`: `model`), or with `logical`
+    logical axes (`nn.with_logical_partitioning`: `embed`, `mlp`, `vocab`) for the export's
+    rules."""
+    logical: bool = False
+    features: tuple[int, int, int] = (256, 256, 10)
+
+    def _dense(self, features, kernel_axes, bias_axes):
+        physical = {"embed": None, "mlp": "model", "vocab": None}
+        if self.logical:
+            part = nn.with_logical_partitioning
+        else:
+            part = nn.with_partitioning
+            kernel_axes = tuple(physical[a] for a in kernel_axes)
+            bias_axes = tuple(physical[a] for a in bias_axes)
+        return nn.Dense(features, kernel_init=part(nn.initializers.lecun_normal(), kernel_axes),
+                        bias_init=part(nn.initializers.zeros_init(), bias_axes))
+
+    @nn.compact
+    def __call__(self, inputs):
+        hidden, embed, out = self.features
+        x = nn.relu(self._dense(hidden, ("embed", "mlp"), ("mlp",))(inputs))
+        x = nn.relu(self._dense(embed, ("mlp", "embed"), ("embed",))(x))
+        return self._dense(out, ("embed", "vocab"), ("vocab",))(x)
+
+
 class TinyDense(nn.Module):
     """One Dense layer (hlo/multi_platform)."""
 

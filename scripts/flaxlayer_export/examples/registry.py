@@ -5,8 +5,10 @@
     .venv/bin/python scripts/export_examples.py --out-root target/x
 
 Besides the FlaxLayer bundles of linen modules (EXAMPLES) and of NNX modules (NNX_EXAMPLES): the
-data set `digits` (hlo/digits/data.safetensors,
-digits.py) and the training bundles (TRAIN_EXAMPLES, export_train_step, docs/training.md).
+data set `digits` (hlo/digits/data.safetensors, digits.py), the training bundles (TRAIN_EXAMPLES,
+export_train_step, docs/training.md) and the bundles exported on a mesh of several devices
+(MESH_EXAMPLES, MESH_TRAIN_EXAMPLES; they need XLA_FLAGS=--xla_force_host_platform_device_count=8
+set before jax initializes, which scripts/export_examples.py does).
 Golden data beyond the standard names (docs/bundle-format.md) is computed here with plain
 jitted `module.apply` / `module.init`, independently of the exporter's functions.
 """
@@ -23,10 +25,12 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax.core import DenyList
+from jax.sharding import PartitionSpec as P
 
 from .. import export_flax
 from ..batch_order import epoch_permutation
 from ..linen import KEY_IMPL
+from ..sharding import cpu_mesh
 from . import digits, models, nnx_models
 
 GREEDY_PROMPT = np.array([[5, 9, 2, 7]], dtype=np.int32)  # [1, P], P = 4
@@ -52,6 +56,8 @@ class Example:
     make_variables: Callable[[Any, Any], Any] | None = None
     # f(module, variables) -> extra golden tensors
     extra_golden: Callable[[Any, Any], dict] | None = None
+    # () -> export_flax's mesh arguments (mesh, param_sharding, input_sharding, ...)
+    make_sharding: Callable[[], dict] | None = None
 
 
 def _normal(seed, shape, dtype=np.float32):
@@ -245,9 +251,48 @@ NNX_EXAMPLES: dict[str, Example] = {
 }
 
 
+# Megatron-style tensor parallelism of MLP 64-256-256-10 over `model`: Dense_0 split by columns
+# (kernel and bias), Dense_1 by rows (its bias replicated), Dense_2 replicated.
+TP_PARAMS = {"Dense_0/kernel": P(None, "model"), "Dense_0/bias": P("model"), "Dense_1/kernel": P("model", None)}
+# hlo/mesh2x4_mlp: PartitionedMLP(logical=True)'s logical axes on a data x model mesh.
+LOGICAL_RULES = (("mlp", "model"), ("embed", None), ("vocab", None))
+
+MESH_EXAMPLES: dict[str, Example] = {
+    "dp_mlp": Example(
+        make_module=models.DenseBNDropout,
+        make_inputs=lambda: _normal(40, (8, 12)),
+        batch_sizes=(4, 8, 16),
+        make_sharding=lambda: {"mesh": cpu_mesh((4,), ("data",)), "input_sharding": P("data"),
+                               "output_sharding": P("data")},
+    ),
+    "tp_mlp": Example(
+        make_module=models.MLP,
+        make_inputs=lambda: _normal(41, (8, 64)),
+        batch_sizes=(1, 8),
+        make_sharding=lambda: {"mesh": cpu_mesh((4,), ("model",)), "param_sharding": TP_PARAMS.get},
+    ),
+    "mesh2x2_mlp": Example(
+        make_module=lambda: models.PartitionedMLP(features=(32, 16, 4)),
+        make_inputs=lambda: _normal(42, (8, 16)),
+        batch_sizes=(2, 8),
+        make_sharding=lambda: {"mesh": cpu_mesh((2, 2), ("data", "model")), "input_sharding": P("data"),
+                               "output_sharding": P("data")},
+    ),
+    "mesh2x4_mlp": Example(
+        make_module=lambda: models.PartitionedMLP(logical=True, features=(32, 16, 4)),
+        make_inputs=lambda: _normal(43, (8, 16)),
+        make_sharding=lambda: {"mesh": cpu_mesh((2, 4), ("data", "model")), "input_sharding": P("data"),
+                               "output_sharding": P("data"), "logical_rules": LOGICAL_RULES},
+    ),
+}
+
+
 def example(name: str) -> Example:
-    """EXAMPLES[name] or NNX_EXAMPLES[name]."""
-    return EXAMPLES[name] if name in EXAMPLES else NNX_EXAMPLES[name]
+    """EXAMPLES[name], NNX_EXAMPLES[name] or MESH_EXAMPLES[name]."""
+    for examples in (EXAMPLES, NNX_EXAMPLES, MESH_EXAMPLES):
+        if name in examples:
+            return examples[name]
+    raise KeyError(name)
 
 
 def example_variables(name: str, module=None):
@@ -267,7 +312,8 @@ def export_example(name: str, out_dir: str) -> dict:
         variables=example_variables(name, module),
         init_inputs=ex.make_init_inputs() if ex.make_init_inputs else None,
         platforms=ex.platforms, batch_sizes=ex.batch_sizes, max_batch=ex.max_batch,
-        extra_golden=(lambda v: ex.extra_golden(module, v)) if ex.extra_golden else None)
+        extra_golden=(lambda v: ex.extra_golden(module, v)) if ex.extra_golden else None,
+        **(ex.make_sharding() if ex.make_sharding else {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +330,8 @@ class TrainExample:
     golden_steps: int = 20
     # () -> extra golden tensors
     extra_golden: Callable[[], dict] | None = None
+    # () -> export_train_step's mesh arguments (mesh, batch_sharding, ...)
+    make_sharding: Callable[[], dict] | None = None
 
     def sample_batch(self, data: dict) -> dict:
         return {"x": data["x_train"][:self.batch_size], "y": data["y_train"][:self.batch_size]}
@@ -339,6 +387,18 @@ TRAIN_EXAMPLES: dict[str, TrainExample] = {
     ),
 }
 
+MESH_TRAIN_EXAMPLES: dict[str, TrainExample] = {
+    # Data parallel on 4 devices: the batch of 32 split 4 ways, params, batch statistics and
+    # optimizer state replicated; XLA all-reduces the gradients and the batch statistics.
+    "dp_digits_train": TrainExample(
+        make_module=models.DigitsMLP,
+        make_data=digits.load_digits_split,
+        batch_size=32,
+        make_optimizer=lambda: _adam(0.001),
+        make_sharding=lambda: {"mesh": cpu_mesh((4,), ("data",)), "batch_sharding": P("data")},
+    ),
+}
+
 # Data sets: name -> fn(out_dir) writing <out_dir>/data.safetensors.
 DATA: dict[str, Callable[[str], Any]] = {
     "digits": lambda out_dir: digits.write_digits(os.path.join(out_dir, "data.safetensors")),
@@ -348,24 +408,25 @@ DATA: dict[str, Callable[[str], Any]] = {
 def export_train_example(name: str, out_dir: str) -> dict:
     from ..train import export_train_step
 
-    ex = TRAIN_EXAMPLES[name]
+    ex = TRAIN_EXAMPLES[name] if name in TRAIN_EXAMPLES else MESH_TRAIN_EXAMPLES[name]
     data = ex.make_data()
     optimizer, optimizer_name = ex.make_optimizer() if ex.make_optimizer else (None, None)
     return export_train_step(
         ex.make_module(), ex.sample_batch(data), out_dir, loss=ex.loss, optimizer=optimizer,
         optimizer_name=optimizer_name, seed=ex.seed, rng_streams=ex.rng_streams, golden_data=data,
-        golden_steps=ex.golden_steps, extra_golden=ex.extra_golden() if ex.extra_golden else None)
+        golden_steps=ex.golden_steps, extra_golden=ex.extra_golden() if ex.extra_golden else None,
+        **(ex.make_sharding() if ex.make_sharding else {}))
 
 
-ALL = [*EXAMPLES, *NNX_EXAMPLES, *DATA, *TRAIN_EXAMPLES]
+ALL = [*EXAMPLES, *NNX_EXAMPLES, *DATA, *TRAIN_EXAMPLES, *MESH_EXAMPLES, *MESH_TRAIN_EXAMPLES]
 
 
 def export_any(name: str, out_dir: str):
-    if name in EXAMPLES or name in NNX_EXAMPLES:
+    if name in EXAMPLES or name in NNX_EXAMPLES or name in MESH_EXAMPLES:
         return export_example(name, out_dir)
     if name in DATA:
         return DATA[name](out_dir)
-    if name in TRAIN_EXAMPLES:
+    if name in TRAIN_EXAMPLES or name in MESH_TRAIN_EXAMPLES:
         return export_train_example(name, out_dir)
     raise ValueError(f"unknown example {name!r}")
 

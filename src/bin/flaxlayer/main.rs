@@ -26,6 +26,10 @@ struct Cli {
     /// The time limit of one isolated compile, in seconds (with --untrusted).
     #[arg(long, global = true, default_value_t = 120)]
     compile_timeout: u64,
+    /// On a CPU plugin, the number of (virtual) devices of the client (default: the plugin's,
+    /// 4, or $FLAXLAYER_CPU_DEVICES). A bundle exported for N devices needs at least N.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    devices: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +66,8 @@ pub struct Common {
     pub plugin: Option<PathBuf>,
     /// `--untrusted`, with its time limit.
     pub isolation: Option<flaxlayer::layer::isolate::Isolation>,
+    /// `--devices`.
+    pub devices: Option<usize>,
 }
 
 impl Common {
@@ -73,7 +79,15 @@ impl Common {
         if let Some(iso) = &self.isolation {
             b = b.untrusted(iso.clone());
         }
+        if let Some(n) = self.devices {
+            b = b.cpu_devices(n);
+        }
         b
+    }
+
+    /// The PJRT client these settings name (for commands that share one client).
+    pub fn client(&self) -> flaxlayer::Result<flaxlayer::pjrt::Client> {
+        flaxlayer::layer::Options { plugin: self.plugin.clone(), cpu_devices: self.devices, ..Default::default() }.client()
     }
 }
 
@@ -120,7 +134,7 @@ fn run(cli: Cli) -> Result<()> {
         worker: std::env::current_exe().ok(),
         timeout: std::time::Duration::from_secs(cli.compile_timeout),
     });
-    let common = Common { plugin: cli.plugin, isolation };
+    let common = Common { plugin: cli.plugin, isolation, devices: cli.devices.map(|n| n as usize) };
     match cli.command {
         Command::Inspect { bundle } => inspect(&bundle, common.plugin.as_deref()),
         Command::Run(args) => run_bundle(args, &common),
@@ -175,8 +189,18 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     let count = |vs: &[&flaxlayer::TensorSpec]| -> u64 { vs.iter().map(|v| v.num_elements().unwrap_or(0) as u64).sum() };
     println!("trainable weights: {} ({} params)", params.len(), count(&params));
     println!("non-trainable weights: {} ({} values)", state.len(), count(&state));
+    let mesh = bundle.mesh().filter(|_| bundle.devices() > 1);
+    if let Some(mesh) = &mesh {
+        let axes: Vec<String> = mesh.axis_names.iter().zip(&mesh.axis_sizes).map(|(n, s)| format!("{n}={s}")).collect();
+        let partitioner = m.partitioner.as_deref().unwrap_or("shardy");
+        println!("mesh: {} ({} devices, partitioner {partitioner})", axes.join(" x "), bundle.devices());
+    }
     for v in &m.variables {
-        println!("  {:<48} {}", v.name, shape(v.dtype, &v.shape));
+        let split = match &mesh {
+            None => String::new(),
+            Some(_) => sharding_text(bundle.variable_sharding(&m.default_method, &v.name), &v.shape),
+        };
+        println!("  {:<48} {:<20}{split}", v.name, shape(v.dtype, &v.shape));
     }
     for (name, method) in &m.methods {
         let default = if *name == m.default_method { " (default)" } else { "" };
@@ -192,14 +216,18 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
             for c in comps {
                 let comp = bundle.computation(&c.file)?;
                 let exp = &comp.exported;
-                let leaves = |slots: &[flaxlayer::bundle::Slot], avals: &[flaxlayer::bundle::Aval], role| -> Vec<String> {
-                    slots.iter().zip(avals)
-                        .filter(|(s, _)| s.role == role)
-                        .map(|(s, a)| format!("{}: {}", s.name.as_deref().unwrap_or(""), shape(a.dtype, &a.shape.clone())))
+                let split = exp.nr_devices > 1;
+                let leaves = |slots: &[flaxlayer::bundle::Slot], avals: &[flaxlayer::bundle::Aval], shardings: &[Option<flaxlayer::bundle::NamedSharding>], role| -> Vec<String> {
+                    slots.iter().zip(avals).enumerate()
+                        .filter(|(_, (s, _))| s.role == role)
+                        .map(|(i, (s, a))| {
+                            let how = if split { format!(" {}", spec_only(shardings.get(i).and_then(Option::as_ref))) } else { String::new() };
+                            format!("{}: {}{how}", s.name.as_deref().unwrap_or(""), shape(a.dtype, &a.shape.clone()))
+                        })
                         .collect()
                 };
-                let ins = leaves(&c.args, &exp.in_avals, flaxlayer::bundle::Role::Input);
-                let outs = leaves(&c.results, &exp.out_avals, flaxlayer::bundle::Role::Output);
+                let ins = leaves(&c.args, &exp.in_avals, &exp.in_shardings, flaxlayer::bundle::Role::Input);
+                let outs = leaves(&c.results, &exp.out_avals, &exp.out_shardings, flaxlayer::bundle::Role::Output);
                 println!("  {mode:<9} batch {:>4}  in ({})  out ({})", c.batch_size.map_or("-".into(), |b| b.to_string()), ins.join(", "), outs.join(", "));
             }
         }
@@ -209,6 +237,25 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
         println!("plugin: {:?}", client.plugin());
     }
     Ok(())
+}
+
+/// A recorded sharding in JAX's notation (`P(None, 'model')`; `P()` when replicated).
+fn spec_only(sharding: Option<&flaxlayer::bundle::NamedSharding>) -> String {
+    let mut axes = sharding.map(|s| s.spec.clone()).unwrap_or_default();
+    while axes.last().is_some_and(Vec::is_empty) {
+        axes.pop();
+    }
+    flaxlayer::bundle::spec_text(&axes)
+}
+
+/// How a variable of `shape` is held: `P(None, 'model') -> [64, 64] per device`, or
+/// `replicated`.
+fn sharding_text(sharding: Option<&flaxlayer::bundle::NamedSharding>, shape: &[usize]) -> String {
+    match sharding.map(|s| (spec_only(Some(s)), s.shard_shape(shape))) {
+        Some((spec, Ok(block))) if block != shape => format!("{spec} -> {block:?} per device"),
+        Some((spec, Err(e))) => format!("{spec} (cannot be laid out: {e})"),
+        _ => "replicated".to_string(),
+    }
 }
 
 fn run_bundle(args: RunArgs, common: &Common) -> Result<()> {

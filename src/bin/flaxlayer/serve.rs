@@ -30,7 +30,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, common: &Common) -> Result<()> {
-    let client = flaxlayer::pjrt::Client::new(common.plugin.as_deref()).context("loading the PJRT plugin")?;
+    let client = common.client().context("loading the PJRT plugin")?;
     let config = ServerConfig { models: args.models.clone(), max_body_bytes: args.max_body_bytes, untrusted: common.isolation.clone() };
     let server = Server::load(&config, &client).with_context(|| format!("loading the model repository {}", args.models.display()))?;
     for (name, versions) in server.repository().models() {
