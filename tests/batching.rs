@@ -8,7 +8,7 @@ use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{DType, Error, FlaxLayer, Mode, PyTree, Tensor};
 
 mod common;
-use common::{client, hlo};
+use common::{client, hlo, row_range};
 
 type Named = BTreeMap<String, Tensor>;
 
@@ -18,14 +18,6 @@ fn golden(name: &str) -> Named {
 
 fn layer(name: &str) -> FlaxLayer {
     FlaxLayer::builder(hlo(name)).client(client()).build().unwrap()
-}
-
-/// The first `n` rows of `t`.
-fn head(t: &Tensor, n: usize) -> Tensor {
-    let row = t.num_bytes() / t.shape()[0];
-    let mut shape = t.shape().to_vec();
-    shape[0] = n;
-    Tensor::new(t.dtype(), shape, &t.as_bytes()[..n * row]).unwrap()
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
@@ -42,7 +34,7 @@ fn every_batch_from_1_to_40_equals_jax_at_that_size() {
     assert_eq!(layer.batch_sizes(Mode::Inference), [1, 4, 16]);
     assert!(layer.batching().paddable);
     for n in 1..=40 {
-        let x = PyTree::dict([("a", PyTree::leaf(head(&g["rows/a"], n))), ("b", PyTree::leaf(head(&g["rows/b"], n)))]);
+        let x = PyTree::dict([("a", PyTree::leaf(row_range(&g["rows/a"], 0, n))), ("b", PyTree::leaf(row_range(&g["rows/b"], 0, n)))]);
         for (how, out) in [("predict", layer.predict(&x).unwrap()), ("call", layer.call(&x, Mode::Inference).unwrap())] {
             assert_close(&format!("n={n} {how} output 0 (batched)"), &out["0"], &g[&format!("exact/{n}/0")], 1e-6);
             assert_close(&format!("n={n} {how} output 1 (not batched)"), &out["1"], &g[&format!("exact/{n}/1")], 1e-6);
@@ -54,7 +46,7 @@ fn every_batch_from_1_to_40_equals_jax_at_that_size() {
 fn training_calls_never_pad() {
     let g = golden("buckets");
     let mut layer = layer("buckets");
-    let x = PyTree::dict([("a", PyTree::leaf(head(&g["rows/a"], 3))), ("b", PyTree::leaf(head(&g["rows/b"], 3)))]);
+    let x = PyTree::dict([("a", PyTree::leaf(row_range(&g["rows/a"], 0, 3))), ("b", PyTree::leaf(row_range(&g["rows/b"], 0, 3)))]);
     let before = (layer.variables().unwrap(), layer.key().unwrap());
     let err = layer.call(&x, Mode::Training).unwrap_err();
     assert!(matches!(&err, Error::BatchSize { got: 3, available, .. } if available == &[1, 4, 16]), "{err}");

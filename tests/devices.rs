@@ -10,7 +10,7 @@ use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Bundle, Error, FlaxLayer, Mode, Tensor};
 
 mod common;
-use common::{client, hlo};
+use common::{client, hlo, pick_rows, row_range};
 
 type Named = BTreeMap<String, Tensor>;
 
@@ -53,14 +53,6 @@ fn data_parallel_inference_and_training_equal_jax() {
     assert_eq!(layer.key().unwrap().to_vec(), g["key/after_training"].to_vec::<u32>().unwrap());
 }
 
-/// The rows `start..start + n` of a `[B, ...]` tensor.
-fn rows(t: &Tensor, start: usize, n: usize) -> Tensor {
-    let row = t.num_bytes() / t.shape()[0];
-    let mut shape = t.shape().to_vec();
-    shape[0] = n;
-    Tensor::new(t.dtype(), shape, &t.as_bytes()[start * row..(start + n) * row]).unwrap()
-}
-
 #[test]
 fn data_parallel_inference_pads_and_splits_any_batch() {
     // hlo/dp_mlp is exported at batches 4, 8 and 16 (each split 4 ways) and is paddable:
@@ -68,16 +60,16 @@ fn data_parallel_inference_pads_and_splits_any_batch() {
     let g = golden("dp_mlp");
     let layer = FlaxLayer::builder(hlo("dp_mlp")).client(client()).build().unwrap();
     let (x, want) = (input("dp_mlp"), &g["inference/outputs"]);
-    let y = layer.predict(rows(&x, 0, 3)).unwrap();
-    assert_close("3 rows", &y["outputs"], &rows(want, 0, 3), TOL);
+    let y = layer.predict(row_range(&x, 0, 3)).unwrap();
+    assert_close("3 rows", &y["outputs"], &row_range(want, 0, 3), TOL);
     let mut twenty = Vec::new();
     for i in 0..20 {
-        twenty.extend_from_slice(rows(&x, i % 8, 1).as_bytes());
+        twenty.extend_from_slice(row_range(&x, i % 8, 1).as_bytes());
     }
     let x20 = Tensor::new(x.dtype(), vec![20, 12], &twenty).unwrap();
     let y = layer.predict(&x20).unwrap();
     for i in 0..20 {
-        assert_close(&format!("row {i} of 20"), &rows(&y["outputs"], i, 1), &rows(want, i % 8, 1), TOL);
+        assert_close(&format!("row {i} of 20"), &row_range(&y["outputs"], i, 1), &row_range(want, i % 8, 1), TOL);
     }
 }
 
@@ -121,7 +113,7 @@ fn data_and_model_parallel_on_a_2x2_mesh_equal_jax() {
     assert_close("inference", &layer.predict(&x).unwrap()["outputs"], &g["inference/outputs"], TOL);
     assert_close("training", &layer.call(&x, Mode::Training).unwrap()["outputs"], &g["training/0/outputs"], TOL);
     // Batch 2: one row per `data` slice.
-    assert_close("batch 2", &layer.predict(rows(&x, 0, 2)).unwrap()["outputs"], &rows(&g["inference/outputs"], 0, 2), TOL);
+    assert_close("batch 2", &layer.predict(row_range(&x, 0, 2)).unwrap()["outputs"], &row_range(&g["inference/outputs"], 0, 2), TOL);
 }
 
 #[test]
@@ -174,8 +166,8 @@ fn predict_from_several_threads_on_a_sharded_layer() {
                 for i in 0..20 {
                     // Each thread its own rows: 2 (a one-row-per-slice batch) or all 8.
                     let (start, n) = if (t + i) % 2 == 0 { (2 * ((t + i) % 4), 2) } else { (0, 8) };
-                    let y = layer.predict(rows(&x, start, n)).unwrap();
-                    assert_close(&format!("thread {t} call {i}"), &y["outputs"], &rows(&want, start, n), TOL);
+                    let y = layer.predict(row_range(&x, start, n)).unwrap();
+                    assert_close(&format!("thread {t} call {i}"), &y["outputs"], &row_range(&want, start, n), TOL);
                 }
             })
         })
@@ -232,23 +224,12 @@ mod trainer {
         DATA.get_or_init(|| read_safetensors(hlo("digits").join("data.safetensors")).unwrap().into_iter().collect())
     }
 
-    fn pick(t: &Tensor, idx: &[usize]) -> Tensor {
-        let row = t.num_bytes() / t.shape()[0];
-        let mut bytes = Vec::with_capacity(idx.len() * row);
-        for &i in idx {
-            bytes.extend_from_slice(&t.as_bytes()[i * row..(i + 1) * row]);
-        }
-        let mut shape = t.shape().to_vec();
-        shape[0] = idx.len();
-        Tensor::new(t.dtype(), shape, &bytes).unwrap()
-    }
-
     /// Batch `i` (over epochs) of the documented order for seed 0.
     fn nth_batch(i: usize) -> Batch {
         let (x, y) = (&data()["x_train"], &data()["y_train"]);
         let n = x.shape()[0];
         let idx = &epoch_batches(0, (i / (n / 32)) as u64, n, 32)[i % (n / 32)];
-        Batch::new(pick(x, idx), pick(y, idx))
+        Batch::new(pick_rows(x, idx), pick_rows(y, idx))
     }
 
     fn rel(a: f64, b: f64) -> f64 {
@@ -425,7 +406,7 @@ mod serve {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         for (name, n) in [("dp_mlp", 3), ("mesh2x4_mlp", 8)] {
             let g = golden(name);
-            let x = rows(&g["inputs/inputs"], 0, n);
+            let x = row_range(&g["inputs/inputs"], 0, n);
             let body = json!({"inputs": [{"name": "inputs", "shape": x.shape(), "datatype": "FP32", "data": x.to_vec::<f32>().unwrap()}]});
             let mut resp = agent.post(&format!("{url}/v2/models/{name}/infer")).send(serde_json::to_vec(&body).unwrap().as_slice()).unwrap();
             let text = resp.body_mut().read_to_string().unwrap();
@@ -434,7 +415,7 @@ mod serve {
             let out = &v["outputs"][0];
             let data: Vec<f32> = out["data"].as_array().unwrap().iter().map(|d| d.as_f64().unwrap() as f32).collect();
             let shape: Vec<usize> = out["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-            assert_close(name, &Tensor::from_vec(shape, data).unwrap(), &rows(&g["inference/outputs"], 0, n), TOL);
+            assert_close(name, &Tensor::from_vec(shape, data).unwrap(), &row_range(&g["inference/outputs"], 0, n), TOL);
         }
         child.kill().unwrap();
         child.wait().unwrap();

@@ -14,7 +14,7 @@ use flaxlayer::{Batch, Bundle, DType, Error, FlaxLayer, Mode, PyTree, Tensor, Tr
 
 mod common;
 use common::golden::{assert_close, named, state_only, Golden};
-use common::{client, hlo};
+use common::{client, hlo, pick_rows};
 
 const BUNDLES: [&str; 3] = ["nnx_mlp_bn_dropout", "nnx_attention", "nnx_counter"];
 
@@ -173,14 +173,6 @@ fn digits() -> &'static Named {
     DATA.get_or_init(|| read_safetensors(hlo("digits").join("data.safetensors")).unwrap().into_iter().collect())
 }
 
-fn rows(t: &Tensor, idx: &[usize]) -> Tensor {
-    let row = t.num_bytes() / t.shape()[0];
-    let bytes: Vec<u8> = idx.iter().flat_map(|&i| t.as_bytes()[i * row..(i + 1) * row].iter().copied()).collect();
-    let mut shape = t.shape().to_vec();
-    shape[0] = idx.len();
-    Tensor::new(t.dtype(), shape, &bytes).unwrap()
-}
-
 fn trainer() -> Trainer {
     Trainer::builder(hlo("nnx_digits_train")).client(client()).build().unwrap()
 }
@@ -195,7 +187,7 @@ fn nnx_digits_first_steps_match_jax() {
     let mut t = trainer();
     for (i, (&loss, &acc)) in want_loss.iter().zip(&want_acc).enumerate() {
         let idx = &epoch_batches(0, (i / per_epoch) as u64, x.shape()[0], 32)[i % per_epoch];
-        let m = t.step(&Batch::new(rows(x, idx), rows(y, idx))).unwrap();
+        let m = t.step(&Batch::new(pick_rows(x, idx), pick_rows(y, idx))).unwrap();
         let rel = (m.loss().unwrap() - loss as f64).abs() / loss as f64;
         assert!(rel <= 1e-5, "step {i}: loss {} vs JAX {loss}", m.loss().unwrap());
         assert_eq!(m.accuracy().unwrap() as f32, acc, "step {i}: accuracy");
@@ -226,6 +218,6 @@ fn nnx_digits_trains_to_95_percent_test_accuracy() {
     // The trained NNX variables serve inference as a FlaxLayer, RNG state and all.
     let layer = t.to_flax_layer().unwrap();
     assert_eq!(layer.variables().unwrap(), t.layer().variables().unwrap());
-    let logits = layer.predict(&PyTree::leaf(rows(&d["x_test"], &(0..32).collect::<Vec<_>>()))).unwrap();
+    let logits = layer.predict(&PyTree::leaf(pick_rows(&d["x_test"], &(0..32).collect::<Vec<_>>()))).unwrap();
     assert_eq!(logits.as_tensor().unwrap().dtype(), DType::F32);
 }

@@ -11,7 +11,7 @@ use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, Bundle, DType, Error, FlaxLayer, PyTree, Tensor, Trainer};
 
 mod common;
-use common::{hlo, client};
+use common::{client, hlo, pick_rows};
 
 const GOLDEN_STEPS: usize = 20;
 
@@ -42,24 +42,13 @@ fn golden() -> &'static Named {
     GOLDEN.get_or_init(|| load(hlo("digits_train").join("golden.safetensors")))
 }
 
-fn rows(t: &Tensor, idx: &[usize]) -> Tensor {
-    let row = t.num_bytes() / t.shape()[0];
-    let mut bytes = Vec::with_capacity(idx.len() * row);
-    for &i in idx {
-        bytes.extend_from_slice(&t.as_bytes()[i * row..(i + 1) * row]);
-    }
-    let mut shape = t.shape().to_vec();
-    shape[0] = idx.len();
-    Tensor::new(t.dtype(), shape, &bytes).unwrap()
-}
-
 /// Batch `i` (0-based, over epochs) of the documented order for seed 0.
 fn nth_batch(i: usize) -> Batch {
     let (x, y) = (&data()["x_train"], &data()["y_train"]);
     let n = x.shape()[0];
     let per_epoch = n / 32;
     let idx = &epoch_batches(0, (i / per_epoch) as u64, n, 32)[i % per_epoch];
-    Batch::new(rows(x, idx), rows(y, idx))
+    Batch::new(pick_rows(x, idx), pick_rows(y, idx))
 }
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -186,7 +175,7 @@ fn a_bad_batch_is_a_typed_error_and_changes_nothing() {
         matches!(&err, Error::ShapeMismatch { what, expected, got } if what.contains("\"x\"") && expected == &[32, 64] && got == &[32, 63]),
         "{err}"
     );
-    let err = t.step(&Batch::new(rows(&x, &(0..16).collect::<Vec<_>>()), rows(&y, &(0..16).collect::<Vec<_>>()))).unwrap_err();
+    let err = t.step(&Batch::new(pick_rows(&x, &(0..16).collect::<Vec<_>>()), pick_rows(&y, &(0..16).collect::<Vec<_>>()))).unwrap_err();
     assert!(matches!(&err, Error::ShapeMismatch { what, .. } if what.contains("\"x\"") && what.contains("32")), "{err}");
     let err = t.step(&Batch::new(x.clone(), Tensor::zeros(DType::I64, vec![32]).unwrap())).unwrap_err();
     assert!(
@@ -245,15 +234,15 @@ fn trains_digits_to_95_percent_test_accuracy() {
     let idx: Vec<usize> = (0..320).collect();
     let mut correct = 0;
     for chunk in idx.chunks(32) {
-        let logits = layer.predict(&PyTree::leaf(rows(x, chunk))).unwrap();
+        let logits = layer.predict(&PyTree::leaf(pick_rows(x, chunk))).unwrap();
         let logits = logits.as_tensor().unwrap().to_vec::<f32>().unwrap();
-        let labels = rows(y, chunk).to_vec::<i32>().unwrap();
+        let labels = pick_rows(y, chunk).to_vec::<i32>().unwrap();
         for (row, &label) in logits.chunks(10).zip(&labels) {
             let best = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
             correct += usize::from(best as i32 == label);
         }
     }
-    let m = t.evaluate(&rows(x, &idx), &rows(y, &idx)).unwrap();
+    let m = t.evaluate(&pick_rows(x, &idx), &pick_rows(y, &idx)).unwrap();
     assert_eq!(correct as f64, (m.accuracy().unwrap() * 320.0).round(), "FlaxLayer vs Trainer predictions");
 }
 

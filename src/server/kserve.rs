@@ -4,7 +4,6 @@
 //! `binary_data_size`, `binary_data`, `binary_data_output`).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -90,14 +89,7 @@ async fn infer_version(State(state): State<Arc<AppState>>, Path((model, version)
 }
 
 async fn infer_at(state: &AppState, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let model = match state.repo.get(name, version) {
-        Ok(m) => m,
-        Err(e) => {
-            state.account(None, started, Some(&e));
-            return Err(e);
-        }
-    };
+    let (model, started) = state.model_for_request(name, version)?;
     let arriving = model.arrive();
     let result = run(state, model, headers, body, arriving).await;
     state.account(Some(model), started, result.as_ref().err());

@@ -33,6 +33,19 @@ impl AppState {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// The model an inference request names, with the time the request started; a model that
+    /// isn't there is counted as a failure of no model.
+    pub fn model_for_request(&self, name: &str, version: Option<&str>) -> Result<(&Arc<Model>, Instant), ApiError> {
+        let started = Instant::now();
+        match self.repo.get(name, version) {
+            Ok(m) => Ok((m, started)),
+            Err(e) => {
+                self.account(None, started, Some(&e));
+                Err(e)
+            }
+        }
+    }
+
     /// Counts one inference request answered with `error` (or successfully): for `model` when
     /// it was found (requests, failures by status, duration), else as a failure of no model.
     pub fn account(&self, model: Option<&Model>, started: Instant, error: Option<&ApiError>) {

@@ -3,7 +3,6 @@
 //! (model status). Tensors are nested JSON lists; their dtypes are the model's.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -68,14 +67,7 @@ fn verb(spec: &str) -> Result<&str, ApiError> {
 }
 
 async fn predict_at(state: &AppState, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let model = match state.repo.get(name, version) {
-        Ok(m) => m,
-        Err(e) => {
-            state.account(None, started, Some(&e));
-            return Err(e);
-        }
-    };
+    let (model, started) = state.model_for_request(name, version)?;
     let arriving = model.arrive();
     let result = run(state, model, headers, body, arriving).await;
     state.account(Some(model), started, result.as_ref().err());

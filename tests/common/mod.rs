@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use flaxlayer::pjrt::Client;
+use flaxlayer::Tensor;
 
 pub mod golden;
 
@@ -35,4 +36,18 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// The rows `idx` of a `[B, ...]` tensor, in that order (a batch picked from a data set).
+pub fn pick_rows(t: &Tensor, idx: &[usize]) -> Tensor {
+    let row = t.num_bytes() / t.shape()[0];
+    let bytes: Vec<u8> = idx.iter().flat_map(|&i| t.as_bytes()[i * row..(i + 1) * row].iter().copied()).collect();
+    let mut shape = t.shape().to_vec();
+    shape[0] = idx.len();
+    Tensor::new(t.dtype(), shape, &bytes).unwrap()
+}
+
+/// The rows `start..start + n` of a `[B, ...]` tensor.
+pub fn row_range(t: &Tensor, start: usize, n: usize) -> Tensor {
+    pick_rows(t, &(start..start + n).collect::<Vec<_>>())
 }
