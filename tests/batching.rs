@@ -73,7 +73,7 @@ fn greedy(layer: &mut FlaxLayer, prompts: &Tensor, steps: usize) -> flaxlayer::R
     let mut logits = PyTree::None;
     for t in 0..len {
         let tokens: Vec<i32> = (0..rows).map(|r| p[r * len + t]).collect();
-        logits = layer.call(&column(&tokens), Mode::Inference)?;
+        logits = layer.call(column(&tokens), Mode::Inference)?;
     }
     let mut out = vec![Vec::new(); rows];
     for _ in 0..steps {
@@ -88,7 +88,7 @@ fn greedy(layer: &mut FlaxLayer, prompts: &Tensor, steps: usize) -> flaxlayer::R
         for (r, &b) in best.iter().enumerate() {
             out[r].push(b);
         }
-        logits = layer.call(&column(&best), Mode::Inference)?;
+        logits = layer.call(column(&best), Mode::Inference)?;
     }
     Ok(out)
 }

@@ -42,7 +42,7 @@ fn threads_sharing_a_layer_get_single_threaded_results() {
     let layer = Arc::new(FlaxLayer::builder(bundle).build().unwrap());
 
     // The single-threaded reference.
-    let want_outputs: Vec<PyTree> = (0..THREADS).map(|t| layer.predict(&input(t)).unwrap()).collect();
+    let want_outputs: Vec<PyTree> = (0..THREADS).map(|t| layer.predict(input(t)).unwrap()).collect();
     let want_variables = layer.variables().unwrap();
     let want_key = layer.key().unwrap();
 

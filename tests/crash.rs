@@ -41,7 +41,7 @@ fn batch() -> Batch {
 /// The layer's next state: one training call on the old save.
 fn advance_layer(dir: &Path) -> FlaxLayer {
     let mut layer = FlaxLayer::builder(dir).client(client()).load().unwrap();
-    layer.call(&inputs(), Mode::Training).unwrap();
+    layer.call(inputs(), Mode::Training).unwrap();
     layer
 }
 
@@ -93,8 +93,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Kills the save at every durability point; `state` reads what a directory loads as.
 fn every_crash_point<S: PartialEq + std::fmt::Debug>(role: &str, old_dir: &Path, new_state: &S, old_state: &S, state: impl Fn(&Path) -> S) {
-    let mut crashes = 0;
-    for at in 1..200 {
+    for (crashes, at) in (1..200).enumerate() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("save");
         copy_dir(old_dir, &dir);
@@ -108,16 +107,13 @@ fn every_crash_point<S: PartialEq + std::fmt::Debug>(role: &str, old_dir: &Path,
             assert!(crashes >= 5, "{role}: only {crashes} durability points were exercised");
             return;
         }
-        crashes += 1;
         // The next save (by a live process) cleans up what the dead one left.
         if at % 4 == 1 {
-            let next = match role {
-                "layer" => {
-                    FlaxLayer::builder(&dir).client(client()).load().unwrap().save(&dir).unwrap();
-                }
-                _ => Trainer::builder(&dir).client(client()).load().unwrap().save(&dir).unwrap(),
-            };
-            let _: () = next;
+            if role == "layer" {
+                FlaxLayer::builder(&dir).client(client()).load().unwrap().save(&dir).unwrap();
+            } else {
+                Trainer::builder(&dir).client(client()).load().unwrap().save(&dir).unwrap();
+            }
             assert!(leftovers(root.path()).is_empty(), "{role}: leftovers after a crash at {at} survived the next save: {:?}", leftovers(root.path()));
         }
     }
@@ -129,7 +125,7 @@ fn a_killed_layer_save_leaves_the_old_layer_or_the_new_one() {
     let root = tempfile::tempdir().unwrap();
     let old = root.path().join("old");
     let mut layer = FlaxLayer::builder(hlo("dense_bn_dropout")).client(client()).build().unwrap();
-    layer.call(&inputs(), Mode::Training).unwrap();
+    layer.call(inputs(), Mode::Training).unwrap();
     layer.save(&old).unwrap();
     let state = |dir: &Path| {
         let l = FlaxLayer::builder(dir).client(client()).load().expect("the directory loads");

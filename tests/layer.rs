@@ -140,14 +140,14 @@ fn decoder_greedy_tokens_equal_jax() {
     let token = |t: i32| PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![t]).unwrap());
     let mut logits = PyTree::None;
     for &t in &prompt {
-        logits = layer.call(&token(t), Mode::Inference).unwrap();
+        logits = layer.call(token(t), Mode::Inference).unwrap();
     }
     let mut got = Vec::new();
     for _ in 0..want.len() {
         let l = logits.as_tensor().unwrap().to_vec::<f32>().unwrap();
         let best = l.iter().enumerate().fold(0, |best, (i, &v)| if v > l[best] { i } else { best }) as i32;
         got.push(best);
-        logits = layer.call(&token(best), Mode::Inference).unwrap();
+        logits = layer.call(token(best), Mode::Inference).unwrap();
     }
     println!("decoder greedy tokens {got:?}");
     assert_eq!(got, want);
@@ -277,10 +277,10 @@ fn wrong_tree_is_a_tree_error_naming_the_path() {
         other => panic!("{other:?}"),
     };
     good.remove("ids");
-    let err = layer.call(&PyTree::Dict(good), Mode::Training).unwrap_err();
+    let err = layer.call(PyTree::Dict(good), Mode::Training).unwrap_err();
     assert!(matches!(&err, Error::TreeMismatch { .. }), "{err}");
     assert!(err.to_string().contains("ids"), "{err}");
-    let err = layer.call(&PyTree::tuple([]), Mode::Training).unwrap_err();
+    let err = layer.call(PyTree::tuple([]), Mode::Training).unwrap_err();
     assert!(matches!(&err, Error::TreeMismatch { .. }), "{err}");
     assert_eq!(snapshot(&layer), before);
 }
@@ -384,7 +384,7 @@ fn compile_cache_setting_is_honoured() {
     assert_eq!(entries(), 1, "init compiled through the cache");
     on.call(&x, Mode::Inference).unwrap();
     assert_eq!(entries(), 2, "the batch-1 inference computation compiled on its first call");
-    on.call(&PyTree::leaf(Tensor::zeros(DType::F32, vec![8, 64]).unwrap()), Mode::Inference).unwrap();
+    on.call(PyTree::leaf(Tensor::zeros(DType::F32, vec![8, 64]).unwrap()), Mode::Inference).unwrap();
     assert_eq!(entries(), 3, "batch 8 compiled lazily, on its own first call");
     let mut again = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Dir(cached.clone())).client(client()).build().unwrap();
     assert_eq!(again.call(&x, Mode::Inference).unwrap(), off.call(&x, Mode::Inference).unwrap());

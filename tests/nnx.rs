@@ -35,7 +35,7 @@ fn inference_matches_the_nnx_module() {
     for name in BUNDLES {
         let golden = Golden::load(name);
         let mut layer = layer(name);
-        let out = layer.call(&inputs(&layer, &golden), Mode::Inference).unwrap();
+        let out = layer.call(inputs(&layer, &golden), Mode::Inference).unwrap();
         assert_close(&format!("{name} inference"), &named(&out), &golden.group("inference"));
         assert_close(&format!("{name} inference state"), &state_only(layer.variables().unwrap()), &golden.group("inference_state"));
     }
@@ -128,7 +128,7 @@ fn a_padded_batch_gives_the_rows_of_the_nnx_module() {
     assert_eq!(layer.batch_sizes(Mode::Inference), [2, 4]);
     let x = golden.get("inputs/inputs");
     let row = Tensor::new(x.dtype(), [1].iter().chain(&x.shape()[1..]).copied().collect(), &x.as_bytes()[..x.num_bytes() / 2]).unwrap();
-    let out = layer.call(&PyTree::leaf(row), Mode::Inference).unwrap();
+    let out = layer.call(PyTree::leaf(row), Mode::Inference).unwrap();
     let want = golden.get("inference/outputs");
     let want_row = Tensor::new(want.dtype(), [1].iter().chain(&want.shape()[1..]).copied().collect(), &want.as_bytes()[..want.num_bytes() / 2]).unwrap();
     assert_close("nnx_attention row 0 at batch 1", &named(&out), &[("outputs".into(), want_row)]);
@@ -218,6 +218,6 @@ fn nnx_digits_trains_to_95_percent_test_accuracy() {
     // The trained NNX variables serve inference as a FlaxLayer, RNG state and all.
     let layer = t.to_flax_layer().unwrap();
     assert_eq!(layer.variables().unwrap(), t.layer().variables().unwrap());
-    let logits = layer.predict(&PyTree::leaf(pick_rows(&d["x_test"], &(0..32).collect::<Vec<_>>()))).unwrap();
+    let logits = layer.predict(PyTree::leaf(pick_rows(&d["x_test"], &(0..32).collect::<Vec<_>>()))).unwrap();
     assert_eq!(logits.as_tensor().unwrap().dtype(), DType::F32);
 }

@@ -234,7 +234,7 @@ fn trains_digits_to_95_percent_test_accuracy() {
     let idx: Vec<usize> = (0..320).collect();
     let mut correct = 0;
     for chunk in idx.chunks(32) {
-        let logits = layer.predict(&PyTree::leaf(pick_rows(x, chunk))).unwrap();
+        let logits = layer.predict(PyTree::leaf(pick_rows(x, chunk))).unwrap();
         let logits = logits.as_tensor().unwrap().to_vec::<f32>().unwrap();
         let labels = pick_rows(y, chunk).to_vec::<i32>().unwrap();
         for (row, &label) in logits.chunks(10).zip(&labels) {

@@ -31,7 +31,7 @@ fn x() -> PyTree {
 /// and makes one inference call.
 fn call_isolated(dir: &Path, timeout: Duration) -> flaxlayer::Result<PyTree> {
     let mut layer = FlaxLayer::builder(dir).untrusted(isolation(timeout)).compile_cache(CacheSetting::Off).client(client()).build()?;
-    layer.call(&x(), Mode::Inference)
+    layer.call(x(), Mode::Inference)
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn an_isolated_compile_gives_the_same_outputs() {
         .client(client())
         .build()
         .unwrap();
-    assert_eq!(isolated.call(&x(), Mode::Inference).unwrap(), trusted.call(&x(), Mode::Inference).unwrap());
+    assert_eq!(isolated.call(x(), Mode::Inference).unwrap(), trusted.call(x(), Mode::Inference).unwrap());
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "the worker's executable went into the compile cache");
 }
 
@@ -73,6 +73,6 @@ fn a_hanging_compile_is_killed_at_the_time_limit() {
 #[test]
 fn a_missing_worker_is_a_clear_error() {
     let iso = Isolation { worker: Some(PathBuf::from("/nonexistent/flaxlayer")), timeout: Duration::from_secs(5) };
-    let err = FlaxLayer::builder(hlo("mlp")).untrusted(iso).compile_cache(CacheSetting::Off).client(client()).build().and_then(|mut l| l.call(&x(), Mode::Inference)).unwrap_err();
+    let err = FlaxLayer::builder(hlo("mlp")).untrusted(iso).compile_cache(CacheSetting::Off).client(client()).build().and_then(|mut l| l.call(x(), Mode::Inference)).unwrap_err();
     assert!(matches!(&err, Error::IsolatedCompile { reason, .. } if reason.contains("cannot start")), "{err}");
 }

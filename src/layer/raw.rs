@@ -140,6 +140,6 @@ pub fn zero_inputs(bundle: &Bundle, file: &str) -> Result<Vec<Tensor>> {
         .iter()
         .zip(&comp.exported.in_avals)
         .filter(|(s, _)| s.role == Role::Input)
-        .map(|(_, a)| Tensor::zeros(a.dtype, a.shape.iter().map(|&d| d as usize).collect()))
+        .map(|(_, a)| Tensor::zeros(a.dtype, a.shape.to_vec()))
         .collect()
 }
