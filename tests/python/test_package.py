@@ -84,8 +84,11 @@ def _wheelhouse() -> Path:
     stamp = wh / f"complete-{key}"
     if not stamp.exists():
         wh.mkdir(parents=True, exist_ok=True)
+        # pip's constraints take no extras (`tritonclient[http]==...`): the pins without them.
+        constraints = wh / "constraints.txt"
+        constraints.write_text(re.sub(r"\[[^\]]*\]", "", (SCRIPTS / "requirements.txt").read_text()))
         r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(wh),
-                            "-c", str(SCRIPTS / "requirements.txt"), *deps],
+                            "-c", str(constraints), *deps],
                            capture_output=True, text=True)
         if r.returncode != 0:
             pytest.fail(f"pip download failed (offline? deselect with -m 'not network'):\n{r.stderr[-2000:]}")

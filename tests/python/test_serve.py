@@ -54,10 +54,8 @@ def server_binary() -> str:
 
 
 def marked_paddable(src: Path, dest: Path) -> None:
-    """A copy of a bundle whose manifest marks its method paddable and its outputs batched.
-
-    Used for the MLP (whose rows are independent: Dense and relu only) while the committed
-    bundle carries no marks; once it does, the copy is the same as the original."""
+    """A copy of a bundle whose manifest marks its method paddable and its outputs batched
+    (the committed hlo/mlp already carries these marks: the copy is then the same)."""
     shutil.copytree(src, dest)
     m = json.loads((dest / "manifest.json").read_text())
     method = m["methods"][m["default_method"]]
@@ -68,6 +66,14 @@ def marked_paddable(src: Path, dest: Path) -> None:
         for r in comp["results"]:
             if r["role"] == "output":
                 r.setdefault("batched", True)
+    (dest / "manifest.json").write_text(json.dumps(m, indent=1))
+
+
+def marked_not_paddable(src: Path, dest: Path) -> None:
+    """A copy of a bundle whose manifest says its rows may not be padded or merged."""
+    shutil.copytree(src, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    m["methods"][m["default_method"]]["batching"] = {"paddable": False, "reason": "test copy"}
     (dest / "manifest.json").write_text(json.dumps(m, indent=1))
 
 
@@ -104,6 +110,10 @@ def server(tmp_path_factory):
         (repo / name / "1").symlink_to(HLO / name)
     (repo / "mlp_any").mkdir()
     marked_paddable(HLO / "mlp", repo / "mlp_any" / "1")
+    marked_not_paddable(HLO / "mlp", repo / "mlp_unmarked" / "1")
+    (repo / "mlp_off").mkdir()
+    (repo / "mlp_off" / "1").symlink_to(HLO / "mlp")
+    (repo / "mlp_off" / "config.json").write_text('{"dynamic_batching": false}')
     s = Server(repo)
     yield s
     assert s.stop() == 0, "SIGTERM stops the server cleanly"
@@ -390,7 +400,9 @@ def test_64_concurrent_clients_with_dynamic_batching_get_their_own_rows(server):
     assert mean > 1.5, "concurrent requests were merged into batches"
 
 
-def test_64_concurrent_clients_unbatched_on_exported_sizes(server):
-    seconds = run_clients(server, "mlp", sizes=[1, 8], per_client=50)
-    assert batch_requests_mean(server, "mlp") == 1.0, "a bundle not marked paddable runs each request alone"
-    print(f"\n64 x 50 requests on mlp (unbatched) in {seconds:.1f} s")
+@pytest.mark.parametrize("model", ["mlp_unmarked", "mlp_off"])
+def test_64_concurrent_clients_unbatched_on_exported_sizes(server, model):
+    # mlp_unmarked: the bundle is not marked paddable; mlp_off: config.json turns batching off.
+    seconds = run_clients(server, model, sizes=[1, 8], per_client=50)
+    assert batch_requests_mean(server, model) == 1.0, f"{model} runs each request alone"
+    print(f"\n64 x 50 requests on {model} (unbatched) in {seconds:.1f} s")
