@@ -34,7 +34,22 @@ import tritonclient.http as httpclient
 REPO = Path(__file__).resolve().parents[2]
 HLO = REPO / "hlo"
 
-BUNDLES = ["cnn", "mlp", "mixed", "wrapper", "dense_bn_dropout", "decoder", "multi_platform"]
+# Every committed bundle with JAX's inference outputs (golden inputs/ and inference/), the
+# multi-device ones included: the server runs with DEVICES CPU devices.
+def _inference_bundles() -> list:
+    names = []
+    for d in sorted(HLO.iterdir()):
+        if not (d / "golden.safetensors").is_file():
+            continue
+        with safe_open(str(d / "golden.safetensors"), framework="flax") as f:
+            keys = list(f.keys())
+        if any(k.startswith("inputs/") for k in keys) and any(k.startswith("inference/") for k in keys):
+            names.append(d.name)
+    return names
+
+
+BUNDLES = _inference_bundles()
+DEVICES = 8  # hlo/mesh2x4_mlp runs on a 2 x 4 mesh
 ATOL = 2e-5  # XLA's CPU code may differ by an ulp between CPUs; the other tests use the same.
 TRITON_DTYPES = {"float32": "FP32", "bfloat16": "BF16", "int32": "INT32", "float64": "FP64", "int64": "INT64",
                  "float16": "FP16", "bool": "BOOL", "uint8": "UINT8", "int8": "INT8"}
@@ -80,7 +95,7 @@ def marked_not_paddable(src: Path, dest: Path) -> None:
 class Server:
     def __init__(self, repo: Path):
         self.proc = subprocess.Popen(
-            [server_binary(), "serve", "--models", str(repo), "--port", "0"],
+            [server_binary(), "--devices", str(DEVICES), "serve", "--models", str(repo), "--port", "0"],
             stdout=subprocess.PIPE, stderr=None, text=True)
         deadline = time.time() + 300
         self.lines = []
