@@ -104,3 +104,46 @@ fn bad_input_file_is_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("inputs"), "{err}");
 }
+
+/// The first `n` rows of a golden tensor.
+fn first_rows(t: &Tensor, n: usize) -> Tensor {
+    let row = t.num_bytes() / t.shape()[0];
+    let mut shape = t.shape().to_vec();
+    shape[0] = n;
+    Tensor::new(t.dtype(), shape, &t.as_bytes()[..n * row]).unwrap()
+}
+
+#[test]
+fn run_and_bench_take_any_batch_of_a_paddable_bundle() {
+    // hlo/buckets is exported at batch sizes 1, 4 and 16: 7 rows are padded to 16, 21 run as
+    // 16 + 5 padded to 16; the golden data has JAX's outputs at exactly those sizes.
+    let dir = tempfile::tempdir().unwrap();
+    let g = golden("buckets");
+    for n in [7usize, 21] {
+        let (input, output) = (dir.path().join(format!("in{n}.safetensors")), dir.path().join(format!("out{n}.safetensors")));
+        let (a, b) = (first_rows(&g["rows/a"], n), first_rows(&g["rows/b"], n));
+        write_safetensors(&input, &[("a", &a), ("b", &b)], None).unwrap();
+        let out = flaxlayer(&["run", hlo("buckets").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: BTreeMap<String, Tensor> = read_safetensors(&output).unwrap().into_iter().collect();
+        assert_close(&format!("run at batch {n}"), &got, &group(&g, &format!("exact/{n}/")));
+    }
+    let out = flaxlayer(&["bench", hlo("buckets").to_str().unwrap(), "--batch", "7", "--iters", "5", "--warmup", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_batch_a_bundle_cannot_pad_is_a_typed_error_with_the_sizes() {
+    // hlo/bn_batch_stats normalises over the batch at inference: exported sizes only.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    write_safetensors(&input, &[("inputs", &Tensor::zeros(flaxlayer::DType::F32, vec![5, 5]).unwrap())], None).unwrap();
+    let out = flaxlayer(&["run", hlo("bn_batch_stats").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", dir.path().join("o").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[4, 8]") && err.contains('5') && !err.contains("panicked"), "{err}");
+    let out = flaxlayer(&["bench", hlo("bn_batch_stats").to_str().unwrap(), "--batch", "5", "--iters", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[4, 8]") && !err.contains("panicked"), "{err}");
+}
