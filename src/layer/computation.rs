@@ -311,7 +311,7 @@ impl Computation {
     /// (through the host).
     pub fn run(&self, state: &DeviceState, inputs: &[DeviceArray], donate: bool) -> Result<Vec<DeviceArray>> {
         let mut arrays: Vec<&DeviceArray> = Vec::with_capacity(self.kept.len());
-        let mut moved: Vec<Option<DeviceArray>> = Vec::new();
+        let mut moved: Vec<Option<DeviceArray>> = Vec::with_capacity(self.kept.len());
         let mut flags: Vec<bool> = Vec::with_capacity(self.kept.len() + 1);
         if self.platform_index.is_some() {
             flags.push(false);

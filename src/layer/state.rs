@@ -203,7 +203,7 @@ impl DeviceState {
         if results.len() != comp.sinks.len() {
             return Err(Error::ArgumentCount { what: format!("results of {}", comp.file), expected: comp.sinks.len(), got: results.len() });
         }
-        let mut rest = Vec::new();
+        let mut rest = Vec::with_capacity(comp.sinks.len());
         for (&sink, array) in comp.sinks.iter().zip(results) {
             match sink {
                 Sink::Var(i) => self.vars.arrays[i] = array,

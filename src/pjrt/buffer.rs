@@ -104,7 +104,7 @@ impl Client {
         // The host data was copied during the call; the event only needs releasing.
         // SAFETY: the event, if any, is fresh from this plugin and owned by us.
         drop(unsafe { event::Event::from_raw(&self.inner.plugin, a.done_with_host_buffer) });
-        let raw = NonNull::new(a.buffer).ok_or(Error::Pjrt {
+        let raw = NonNull::new(a.buffer).ok_or_else(|| Error::Pjrt {
             call: "PJRT_Client_BufferFromHostBuffer",
             code: crate::ErrorCode::Internal,
             message: "returned a null buffer".into(),

@@ -48,7 +48,7 @@ macro_rules! entry {
             // no reference to the table, which may be shorter than our `PJRT_Api`, is formed.
             #[allow(unused_unsafe)] // also expanded inside the `unsafe` of `call!` sites
             let f = unsafe { ::std::ptr::addr_of!((*api).$name).read() };
-            f.ok_or($crate::Error::Unsupported { function: stringify!($name) })
+            f.ok_or_else(|| $crate::Error::Unsupported { function: stringify!($name) })
         } else {
             Err($crate::Error::Unsupported { function: stringify!($name) })
         }
