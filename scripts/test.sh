@@ -7,12 +7,13 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 # Compiled executables are cached inside the repo for test runs (see README: compile cache).
 export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
-echo "== cargo test"
+phase() { echo "== $* (at ${SECONDS}s)"; }
+phase "cargo test"
 cargo test --locked --all-targets --features serve
 cargo test --locked --doc
-echo "== library without the cli feature"
+phase "library without the cli feature"
 cargo build --locked --no-default-features --lib
-echo "== ABI check: src/pjrt's #[repr(C)] mirror against pjrt_c_api.h (bindgen)"
+phase "ABI check: src/pjrt's #[repr(C)] mirror against pjrt_c_api.h (bindgen)"
 header="${PJRT_C_API_HEADER:-$(ls "$PWD"/.venv/lib/python3*/site-packages/xla_plugins/xla_cpu_pjrt/include/pjrt_c_api.h 2>/dev/null | head -n1 || true)}"
 # The build script runs in tests/abi_check: hand it an absolute path.
 if [ -n "$header" ] && [ -f "$header" ]; then header="$(realpath "$header")"; fi
@@ -21,11 +22,12 @@ if [ -n "$header" ] && [ -f "$header" ] && ldconfig -p | grep -q 'libclang[-.0-9
 else
   echo "skipped: needs libclang (Debian: libclang-dev) and pjrt_c_api.h (.venv, or PJRT_C_API_HEADER)"
 fi
-echo "== valgrind"
+phase "valgrind"
 scripts/valgrind.sh
-echo "== cargo package"
+phase "cargo package"
 scripts/package_check.sh
-echo "== pytest"
+phase "pytest"
 # One test downloads wheels into target/pip-wheelhouse on its first run (marked `network`);
 # offline, run: .venv/bin/python -m pytest tests/python -q -m 'not network'
 .venv/bin/python -m pytest tests/python -q
+echo "== all tests passed in ${SECONDS}s"
