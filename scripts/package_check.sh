@@ -5,8 +5,7 @@
 #
 # Unit tests that need a PJRT plugin get it the way a user of the published crate would:
 # through PJRT_PLUGIN_PATH, pointed at the CPU plugin that setup.sh installed (the only
-# thing taken from this checkout). Compiled dependencies are shared through
-# target/package_check.
+# thing taken from this checkout). Compiled dependencies stay in target/package_check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -18,7 +17,14 @@ cargo package --locked --allow-dirty --no-verify --quiet
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 crate="$repo/target/package/flaxlayer-$version.crate"
 
-tmp=$(mktemp -d)
+# A fixed directory outside the repo (so that cargo finds no parent workspace), locked against
+# concurrent runs: the package keeps one path, so its build in target/package_check is
+# replaced run after run instead of piling up.
+tmp="${TMPDIR:-/tmp}/flaxlayer-package-check-$(id -u)"
+exec 9>"$tmp.lock"
+flock 9
+rm -rf "$tmp"
+mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 tar -xzf "$crate" -C "$tmp"
 cd "$tmp/flaxlayer-$version"
@@ -27,6 +33,8 @@ cd "$tmp/flaxlayer-$version"
 find . -type f -exec touch {} +
 [ ! -e .venv ] && [ ! -e hlo/mlp ] && [ ! -e scripts ] || { echo "package_check: the package holds more than it should" >&2; exit 1; }
 
+# Its own target directory: cargo gives the packaged crate the same artifact names as the
+# repo's (a path package's hash leaves its path out), so a shared one would mix the two builds.
 export CARGO_TARGET_DIR="$repo/target/package_check"
 export PJRT_PLUGIN_PATH="$plugin"
 unset VIRTUAL_ENV
