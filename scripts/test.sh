@@ -29,5 +29,5 @@ scripts/package_check.sh
 phase "pytest"
 # One test downloads wheels into target/pip-wheelhouse on its first run (marked `network`);
 # offline, run: .venv/bin/python -m pytest tests/python -q -m 'not network'
-.venv/bin/python -m pytest tests/python -q
+.venv/bin/python -m pytest tests/python -q --durations=12
 echo "== all tests passed in ${SECONDS}s"
