@@ -8,7 +8,7 @@ use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::Tensor;
 
 mod common;
-use common::{hlo};
+use common::{hlo, row_range};
 
 
 fn flaxlayer(args: &[&str]) -> std::process::Output {
@@ -105,14 +105,6 @@ fn bad_input_file_is_a_clear_error_not_a_panic() {
     assert!(err.contains("inputs"), "{err}");
 }
 
-/// The first `n` rows of a golden tensor.
-fn first_rows(t: &Tensor, n: usize) -> Tensor {
-    let row = t.num_bytes() / t.shape()[0];
-    let mut shape = t.shape().to_vec();
-    shape[0] = n;
-    Tensor::new(t.dtype(), shape, &t.as_bytes()[..n * row]).unwrap()
-}
-
 #[test]
 fn run_and_bench_take_any_batch_of_a_paddable_bundle() {
     // hlo/buckets is exported at batch sizes 1, 4 and 16: 7 rows are padded to 16, 21 run as
@@ -121,7 +113,7 @@ fn run_and_bench_take_any_batch_of_a_paddable_bundle() {
     let g = golden("buckets");
     for n in [7usize, 21] {
         let (input, output) = (dir.path().join(format!("in{n}.safetensors")), dir.path().join(format!("out{n}.safetensors")));
-        let (a, b) = (first_rows(&g["rows/a"], n), first_rows(&g["rows/b"], n));
+        let (a, b) = (row_range(&g["rows/a"], 0, n), row_range(&g["rows/b"], 0, n));
         write_safetensors(&input, &[("a", &a), ("b", &b)], None).unwrap();
         let out = flaxlayer(&["run", hlo("buckets").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -14,12 +14,10 @@ use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 
 mod common;
-use common::{hlo, client, leftovers};
+use common::{client, copy_dir, hlo, leftovers};
 
 const ROLE_ENV: &str = "FLAXLAYER_CRASH_TEST_ROLE";
 const DIR_ENV: &str = "FLAXLAYER_CRASH_TEST_DIR";
-
-
 
 fn inputs() -> PyTree {
     PyTree::leaf(Tensor::from_vec(vec![4, 12], (0..48).map(|i| i as f32 / 48.0).collect()).unwrap())
@@ -81,15 +79,6 @@ fn run_child(role: &str, dir: &Path, at: usize) -> bool {
     assert!(stderr.contains("fault injection: crashing"), "the child failed without an injected crash:\n{stderr}");
     true
 }
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 
 /// Kills the save at every durability point; `state` reads what a directory loads as.
 fn every_crash_point<S: PartialEq + std::fmt::Debug>(role: &str, old_dir: &Path, new_state: &S, old_state: &S, state: impl Fn(&Path) -> S) {

@@ -3,7 +3,6 @@
 //! Python, no virtualenv, no repository: the plugin is found next to the executable, and the
 //! outputs are JAX's.
 
-use std::path::Path;
 use std::process::Command;
 
 use flaxlayer::tensor::{read_safetensors, write_safetensors};
@@ -11,15 +10,7 @@ use flaxlayer::pjrt::Client;
 
 mod common;
 use common::golden::{assert_close, Golden};
-use common::hlo;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
+use common::{copy_dir, hlo};
 
 #[test]
 fn a_folder_with_the_binary_a_bundle_and_the_plugin_runs_with_an_empty_environment() {

@@ -378,7 +378,7 @@ mod cli {
 mod serve {
     use super::*;
     use serde_json::{json, Value};
-    use std::io::{BufRead, BufReader};
+    use crate::common::start_server;
     use std::process::{Command, Stdio};
 
     #[test]
@@ -388,21 +388,11 @@ mod serve {
             std::fs::create_dir_all(repo.path().join(name)).unwrap();
             std::os::unix::fs::symlink(hlo(name), repo.path().join(name).join("1")).unwrap();
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flaxlayer"))
-            .args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0", "--devices", "8"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaxlayer"));
+        cmd.args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0", "--devices", "8"])
             .env_remove("FLAXLAYER_CPU_DEVICES")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("the server printed its address").unwrap();
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                break addr.to_string();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+            .stderr(Stdio::null());
+        let (mut child, url) = start_server(cmd);
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         for (name, n) in [("dp_mlp", 3), ("mesh2x4_mlp", 8)] {
             let g = golden(name);

@@ -8,7 +8,8 @@ use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Mode, Bundle, DType, Error, FlaxLayer, FlaxLayerConfig, PyTree, Tensor};
 
 mod common;
-use common::{hlo, client};
+use common::golden::{assert_close, Golden};
+use common::{client, hlo};
 
 const BUNDLES: [&str; 7] = ["cnn", "wrapper", "dense_bn_dropout", "mixed", "decoder", "mlp", "multi_platform"];
 
@@ -22,55 +23,8 @@ fn layer(name: &str) -> FlaxLayer {
     FlaxLayer::builder(bundle(name)).client(client()).build().unwrap()
 }
 
-struct Golden(BTreeMap<String, Tensor>);
-
-impl Golden {
-    fn load(name: &str) -> Golden {
-        Golden(read_safetensors(hlo(name).join("golden.safetensors")).unwrap().into_iter().collect())
-    }
-    /// Tensors under `prefix/`, with the prefix removed.
-    fn group(&self, prefix: &str) -> Vec<(String, Tensor)> {
-        let p = format!("{prefix}/");
-        self.0.iter().filter_map(|(k, v)| k.strip_prefix(&p).map(|k| (k.to_string(), v.clone()))).collect()
-    }
-    fn get(&self, key: &str) -> &Tensor {
-        self.0.get(key).unwrap_or_else(|| panic!("golden {key}"))
-    }
-}
-
 fn inputs(layer: &FlaxLayer, golden: &Golden) -> PyTree {
     PyTree::from_named_leaves(layer.input_tree(), "inputs", golden.group("inputs")).unwrap()
-}
-
-/// Tolerance for a dtype: float32 math may differ from JAX's by a few ulps after compiler
-/// reassociation; integer and bool leaves must be equal.
-fn tolerance(t: &Tensor) -> f64 {
-    match t.dtype() {
-        DType::F32 => 2e-5,
-        DType::BF16 => 1e-2,
-        DType::F16 => 1e-3,
-        DType::F64 => 1e-9,
-        _ => 0.0,
-    }
-}
-
-/// Compares named tensors to golden ones (same names, dtypes, shapes; values within
-/// tolerance) and returns the max abs error.
-fn assert_close(what: &str, got: &[(String, Tensor)], want: &[(String, Tensor)]) -> f64 {
-    let got: BTreeMap<_, _> = got.iter().cloned().collect();
-    let want: BTreeMap<_, _> = want.iter().cloned().collect();
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{what}: names");
-    let mut worst = 0f64;
-    for (name, w) in &want {
-        let g = &got[name];
-        assert_eq!(g.dtype(), w.dtype(), "{what}/{name}: dtype");
-        assert_eq!(g.shape(), w.shape(), "{what}/{name}: shape");
-        let err = g.max_abs_diff(w).unwrap();
-        assert!(err <= tolerance(w), "{what}/{name}: max abs error {err:e} > {:e}", tolerance(w));
-        worst = worst.max(err);
-    }
-    println!("{what}: max abs error {worst:e}");
-    worst
 }
 
 fn named(tree: &PyTree) -> Vec<(String, Tensor)> {

@@ -11,12 +11,10 @@ use flaxlayer::{Batch, DType, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 use serde_json::Value;
 
 mod common;
-use common::{hlo, client};
+use common::{client, copy_dir, hlo};
 
 /// Mutants per (file, kind of mutation).
 const ITERATIONS: usize = 60;
-
-
 
 /// SplitMix64: a small, fixed generator for reproducible mutants.
 struct Rng(u64);
@@ -107,14 +105,6 @@ fn try_trainer(dir: &Path) -> flaxlayer::Result<()> {
     let y = Tensor::zeros(DType::I32, vec![32])?;
     t.step(&Batch::new(x, y))?;
     Ok(())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 /// Mutates `file` of the save in `original` `ITERATIONS` times each way and loads every

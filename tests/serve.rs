@@ -3,7 +3,6 @@
 //! (`scripts/export_examples.py`); the answers' values are checked against JAX's in
 //! `tests/python/test_serve.py`.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod common;
-use common::hlo;
+use common::{hlo, start_server};
 
 /// A running `flaxlayer serve`, killed when dropped.
 struct Served {
@@ -68,21 +67,10 @@ fn serve(max_body: usize) -> Served {
     std::fs::write(r.join("slow/config.json"), r#"{"max_queue_delay_us": 1500000, "warmup": false}"#).unwrap();
     std::fs::create_dir_all(r.join("mixed")).unwrap();
     std::os::unix::fs::symlink(hlo("mixed"), r.join("mixed/1")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flaxlayer"))
-        .args(["serve", "--models", r.to_str().unwrap(), "--port", "0", "--max-body-bytes", &max_body.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("the server printed its address").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.to_string();
-        }
-    };
-    // Keep reading stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaxlayer"));
+    cmd.args(["serve", "--models", r.to_str().unwrap(), "--port", "0", "--max-body-bytes", &max_body.to_string()])
+        .stderr(Stdio::inherit());
+    let (child, url) = start_server(cmd);
     Served { child, url, _repo: repo }
 }
 

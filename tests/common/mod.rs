@@ -51,3 +51,28 @@ pub fn pick_rows(t: &Tensor, idx: &[usize]) -> Tensor {
 pub fn row_range(t: &Tensor, start: usize, n: usize) -> Tensor {
     pick_rows(t, &(start..start + n).collect::<Vec<_>>())
 }
+
+/// Copies the files of `from` (one level, as a bundle is) into `to`, creating it.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Starts `flaxlayer serve` as `cmd` configures it (stdout is taken here) and returns the
+/// child and the address it printed; its stdout keeps being read so it never blocks.
+pub fn start_server(mut cmd: std::process::Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, url)
+}
