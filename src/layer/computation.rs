@@ -77,6 +77,10 @@ pub(crate) struct Computation {
     /// Sources of the arguments the module keeps (`module_kept_var_idx`), in order, each
     /// with whether it may be donated.
     kept: Vec<(Source, bool)>,
+    /// The donation flags of an execution that may donate (one per executable argument,
+    /// the platform index first), and of one that donates nothing.
+    donate_flags: Vec<bool>,
+    keep_flags: Vec<bool>,
     /// How many devices one execution runs on (the export's `nr_devices`).
     pub devices: usize,
     /// The layout of each kept argument over those devices.
@@ -209,6 +213,8 @@ impl Computation {
             signature,
             cache: how.cache.clone(),
             isolation: how.isolation.clone(),
+            donate_flags: donation_flags(platform_index.is_some(), &kept),
+            keep_flags: vec![false; kept.len() + usize::from(platform_index.is_some())],
             platform_index,
             kept,
             devices,
@@ -252,6 +258,7 @@ impl Computation {
                 *donatable = true;
             }
         }
+        self.donate_flags = donation_flags(self.platform_index.is_some(), &self.kept);
         self
     }
 
@@ -310,50 +317,23 @@ impl Computation {
     /// argument held in another layout than the computation's is moved into its layout first
     /// (through the host).
     pub fn run(&self, state: &DeviceState, inputs: &[DeviceArray], donate: bool) -> Result<Vec<DeviceArray>> {
-        let mut arrays: Vec<&DeviceArray> = Vec::with_capacity(self.kept.len());
-        let mut moved: Vec<Option<DeviceArray>> = Vec::with_capacity(self.kept.len());
-        let mut flags: Vec<bool> = Vec::with_capacity(self.kept.len() + 1);
-        if self.platform_index.is_some() {
-            flags.push(false);
-        }
-        for (&(source, donatable), layout) in self.kept.iter().zip(&self.kept_layouts) {
-            let array = match source {
-                Source::Input(i) => inputs.get(i).ok_or_else(|| Error::ArgumentCount {
-                    what: format!("inputs of {}", self.file),
-                    expected: self.inputs.len(),
-                    got: inputs.len(),
-                })?,
-                other => state.source(other)?,
-            };
-            moved.push((!array.is_laid_out(self.devices, layout)).then(|| self.placement.upload_to(&array.to_tensor()?.view(), self.devices, layout)).transpose()?);
-            arrays.push(array);
-            flags.push(donate && donatable);
-        }
-        let args: Vec<&DeviceArray> = arrays.iter().zip(&moved).map(|(a, m)| m.as_ref().unwrap_or(a)).collect();
+        let flags = if donate { &self.donate_flags } else { &self.keep_flags };
         if self.devices == 1 {
-            let mut buffers: Vec<&Buffer> = Vec::with_capacity(args.len() + 1);
-            if let Some(p) = &self.platform_index {
-                buffers.push(p.shard(0)?);
-            }
-            for a in &args {
-                buffers.push(a.shard(0)?);
-            }
-            let outs = self.executable()?.execute_on(&buffers, &flags, self.placement.execute_device())?;
+            // Usually every argument is already laid out: one pass, no copies.
+            let moved;
+            let buffers = match self.device_buffers(state, inputs, &[], 0)? {
+                Some(buffers) => buffers,
+                None => {
+                    moved = self.moved_arguments(state, inputs)?;
+                    self.laid_out_buffers(state, inputs, &moved, 0)?
+                }
+            };
+            let outs = self.executable()?.execute_on(&buffers, flags, self.placement.execute_device())?;
             return Ok(outs.into_iter().map(DeviceArray::single).collect());
         }
-        let per_device = (0..self.devices)
-            .map(|d| {
-                let mut buffers: Vec<&Buffer> = Vec::with_capacity(args.len() + 1);
-                if let Some(p) = &self.platform_index {
-                    buffers.push(p.shard(d)?);
-                }
-                for a in &args {
-                    buffers.push(a.shard(d)?);
-                }
-                Ok(buffers)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let outs = self.executable()?.execute_sharded(&per_device, &flags)?;
+        let moved = self.moved_arguments(state, inputs)?;
+        let per_device = (0..self.devices).map(|d| self.laid_out_buffers(state, inputs, &moved, d)).collect::<Result<Vec<_>>>()?;
+        let outs = self.executable()?.execute_sharded(&per_device, flags)?;
         let mut results: Vec<Vec<Buffer>> = (0..self.result_layouts.len()).map(|_| Vec::with_capacity(self.devices)).collect();
         for device_outs in outs {
             for (j, b) in device_outs.into_iter().enumerate() {
@@ -374,6 +354,73 @@ impl Computation {
             })
             .collect()
     }
+
+    /// Kept argument `k`'s array: an input, or the state's.
+    #[inline]
+    fn argument<'a>(&self, state: &'a DeviceState, inputs: &'a [DeviceArray], k: usize) -> Result<&'a DeviceArray> {
+        let array = match self.kept.get(k) {
+            Some((Source::Input(i), _)) => inputs.get(*i),
+            Some((source, _)) => state.get(*source),
+            None => None,
+        };
+        array.ok_or_else(|| self.missing_argument(state, inputs, k))
+    }
+
+    #[cold]
+    fn missing_argument(&self, state: &DeviceState, inputs: &[DeviceArray], k: usize) -> Error {
+        match self.kept.get(k) {
+            Some((Source::Input(_), _)) => Error::ArgumentCount { what: format!("inputs of {}", self.file), expected: self.inputs.len(), got: inputs.len() },
+            Some((source, _)) => state.source(*source).err().unwrap_or_else(|| Error::invalid(self.file.clone(), format!("argument {k}"))),
+            None => Error::invalid(self.file.clone(), format!("no kept argument {k}")),
+        }
+    }
+
+    /// Copies of the kept arguments held in another layout than the computation's, moved into
+    /// its layout through the host, with their positions.
+    fn moved_arguments(&self, state: &DeviceState, inputs: &[DeviceArray]) -> Result<Vec<(usize, DeviceArray)>> {
+        let mut moved = Vec::new();
+        for (k, layout) in self.kept_layouts.iter().enumerate() {
+            let array = self.argument(state, inputs, k)?;
+            if !array.is_laid_out(self.devices, layout) {
+                moved.push((k, self.placement.upload_to(&array.to_tensor()?.view(), self.devices, layout)?));
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Device `d`'s buffers of every argument, in the executable's order, taking the arguments
+    /// in `moved` from there; `None` if another argument is not laid out as the computation
+    /// wants.
+    fn device_buffers<'a>(&'a self, state: &'a DeviceState, inputs: &'a [DeviceArray], moved: &'a [(usize, DeviceArray)], d: usize) -> Result<Option<Vec<&'a Buffer>>> {
+        let mut buffers = Vec::with_capacity(self.kept.len() + 1);
+        if let Some(p) = &self.platform_index {
+            buffers.push(p.shard(d)?);
+        }
+        for (k, layout) in self.kept_layouts.iter().enumerate() {
+            let array = match moved.iter().find(|(j, _)| *j == k) {
+                Some((_, a)) => a,
+                None => self.argument(state, inputs, k)?,
+            };
+            if !array.is_laid_out(self.devices, layout) {
+                return Ok(None);
+            }
+            buffers.push(array.shard(d)?);
+        }
+        Ok(Some(buffers))
+    }
+
+    /// [`Computation::device_buffers`] once the arguments not laid out are in `moved`.
+    fn laid_out_buffers<'a>(&'a self, state: &'a DeviceState, inputs: &'a [DeviceArray], moved: &'a [(usize, DeviceArray)], d: usize) -> Result<Vec<&'a Buffer>> {
+        self.device_buffers(state, inputs, moved, d)?
+            .ok_or_else(|| Error::invalid(self.file.clone(), "an argument is still not laid out after moving it"))
+    }
+}
+
+/// The donation flags of a donating execution: the platform index never, each kept argument
+/// if it is donatable and not an input.
+fn donation_flags(platform_index: bool, kept: &[(Source, bool)]) -> Vec<bool> {
+    let platform = platform_index.then_some(false);
+    platform.into_iter().chain(kept.iter().map(|&(s, d)| d && !matches!(s, Source::Input(_)))).collect()
 }
 
 /// The manifest's input and output slots must be exactly the leaves of JAX's trees, or

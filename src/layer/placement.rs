@@ -60,7 +60,7 @@ impl Placement {
     /// Uploads a host array for a computation on the first `devices` devices, laid out as
     /// `layout` says: whole on one device, replicated, or one block per device.
     pub fn upload_to(&self, t: &TensorView<'_>, devices: usize, layout: &Layout) -> Result<DeviceArray> {
-        let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect::<Vec<i64>>();
+        let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect::<crate::pjrt::Dims>();
         let targets = self.devices.get(..devices).ok_or_else(|| Error::invalid("devices", format!("{devices} wanted, {} held", self.devices.len())))?;
         let shards = match layout {
             Some(sharding) if devices > 1 => {
@@ -76,7 +76,7 @@ impl Placement {
             }
             _ => targets.iter().map(|d| self.client.buffer_from_bytes(t.dtype(), &dims(t.shape()), t.as_bytes(), d)).collect::<Result<SmallVec<_>>>()?,
         };
-        Ok(DeviceArray { shards, layout: if devices > 1 { layout.clone() } else { None }, shape: t.shape().to_vec() })
+        Ok(DeviceArray { shards, layout: if devices > 1 { layout.clone() } else { None }, whole: (devices > 1).then(|| t.shape().to_vec()) })
     }
 }
 
@@ -152,21 +152,21 @@ fn for_each_row(shape: &[usize], outer: &[std::ops::Range<usize>], f: &mut impl 
 pub(crate) struct DeviceArray {
     shards: SmallVec<[Buffer; 1]>,
     layout: Layout,
-    /// The whole array's shape.
-    shape: Vec<usize>,
+    /// The whole array's shape, when several buffers hold it; one buffer's dimensions are
+    /// the array's (no shape is stored for the arrays made on every call).
+    whole: Option<Vec<usize>>,
 }
 
 impl DeviceArray {
     /// An array held by one buffer on one device.
     pub fn single(buffer: Buffer) -> DeviceArray {
-        let shape = buffer.dims().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
-        DeviceArray { shards: smallvec::smallvec![buffer], layout: None, shape }
+        DeviceArray { shards: smallvec::smallvec![buffer], layout: None, whole: None }
     }
 
     /// An array held by one buffer per device, laid out as `layout` says (`None`:
     /// replicated), whose whole shape is `shape`.
     pub fn sharded(shards: Vec<Buffer>, layout: Layout, shape: Vec<usize>) -> DeviceArray {
-        DeviceArray { shards: shards.into(), layout, shape }
+        DeviceArray { shards: shards.into(), layout, whole: Some(shape) }
     }
 
     /// The buffer of a single-device array.
@@ -174,6 +174,15 @@ impl DeviceArray {
         match self.shards.len() {
             1 => Ok(self.shards.remove(0)),
             n => Err(Error::invalid("device array", format!("has {n} shards, not one"))),
+        }
+    }
+
+    /// The whole array's shape.
+    fn shape(&self) -> Vec<usize> {
+        match (&self.whole, self.shards.first()) {
+            (Some(shape), _) => shape.clone(),
+            (None, Some(b)) => b.dims().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect(),
+            (None, None) => Vec::new(),
         }
     }
 
@@ -204,8 +213,9 @@ impl DeviceArray {
         if self.shards.len() != 1 {
             return self.to_tensor();
         }
+        let shape = self.shape();
         let buffer = &mut self.shards[0];
-        let mut t = Tensor::zeros(buffer.dtype(), std::mem::take(&mut self.shape))?;
+        let mut t = Tensor::zeros(buffer.dtype(), shape)?;
         buffer.copy_to_host_exclusive(t.as_mut_bytes())?;
         Ok(t)
     }
@@ -214,13 +224,13 @@ impl DeviceArray {
     pub fn to_tensor(&self) -> Result<Tensor> {
         let first = self.shard(0)?;
         let Some(sharding) = self.layout.as_ref().filter(|_| self.shards.len() > 1) else {
-            let mut t = Tensor::zeros(first.dtype(), self.shape.clone())?;
+            let mut t = Tensor::zeros(first.dtype(), self.shape())?;
             first.copy_to_host_bytes(t.as_mut_bytes())?;
             return Ok(t);
         };
-        let mut whole = Tensor::zeros(first.dtype(), self.shape.clone())?;
+        let shape = self.shape();
+        let mut whole = Tensor::zeros(first.dtype(), shape.clone())?;
         let item = first.dtype().size_in_bytes();
-        let shape = self.shape.clone();
         for (buffer, slice) in self.shards.iter().zip(sharding.tiling(&shape)?) {
             let mut block = Tensor::zeros(buffer.dtype(), slice.shape())?;
             buffer.copy_to_host_bytes(block.as_mut_bytes())?;

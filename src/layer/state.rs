@@ -158,15 +158,21 @@ impl DeviceState {
 
     /// The array a computation argument comes from.
     pub fn source(&self, source: Source) -> Result<&DeviceArray> {
-        fn group<'g>(g: &'g Group, i: usize, what: &str) -> Result<&'g DeviceArray> {
-            let n = g.arrays.len();
-            g.arrays.get(i).ok_or_else(|| Error::invalid(what.to_string(), format!("index {i} out of range ({n})")))
-        }
+        self.get(source).ok_or_else(|| match source {
+            Source::Var(i) => Error::invalid("variable", format!("index {i} out of range ({})", self.vars.arrays.len())),
+            Source::OptState(i) => Error::invalid("optimizer state", format!("index {i} out of range ({})", self.opt.arrays.len())),
+            Source::Key | Source::Input(_) => Error::invalid("device state", "an input is not state"),
+        })
+    }
+
+    /// The array of `source`, if the state holds it.
+    #[inline]
+    pub fn get(&self, source: Source) -> Option<&DeviceArray> {
         match source {
-            Source::Var(i) => group(&self.vars, i, "variable"),
-            Source::OptState(i) => group(&self.opt, i, "optimizer state"),
-            Source::Key => Ok(&self.key),
-            Source::Input(_) => Err(Error::invalid("device state", "an input is not state")),
+            Source::Var(i) => self.vars.arrays.get(i),
+            Source::OptState(i) => self.opt.arrays.get(i),
+            Source::Key => Some(&self.key),
+            Source::Input(_) => None,
         }
     }
 

@@ -4,6 +4,8 @@
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use smallvec::SmallVec;
+
 use super::client::{Client, ClientInner, Device};
 use super::{call, event, ffi};
 use crate::{DType, Element, Error, Result};
@@ -13,7 +15,8 @@ pub struct Buffer {
     client: Arc<ClientInner>,
     raw: NonNull<ffi::PJRT_Buffer>,
     dtype: DType,
-    dims: Vec<i64>,
+    /// Inline up to rank 4: an output wrapped on every call allocates nothing for its shape.
+    dims: Dims,
     /// Whether the buffer's memory can be read directly (on the CPU, dense row-major); found
     /// on the first copy to host. Neither property changes during the buffer's life.
     host_readable: OnceLock<bool>,
@@ -48,6 +51,9 @@ impl std::fmt::Debug for Buffer {
         write!(f, "Buffer({}{:?})", self.dtype, self.dims)
     }
 }
+
+/// A buffer's dimensions, inline up to rank 4.
+pub(crate) type Dims = SmallVec<[i64; 4]>;
 
 pub(crate) fn to_pjrt_type(d: DType) -> ffi::PJRT_Buffer_Type {
     match d {
@@ -109,7 +115,7 @@ impl Client {
             code: crate::ErrorCode::Internal,
             message: "returned a null buffer".into(),
         })?;
-        Ok(Buffer::new(self.inner.clone(), raw, dtype, dims.to_vec()))
+        Ok(Buffer::new(self.inner.clone(), raw, dtype, Dims::from_slice(dims)))
     }
 
     /// Copies a typed slice to a new buffer on `device`.
@@ -123,12 +129,12 @@ impl Client {
 #[derive(Debug, Clone)]
 pub(crate) struct OutputInfo {
     dtype: DType,
-    dims: Vec<i64>,
+    dims: Dims,
     host_readable: bool,
 }
 
 impl Buffer {
-    fn new(client: Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>, dtype: DType, dims: Vec<i64>) -> Buffer {
+    fn new(client: Arc<ClientInner>, raw: NonNull<ffi::PJRT_Buffer>, dtype: DType, dims: Dims) -> Buffer {
         Buffer { client, raw, dtype, dims, host_readable: OnceLock::new(), direct_readers: Mutex::new(0), known_ready: false }
     }
 
@@ -190,7 +196,7 @@ impl Buffer {
         let mut d = ffi::PJRT_Buffer_Dimensions_Args::new();
         d.buffer = raw.as_ptr();
         // Own the handle first so that it is destroyed even if a query fails.
-        let mut buffer = Buffer::new(client.clone(), raw, DType::U8, Vec::new());
+        let mut buffer = Buffer::new(client.clone(), raw, DType::U8, Dims::new());
         // SAFETY: `raw` is a live buffer of this plugin (the caller's contract).
         unsafe { call!(client.plugin, PJRT_Buffer_ElementType, &mut t) }?;
         buffer.dtype = from_pjrt_type(t.type_)?;
@@ -198,7 +204,7 @@ impl Buffer {
         unsafe { call!(client.plugin, PJRT_Buffer_Dimensions, &mut d) }?;
         if !d.dims.is_null() {
             // SAFETY: the buffer owns `num_dims` dimensions at `dims` while it lives.
-            buffer.dims = unsafe { std::slice::from_raw_parts(d.dims, d.num_dims) }.to_vec();
+            buffer.dims = Dims::from_slice(unsafe { std::slice::from_raw_parts(d.dims, d.num_dims) });
         }
         Ok(buffer)
     }

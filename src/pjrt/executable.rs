@@ -268,7 +268,7 @@ impl LoadedExecutable {
         self.check_inputs(inputs)?;
         self.check_same_client(inputs, device)?;
         let raws: Vec<*mut ffi::PJRT_Buffer> = inputs.iter().map(|b| b.raw()).collect();
-        let keep: Vec<i64> = (0..inputs.len() as i64).filter(|&i| !donate[i as usize]).collect();
+        let keep = non_donated(donate);
         let mut outs: Vec<*mut ffi::PJRT_Buffer> = vec![std::ptr::null_mut(); self.num_outputs];
         let mut done: *mut ffi::PJRT_Event = std::ptr::null_mut();
 
@@ -343,7 +343,7 @@ impl LoadedExecutable {
             self.check_same_client(args, None)?;
         }
         let raws: Vec<Vec<*mut ffi::PJRT_Buffer>> = inputs.iter().map(|args| args.iter().map(|b| b.raw()).collect()).collect();
-        let keep: Vec<i64> = (0..first.len() as i64).filter(|&i| !donate[i as usize]).collect();
+        let keep = non_donated(donate);
         let mut outs: Vec<Vec<*mut ffi::PJRT_Buffer>> = inputs.iter().map(|_| vec![std::ptr::null_mut(); self.num_outputs]).collect();
         let mut done: Vec<*mut ffi::PJRT_Event> = vec![std::ptr::null_mut(); inputs.len()];
         let mut opts = ffi::PJRT_ExecuteOptions::new();
@@ -393,4 +393,12 @@ impl LoadedExecutable {
         }
         Ok(outputs)
     }
+}
+
+/// The indices of the arguments not donated, sized once (a `filter` collect would grow the
+/// vector several times per call).
+fn non_donated(donate: &[bool]) -> Vec<i64> {
+    let mut keep = Vec::with_capacity(donate.len());
+    keep.extend(donate.iter().enumerate().filter(|(_, &d)| !d).map(|(i, _)| i as i64));
+    keep
 }

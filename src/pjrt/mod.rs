@@ -26,6 +26,7 @@ mod xla_ffi_frame;
 mod xla_ffi_handlers;
 
 pub use buffer::Buffer;
+pub(crate) use buffer::Dims;
 pub use client::{Client, Device};
 pub use compile_options::{CompileOptions, Spmd};
 pub use discovery::{plugin_file_names, user_plugin_dir};
