@@ -12,6 +12,9 @@
 #   --base BIN  another flaxlayer binary to compare (e.g. an older commit's release build)
 #   --bin BIN   the binary to measure (default: builds and uses target/release/flaxlayer)
 #   --only TEXT only the workloads whose name contains TEXT (e.g. "b1")
+#   --frozen    adds "mlp b1, params as constants": hlo/mlp's weights compiled into the
+#               program (scripts/make_frozen_mlp.py, needs .venv), an experiment measuring
+#               what passing 6 fewer arguments per call saves
 # Prints a markdown table. Callgrind output files go to target/bench-instructions/.
 # Installs valgrind with apt if it is missing.
 set -euo pipefail
@@ -20,12 +23,14 @@ cd "$(dirname "$0")/.."
 BASE=""
 BIN=""
 ONLY=""
+FROZEN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --base) BASE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --frozen) FROZEN=1; shift ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +61,10 @@ WORKLOADS=(
   "buckets b3 inference, padded to 4|hlo/buckets|3||100 2100"
   "buckets b4 inference|hlo/buckets|4||100 2100"
 )
+if [ -n "$FROZEN" ]; then
+  .venv/bin/python scripts/make_frozen_mlp.py target/frozen-mlp >&2
+  WORKLOADS+=("mlp b1 inference, params as constants|target/frozen-mlp|1||100 2100")
+fi
 
 # Total instructions (Ir) in callgrind output files (one per thread with --separate-threads).
 total_ir() {
@@ -82,7 +91,9 @@ per_call() {
     echo "n/a: $bin lacks a flag"
     return
   fi
-  "$bin" "${args[@]}" --iters 1 >/dev/null  # fills the compile cache
+  # Fills the compile cache; a binary that can't run the workload (an older build) gives n/a.
+  "$bin" "${args[@]}" --iters 1 >/dev/null 2>"$OUT/$tag.warmup.log" \
+    || { echo "n/a: $(tail -1 "$OUT/$tag.warmup.log")"; return; }
   local n main=() all=()
   for n in "$lo" "$hi"; do
     local file="$OUT/$tag.$n.callgrind"
