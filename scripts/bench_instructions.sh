@@ -12,9 +12,6 @@
 #   --base BIN  another flaxlayer binary to compare (e.g. an older commit's release build)
 #   --bin BIN   the binary to measure (default: builds and uses target/release/flaxlayer)
 #   --only TEXT only the workloads whose name contains TEXT (e.g. "b1")
-#   --frozen    adds "mlp b1, params as constants": hlo/mlp's weights compiled into the
-#               program (scripts/make_frozen_mlp.py, needs .venv), an experiment measuring
-#               what passing 6 fewer arguments per call saves
 # Prints a markdown table. Callgrind output files go to target/bench-instructions/.
 # Installs valgrind with apt if it is missing.
 set -euo pipefail
@@ -23,14 +20,12 @@ cd "$(dirname "$0")/.."
 BASE=""
 BIN=""
 ONLY=""
-FROZEN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --base) BASE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    --frozen) FROZEN=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -60,11 +55,9 @@ WORKLOADS=(
   "cnn b4 inference|hlo/cnn|4||5 25"
   "buckets b3 inference, padded to 4|hlo/buckets|3||100 2100"
   "buckets b4 inference|hlo/buckets|4||100 2100"
+  "mlp_frozen b1 inference (params compiled in)|hlo/mlp_frozen|1||100 2100"
+  "decoder_frozen b1 decode step (params compiled in)|hlo/decoder_frozen|1||100 2100"
 )
-if [ -n "$FROZEN" ]; then
-  .venv/bin/python scripts/make_frozen_mlp.py target/frozen-mlp >&2
-  WORKLOADS+=("mlp b1 inference, params as constants|target/frozen-mlp|1||100 2100")
-fi
 
 # Total instructions (Ir) in callgrind output files (one per thread with --separate-threads).
 total_ir() {
@@ -149,7 +142,8 @@ for w in "${WORKLOADS[@]}"; do
   fi
   read -r base_main base_all <"$OUT/base.$tag.result" || true
   case "$head_main$base_main" in
-    *n/a*) echo "| $name | $(cat "$OUT/head.$tag.result") | $(cat "$OUT/base.$tag.result") | | | | |" ;;
+    n/a*) echo "| $name | $(cat "$OUT/head.$tag.result") | $(cat "$OUT/base.$tag.result") | | | | |" ;;
+    *n/a*) echo "| $name | $(group "$head_main") | $(cat "$OUT/base.$tag.result") | | $(group "$head_all") | | |" ;;
     *) echo "| $name | $(group "$head_main") | $(group "$base_main") | $(change "$head_main" "$base_main") | $(group "$head_all") | $(group "$base_all") | $(change "$head_all" "$base_all") |" ;;
   esac
 done

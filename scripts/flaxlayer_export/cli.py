@@ -155,6 +155,9 @@ def _parser():
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                    help=f"largest power of two for --batch-sizes auto (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--platforms", default="cpu", help="comma-separated, e.g. cpu,cuda")
+    p.add_argument("--frozen", action="store_true",
+                   help="also export inference with the params compiled in as constants (faster "
+                        "calls while the layer's params are the bundle's; docs/exporter.md)")
     p.add_argument("--traceback", action="store_true", help="on an error, print the Python traceback")
     return p
 
@@ -180,7 +183,8 @@ def run(args) -> int:
             rng_streams=None if args.rng_streams is None else tuple(split(args.rng_streams)),
             init_inputs=init_inputs,
             platforms=tuple(split(args.platforms)),
-            batch_sizes=parse_batch_sizes(args.batch_sizes), max_batch=args.max_batch)
+            batch_sizes=parse_batch_sizes(args.batch_sizes), max_batch=args.max_batch,
+            frozen=args.frozen)
     except InputStructureError as e:
         names = [name for name, _, _ in args.input]
         if isinstance(inputs, dict):

@@ -5,6 +5,7 @@ bundle in memory (docs/bundle-format.md, docs/exporter.md); the steps of an expo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import types
 from typing import Any, Callable
 
@@ -123,6 +124,23 @@ def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms,
     return Computation(exp, bytes(exp.serialize()), _jax_internals.custom_call_targets(exp))
 
 
+def check_frozen(frozen: bool, sharding) -> bool:
+    """`frozen` for an export: refused on a mesh (each device would hold every constant)."""
+    if frozen and sharding is not None:
+        raise NotImplementedError("frozen=True is for single-device exports: on a mesh every "
+                                  "device would hold all of the params as constants")
+    return bool(frozen)
+
+
+def check_frozen_outputs(want, got, fname: str) -> None:
+    """The frozen inference agrees with the inference it was made from (ValueError otherwise)."""
+    for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+        w, g = np.asarray(w), np.asarray(g)
+        if w.shape != g.shape or not np.allclose(g, w, rtol=1e-5, atol=1e-5, equal_nan=True):
+            raise ValueError(f"{fname}: the frozen inference differs from the inference with "
+                             f"params as arguments (max difference {np.abs(g - w).max()})")
+
+
 def _leading(tree) -> int | None:
     """The common leading dimension of every leaf, or None."""
     dims = {int(x.shape[0]) if np.ndim(x) else None for x in jax.tree_util.tree_leaves(tree)}
@@ -140,7 +158,7 @@ def _mark(specs: list[dict], batched: dict[str, bool]) -> list[dict]:
 
 def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=None, seed=0,
                  rng_streams=None, init_inputs=None, platforms=("cpu",), batch_sizes=None,
-                 max_batch=DEFAULT_MAX_BATCH, sharding=None) -> "_LinenExport":
+                 max_batch=DEFAULT_MAX_BATCH, sharding=None, frozen=False) -> "_LinenExport":
     """The export of a linen module, ready to `build`; `sharding`: a sharding.MeshRequest
     for a mesh export (export.py makes it from export_flax's mesh arguments)."""
     check_signature(module, method)
@@ -152,7 +170,7 @@ def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=Non
     return _LinenExport(module=module, method=method, fns=module_functions(module, method, streams),
                         seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                         init_inputs=init_inputs, sample_batch=sample_batch, batch_sizes=sizes,
-                        given=variables, sharding=sharding)
+                        given=variables, sharding=sharding, frozen=check_frozen(frozen, sharding))
 
 
 def prepare_inputs(sample_inputs, init_inputs):
@@ -262,6 +280,7 @@ class _LinenExport:
     calling_convention_version: int = 0  # of the exported init (manifest producer)
     sharding: Any = None  # sharding.MeshRequest of a mesh export
     plan: Any = None  # its sharding.MeshPlan, once the variables are known
+    frozen: bool = False  # also export inference with the params compiled in (export_flax's `frozen`)
 
     @property
     def K0(self):
@@ -286,6 +305,8 @@ class _LinenExport:
         for mode in entries:
             for e in entries[mode]:
                 e["results"] = _mark(e["results"], batched[mode])
+                if "frozen" in e:
+                    e["frozen"]["results"] = e["results"]
         batching = self.batching(params, state, batched["inference"], batched_state)
         golden = self.golden(variables, self.golden_init(given_variables, init_entry, init_variables),
                              extra_golden)
@@ -294,6 +315,9 @@ class _LinenExport:
                 dict(named_leaves(self.init_inputs, "inputs")), _meta("init_inputs"))
         files["variables.safetensors"] = safetensors_bytes(
             dict(named_leaves(variables, "variables")), _meta("variables"))
+        for e in entries["inference"]:
+            if "frozen" in e:  # the file its constants came from (the runtime checks it)
+                e["frozen"]["variables_sha256"] = hashlib.sha256(files["variables.safetensors"]).hexdigest()
         manifest = self.manifest(variables, self.origin(given_variables), init_entry,
                                  _mark([spec(n, x) for n, x in named_leaves(
                                      shapes["inference"][self.sample_batch], "outputs")], batched["inference"]),
@@ -425,9 +449,34 @@ class _LinenExport:
                 check_exported(c.exp, args, results)
                 fname = f"{stem}.{mode}.b{b}.jaxexport"
                 files[fname] = c.data
-                entries[mode].append({"batch_size": b, "file": fname, "args": args, "results": results,
-                                      "custom_call_targets": c.custom_call_targets})
+                entry = {"batch_size": b, "file": fname, "args": args, "results": results,
+                         "custom_call_targets": c.custom_call_targets}
+                if self.frozen and mode == "inference":
+                    entry["frozen"] = {"batch_size": b,
+                                       **self.export_frozen(params, state, x_sds, args, results, fname, files)}
+                entries[mode].append(entry)
         return entries, shapes
+
+    def export_frozen(self, params, state, x_sds, args, results, fname, files) -> dict:
+        """Inference with the bundled params compiled in as constants: the same results from
+        the state and inputs alone (an execution then passes PJRT no params; see
+        docs/exporter.md). Checked against the inference with params as arguments."""
+        frozen_params = jax.tree_util.tree_map(np.asarray, params)
+
+        def frozen(state, inputs):
+            return self.fns.inference(frozen_params, state, inputs)
+
+        s_sds = sds(state)
+        c = export_computation(frozen, f"{file_stem(method_name_of(self.method))}.inference.frozen",
+                               (0,), (s_sds, x_sds), self.platforms)
+        f_args = [a for a in args if a["role"] != "param"]
+        check_exported(c.exp, f_args, results)
+        x = jax.tree_util.tree_map(lambda t, s: np.resize(np.asarray(s), t.shape).astype(t.dtype),
+                                   x_sds, self.sample_inputs)
+        check_frozen_outputs(self.fns.inference(params, state, x), c.exp.call(state, x), fname)
+        name = fname.replace(".jaxexport", ".frozen.jaxexport")
+        files[name] = c.data
+        return {"file": name, "args": f_args, "results": results, "custom_call_targets": c.custom_call_targets}
 
     def output_batch_axes(self, params, state, shapes, batched_state) -> dict[str, dict[str, bool]]:
         """{mode: {output name: batched}} from the shapes at every exported size plus one

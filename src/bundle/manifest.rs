@@ -157,6 +157,15 @@ pub struct ComputationSpec {
     /// plugin must have handlers for. Absent in older bundles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_call_targets: Option<Vec<String>>,
+    /// For an inference computation: the same computation with the bundle's params compiled
+    /// in as constants (`export_flax(..., frozen=True)`), whose arguments are this one's
+    /// without the params. A layer runs it while its params are the bundle's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<Box<ComputationSpec>>,
+    /// For a frozen variant: the SHA-256 (hex) of the `variables.safetensors` its constants
+    /// came from. The runtime runs it only with params loaded from that very file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables_sha256: Option<String>,
 }
 
 /// What a flat argument or result is.
@@ -239,6 +248,14 @@ impl Manifest {
             if m.inference.is_empty() || m.training.is_empty() {
                 return bad(format!("method {name:?} lacks an inference or a training computation"));
             }
+            for c in &m.inference {
+                if let Some(f) = &c.frozen {
+                    check_frozen(c, f)?;
+                }
+            }
+            if let Some(c) = m.training.iter().find(|c| c.frozen.is_some()) {
+                return bad(format!("{}: a training computation has a frozen variant (only inference may)", c.file));
+            }
         }
         if let Some(t) = &self.train {
             if t.batch_size <= 0 {
@@ -273,7 +290,7 @@ impl Manifest {
     pub fn computations(&self) -> impl Iterator<Item = &ComputationSpec> {
         let train = self.train.iter().flat_map(|t| [&t.init_opt_state, &t.train_step, &t.eval_step]);
         self.init.iter().map(|i| &i.computation)
-            .chain(self.methods.values().flat_map(|m| m.inference.iter().chain(&m.training)))
+            .chain(self.methods.values().flat_map(|m| m.inference.iter().chain(m.inference.iter().filter_map(|c| c.frozen.as_deref())).chain(&m.training)))
             .chain(train)
     }
 
@@ -286,6 +303,20 @@ impl Manifest {
     pub fn variable(&self, name: &str) -> Option<&TensorSpec> {
         self.variables.iter().find(|v| v.name == name)
     }
+}
+
+/// A frozen variant takes its computation's arguments without the params, and gives the same
+/// results.
+fn check_frozen(c: &ComputationSpec, frozen: &ComputationSpec) -> Result<()> {
+    let unfrozen: Vec<&Slot> = c.args.iter().filter(|s| s.role != Role::Param).collect();
+    let same_args = unfrozen.len() == frozen.args.len() && unfrozen.iter().zip(&frozen.args).all(|(a, b)| *a == b);
+    if !same_args || frozen.results != c.results || frozen.batch_size != c.batch_size || frozen.frozen.is_some() || frozen.variables_sha256.is_none() {
+        return Err(Error::format(
+            "manifest.json",
+            format!("{}: its frozen variant {} must take its arguments without the params, give its results and name the variables' SHA-256", c.file, frozen.file),
+        ));
+    }
+    Ok(())
 }
 
 /// A file a manifest names must be a plain file name inside the bundle directory.
@@ -323,6 +354,30 @@ mod tests {
         assert_eq!(m.variables[0].dtype, crate::DType::F32);
         assert_eq!(m.methods["__call__"].batching, Batching::default());
         assert_eq!(m.computations().count(), 3);
+    }
+
+    #[test]
+    fn a_frozen_variant_takes_the_args_without_params_and_gives_the_same_results() {
+        let frozen = serde_json::json!({"file": "a.frozen.jaxexport", "args": [{"role": "input", "name": "inputs"}], "results": [{"role": "output", "name": "outputs"}], "variables_sha256": "00"});
+        let mut v = minimal();
+        v["methods"]["__call__"]["inference"][0]["frozen"] = frozen.clone();
+        let m = parse(&v).unwrap();
+        assert_eq!(m.computations().count(), 4, "the frozen file is a computation of the bundle");
+        let bad = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = minimal();
+            let mut f = frozen.clone();
+            edit(&mut f);
+            v["methods"]["__call__"]["inference"][0]["frozen"] = f;
+            let e = parse(&v).unwrap_err().to_string();
+            assert!(e.contains("frozen variant a.frozen.jaxexport"), "{e}");
+        };
+        bad(&|f| f["args"] = serde_json::json!([{"role": "param", "name": "params/w"}, {"role": "input", "name": "inputs"}]));
+        bad(&|f| f["results"] = serde_json::json!([]));
+        bad(&|f| f["batch_size"] = serde_json::json!(4));
+        bad(&|f| f.as_object_mut().unwrap().remove("variables_sha256").map(drop).unwrap_or(()));
+        let mut v = minimal();
+        v["methods"]["__call__"]["training"][0]["frozen"] = frozen;
+        assert!(parse(&v).unwrap_err().to_string().contains("training computation has a frozen variant"));
     }
 
     #[test]

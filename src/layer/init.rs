@@ -5,7 +5,8 @@ use super::computation::{CompileHow, Computation, Names, Sink, Source};
 use super::options::VariablesSource;
 use super::placement::{DeviceArray, Layout, Placement};
 use super::state::{check_named, DeviceState};
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, ComputationSpec, MethodSpec};
+use sha2::{Digest, Sha256};
 use crate::spec::TensorSpec;
 use crate::tensor::safetensors_views;
 use crate::{Error, Result};
@@ -87,4 +88,21 @@ pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSp
     };
     let results = state.run(&comp, &inputs)?;
     comp.results_by(results, |s| if let Sink::Var(i) = s { Some(i) } else { None }, specs, "variable")
+}
+
+/// The frozen inference computations (params compiled in) a layer may run, in the order of
+/// the method's inference computations: when every one has a frozen variant, the layer runs
+/// on one device, and its params come from the bundle's `variables.safetensors` whose SHA-256
+/// each variant names. `None` otherwise: the layer then always passes the params.
+pub(crate) fn frozen_specs(bundle: &Bundle, method: &MethodSpec, source: &VariablesSource) -> Result<Option<Vec<ComputationSpec>>> {
+    let Some(frozen) = method.inference.iter().map(|c| c.frozen.as_deref().cloned()).collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    let path = bundle.variables_path();
+    if !matches!(source, VariablesSource::Bundle) || bundle.devices() != 1 || !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = crate::files::read(&path, crate::files::MAX_WEIGHTS_BYTES)?;
+    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    Ok(frozen.iter().all(|c| c.variables_sha256.as_deref() == Some(digest.as_str())).then_some(frozen))
 }

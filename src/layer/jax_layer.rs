@@ -56,6 +56,9 @@ pub struct Layer<K: Kind> {
     batching: Batching,
     state: DeviceState,
     inference: Vec<Computation>,
+    /// The inference computations with the bundle's params compiled in, when the bundle has
+    /// them for every batch size and the layer's params were loaded from its variables file.
+    frozen: Option<Vec<Computation>>,
     training: Vec<Computation>,
 }
 
@@ -98,12 +101,19 @@ impl<K: Kind> Layer<K> {
             list.iter().map(|c| Computation::new(&placement, bundle.computation(&c.file)?, &names, &how)).collect()
         };
         let (inference, training) = (prepare(&spec.inference)?, prepare(&spec.training)?);
+        let frozen = match super::init::frozen_specs(&bundle, &spec, &options.variables)?.filter(|_| !options.without_frozen) {
+            Some(list) => Some(list.iter().map(|c| Computation::new(&placement, bundle.computation(&c.file)?, &names, &how)).collect::<Result<Vec<_>>>()?),
+            None => None,
+        };
         let all: Vec<&Computation> = inference.iter().chain(&training).collect();
         let layouts: Vec<(usize, Layout)> = (0..specs.len()).map(|i| layout_in(&all, Source::Var(i))).collect();
         let vars = super::init::initial_variables(&bundle, &placement, &layouts, &options.variables, seed, &how)?;
         let key_layout = layout_in(&all, Source::Key);
-        let state = DeviceState::new(placement, specs, vars, layouts, options.key.unwrap_or_else(|| seed_key(seed)), key_layout)?;
-        Ok(Layer { kind: PhantomData, bundle, method, seed, batching: spec.batching, state, inference, training })
+        let mut state = DeviceState::new(placement, specs, vars, layouts, options.key.unwrap_or_else(|| seed_key(seed)), key_layout)?;
+        if frozen.is_some() {
+            state.mark_params_from_bundle();
+        }
+        Ok(Layer { kind: PhantomData, bundle, method, seed, batching: spec.batching, state, inference, frozen, training })
     }
 
     /// The shapes of each variable's buffers, one per device that holds it: a sharded
@@ -119,8 +129,8 @@ impl<K: Kind> Layer<K> {
 
     /// The same layer as another kind (free: nothing is copied).
     pub fn into_kind<L: Kind>(self) -> Layer<L> {
-        let Layer { bundle, method, seed, batching, state, inference, training, .. } = self;
-        Layer { kind: PhantomData, bundle, method, seed, batching, state, inference, training }
+        let Layer { bundle, method, seed, batching, state, inference, frozen, training, .. } = self;
+        Layer { kind: PhantomData, bundle, method, seed, batching, state, inference, frozen, training }
     }
 
     /// The bundle.
@@ -177,7 +187,7 @@ impl<K: Kind> Layer<K> {
     pub fn call(&mut self, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
         let view = inputs.as_inputs();
         let comps = match mode {
-            Mode::Inference => &self.inference,
+            Mode::Inference => inference_of(&self.inference, &self.frozen, &self.state),
             Mode::Training => &self.training,
         };
         let state = &mut self.state;
@@ -192,10 +202,19 @@ impl<K: Kind> Layer<K> {
     /// advances state (decode caches).
     pub fn predict(&self, inputs: impl AsInputs) -> Result<PyTree> {
         let view = inputs.as_inputs();
-        run_plan(&self.inference, &self.batching, Mode::Inference, &view, |comp, inputs| {
+        run_plan(inference_of(&self.inference, &self.frozen, &self.state), &self.batching, Mode::Inference, &view, |comp, inputs| {
             let results = self.state.run(comp, &inputs)?;
             Ok(comp.sinks.iter().zip(results).filter(|(s, _)| matches!(s, Sink::Output(_))).map(|(_, a)| a).collect())
         })
+    }
+
+    /// Whether inference runs the bundle's frozen computations (params compiled in as
+    /// constants, `export_flax(..., frozen=True)`): the bundle has them and the layer's params
+    /// are still the ones loaded from its `variables.safetensors`. Once a param changes
+    /// (`set_variables`, a train step), inference runs the computations that take the params
+    /// as arguments.
+    pub fn runs_frozen(&self) -> bool {
+        self.frozen.is_some() && self.state.params_from_bundle()
     }
 
     /// Trainable weights (the `params` collection), as Keras lists them.
@@ -258,6 +277,14 @@ impl<K: Kind> Layer<K> {
     /// The tree structure of the method's inputs (the same for every batch size).
     pub fn input_tree(&self) -> &TreeDef {
         &self.inference[0].inputs_tree
+    }
+}
+
+/// The inference computations to run: the frozen ones while the params are the bundle's.
+fn inference_of<'a>(inference: &'a [Computation], frozen: &'a Option<Vec<Computation>>, state: &DeviceState) -> &'a [Computation] {
+    match frozen {
+        Some(frozen) if state.params_from_bundle() => frozen,
+        _ => inference,
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Options {
     pub cpu_devices: Option<usize>,
     /// Trainer only: the seed of the batch order; the seed when `None`.
     pub shuffle_seed: Option<u64>,
+    /// Never run the bundle's frozen inference computations (params compiled in); see
+    /// [`Builder::without_frozen`].
+    pub without_frozen: bool,
 }
 
 impl Options {
@@ -174,6 +177,16 @@ impl<T: Build> Builder<T> {
     /// Start from the variables of a safetensors file, uploaded straight from its bytes.
     pub fn variables_file(mut self, path: impl AsRef<Path>) -> Self {
         self.options.variables = VariablesSource::File(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Always pass the params to inference, even when the bundle has frozen inference
+    /// computations (exported with `frozen=True`, params compiled in as constants). By
+    /// default a layer runs those while its params are the bundle's own: calls pass PJRT
+    /// fewer arguments (see the README's "Frozen inference"). Opting out saves their compile
+    /// time and the memory of their constants.
+    pub fn without_frozen(mut self) -> Self {
+        self.options.without_frozen = true;
         self
     }
 

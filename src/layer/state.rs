@@ -40,6 +40,9 @@ pub(crate) struct DeviceState {
     key: DeviceArray,
     key_layout: (usize, Layout),
     lost: Option<Lost>,
+    /// The params are the bundle's `variables.safetensors` values, unchanged since they were
+    /// loaded: the bundle's frozen computations (params compiled in) may run.
+    params_from_bundle: bool,
 }
 
 impl DeviceState {
@@ -57,7 +60,7 @@ impl DeviceState {
             return Err(Error::ArgumentCount { what: "variables".into(), expected: specs.len(), got: vars.len() });
         }
         let key = upload_key(&placement, key, &key_layout)?;
-        Ok(DeviceState { placement, vars: Group { specs, arrays: vars, layouts }, opt: Group::default(), key, key_layout, lost: None })
+        Ok(DeviceState { placement, vars: Group { specs, arrays: vars, layouts }, opt: Group::default(), key, key_layout, lost: None, params_from_bundle: false })
     }
 
     pub fn placement(&self) -> &Placement {
@@ -66,6 +69,17 @@ impl DeviceState {
 
     pub fn client(&self) -> &Client {
         &self.placement.client
+    }
+
+    /// Records that the params are the bundle's own, as loaded (cleared by any write to a
+    /// param).
+    pub fn mark_params_from_bundle(&mut self) {
+        self.params_from_bundle = true;
+    }
+
+    /// Whether the params are still the bundle's own, as loaded.
+    pub fn params_from_bundle(&self) -> bool {
+        self.params_from_bundle
     }
 
     /// The variables' specs, in manifest order.
@@ -116,6 +130,9 @@ impl DeviceState {
     pub fn set_variables<V: AsView>(&mut self, given: &[(String, V)]) -> Result<()> {
         self.check_alive()?;
         let uploaded = self.upload_named("variable", &self.vars.specs, &self.vars.layouts, given, false)?;
+        if self.vars.specs.iter().zip(&uploaded).any(|(s, u)| u.is_some() && s.is_param()) {
+            self.params_from_bundle = false;
+        }
         replace(&mut self.vars, uploaded);
         Ok(())
     }
@@ -212,7 +229,12 @@ impl DeviceState {
         let mut rest = Vec::with_capacity(comp.sinks.len());
         for (&sink, array) in comp.sinks.iter().zip(results) {
             match sink {
-                Sink::Var(i) => self.vars.arrays[i] = array,
+                Sink::Var(i) => {
+                    if self.params_from_bundle && self.vars.specs[i].is_param() {
+                        self.params_from_bundle = false;
+                    }
+                    self.vars.arrays[i] = array;
+                }
                 Sink::OptState(i) => self.opt.arrays[i] = array,
                 Sink::Key => self.key = array,
                 Sink::Output(_) | Sink::Metric(_) => rest.push((sink, array)),

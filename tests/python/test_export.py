@@ -10,6 +10,7 @@ written here independently of the exporter's wrapper functions.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import subprocess
@@ -49,7 +50,7 @@ EXPECTED_TAKES_TRAINING = {
     "cnn": False, "wrapper": True, "dense_bn_dropout": True, "mixed": False,
     "decoder": True, "mlp": False, "multi_platform": False, "actnorm": False,
     "pretrained_mlp": False, "buckets": False, "bn_batch_stats": False, "decoder_b4": True,
-    "lstm": True, "linalg": False,
+    "lstm": True, "linalg": False, "mlp_frozen": False, "decoder_frozen": True,
 }
 # Bundles whose computations may use custom calls, with the expected targets per computation.
 CUSTOM_CALLS = {
@@ -226,6 +227,7 @@ def test_manifest(name):
     files = {m["init"]["file"]}
     for mode in ("inference", "training"):
         files |= {e["file"] for e in b.entries(mode)}
+        files |= {e["frozen"]["file"] for e in b.entries(mode) if "frozen" in e}
     assert files == {p.name for p in b.dir.glob("*.jaxexport")}
     batches = [e["batch_size"] for e in b.entries("inference")]
     assert batches == [e["batch_size"] for e in b.entries("training")]
@@ -320,6 +322,7 @@ def test_exported_artifact_properties(name):
     entries = {m["init"]["file"]: ("init", m["init"])}
     for mode in ("inference", "training"):
         entries.update({e["file"]: (mode, e) for e in b.entries(mode)})
+        entries.update({e["frozen"]["file"]: (mode, e["frozen"]) for e in b.entries(mode) if "frozen" in e})
     for f in sorted(b.dir.glob("*.jaxexport")):
         exp = b.exported(f.name)
         assert exp.mlir_module_serialized.startswith(b"ML\xefR")
@@ -333,7 +336,8 @@ def test_exported_artifact_properties(name):
         assert "callsite" not in text
         if len(exp.platforms) > 1:
             assert "_platform_index" in text
-        assert exp.fun_name in ("init", f"{b.mname}.inference", f"{b.mname}.training")
+        assert exp.fun_name in ("init", f"{b.mname}.inference", f"{b.mname}.inference.frozen",
+                                f"{b.mname}.training")
         # custom_call_targets: what the MLIR text says, and what the example is known to need
         kind, entry = entries[f.name]
         in_text = sorted(set(re.findall(r"stablehlo\.custom_call @([A-Za-z0-9_.$-]+)", text)))
@@ -373,6 +377,61 @@ def test_inference_matches_flax(name):
         ref_out, ref_state = b.flax_inference(variables, x)
         assert_tree_same(out, ref_out, "outputs", f"{e['file']} outputs")
         assert_tree_same(new_state, ref_state, "state", f"{e['file']} state")
+
+
+FROZEN = [n for n in NAMES if ee.EXAMPLES[n].frozen]
+
+
+def test_frozen_examples():
+    assert FROZEN == ["mlp_frozen", "decoder_frozen"]
+    for n in NAMES:
+        entries = get_bundle(n).entries("inference")
+        assert all(("frozen" in e) == (n in FROZEN) for e in entries), n
+        assert not any("frozen" in e for e in get_bundle(n).entries("training")), n
+
+
+@pytest.mark.parametrize("name", FROZEN)
+def test_frozen_inference_matches_flax(name):
+    """The frozen variant takes the state and inputs only, names the variables file its
+    constants came from, and computes what Flax does with the bundle's variables."""
+    b = get_bundle(name)
+    variables = b.variables()
+    digest = hashlib.sha256((b.dir / "variables.safetensors").read_bytes()).hexdigest()
+    for e in b.entries("inference"):
+        f = e["frozen"]
+        assert f["batch_size"] == e["batch_size"] and f["results"] == e["results"]
+        assert f["args"] == [a for a in e["args"] if a["role"] != "param"]
+        assert f["variables_sha256"] == digest
+        assert f["file"] == e["file"].replace(".jaxexport", ".frozen.jaxexport")
+        exp = b.exported(f["file"])
+        x = b.inputs_for_batch(e["batch_size"])
+        out, new_state = exp.call(state_of(variables), x)
+        ref_out, ref_state = b.flax_inference(variables, x)
+        assert_tree_same(out, ref_out, "outputs", f"{f['file']} outputs")
+        assert_tree_same(new_state, ref_state, "state", f"{f['file']} state")
+
+
+def test_frozen_on_a_mesh_is_refused(tmp_path):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    with pytest.raises(NotImplementedError, match="single-device"):
+        ef.export_flax(models.MLP(), np.ones((1, 64), np.float32), str(tmp_path / "b"),
+                       mesh=mesh, frozen=True)
+
+
+def test_cli_frozen(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import flax.linen as nn\n"
+                   "class M(nn.Module):\n"
+                   "    @nn.compact\n"
+                   "    def __call__(self, x):\n"
+                   "        return nn.Dense(3)(x)\n")
+    out = tmp_path / "b"
+    subprocess.run([str(CLI), f"{src}:M", "--input", "inputs=2,4:float32", "--out", str(out), "--frozen"],
+                   check=True, capture_output=True, text=True)
+    m = json.loads((out / "manifest.json").read_text())
+    (e,) = m["methods"]["__call__"]["inference"]
+    assert [a["role"] for a in e["frozen"]["args"]] == ["input"]
+    assert (out / e["frozen"]["file"]).is_file()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -439,6 +498,7 @@ def test_golden_matches_flax(name):
 
 EXTRA_GOLDEN = {
     "decoder": {"greedy/prompt", "greedy/tokens"},
+    "decoder_frozen": {"greedy/prompt", "greedy/tokens"},
     "decoder_b4": {f"greedy/{n}/{k}" for n in (3, 4) for k in ("prompt", "tokens")},
     "buckets": {"rows/a", "rows/b"} | {f"exact/{n}/{i}" for n in range(1, 41) for i in (0, 1)},
 }

@@ -58,6 +58,8 @@ class Example:
     extra_golden: Callable[[Any, Any], dict] | None = None
     # () -> export_flax's mesh arguments (mesh, param_sharding, input_sharding, ...)
     make_sharding: Callable[[], dict] | None = None
+    # also export inference with the params compiled in (export_flax's `frozen`)
+    frozen: bool = False
 
 
 def _normal(seed, shape, dtype=np.float32):
@@ -167,6 +169,19 @@ EXAMPLES: dict[str, Example] = {
         make_module=models.MLP,
         make_inputs=lambda: _normal(8, (1, 64)),
         batch_sizes=(1, 8, 256),
+    ),
+    "mlp_frozen": Example(
+        make_module=models.MLP,
+        make_inputs=lambda: _normal(8, (1, 64)),
+        batch_sizes=(1, 8),
+        frozen=True,
+    ),
+    "decoder_frozen": Example(
+        make_module=models.TinyDecoder,
+        make_inputs=lambda: np.array([[7]], dtype=np.int32),
+        make_init_inputs=lambda: np.zeros((1, 16), dtype=np.int32),
+        extra_golden=_decoder_golden,
+        frozen=True,
     ),
     "multi_platform": Example(
         make_module=models.TinyDense,
@@ -313,7 +328,7 @@ def export_example(name: str, out_dir: str) -> dict:
         init_inputs=ex.make_init_inputs() if ex.make_init_inputs else None,
         platforms=ex.platforms, batch_sizes=ex.batch_sizes, max_batch=ex.max_batch,
         extra_golden=(lambda v: ex.extra_golden(module, v)) if ex.extra_golden else None,
-        **(ex.make_sharding() if ex.make_sharding else {}))
+        frozen=ex.frozen, **(ex.make_sharding() if ex.make_sharding else {}))
 
 
 @dataclasses.dataclass(frozen=True)

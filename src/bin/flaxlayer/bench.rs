@@ -146,11 +146,17 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
             "bundle": args.bundle, "method": layer.method(), "training": args.training,
             "cold_start": args.cold_start, "raw": args.raw, "cache": flaxlayer::layer::cache::cache_dir(),
             "batch": args.batch, "iters": args.iters, "median_us": median, "p10_us": p10, "p90_us": p90, "plugin": plugin,
+            "frozen": !args.training && layer.runs_frozen(),
         });
         println!("{line}");
     } else {
-        println!("{} {} ({}), {} iters: median {median:.1} µs, p10 {p10:.1} µs, p90 {p90:.1} µs",
-            args.bundle.display(), layer.method(), if args.training { "training" } else { "inference" }, args.iters);
+        let what = match (args.training, layer.runs_frozen()) {
+            (true, _) => "training",
+            (false, true) => "inference, frozen",
+            (false, false) => "inference",
+        };
+        println!("{} {} ({what}), {} iters: median {median:.1} µs, p10 {p10:.1} µs, p90 {p90:.1} µs",
+            args.bundle.display(), layer.method(), args.iters);
         if args.raw {
             println!("(raw PJRT loop, no layer)");
         }

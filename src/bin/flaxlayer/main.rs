@@ -30,6 +30,11 @@ struct Cli {
     /// 4, or $FLAXLAYER_CPU_DEVICES). A bundle exported for N devices needs at least N.
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=4096))]
     devices: Option<u64>,
+    /// Never run a bundle's frozen inference (params compiled in as constants, exported with
+    /// `frozen=True`): always pass the params as arguments. Frozen inference is used by default
+    /// while the params are the bundle's own.
+    #[arg(long, global = true)]
+    no_frozen: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +73,8 @@ pub struct Common {
     pub isolation: Option<flaxlayer::layer::isolate::Isolation>,
     /// `--devices`.
     pub devices: Option<usize>,
+    /// `--no-frozen`.
+    pub no_frozen: bool,
 }
 
 impl Common {
@@ -81,6 +88,9 @@ impl Common {
         }
         if let Some(n) = self.devices {
             b = b.cpu_devices(n);
+        }
+        if self.no_frozen {
+            b = b.without_frozen();
         }
         b
     }
@@ -134,7 +144,7 @@ fn run(cli: Cli) -> Result<()> {
         worker: std::env::current_exe().ok(),
         timeout: std::time::Duration::from_secs(cli.compile_timeout),
     });
-    let common = Common { plugin: cli.plugin, isolation, devices: cli.devices.map(|n| n as usize) };
+    let common = Common { plugin: cli.plugin, isolation, devices: cli.devices.map(|n| n as usize), no_frozen: cli.no_frozen };
     match cli.command {
         Command::Inspect { bundle } => inspect(&bundle, common.plugin.as_deref()),
         Command::Run(args) => run_bundle(args, &common),
@@ -228,7 +238,8 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
                 };
                 let ins = leaves(&c.args, &exp.in_avals, &exp.in_shardings, flaxlayer::bundle::Role::Input);
                 let outs = leaves(&c.results, &exp.out_avals, &exp.out_shardings, flaxlayer::bundle::Role::Output);
-                println!("  {mode:<9} batch {:>4}  in ({})  out ({})", c.batch_size.map_or("-".into(), |b| b.to_string()), ins.join(", "), outs.join(", "));
+                let frozen = if c.frozen.is_some() { "  + frozen (params compiled in)" } else { "" };
+                println!("  {mode:<9} batch {:>4}  in ({})  out ({}){frozen}", c.batch_size.map_or("-".into(), |b| b.to_string()), ins.join(", "), outs.join(", "));
             }
         }
     }
