@@ -129,22 +129,11 @@ fn frozen_decoder_decodes_jax_greedy_tokens_and_keeps_frozen_through_cache_write
     let want = golden.get("greedy/tokens").to_vec::<i32>().unwrap();
     let mut layer = layer_at(&hlo("decoder_frozen"));
     assert!(layer.runs_frozen());
-    let token = |t: i32| PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![t]).unwrap());
-    let mut logits = PyTree::None;
-    for &t in &prompt {
-        logits = layer.call(token(t), Mode::Inference).unwrap();
-    }
-    let mut got = Vec::new();
-    for _ in 0..want.len() {
-        let l = logits.as_tensor().unwrap().to_vec::<f32>().unwrap();
-        let best = l.iter().enumerate().fold(0, |best, (i, &v)| if v > l[best] { i } else { best }) as i32;
-        got.push(best);
-        logits = layer.call(token(best), Mode::Inference).unwrap();
-    }
+    let got = common::greedy_decode(&mut layer, &prompt, want.len());
     assert_eq!(got, want, "greedy tokens of the frozen decoder");
     // Each step wrote the cache (state, not params): still the frozen program.
     assert!(layer.runs_frozen());
     // A training call writes the cache and advances the key, never the params.
-    layer.call(token(1), Mode::Training).unwrap();
+    layer.call(PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![1]).unwrap()), Mode::Training).unwrap();
     assert!(layer.runs_frozen());
 }

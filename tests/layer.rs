@@ -90,19 +90,7 @@ fn decoder_greedy_tokens_equal_jax() {
     let golden = Golden::load("decoder");
     let prompt = golden.get("greedy/prompt").to_vec::<i32>().unwrap();
     let want = golden.get("greedy/tokens").to_vec::<i32>().unwrap();
-    let mut layer = layer("decoder");
-    let token = |t: i32| PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![t]).unwrap());
-    let mut logits = PyTree::None;
-    for &t in &prompt {
-        logits = layer.call(token(t), Mode::Inference).unwrap();
-    }
-    let mut got = Vec::new();
-    for _ in 0..want.len() {
-        let l = logits.as_tensor().unwrap().to_vec::<f32>().unwrap();
-        let best = l.iter().enumerate().fold(0, |best, (i, &v)| if v > l[best] { i } else { best }) as i32;
-        got.push(best);
-        logits = layer.call(token(best), Mode::Inference).unwrap();
-    }
+    let got = common::greedy_decode(&mut layer("decoder"), &prompt, want.len());
     println!("decoder greedy tokens {got:?}");
     assert_eq!(got, want);
 }

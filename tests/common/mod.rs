@@ -76,3 +76,22 @@ pub fn start_server(mut cmd: std::process::Command) -> (std::process::Child, Str
     std::thread::spawn(move || lines.for_each(drop));
     (child, url)
 }
+
+/// Greedy decoding with a decoder bundle's layer (hlo/decoder*, batch 1): feeds `prompt` one
+/// token per inference call, then `steps` times the argmax of the last logits; returns the
+/// chosen tokens.
+pub fn greedy_decode<K: flaxlayer::layer::Kind>(layer: &mut flaxlayer::layer::Layer<K>, prompt: &[i32], steps: usize) -> Vec<i32> {
+    let token = |t: i32| flaxlayer::PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![t]).unwrap());
+    let mut logits = flaxlayer::PyTree::None;
+    for &t in prompt {
+        logits = layer.call(token(t), flaxlayer::Mode::Inference).unwrap();
+    }
+    let mut got = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let l = logits.as_tensor().unwrap().to_vec::<f32>().unwrap();
+        let best = l.iter().enumerate().fold(0, |best, (i, &v)| if v > l[best] { i } else { best }) as i32;
+        got.push(best);
+        logits = layer.call(token(best), flaxlayer::Mode::Inference).unwrap();
+    }
+    got
+}
