@@ -18,6 +18,8 @@ Workloads, on the committed bundles and their variables:
   decoder  hlo/decoder, one inference step at batch 1 (2-layer decoder with a KV cache)
 Systems:
   flaxlayer  `flaxlayer bench BUNDLE --batch B --json`: host in -> host out per call.
+             mlp and decoder also as "flaxlayer frozen": hlo/mlp_frozen, hlo/decoder_frozen (the
+             same module and variables exported with frozen=True, params compiled in).
   ORT        jax2onnx converts the same Flax module (flaxlayer_export/examples/models.py) with the bundle's
              variables as initializers; benches/peers times host in -> host out per call.
   IREE       iree-compile compiles the StableHLO the bundle holds (`tf.aliasing_output` stripped:
@@ -419,13 +421,14 @@ def iree_bench(vmfb, inputs, driver, warmup, iters, reps=5) -> float:
 # flaxlayer
 # --------------------------------------------------------------------------------------------
 
-def fl_bench(w: Workload, processes: int) -> float:
-    """Median µs per call of `flaxlayer bench`; the decoder's caches hold max_len = 16
-    positions, so it runs 4 + 12 calls per process in several processes."""
+def fl_bench(w: Workload, processes: int, bundle_dir: str | None = None) -> float:
+    """Median µs per call of `flaxlayer bench` on the workload's bundle (or `bundle_dir`: its
+    frozen twin); the decoder's caches hold max_len = 16 positions, so it runs 4 + 12 calls per
+    process in several processes."""
     cache = os.path.join(WORK, "fl-cache")
     meds = []
     for _ in range(processes):
-        p = run([FL_BIN, "bench", w.dir, "--batch", str(w.batch), "--warmup", str(w.warmup),
+        p = run([FL_BIN, "bench", bundle_dir or w.dir, "--batch", str(w.batch), "--warmup", str(w.warmup),
                  "--iters", str(w.iters), "--json"], env={"FLAXLAYER_CACHE": cache})
         meds.append(last_json(p.stdout)["median_us"])
     return statistics.median(meds)
@@ -787,7 +790,8 @@ def main(argv=None) -> int:
     jax.config.update("jax_platforms", "cpu")
     models = load_models()
 
-    # (name, bundle, batch, module, iters, warmup); flaxlayer's decoder: 4 + 12 calls a process
+    # (name, bundle, batch, module, iters, warmup); flaxlayer's decoder: 4 + 12 calls a process.
+    # FROZEN: the same module and variables exported with frozen=True (params compiled in).
     specs = [
         ("mlp", "mlp", 1, models.MLP, 300 if q else 3000, 50 if q else 300),
         ("cnn", "cnn", 256, models.MyFlaxModule, 6 if q else 40, 2 if q else 5),
@@ -797,6 +801,7 @@ def main(argv=None) -> int:
                   "decoder": (300, 50) if q else (3000, 300)}
     fl_procs = {"mlp": 1, "cnn": 1, "decoder": 2 if q else 4}
     workloads = [Workload(*s) for s in specs if not args.only or s[0] in args.only]
+    frozen = {"mlp": "mlp_frozen", "decoder": "decoder_frozen"}
 
     # ---- prepare and check every peer (outputs vs JAX) before timing ----------------------
     systems: dict[str, dict[str, dict]] = {}  # workload -> system -> {check, run}
@@ -844,6 +849,9 @@ def main(argv=None) -> int:
         log(f"[peers] round {r + 1}/{rounds}")
         for w in workloads:
             res[w.name].setdefault("flaxlayer", []).append(fl_bench(w, fl_procs[w.name]))
+            if w.name in frozen:
+                res[w.name].setdefault("flaxlayer frozen", []).append(
+                    fl_bench(w, fl_procs[w.name], os.path.join(HLO, frozen[w.name])))
             for name, s in systems[w.name].items():
                 if isinstance(s["check"], str):
                     continue
@@ -884,8 +892,13 @@ def main(argv=None) -> int:
                    if k.startswith(prefix) and isinstance(s["check"], str)]
             return "not timed: " + "; ".join(bad) if bad else "—"
 
-        rows.append([f"{w.name} (b{w.batch})", cell(ours, []), peer_cell("ORT" if "ORT" in rs else None, missing("ORT")),
-                     peer_cell(iree_a, missing("IREE args")), peer_cell(iree_c, missing("IREE consts")), ratio])
+        frz = rs.get("flaxlayer frozen", [])
+        ratio_frozen = "—"
+        if peers and frz:
+            ratio_frozen = f"{statistics.median(f / min(rs[k][i] for k in peers) for i, f in enumerate(frz)):.2f}×"
+        rows.append([f"{w.name} (b{w.batch})", cell(ours, []), cell(frz, ours) if frz else "—",
+                     peer_cell("ORT" if "ORT" in rs else None, missing("ORT")),
+                     peer_cell(iree_a, missing("IREE args")), peer_cell(iree_c, missing("IREE consts")), ratio, ratio_frozen])
         for k, s in sy.items():
             if isinstance(s["check"], str):
                 checks.append([w.name, k, "**WRONG / FAILED**", s["check"]])
@@ -894,8 +907,8 @@ def main(argv=None) -> int:
         for k, v in rs.items():
             detail.append(f"{w.name}/{k}: " + ", ".join(f"{x:.1f}" for x in v))
 
-    table = md_table(["workload", "flaxlayer", "ORT (ort crate)", "IREE, params as arguments",
-                      "IREE, params as constants", "flaxlayer / best peer"], rows)
+    table = md_table(["workload", "flaxlayer", "flaxlayer, frozen inference", "ORT (ort crate)", "IREE, params as arguments",
+                      "IREE, params as constants", "flaxlayer / best peer", "frozen / best peer"], rows)
     check_table = md_table(["workload", "peer", "outputs vs JAX", "max error / max(max|JAX|, 1)"], checks)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     setup = os.environ.get("PEERS_SETUP_SECONDS", "?")
@@ -918,6 +931,9 @@ def main(argv=None) -> int:
 - Each cell: median over rounds of the per-round median µs per call (min–max of the round
   medians), then **peer / flaxlayer** time, the median of the per-round ratios (< 1: the peer is
   faster). Last column: flaxlayer / the fastest peer, median of per-round ratios (> 1: a peer is faster).
+- flaxlayer, frozen inference: the same on `hlo/mlp_frozen` / `hlo/decoder_frozen` (the same
+  module and variables exported with `frozen=True`: params compiled in as constants, as in
+  IREE's "constants" column), run right after flaxlayer in each round.
 - flaxlayer: `flaxlayer bench BUNDLE --batch B --json`, host in → host out per call (inputs
   uploaded, outputs copied into new host tensors; params and the decoder's cache stay on the
   device, the cache advancing one position per call).
