@@ -473,7 +473,7 @@ class _LinenExport:
         check_exported(c.exp, f_args, results)
         x = jax.tree_util.tree_map(lambda t, s: np.resize(np.asarray(s), t.shape).astype(t.dtype),
                                    x_sds, self.sample_inputs)
-        check_frozen_outputs(self.fns.inference(params, state, x), c.exp.call(state, x), fname)
+        check_frozen_outputs(jax.jit(self.fns.inference)(params, state, x), c.exp.call(state, x), fname)
         name = fname.replace(".jaxexport", ".frozen.jaxexport")
         files[name] = c.data
         return {"file": name, "args": f_args, "results": results, "custom_call_targets": c.custom_call_targets}

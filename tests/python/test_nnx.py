@@ -646,3 +646,27 @@ def test_rust_training_then_nnx_update_gives_the_same_module(tmp_path, flaxlayer
     counter = bundle("nnx_counter")
     r = run_cli(flaxlayer_bin, "inspect", counter.dir)
     assert "init: none" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["nnx_mlp_bn_dropout", "nnx_counter"])
+def test_frozen_nnx_inference_in_rust(tmp_path, flaxlayer_bin, name):
+    """export_flax(..., frozen=True) of an NNX module: Rust runs the frozen inference (params
+    compiled in; state such as batch statistics and a custom counter stays an argument) and
+    gets what the NNX module computes."""
+    ex, b = ee.NNX_EXAMPLES[name], bundle(name)
+    module = ex.make_module()
+    out = tmp_path / "frozen"
+    m = ef.export_flax(module, ex.make_inputs(), str(out), method=ex.method, seed=ex.seed,
+                       rng_streams=ex.rng_streams, variables=ee.example_variables(name, module),
+                       batch_sizes=ex.batch_sizes, max_batch=ex.max_batch, frozen=True)
+    entries = m["methods"][m["default_method"]]["inference"]
+    assert all("param" not in [a["role"] for a in e["frozen"]["args"]] for e in entries)
+    x = np.asarray(b.inputs)
+    save_file({"inputs": x}, str(tmp_path / "in.safetensors"))
+    run_cli(flaxlayer_bin, "run", out, "--input", tmp_path / "in.safetensors", "--output",
+            tmp_path / "out.safetensors")
+    got = ef.read_safetensors(str(tmp_path / "out.safetensors"))[0]["outputs"]
+    outs, _, _ = oracle_calls(b, x, 1, "inference")
+    assert_close(got, outs[0], f"{name}: Rust's frozen inference vs NNX")
+    r = run_cli(flaxlayer_bin, "bench", out, "--batch", x.shape[0], "--iters", 3)
+    assert "(inference, frozen)" in r.stdout
