@@ -190,7 +190,8 @@ pub(crate) fn cpu_features() -> String {
     format!("{}:{}", std::env::consts::ARCH, found.join(","))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

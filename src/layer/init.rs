@@ -2,16 +2,25 @@
 //! ones, a file, or the bundle's `init` run on the device.
 
 use super::computation::{CompileHow, Computation, Names, Sink, Source};
-use super::options::VariablesSource;
+use super::options::{Options, VariablesSource};
 use super::placement::{DeviceArray, Layout, Placement};
 use super::state::{check_named, DeviceState};
 use crate::bundle::{Bundle, ComputationSpec, MethodSpec};
-use sha2::{Digest, Sha256};
 use crate::spec::TensorSpec;
 use crate::tensor::safetensors_views;
 use crate::{Error, Result};
+use sha2::{Digest, Sha256};
 
 /// The variables a layer starts from, uploaded to the placement in manifest order.
+pub(crate) struct Initial {
+    pub arrays: Vec<DeviceArray>,
+    /// When asked for, and the variables came from the bundle's `variables.safetensors`: the
+    /// SHA-256 (hex) of the very bytes they were uploaded from.
+    pub bundle_sha256: Option<String>,
+}
+
+/// The variables a layer starts from, uploaded to the placement in manifest order; with
+/// `digest`, also the SHA-256 of the bundle's variables file when they come from it.
 pub(crate) fn initial_variables(
     bundle: &Bundle,
     placement: &Placement,
@@ -19,20 +28,23 @@ pub(crate) fn initial_variables(
     source: &VariablesSource,
     seed: u64,
     how: &CompileHow,
-) -> Result<Vec<DeviceArray>> {
+    digest: bool,
+) -> Result<Initial> {
     let specs = &bundle.manifest().variables;
-    let from_file = |path: &std::path::Path| -> Result<Vec<DeviceArray>> {
+    let from_file = |path: &std::path::Path, digest: bool| -> Result<Initial> {
         let bytes = crate::files::read(path, crate::files::MAX_WEIGHTS_BYTES)?;
         let views = safetensors_views(&bytes, &path.display().to_string())?;
-        upload_all(placement, specs, layouts, &views)
+        let arrays = upload_all(placement, specs, layouts, &views)?;
+        Ok(Initial { arrays, bundle_sha256: digest.then(|| super::cache::hex(&Sha256::digest(&bytes))) })
     };
+    let uploaded = |arrays| Ok(Initial { arrays, bundle_sha256: None });
     match source {
-        VariablesSource::Given(given) => upload_all(placement, specs, layouts, given),
-        VariablesSource::File(path) => from_file(path),
-        VariablesSource::Bundle if bundle.variables_path().is_file() => from_file(&bundle.variables_path()),
+        VariablesSource::Given(given) => uploaded(upload_all(placement, specs, layouts, given)?),
+        VariablesSource::File(path) => from_file(path, false),
+        VariablesSource::Bundle if bundle.variables_path().is_file() => from_file(&bundle.variables_path(), digest),
         VariablesSource::Bundle | VariablesSource::Init => {
             let vars = run_init(bundle, placement, specs, seed, how)?;
-            vars.into_iter().zip(layouts).map(|(a, (devices, layout))| relayout(placement, a, *devices, layout)).collect()
+            uploaded(vars.into_iter().zip(layouts).map(|(a, (devices, layout))| relayout(placement, a, *devices, layout)).collect::<Result<_>>()?)
         }
     }
 }
@@ -91,18 +103,19 @@ pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSp
 }
 
 /// The frozen inference computations (params compiled in) a layer may run, in the order of
-/// the method's inference computations: when every one has a frozen variant, the layer runs
-/// on one device, and its params come from the bundle's `variables.safetensors` whose SHA-256
-/// each variant names. `None` otherwise: the layer then always passes the params.
-pub(crate) fn frozen_specs(bundle: &Bundle, method: &MethodSpec, source: &VariablesSource) -> Result<Option<Vec<ComputationSpec>>> {
-    let Some(frozen) = method.inference.iter().map(|c| c.frozen.as_deref().cloned()).collect::<Option<Vec<_>>>() else {
-        return Ok(None);
-    };
-    let path = bundle.variables_path();
-    if !matches!(source, VariablesSource::Bundle) || bundle.devices() != 1 || !path.is_file() {
-        return Ok(None);
+/// the method's inference computations, before the variables file is checked: when every one
+/// has a frozen variant, the layer runs on one device, starts from the bundle's own variables
+/// and was not told to go without. `None` otherwise: the layer then always passes the params.
+pub(crate) fn frozen_wanted(bundle: &Bundle, method: &MethodSpec, options: &Options) -> Option<Vec<ComputationSpec>> {
+    let bundle_variables = matches!(options.variables, VariablesSource::Bundle) && bundle.variables_path().is_file();
+    if options.without_frozen || !bundle_variables || bundle.devices() != 1 {
+        return None;
     }
-    let bytes = crate::files::read(&path, crate::files::MAX_WEIGHTS_BYTES)?;
-    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    Ok(frozen.iter().all(|c| c.variables_sha256.as_deref() == Some(digest.as_str())).then_some(frozen))
+    method.inference.iter().map(|c| c.frozen.as_deref().cloned()).collect()
+}
+
+/// `wanted`, if every frozen variant names `sha256`: the digest of the variables file the
+/// layer's params were uploaded from.
+pub(crate) fn frozen_matching(wanted: Option<Vec<ComputationSpec>>, sha256: Option<&str>) -> Option<Vec<ComputationSpec>> {
+    wanted.filter(|list| sha256.is_some() && list.iter().all(|c| c.variables_sha256.as_deref() == sha256))
 }

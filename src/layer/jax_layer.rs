@@ -101,15 +101,13 @@ impl<K: Kind> Layer<K> {
             list.iter().map(|c| Computation::new(&placement, bundle.computation(&c.file)?, &names, &how)).collect()
         };
         let (inference, training) = (prepare(&spec.inference)?, prepare(&spec.training)?);
-        let frozen = match super::init::frozen_specs(&bundle, &spec, &options.variables)?.filter(|_| !options.without_frozen) {
-            Some(list) => Some(list.iter().map(|c| Computation::new(&placement, bundle.computation(&c.file)?, &names, &how)).collect::<Result<Vec<_>>>()?),
-            None => None,
-        };
         let all: Vec<&Computation> = inference.iter().chain(&training).collect();
         let layouts: Vec<(usize, Layout)> = (0..specs.len()).map(|i| layout_in(&all, Source::Var(i))).collect();
-        let vars = super::init::initial_variables(&bundle, &placement, &layouts, &options.variables, seed, &how)?;
+        let wanted = super::init::frozen_wanted(&bundle, &spec, &options);
+        let initial = super::init::initial_variables(&bundle, &placement, &layouts, &options.variables, seed, &how, wanted.is_some())?;
+        let frozen = super::init::frozen_matching(wanted, initial.bundle_sha256.as_deref()).map(|list| prepare(&list)).transpose()?;
         let key_layout = layout_in(&all, Source::Key);
-        let mut state = DeviceState::new(placement, specs, vars, layouts, options.key.unwrap_or_else(|| seed_key(seed)), key_layout)?;
+        let mut state = DeviceState::new(placement, specs, initial.arrays, layouts, options.key.unwrap_or_else(|| seed_key(seed)), key_layout)?;
         if frozen.is_some() {
             state.mark_params_from_bundle();
         }
