@@ -30,12 +30,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if ! command -v valgrind >/dev/null; then
-  echo "[bench_instructions] installing valgrind" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind >/dev/null
-fi
+. scripts/lib/apt.sh
+need_command valgrind valgrind
 
 export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
 if [ -z "$BIN" ]; then

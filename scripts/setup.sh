@@ -9,14 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { echo "[setup] $*" >&2; }
+. scripts/lib/apt.sh
 
 need_apt=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt_install "${need_apt[@]}"
 fi
 
 command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
