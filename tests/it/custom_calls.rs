@@ -17,8 +17,7 @@ use flaxlayer::pjrt::{Client, CompileOptions, Program};
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, Error, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 
-mod common;
-use common::{client, hlo};
+use crate::common::{client, hlo};
 
 type Named = BTreeMap<String, Tensor>;
 
@@ -228,7 +227,7 @@ fn a_plugin_without_the_ffi_extension_gets_a_typed_error_naming_the_lapack_targe
     let dir = tempfile::tempdir().unwrap();
     let so = plugin_without_extensions(dir.path(), &real);
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "no_ffi_extension_child", "--nocapture", "--include-ignored"])
+        .args(["--exact", "custom_calls::no_ffi_extension_child", "--nocapture", "--include-ignored"])
         .env(NO_FFI_PLUGIN_ENV, &so)
         .output()
         .unwrap();
