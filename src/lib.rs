@@ -23,7 +23,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, ErrorCode, Result};
 pub use layer::{AsInputs, Batch, Builder, FlaxLayer, FlaxLayerConfig, JaxLayer, Layer, Metrics, Mode, Trainer};
 pub use pytree::{PyTree, Tree, TreeDef, TreeView};
-pub use spec::TensorSpec;
+pub use spec::{TensorSpec, ValueSpec};
 pub use tensor::{Tensor, TensorView};
 
 /// The `ndarray` this crate is built with, so that arrays passed in and out have its types.

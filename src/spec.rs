@@ -83,6 +83,77 @@ impl fmt::Display for TensorSpec {
     }
 }
 
+/// An input or output of a layer's method, as ort's `session.inputs`: its PyTree path, its
+/// dtype and its shape, with `None` for a dimension that can vary between calls (the batch
+/// axis of a method that takes any batch size, or that was exported at several).
+///
+/// ```
+/// use flaxlayer::{DType, ValueSpec};
+/// let spec = ValueSpec { name: "image".into(), dtype: DType::F32, shape: vec![None, Some(8), Some(8), Some(1)] };
+/// assert_eq!(spec.to_string(), "image: float32[?, 8, 8, 1]");
+/// assert!(spec.accepts(DType::F32, &[5, 8, 8, 1]));
+/// assert!(!spec.accepts(DType::F32, &[5, 8, 8, 3]));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ValueSpec {
+    /// The leaf's PyTree path (`image`, `0`, `1/ids`; `inputs` or `outputs` for a bare array).
+    pub name: String,
+    /// The element type.
+    pub dtype: DType,
+    /// The dimensions; `None` where any size goes.
+    pub shape: Vec<Option<usize>>,
+}
+
+impl ValueSpec {
+    /// Whether a value of this dtype and shape fits the spec.
+    pub fn accepts(&self, dtype: DType, shape: &[usize]) -> bool {
+        dtype == self.dtype
+            && shape.len() == self.shape.len()
+            && self.shape.iter().zip(shape).all(|(want, got)| want.is_none() || *want == Some(*got))
+    }
+
+    /// The shape with `-1` for a dimension that varies, as KServe's metadata shows it.
+    pub fn dims_i64(&self) -> Vec<i64> {
+        self.shape.iter().map(|d| d.map_or(-1, |d| d as i64)).collect()
+    }
+
+    /// Merges the specs of the same leaves at several exported batch sizes: a dimension that
+    /// differs between them is `None`; `vary_batch[i]` makes leaf `i`'s leading axis `None` too.
+    pub(crate) fn merge(per_size: &[&[TensorSpec]], vary_batch: &[bool]) -> Vec<ValueSpec> {
+        let Some(first) = per_size.first() else { return Vec::new() };
+        first
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let mut shape: Vec<Option<usize>> = spec.shape.iter().map(|&d| Some(d)).collect();
+                for other in &per_size[1..] {
+                    if let Some(o) = other.get(i) {
+                        for (d, &od) in shape.iter_mut().zip(&o.shape) {
+                            if *d != Some(od) {
+                                *d = None;
+                            }
+                        }
+                    }
+                }
+                if vary_batch.get(i).copied().unwrap_or(false) {
+                    if let Some(d) = shape.first_mut() {
+                        *d = None;
+                    }
+                }
+                ValueSpec { name: spec.name.clone(), dtype: spec.dtype, shape }
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for ValueSpec {
+    /// `image: float32[?, 8, 8, 1]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.shape.iter().map(|d| d.map_or("?".to_string(), |d| d.to_string())).collect();
+        write!(f, "{}: {}[{}]", self.name, self.dtype, dims.join(", "))
+    }
+}
+
 /// Finds a spec by name.
 pub(crate) fn find<'a>(specs: &'a [TensorSpec], name: &str) -> Option<&'a TensorSpec> {
     specs.iter().find(|s| s.name == name)

@@ -15,7 +15,7 @@ use super::state::DeviceState;
 use crate::bundle::{Batching, Bundle, MethodSpec};
 use crate::pjrt::Client;
 use crate::pytree::{PyTree, TreeDef};
-use crate::spec::TensorSpec;
+use crate::spec::{TensorSpec, ValueSpec};
 use crate::tensor::TensorView;
 use crate::{Error, Result, Tensor};
 
@@ -270,6 +270,35 @@ impl<K: Kind> Layer<K> {
     /// The output leaves of each exported batch size of `mode`.
     pub fn output_specs(&self, mode: Mode) -> Vec<Vec<TensorSpec>> {
         self.computations(mode).iter().map(|c| c.outputs.clone()).collect()
+    }
+
+    /// The method's input leaves at inference, as ort's `session.inputs`: name, dtype and
+    /// shape, with `None` for a dimension that varies: the batch axis when the method takes any
+    /// batch size (`batching().paddable`) or was exported at several.
+    ///
+    /// ```no_run
+    /// # fn main() -> flaxlayer::Result<()> {
+    /// let layer = flaxlayer::FlaxLayer::builder("hlo/image_meta").build()?;
+    /// for input in layer.inputs() {
+    ///     println!("{input}"); // image: float32[?, 8, 8, 1], then meta: float32[?, 3]
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn inputs(&self) -> Vec<ValueSpec> {
+        let per_size: Vec<&[TensorSpec]> = self.inference.iter().map(|c| c.inputs.as_slice()).collect();
+        let n = per_size.first().map_or(0, |s| s.len());
+        ValueSpec::merge(&per_size, &vec![self.batching.paddable; n])
+    }
+
+    /// The method's output leaves at inference, with `None` for a dimension that varies (the
+    /// batch axis of the outputs that carry it, when the method takes any batch size).
+    pub fn outputs(&self) -> Vec<ValueSpec> {
+        let per_size: Vec<&[TensorSpec]> = self.inference.iter().map(|c| c.outputs.as_slice()).collect();
+        let batched: Vec<bool> = self.inference.first().map_or_else(Vec::new, |c| {
+            c.output_batched.iter().map(|b| self.batching.paddable && b.unwrap_or(false)).collect()
+        });
+        ValueSpec::merge(&per_size, &batched)
     }
 
     /// The tree structure of the method's inputs (the same for every batch size).

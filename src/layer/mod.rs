@@ -10,7 +10,7 @@ mod computation;
 mod custom_calls;
 mod flax_layer;
 mod init;
-mod inputs;
+pub mod inputs;
 pub mod isolate;
 mod jax_layer;
 mod mode;

@@ -8,6 +8,8 @@ use ndarray::{ArrayD, IxDyn};
 use crate::{DType, Element, Error, Result};
 
 mod io;
+mod npy;
+pub use npy::{load_npy_bytes, serialize_npy};
 pub use io::{
     load_safetensors_bytes, load_safetensors_bytes_with_metadata, read_safetensors, read_safetensors_with_metadata,
     safetensors_views, serialize_safetensors, write_safetensors, SafeTensorsContents,
@@ -176,6 +178,45 @@ impl AsView for TensorView<'_> {
 }
 
 impl Tensor {
+    /// Reads every tensor of a safetensors file into a map from name to tensor (a
+    /// `BTreeMap`, which is also a `dict` input of a call). The file is untrusted: its header
+    /// and every offset are checked, and an error names the file.
+    ///
+    /// ```no_run
+    /// # fn main() -> flaxlayer::Result<()> {
+    /// use flaxlayer::{FlaxLayer, Tensor};
+    /// let inputs = Tensor::read_safetensors("inputs.safetensors")?; // {"image": ..., "meta": ...}
+    /// let layer = FlaxLayer::builder("hlo/image_meta").build()?;
+    /// let y = layer.predict(&inputs)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read_safetensors(path: impl AsRef<std::path::Path>) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        Ok(read_safetensors(path)?.into_iter().collect())
+    }
+
+    /// Writes named tensors to a safetensors file, atomically (the old file or the whole new
+    /// one): a map, or `(name, tensor)` pairs.
+    pub fn write_safetensors<'t, K: AsRef<str>>(
+        path: impl AsRef<std::path::Path>,
+        tensors: impl IntoIterator<Item = (K, &'t Tensor)>,
+    ) -> Result<()> {
+        let items: Vec<(K, &Tensor)> = tensors.into_iter().collect();
+        write_safetensors(path, &items, None)
+    }
+
+    /// Reads a numpy `.npy` file (`numpy.save`): any little-endian bool, int, uint or float
+    /// array in C order. The file is untrusted and checked before anything is allocated.
+    pub fn read_npy(path: impl AsRef<std::path::Path>) -> Result<Tensor> {
+        npy::read_npy(path.as_ref())
+    }
+
+    /// Writes this tensor as a numpy `.npy` file (`numpy.load` reads it), atomically.
+    /// `bfloat16` has no numpy dtype and is refused.
+    pub fn write_npy(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        npy::write_npy(path.as_ref(), self)
+    }
+
     /// A borrowed view of this tensor.
     pub fn view(&self) -> TensorView<'_> {
         TensorView { dtype: self.dtype, shape: Cow::Borrowed(&self.shape), data: Cow::Borrowed(self.as_bytes()) }

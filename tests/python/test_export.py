@@ -51,6 +51,7 @@ EXPECTED_TAKES_TRAINING = {
     "decoder": True, "mlp": False, "multi_platform": False, "actnorm": False,
     "pretrained_mlp": False, "buckets": False, "bn_batch_stats": False, "decoder_b4": True,
     "lstm": True, "linalg": False, "mlp_frozen": False, "decoder_frozen": True,
+    "image_meta": False,
 }
 # Bundles whose computations may use custom calls, with the expected targets per computation.
 CUSTOM_CALLS = {

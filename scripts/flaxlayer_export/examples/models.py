@@ -77,6 +77,18 @@ class MixedDtypes(nn.Module):
         return logits, half, pred
 
 
+class ImageMeta(nn.Module):
+    """Two named inputs, an image and a feature vector -> one output (hlo/image_meta): the
+    README's `inputs!{"image" => &img, "meta" => &meta}` example."""
+
+    @nn.compact
+    def __call__(self, inputs):
+        x = nn.relu(nn.Conv(features=4, kernel_size=(3, 3))(inputs["image"]))  # f32[B, 8, 8, 4]
+        x = x.mean(axis=(1, 2))  # f32[B, 4]
+        h = jnp.concatenate([x, inputs["meta"]], axis=-1)  # f32[B, 7]
+        return nn.Dense(2)(h)
+
+
 class DecoderLayer(nn.Module):
     d_model: int
     num_heads: int

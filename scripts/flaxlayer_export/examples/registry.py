@@ -159,6 +159,11 @@ EXAMPLES: dict[str, Example] = {
             "ids": np.random.default_rng(7).integers(0, 20, size=(3, 4)).astype(np.int32),
         },
     ),
+    "image_meta": Example(
+        make_module=models.ImageMeta,
+        make_inputs=lambda: {"image": _normal(44, (2, 8, 8, 1)), "meta": _normal(45, (2, 3))},
+        batch_sizes=(1, 2, 4),
+    ),
     "decoder": Example(
         make_module=models.TinyDecoder,
         make_inputs=lambda: np.array([[7]], dtype=np.int32),
