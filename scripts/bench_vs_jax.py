@@ -84,10 +84,9 @@ def _short_err(text: str) -> str:
 
 def run_fl(bundle: str, *extra: str, plugin: str | None = None, env: dict | None = None,
            timeout: float = 300) -> dict:
-    cmd = [BIN]
+    cmd = [BIN, "bench", os.path.join(HLO, bundle), "--json", *extra]
     if plugin:
         cmd += ["--plugin", plugin]
-    cmd += ["bench", os.path.join(HLO, bundle), "--json", *extra]
     e = dict(os.environ)
     if env:
         e.update(env)

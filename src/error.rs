@@ -288,22 +288,28 @@ pub enum Error {
     },
 
     /// JSON (manifest, config) could not be read or written.
-    #[error("{what}: {cause}")]
+    #[error("{what}: {cause}{}", fix_suffix(.fix))]
     Json {
         /// The file or value.
         what: String,
         /// The JSON error.
         cause: serde_json::Error,
+        /// What to do about it, when known (`re-export the bundle`); empty otherwise.
+        fix: String,
     },
 
-    /// safetensors could not be read or written.
-    #[error("{what}: {cause}")]
+    /// safetensors could not be read or written. The message says whether the file is not
+    /// safetensors at all or a truncated or corrupt one, and what to do.
+    #[error("{what}: {}{}", describe_safetensors(.cause), fix_suffix(.fix))]
     SafeTensors {
         /// The file.
         what: String,
         /// The safetensors error.
         cause: safetensors::SafeTensorError,
+        /// What to do about it, when known (`re-export the bundle`); empty otherwise.
+        fix: String,
     },
+
 }
 
 impl std::fmt::Debug for Error {
@@ -320,6 +326,29 @@ fn reason_suffix(reason: &str) -> String {
     }
 }
 
+fn fix_suffix(fix: &str) -> String {
+    if fix.is_empty() {
+        String::new()
+    } else {
+        format!("; {fix}")
+    }
+}
+
+/// A safetensors error as a user can act on it: not a safetensors file at all (the header
+/// cannot be read), or a truncated or corrupt one (the header and the data disagree).
+fn describe_safetensors(cause: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match cause {
+        E::InvalidHeader(_) | E::InvalidHeaderStart | E::InvalidHeaderDeserialization(_) | E::HeaderTooLarge | E::HeaderTooSmall | E::InvalidHeaderLength => format!(
+            "this is not a safetensors file ({cause}): expected an 8-byte header length, a JSON header and the tensor data, as safetensors' save_file writes them"
+        ),
+        E::MetadataIncompleteBuffer | E::InvalidOffset(_) | E::TensorInvalidInfo | E::ValidationOverflow | E::InvalidTensorView(..) => {
+            format!("the file is truncated or corrupt ({cause}): its header does not match the data that follows")
+        }
+        other => other.to_string(),
+    }
+}
+
 fn format_tried(tried: &[(PathBuf, String)]) -> String {
     tried.iter().map(|(p, why)| format!("  {}: {why}", p.display())).collect::<Vec<_>>().join("\n")
 }
@@ -332,17 +361,28 @@ impl Error {
 
     /// An [`Error::Json`] for `what`.
     pub fn json(what: impl Into<String>, cause: serde_json::Error) -> Self {
-        Error::Json { what: what.into(), cause }
+        Error::Json { what: what.into(), cause, fix: String::new() }
     }
 
     /// An [`Error::SafeTensors`] for `what`.
     pub fn safetensors(what: impl Into<String>, cause: safetensors::SafeTensorError) -> Self {
-        Error::SafeTensors { what: what.into(), cause }
+        Error::SafeTensors { what: what.into(), cause, fix: String::new() }
     }
 
     /// An [`Error::InvalidFormat`].
     pub fn format(what: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidFormat { what: what.into(), reason: reason.into() }
+    }
+
+    /// The same error, saying what to do about a file that is corrupt or truncated (`fix`,
+    /// such as "re-export the bundle"), for the errors that describe a file's contents.
+    pub(crate) fn with_fix(self, fix: &str) -> Self {
+        match self {
+            Error::SafeTensors { what, cause, .. } => Error::SafeTensors { what, cause, fix: fix.to_string() },
+            Error::Json { what, cause, .. } => Error::Json { what, cause, fix: fix.to_string() },
+            Error::InvalidFormat { what, reason } => Error::InvalidFormat { what, reason: format!("{reason}; {fix}") },
+            other => other,
+        }
     }
 
     /// An [`Error::InvalidArgument`].

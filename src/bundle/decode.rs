@@ -36,7 +36,10 @@ pub(super) fn parse(bytes: &[u8], what: &str) -> Result<Exported> {
         return Err(Error::format(what, format!("{} bytes is over the 2 GiB a flatbuffer can hold", bytes.len())));
     }
     jax_schema::verify(bytes, MAX_TREE_DEPTH + 4)
-        .map_err(|e| Error::format(what, format!("not a serialized jax.export.Exported: {e}")))?;
+        .map_err(|e| {
+            let detail = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            Error::format(what, format!("not a serialized jax.export.Exported, or a truncated or corrupt one ({detail})"))
+        })?;
     let with_what = |e: Error| match e {
         Error::InvalidFormat { reason, .. } => Error::format(what, reason),
         e => e,

@@ -45,13 +45,22 @@ pub struct Bundle {
 
 impl Bundle {
     /// Opens the bundle directory `dir`, reading and checking every computation.
+    ///
+    /// A file that is there but cannot be read as what it should be (truncated, corrupt) is
+    /// an error naming it that says to re-export the bundle.
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
         let dir = dir.as_ref().to_path_buf();
-        let manifest = Manifest::from_json(&read_capped(&dir.join("manifest.json"))?)?;
+        let manifest_path = dir.join("manifest.json");
+        let manifest = Manifest::from_json(&read_capped(&manifest_path)?).map_err(|e| match e {
+            Error::Json { cause, .. } => Error::Json { what: manifest_path.display().to_string(), cause, fix: String::new() },
+            Error::InvalidFormat { reason, .. } => Error::format(manifest_path.display().to_string(), reason),
+            e => e,
+        });
+        let manifest = manifest.map_err(|e| e.with_fix(CORRUPT))?;
         let mut computations = HashMap::new();
         for spec in manifest.computations() {
-            let exported = Exported::read(dir.join(&spec.file))?;
-            check_computation(&manifest, spec, &exported)?;
+            let exported = Exported::read(dir.join(&spec.file)).map_err(|e| e.with_fix(CORRUPT))?;
+            check_computation(&manifest, spec, &exported).map_err(|e| e.with_fix(CORRUPT))?;
             computations.insert(spec.file.clone(), BundleComputation { spec: spec.clone(), exported });
         }
         Ok(Bundle { dir, manifest, computations })
@@ -120,7 +129,7 @@ impl Bundle {
         if !path.exists() {
             return Ok(None);
         }
-        read_safetensors(&path).map(Some)
+        read_safetensors(&path).map(Some).map_err(|e| e.with_fix(CORRUPT))
     }
 
     /// The path of `variables.safetensors` (which may not exist).
@@ -137,6 +146,9 @@ impl Bundle {
         }
     }
 }
+
+/// What to do about a bundle file that is corrupt or truncated.
+pub(crate) const CORRUPT: &str = "the bundle is corrupt or truncated: re-export it (flaxlayer_export.export_flax)";
 
 fn read_capped(path: &Path) -> Result<Vec<u8>> {
     crate::files::read(path, MAX_FILE_BYTES)

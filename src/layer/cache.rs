@@ -2,9 +2,12 @@
 //! deserialize-and-load), keyed by the program bytes, the plugin and its version, the compile
 //! options, `$XLA_FLAGS`, the device kind and the host CPU's features.
 //!
-//! It lives in `$FLAXLAYER_CACHE` if that is a path, else in the user's cache directory
-//! (`~/.cache/flaxlayer`); `FLAXLAYER_CACHE=0` turns it off. An entry carries a checksum: a
-//! corrupt or stale one is recompiled and replaced.
+//! **Off in the library unless asked.** A library writes nowhere but where its user said: a
+//! layer caches only when `$FLAXLAYER_CACHE` names a directory, or when the builder is given
+//! `.compile_cache(CacheSetting::FromEnv)` (the user's cache directory, `~/.cache/flaxlayer`,
+//! unless `$FLAXLAYER_CACHE` says otherwise) or `CacheSetting::Dir(path)`. The `flaxlayer`
+//! command line and server turn it on (`FromEnv`); `FLAXLAYER_CACHE=0` turns it off everywhere.
+//! An entry carries a checksum: a corrupt or stale one is recompiled and replaced.
 //!
 //! **An entry is native code.** Loading one runs what it holds, so the cache directory must be
 //! as trusted as the binary: this module creates it private to the user (mode 0700), and the
@@ -27,8 +30,12 @@ const MAGIC: &[u8; 8] = b"FLXLEXE1";
 /// Where a layer keeps compiled executables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum CacheSetting {
-    /// `$FLAXLAYER_CACHE` if set (`0` turns the cache off), else the user's cache directory.
+    /// The library's default: `$FLAXLAYER_CACHE` if it names a directory, else no cache, so
+    /// that a program using the crate writes nothing outside the paths it gave.
     #[default]
+    EnvOnly,
+    /// `$FLAXLAYER_CACHE` if set (`0` turns the cache off), else the user's cache directory
+    /// (`~/.cache/flaxlayer`): the `flaxlayer` command line's and server's setting.
     FromEnv,
     /// No cache: every computation compiles.
     Off,
@@ -39,15 +46,22 @@ pub enum CacheSetting {
 impl CacheSetting {
     /// The directory this setting names, or `None` when caching is off.
     pub fn dir(&self) -> Option<PathBuf> {
+        self.dir_given(std::env::var_os(CACHE_ENV))
+    }
+
+    /// The directory with `$FLAXLAYER_CACHE` set to `env`.
+    fn dir_given(&self, env: Option<std::ffi::OsString>) -> Option<PathBuf> {
         match self {
-            CacheSetting::FromEnv => cache_dir(),
+            CacheSetting::EnvOnly => env.and_then(|v| cache_dir_from(Some(v))),
+            CacheSetting::FromEnv => cache_dir_from(env),
             CacheSetting::Off => None,
             CacheSetting::Dir(d) => Some(d.clone()),
         }
     }
 }
 
-/// The cache directory in force by the environment, or `None` when caching is off.
+/// The cache directory of [`CacheSetting::FromEnv`] (the command line's): `$FLAXLAYER_CACHE`,
+/// else the user's cache directory; `None` when caching is off.
 pub fn cache_dir() -> Option<PathBuf> {
     cache_dir_from(std::env::var_os(CACHE_ENV))
 }
@@ -246,6 +260,20 @@ mod tests {
         assert_eq!(cache_dir_from(Some("".into())), None);
         assert_eq!(cache_dir_from(Some("/x/y".into())), Some(PathBuf::from("/x/y")));
         assert!(cache_dir_from(None).is_some_and(|d| d.ends_with("flaxlayer")));
+    }
+
+    #[test]
+    fn the_library_caches_only_where_asked() {
+        // The default writes nowhere unless $FLAXLAYER_CACHE names a directory.
+        assert_eq!(CacheSetting::default(), CacheSetting::EnvOnly);
+        assert_eq!(CacheSetting::EnvOnly.dir_given(None), None);
+        assert_eq!(CacheSetting::EnvOnly.dir_given(Some("0".into())), None);
+        assert_eq!(CacheSetting::EnvOnly.dir_given(Some("/c".into())), Some(PathBuf::from("/c")));
+        // The command line's setting falls back to the user's cache directory.
+        assert!(CacheSetting::FromEnv.dir_given(None).is_some_and(|d| d.ends_with("flaxlayer")));
+        assert_eq!(CacheSetting::FromEnv.dir_given(Some("0".into())), None);
+        assert_eq!(CacheSetting::Off.dir_given(Some("/c".into())), None);
+        assert_eq!(CacheSetting::Dir("/d".into()).dir_given(None), Some(PathBuf::from("/d")));
     }
 
     #[test]

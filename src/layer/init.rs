@@ -41,7 +41,9 @@ pub(crate) fn initial_variables(
     match source {
         VariablesSource::Given(given) => uploaded(upload_all(placement, specs, layouts, given)?),
         VariablesSource::File(path) => from_file(path, false),
-        VariablesSource::Bundle if bundle.variables_path().is_file() => from_file(&bundle.variables_path(), digest),
+        VariablesSource::Bundle if bundle.variables_path().is_file() => {
+            from_file(&bundle.variables_path(), digest).map_err(|e| e.with_fix(crate::bundle::CORRUPT))
+        }
         VariablesSource::Bundle | VariablesSource::Init => {
             let vars = run_init(bundle, placement, specs, seed, how)?;
             uploaded(vars.into_iter().zip(layouts).map(|(a, (devices, layout))| relayout(placement, a, *devices, layout)).collect::<Result<_>>()?)

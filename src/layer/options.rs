@@ -236,8 +236,11 @@ impl<T: Build> Builder<T> {
         self
     }
 
-    /// Where compiled executables are cached: by default `$FLAXLAYER_CACHE`, else the user's
-    /// cache directory (`FLAXLAYER_CACHE=0` turns it off).
+    /// Where compiled executables are cached. By default only in `$FLAXLAYER_CACHE` when it
+    /// names a directory ([`CacheSetting::EnvOnly`]): the library writes nowhere else unless
+    /// asked. `CacheSetting::FromEnv` opts in to the user's cache directory
+    /// (`~/.cache/flaxlayer`), as the `flaxlayer` command line does; `CacheSetting::Dir(path)`
+    /// names one; `CacheSetting::Off` never caches.
     pub fn compile_cache(mut self, setting: CacheSetting) -> Self {
         self.options.cache = setting;
         self

@@ -53,7 +53,9 @@ impl Model {
     /// Loads the bundle at `dir` as version `version` of `name`, decides how it batches,
     /// warms it up (unless the config says not to) and starts its workers.
     pub(crate) fn load(name: &str, version: u64, dir: &Path, config: &ModelConfig, server: &ServerConfig, client: &Client, metrics: Arc<Metrics>) -> Result<Model> {
-        let mut builder = JaxLayer::builder(dir).client(client.clone());
+        // The server keeps the compile cache on, as the command line does (the library's default
+        // is off unless $FLAXLAYER_CACHE names a directory).
+        let mut builder = JaxLayer::builder(dir).client(client.clone()).compile_cache(crate::layer::cache::CacheSetting::FromEnv);
         if let Some(iso) = &server.untrusted {
             builder = builder.untrusted(iso.clone());
         }

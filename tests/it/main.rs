@@ -6,6 +6,7 @@ mod common;
 
 mod batching;
 mod cli;
+mod cli_errors;
 mod concurrency;
 mod crash;
 mod custom_calls;

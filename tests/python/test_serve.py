@@ -95,7 +95,7 @@ def marked_not_paddable(src: Path, dest: Path) -> None:
 class Server:
     def __init__(self, repo: Path):
         self.proc = subprocess.Popen(
-            [server_binary(), "--devices", str(DEVICES), "serve", "--models", str(repo), "--port", "0"],
+            [server_binary(), "serve", "--devices", str(DEVICES), "--models", str(repo), "--port", "0"],
             stdout=subprocess.PIPE, stderr=None, text=True)
         deadline = time.time() + 300
         self.lines = []

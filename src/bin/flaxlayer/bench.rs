@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use flaxlayer::layer::raw::RawLoop;
-use flaxlayer::{DType, JaxLayer, Mode, PyTree, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
+use flaxlayer::{JaxLayer, Mode, PyTree};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -17,9 +15,10 @@ pub struct BenchArgs {
     /// Time the training computation.
     #[arg(long)]
     training: bool,
-    /// Timed calls.
-    #[arg(long, default_value_t = 1000)]
-    iters: usize,
+    /// Timed calls (default: 1000; 20 with --cold-start, where each one compiles or loads
+    /// from the compile cache).
+    #[arg(long)]
+    iters: Option<usize>,
     /// Untimed calls first.
     #[arg(long, default_value_t = 100)]
     warmup: usize,
@@ -46,34 +45,6 @@ pub struct BenchArgs {
     threads: Option<usize>,
 }
 
-/// Random inputs for a batch of `batch` rows (default: the first exported size): normal
-/// floats, small non-negative integers, random bools.
-fn random_inputs(layer: &JaxLayer, mode: Mode, batch: Option<usize>) -> Result<PyTree> {
-    let specs = layer.input_specs(mode);
-    let sig = specs.first().context("the method has no computations")?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let mut leaves = Vec::new();
-    for spec in sig {
-        let mut shape = spec.shape.clone();
-        if let (Some(b), Some(first)) = (batch, shape.first_mut()) {
-            *first = b;
-        }
-        let n: usize = shape.iter().product();
-        let t = match spec.dtype {
-            DType::F32 => Tensor::from_vec(shape, (0..n).map(|_| StandardNormal.sample(&mut rng)).collect::<Vec<f32>>())?,
-            DType::F64 => Tensor::from_vec(shape, (0..n).map(|_| StandardNormal.sample(&mut rng)).collect::<Vec<f64>>())?,
-            DType::BF16 => Tensor::from_vec(shape, (0..n).map(|_| half::bf16::from_f32(StandardNormal.sample(&mut rng))).collect::<Vec<_>>())?,
-            DType::F16 => Tensor::from_vec(shape, (0..n).map(|_| half::f16::from_f32(StandardNormal.sample(&mut rng))).collect::<Vec<_>>())?,
-            DType::I32 => Tensor::from_vec(shape, (0..n).map(|_| rng.random_range(0..4)).collect::<Vec<i32>>())?,
-            DType::I64 => Tensor::from_vec(shape, (0..n).map(|_| rng.random_range(0..4)).collect::<Vec<i64>>())?,
-            DType::Bool => Tensor::from_bools(shape, &(0..n).map(|_| rng.random_bool(0.5)).collect::<Vec<_>>())?,
-            other => Tensor::zeros(other, shape)?,
-        };
-        leaves.push((spec.name.clone(), t));
-    }
-    Ok(PyTree::from_named_leaves(layer.input_tree(), "inputs", leaves)?)
-}
-
 /// The bundle file of the method's computation for the mode and an exported batch size.
 fn computation_file(layer: &JaxLayer, mode: Mode, batch: Option<usize>) -> Result<String> {
     let method = layer.method_spec()?;
@@ -91,7 +62,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
-    if args.iters == 0 {
+    let iters = args.iters.unwrap_or(if args.cold_start { 20 } else { 1000 });
+    if iters == 0 {
         bail!("--iters must be at least 1");
     }
     let mode = Mode::from_training(args.training);
@@ -100,11 +72,16 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
         b = b.method(m);
     }
     let mut layer = b.build().with_context(|| format!("loading {}", args.bundle.display()))?;
-    let inputs = random_inputs(&layer, mode, args.batch)?;
+    let inputs = crate::run::synthetic_inputs(&layer, mode, args.batch, crate::run::Fill::Random(0))?;
+    // The batch that runs: the one asked for, else the first exported size.
+    let batch = match args.batch {
+        Some(b) => b,
+        None => layer.batch_sizes(mode).first().copied().context("the method has no computations")?,
+    };
     if let Some(threads) = args.threads {
-        return threads_bench(&layer, &inputs, threads, &args);
+        return threads_bench(&layer, &inputs, threads, batch, iters, &args);
     }
-    let mut us = Vec::with_capacity(args.iters);
+    let mut us = Vec::with_capacity(iters);
     if args.raw {
         let file = computation_file(&layer, mode, args.batch)?;
         let leaves = layer.input_tree().flatten(&inputs)?.into_iter().cloned().collect();
@@ -112,7 +89,7 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
         for _ in 0..args.warmup {
             raw.step()?;
         }
-        for _ in 0..args.iters {
+        for _ in 0..iters {
             let t = Instant::now();
             raw.step()?;
             us.push(t.elapsed().as_secs_f64() * 1e6);
@@ -120,9 +97,9 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
     } else if args.cold_start {
         let client = layer.client().clone();
         let method = layer.method().to_string();
-        for _ in 0..args.iters {
+        for _ in 0..iters {
             let t = Instant::now();
-            let mut fresh = JaxLayer::builder(&args.bundle).method(&method).client(client.clone()).build()?;
+            let mut fresh = JaxLayer::builder(&args.bundle).method(&method).client(client.clone()).compile_cache(flaxlayer::layer::cache::CacheSetting::FromEnv).build()?;
             let out = fresh.call(&inputs, mode)?;
             us.push(t.elapsed().as_secs_f64() * 1e6);
             drop(out);
@@ -131,7 +108,7 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
         for _ in 0..args.warmup {
             layer.call(&inputs, mode)?;
         }
-        for _ in 0..args.iters {
+        for _ in 0..iters {
             let t = Instant::now();
             let out = layer.call(&inputs, mode)?;
             us.push(t.elapsed().as_secs_f64() * 1e6);
@@ -141,31 +118,45 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
     us.sort_by(f64::total_cmp);
     let (p10, median, p90) = (percentile(&us, 0.1), percentile(&us, 0.5), percentile(&us, 0.9));
     let plugin = layer.client().plugin().path().to_path_buf();
+    let frozen = !args.training && layer.runs_frozen();
+    let mode_text = match (args.training, frozen) {
+        (true, _) => "training",
+        (false, true) => "inference, frozen",
+        (false, false) => "inference",
+    };
+    let timed = if args.raw {
+        "one execution through a raw PJRT loop without the layer: upload, execute, copy outputs".to_string()
+    } else if args.cold_start {
+        let cache = match flaxlayer::layer::cache::cache_dir() {
+            Some(d) => format!("compile cache {}", d.display()),
+            None => "no compile cache".to_string(),
+        };
+        format!("a cold start: open the bundle, build the layer, compile the computation ({cache}) and make the first call")
+    } else {
+        "one call, host in to host out (upload inputs, execute, copy outputs)".to_string()
+    };
     if args.json {
         let line = serde_json::json!({
-            "bundle": args.bundle, "method": layer.method(), "training": args.training,
+            "bundle": args.bundle, "method": layer.method(), "mode": mode_text, "training": args.training,
+            "batch": batch, "timed": timed,
             "cold_start": args.cold_start, "raw": args.raw, "cache": flaxlayer::layer::cache::cache_dir(),
-            "batch": args.batch, "iters": args.iters, "median_us": median, "p10_us": p10, "p90_us": p90, "plugin": plugin,
-            "frozen": !args.training && layer.runs_frozen(),
+            "iters": iters, "warmup": if args.cold_start { 0 } else { args.warmup },
+            "median_us": median, "p10_us": p10, "p90_us": p90, "plugin": plugin,
+            "frozen": frozen,
         });
-        println!("{line}");
+        outln!("{line}");
     } else {
-        let what = match (args.training, layer.runs_frozen()) {
-            (true, _) => "training",
-            (false, true) => "inference, frozen",
-            (false, false) => "inference",
-        };
-        println!("{} {} ({what}), {} iters: median {median:.1} µs, p10 {p10:.1} µs, p90 {p90:.1} µs",
-            args.bundle.display(), layer.method(), args.iters);
-        if args.raw {
-            println!("(raw PJRT loop, no layer)");
-        }
+        let (unit, scale) = if args.cold_start { ("ms", 1e-3) } else { ("µs", 1.0) };
+        let what = if args.cold_start { "cold starts" } else { "iters" };
+        outln!("{} {} ({mode_text}), batch {batch}, {} {what}: median {:.1} {unit}, p10 {:.1} {unit}, p90 {:.1} {unit}",
+            args.bundle.display(), layer.method(), iters, median * scale, p10 * scale, p90 * scale);
+        outln!("timed: {timed}");
     }
     Ok(())
 }
 
 /// `threads` threads call `predict` on one layer, `--iters` times each after `--warmup`.
-fn threads_bench(layer: &JaxLayer, inputs: &PyTree, threads: usize, args: &BenchArgs) -> Result<()> {
+fn threads_bench(layer: &JaxLayer, inputs: &PyTree, threads: usize, batch: usize, iters: usize, args: &BenchArgs) -> Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
@@ -180,8 +171,8 @@ fn threads_bench(layer: &JaxLayer, inputs: &PyTree, threads: usize, args: &Bench
                 let barrier = &barrier;
                 s.spawn(move || -> flaxlayer::Result<Vec<f64>> {
                     barrier.wait();
-                    let mut us = Vec::with_capacity(args.iters);
-                    for _ in 0..args.iters {
+                    let mut us = Vec::with_capacity(iters);
+                    for _ in 0..iters {
                         let t = Instant::now();
                         drop(layer.predict(inputs)?);
                         us.push(t.elapsed().as_secs_f64() * 1e6);
@@ -198,12 +189,12 @@ fn threads_bench(layer: &JaxLayer, inputs: &PyTree, threads: usize, args: &Bench
     let calls = us.len() as f64 / seconds;
     let (p10, median, p90) = (percentile(&us, 0.1), percentile(&us, 0.5), percentile(&us, 0.9));
     if args.json {
-        println!("{}", serde_json::json!({
-            "bundle": args.bundle, "threads": threads, "batch": args.batch, "iters": args.iters,
+        outln!("{}", serde_json::json!({
+            "bundle": args.bundle, "threads": threads, "batch": batch, "mode": "inference", "timed": "predict (shared inference), host in to host out", "iters": iters,
             "calls_per_s": calls, "median_us": median, "p10_us": p10, "p90_us": p90,
         }));
     } else {
-        println!("{} predict from {threads} thread(s): {calls:.0} calls/s; per call median {median:.1} µs, p10 {p10:.1} µs, p90 {p90:.1} µs",
+        outln!("{} predict from {threads} thread(s), batch {batch}: {calls:.0} calls/s; per call median {median:.1} µs, p10 {p10:.1} µs, p90 {p90:.1} µs",
             args.bundle.display());
     }
     Ok(())

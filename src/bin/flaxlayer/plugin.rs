@@ -24,7 +24,7 @@ pub struct PluginArgs {
 #[derive(clap::Subcommand)]
 enum PluginCommand {
     /// Show which plugin loads and how it was found, or every place looked at and why each failed.
-    Show,
+    Show(crate::PluginFlag),
     /// Download the CPU plugin wheel with pip and unpack its .so into the per-user plugin directory.
     Install(InstallArgs),
 }
@@ -45,9 +45,9 @@ struct InstallArgs {
     dir: Option<PathBuf>,
 }
 
-pub fn run(args: PluginArgs, plugin: Option<PathBuf>) -> Result<()> {
+pub fn run(args: PluginArgs) -> Result<()> {
     match args.command {
-        PluginCommand::Show => show(plugin.as_deref()),
+        PluginCommand::Show(flag) => show(flag.plugin.as_deref()),
         PluginCommand::Install(args) => install(args),
     }
 }
@@ -55,9 +55,9 @@ pub fn run(args: PluginArgs, plugin: Option<PathBuf>) -> Result<()> {
 fn show(path: Option<&Path>) -> Result<()> {
     let plugin = Plugin::load(path)?;
     let (major, minor) = plugin.api_version();
-    println!("plugin: {}", plugin.path().display());
-    println!("found: {}", describe(plugin.source()));
-    println!("PJRT C API: {major}.{minor}");
+    outln!("plugin: {}", plugin.path().display());
+    outln!("found: {}", describe(plugin.source()));
+    outln!("PJRT C API: {major}.{minor}");
     Ok(())
 }
 
@@ -80,7 +80,7 @@ fn install(args: InstallArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let download = tempfile::tempdir().context("creating a temporary directory")?;
     let spec = format!("{}=={}", args.package, args.version);
-    println!("downloading {spec} with {} -m pip", args.python);
+    outln!("downloading {spec} with {} -m pip", args.python);
     let status = Command::new(&args.python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d"])
         .arg(download.path())
@@ -95,7 +95,7 @@ fn install(args: InstallArgs) -> Result<()> {
     let plugin = Plugin::load_path(&installed, PluginSource::UserDir)
         .with_context(|| format!("the unpacked plugin {} does not load", installed.display()))?;
     let (major, minor) = plugin.api_version();
-    println!("installed {} (PJRT C API {major}.{minor})", installed.display());
+    outln!("installed {} (PJRT C API {major}.{minor})", installed.display());
     Ok(())
 }
 

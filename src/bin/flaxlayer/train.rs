@@ -161,7 +161,7 @@ fn report(epoch: u64, train: &Metrics, test: Option<&Metrics>, seconds: f64, jso
         put("test_loss", test.and_then(Metrics::loss));
         put("test_accuracy", test.and_then(Metrics::accuracy));
         put("seconds", Some(seconds));
-        println!("{}", serde_json::Value::Object(line));
+        outln!("{}", serde_json::Value::Object(line));
         return Ok(());
     }
     let mut parts = vec![format!("epoch {epoch}")];
@@ -175,6 +175,6 @@ fn report(epoch: u64, train: &Metrics, test: Option<&Metrics>, seconds: f64, jso
     fmt("test_loss", test.and_then(Metrics::loss));
     fmt("test_accuracy", test.and_then(Metrics::accuracy));
     parts.push(format!("({seconds:.2} s)"));
-    println!("{}", parts.join("  "));
+    outln!("{}", parts.join("  "));
     Ok(())
 }
