@@ -10,7 +10,8 @@
 #
 # Usage: scripts/bench_instructions.sh [--base BIN] [--bin BIN]
 #   --base BIN  another flaxlayer binary to compare (e.g. an older commit's release build)
-#   --bin BIN   the binary to measure (default: builds and uses target/release/flaxlayer)
+#   --bin BIN   the binary to measure (default: builds and uses target/profiling/flaxlayer, the
+#               release build with line tables for callgrind_annotate: Cargo.toml's `profiling`)
 #   --only TEXT only the workloads whose name contains TEXT (e.g. "b1")
 # Prints a markdown table. Callgrind output files go to target/bench-instructions/.
 # Installs valgrind with apt if it is missing.
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --base) BASE=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -35,8 +36,8 @@ need_command valgrind valgrind
 
 export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
 if [ -z "$BIN" ]; then
-  cargo build --release --bin flaxlayer >&2
-  BIN=target/release/flaxlayer
+  cargo build --profile profiling --bin flaxlayer >&2
+  BIN=target/profiling/flaxlayer
 fi
 OUT=target/bench-instructions
 mkdir -p "$OUT"

@@ -9,7 +9,8 @@ ONNX Runtime (jax2onnx + the Rust `ort` crate) and IREE (StableHLO compiled by i
 
 Not part of scripts/demo.sh or scripts/test.sh. On first use it creates .venv-peers/ (gitignored)
 with the pins of scripts/requirements-peers.txt, idempotently (a stamp holds the file's sha256),
-then re-runs itself in it. It builds `target/release/flaxlayer` and the ORT bench
+then re-runs itself in it. It builds `target/profiling/flaxlayer` (the release build with line
+tables, for perf and callgrind) and the ORT bench
 (benches/peers, its own crate) and keeps its artifacts in target/peers-work/.
 
 Workloads, on the committed bundles and their variables:
@@ -104,7 +105,9 @@ import statistics  # noqa: E402
 
 HLO = os.path.join(REPO, "hlo")
 WORK = os.path.join(REPO, "target", "peers-work")
-FL_BIN = os.path.join(REPO, "target", "release", "flaxlayer")
+# The release build with line tables (Cargo.toml's `profiling` profile): perf's DWARF call
+# graphs and callgrind_annotate need them; the code is the release build's.
+FL_BIN = os.path.join(REPO, "target", "profiling", "flaxlayer")
 ORT_BENCH_DIR = os.path.join(REPO, "benches", "peers")
 ORT_BIN = os.path.join(REPO, "target", "peers", "release", "flaxlayer-peers-bench")
 MAIN_SITE = os.path.join(REPO, ".venv", "lib", "python3.11", "site-packages")
@@ -768,7 +771,7 @@ def main(argv=None) -> int:
     os.makedirs(WORK, exist_ok=True)
 
     log("[peers] building target/release/flaxlayer and the ORT bench")
-    run(["cargo", "build", "--release", "--bin", "flaxlayer"], timeout=3600)
+    run(["cargo", "build", "--profile", "profiling", "--bin", "flaxlayer"], timeout=3600)
     run(["cargo", "build", "--release", "--manifest-path", os.path.join(ORT_BENCH_DIR, "Cargo.toml"),
          "--target-dir", os.path.join(REPO, "target", "peers")], timeout=3600)
 
@@ -921,7 +924,7 @@ def main(argv=None) -> int:
         f"{w.name}: flaxlayer {fl_procs[w.name]}×{w.iters} (+{w.warmup}), peers {peer_iters[w.name][0]} (+{peer_iters[w.name][1]})"
         for w in workloads)
     body = f"""Reproduce: `python3 scripts/bench_peers.py` (installs `.venv-peers/` from
-`scripts/requirements-peers.txt` on first use, builds `target/release/flaxlayer` and
+`scripts/requirements-peers.txt` on first use, builds `target/profiling/flaxlayer` and
 `benches/peers`; not part of `scripts/demo.sh` or `scripts/test.sh`).
 
 - Date: {now}; {rounds} rounds, each running flaxlayer, ORT, then IREE on a workload before the next; {elapsed:.0f} s total; 1-minute load average {load_start} at the start of the rounds, {load_end} at the end (other processes share the 2 cores).

@@ -135,9 +135,15 @@ def parse_batch_sizes(text: str | None):
 def _parser():
     p = argparse.ArgumentParser(
         prog="flaxlayer-export",
-        description="Export a Flax linen module to a flaxlayer bundle (docs/bundle-format.md).")
-    p.add_argument("target", help="PY_FILE:ATTR or MODULE:ATTR, ATTR a Module instance or a "
-                                  "zero-arg callable/class returning one")
+        description="Export a Flax module, linen or NNX, to a flaxlayer bundle (docs/bundle-format.md): "
+                    "its init and a method, in inference and training mode, at the given batch sizes.",
+        epilog="Examples: flaxlayer-export model.py:model --input inputs=1,28,28,1:float32 --out bundle "
+               "(a linen module instance, or a class built with no arguments); "
+               "flaxlayer-export model.py:make --input x=4,8:float32 --out bundle, where make(rngs) returns "
+               "an NNX module (or ATTR is an NNX class taking only rngs). Python API: flaxlayer_export.export_flax.")
+    p.add_argument("target", help="PY_FILE:ATTR or MODULE:ATTR: a linen or NNX Module instance, a linen "
+                                  "Module class or zero-argument callable returning a module, or a function "
+                                  "of rngs returning an NNX module (an NNX class taking rngs)")
     p.add_argument("--input", action="append", type=_parse_input, required=True, metavar="NAME=SHAPE:DTYPE",
                    help="a sample input, e.g. inputs=1,28,28,1:float32 (repeatable)")
     p.add_argument("--init-input", action="append", type=_parse_input, default=None, metavar="NAME=SHAPE:DTYPE",

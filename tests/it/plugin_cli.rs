@@ -88,7 +88,7 @@ fn plugin_install_fills_the_per_user_directory_that_discovery_reads() {
     let data = dir.path().join("data");
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let exe = Path::new(env!("CARGO_BIN_EXE_flaxlayer"));
-    let out = run(exe, &["plugin", "install", "--python", python.to_str().unwrap()], dir.path(), &data);
+    let out = run(exe, &["plugin", "install", "--download", "--python", python.to_str().unwrap()], dir.path(), &data);
     assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
     let user_dir = data.join("flaxlayer/plugins");
     let files: Vec<String> = std::fs::read_dir(&user_dir)
@@ -102,4 +102,24 @@ fn plugin_install_fills_the_per_user_directory_that_discovery_reads() {
     assert!(stdout.contains("found: the per-user plugin directory"), "{stdout}");
     let installed = user_dir.join("pjrt_c_api_cpu_plugin.so").canonicalize().unwrap();
     assert!(stdout.contains(&installed.display().to_string()), "{stdout}");
+}
+
+#[test]
+fn plugin_install_reuses_what_is_there() {
+    // A Python that has the pinned package installed (the repo's .venv): its plugin is copied,
+    // no download; a second install keeps the plugin that loads.
+    let dir = scratch();
+    let data = dir.path().join("data");
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let exe = Path::new(env!("CARGO_BIN_EXE_flaxlayer"));
+    let out = run(exe, &["plugin", "install", "--python", python.to_str().unwrap()], dir.path(), &data);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("installed in") && !stdout.contains("downloading"), "{stdout}");
+    let installed = data.join("flaxlayer/plugins/pjrt_c_api_cpu_plugin.so");
+    assert!(installed.is_file());
+    let out = run(exe, &["plugin", "install", "--python", "/nonexistent/python"], dir.path(), &data);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.starts_with("already installed:") && stdout.contains("--force"), "{stdout}");
 }

@@ -419,6 +419,12 @@ def test_frozen_on_a_mesh_is_refused(tmp_path):
                        mesh=mesh, frozen=True)
 
 
+def test_cli_help_covers_linen_and_nnx():
+    # The console script exports both kinds of module; its help says so (it said "linen").
+    r = subprocess.run([str(CLI), "--help"], capture_output=True, text=True, check=True)
+    assert "linen or NNX" in r.stdout and "function of rngs" in r.stdout, r.stdout
+
+
 def test_cli_frozen(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("import flax.linen as nn\n"

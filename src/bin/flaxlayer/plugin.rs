@@ -43,6 +43,12 @@ struct InstallArgs {
     /// Where to put the plugin (default: the per-user plugin directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Install again even when a plugin that loads is already there.
+    #[arg(long)]
+    force: bool,
+    /// Always download the wheel, even when --python already has the package installed.
+    #[arg(long)]
+    download: bool,
 }
 
 pub fn run(args: PluginArgs) -> Result<()> {
@@ -78,8 +84,32 @@ fn install(args: InstallArgs) -> Result<()> {
         None => pjrt::user_plugin_dir().context("this platform has no per-user data directory; pass --dir")?,
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let download = tempfile::tempdir().context("creating a temporary directory")?;
+    // A plugin that is already there and loads is kept (no download): --force replaces it.
+    if !args.force {
+        for name in pjrt::plugin_file_names() {
+            let path = dir.join(name);
+            if path.is_file() {
+                if let Ok(plugin) = Plugin::load_path(&path, PluginSource::UserDir) {
+                    let (major, minor) = plugin.api_version();
+                    outln!("already installed: {} (PJRT C API {major}.{minor}); --force installs again", path.display());
+                    return Ok(());
+                }
+            }
+        }
+    }
     let spec = format!("{}=={}", args.package, args.version);
+    // The package already installed in that Python (a virtualenv with it): copy its plugin.
+    if !args.download {
+        if let Some(from) = installed_plugin(&args.python, &args.package, &args.version) {
+            let installed = copy_plugin(&from, &dir)?;
+            let plugin = Plugin::load_path(&installed, PluginSource::UserDir)
+                .with_context(|| format!("the copied plugin {} does not load", installed.display()))?;
+            let (major, minor) = plugin.api_version();
+            outln!("installed {} from {spec} installed in {} (PJRT C API {major}.{minor})", installed.display(), args.python);
+            return Ok(());
+        }
+    }
+    let download = tempfile::tempdir().context("creating a temporary directory")?;
     outln!("downloading {spec} with {} -m pip", args.python);
     let status = Command::new(&args.python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d"])
@@ -97,6 +127,37 @@ fn install(args: InstallArgs) -> Result<()> {
     let (major, minor) = plugin.api_version();
     outln!("installed {} (PJRT C API {major}.{minor})", installed.display());
     Ok(())
+}
+
+/// The plugin `.so` of `package==version` when `python` has it installed.
+fn installed_plugin(python: &str, package: &str, version: &str) -> Option<PathBuf> {
+    const FIND: &str = r#"
+import importlib.metadata as md, sys
+package, version, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+d = md.distribution(package)
+if d.version != version:
+    sys.exit(3)
+found = [str(d.locate_file(f)) for f in (d.files or []) if f.name in names]
+if len(found) != 1:
+    sys.exit(4)
+print(found[0])
+"#;
+    let out = Command::new(python).arg("-c").arg(FIND).arg(package).arg(version).args(pjrt::plugin_file_names()).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    path.is_file().then_some(path)
+}
+
+/// Copies a plugin into `dir` through a temporary name and a rename; returns its path.
+fn copy_plugin(from: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = from.file_name().context("the plugin path has no file name")?;
+    let dest = dir.join(name);
+    let tmp = dir.join(format!(".{}.part", name.to_string_lossy()));
+    std::fs::copy(from, &tmp).with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    Ok(dest)
 }
 
 fn find_wheel(dir: &Path) -> Result<PathBuf> {
