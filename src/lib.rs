@@ -33,3 +33,13 @@ pub use ndarray;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/rust.md's examples (inputs), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/rust.md")]
+pub struct RustDocDoctests;
+
+/// docs/devices.md's example (a bundle on a 2 x 4 mesh), compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/devices.md")]
+pub struct DevicesDocDoctests;
