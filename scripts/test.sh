@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust suite (unit, integration, doc tests), the library alone (no CLI
 # feature), the ABI check of our PJRT mirror against pjrt_c_api.h, a fixed sample under
-# valgrind, the packaged crate on its own, and the Python exporter suite.
+# valgrind, the packaged crate on its own, the README's quick start in a new project, and the
+# Python exporter suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -26,6 +27,8 @@ phase "valgrind"
 scripts/valgrind.sh
 phase "cargo package"
 scripts/package_check.sh
+phase "quick start: the README's steps in a new project outside the repo"
+scripts/quickstart_check.sh
 phase "pytest"
 # One test downloads wheels into target/pip-wheelhouse on its first run (marked `network`);
 # offline, run: .venv/bin/python -m pytest tests/python -q -m 'not network'
