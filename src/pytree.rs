@@ -258,13 +258,31 @@ impl<L> Tree<L> {
         if !named.is_empty() {
             let mut extra: Vec<String> = named.into_keys().collect();
             extra.sort();
-            return Err(Error::invalid("PyTree::from_named_leaves", format!("leaves not in the tree: {}", extra.join(", "))));
+            return Err(Error::invalid(
+                "named leaves",
+                format!("{} not in the tree, whose leaves are [{}]: remove {}", key_list(extra.iter()), paths.join(", "), if extra.len() == 1 { "it" } else { "them" }),
+            ));
         }
         def.unflatten(ordered)
     }
 }
 
 impl PyTree {
+    /// Reads a safetensors file into the tree `def` (a layer's `input_tree()`), its tensors
+    /// named by leaf path (`image`, `0`, `1/ids`; `root_name` for a bare leaf). A missing or an
+    /// extra tensor is an error naming the file.
+    pub fn read_safetensors(path: impl AsRef<std::path::Path>, def: &TreeDef, root_name: &str) -> Result<PyTree> {
+        let path = path.as_ref();
+        let named = crate::tensor::read_safetensors(path)?;
+        PyTree::from_named_leaves(def, root_name, named).map_err(|e| match e {
+            Error::InvalidArgument { reason, .. } => Error::invalid(path.display().to_string(), reason),
+            Error::NotFound { name, available, .. } => {
+                Error::invalid(path.display().to_string(), format!("no tensor {name:?} (it holds [{available}])"))
+            }
+            e => e,
+        })
+    }
+
     /// The tensor of a leaf.
     pub fn as_tensor(&self) -> Option<&Tensor> {
         self.as_leaf()
@@ -669,6 +687,8 @@ mod tests {
         assert!(matches!(&e, Error::NotFound { name, .. } if name == "2/1"), "{e}");
         let e = PyTree::from_named_leaves(&def, "inputs", named(&["0", "1/ids", "1/x", "2/1", "extra"])).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        // No internal function name: which leaf, what the tree holds, what to do.
+        assert_eq!(e.to_string(), "named leaves: [extra] not in the tree, whose leaves are [0, 1/ids, 1/x, 2/1]: remove it");
         let e = PyTree::from_named_leaves(&def, "inputs", named(&["0", "0"])).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     }

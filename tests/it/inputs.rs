@@ -105,3 +105,18 @@ fn specs_mark_the_batch_axis_that_varies() {
     assert_eq!(bn.inputs()[0].shape, [None, Some(5)]);
     assert!(!bn.inputs()[0].accepts(DType::F32, &[4, 6]));
 }
+
+#[test]
+fn a_safetensors_file_read_into_the_input_tree() {
+    let g = Golden::load("wrapper");
+    let layer = FlaxLayer::builder(hlo("wrapper")).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.safetensors");
+    Tensor::write_safetensors(&path, [("0", g.get("inputs/0")), ("1", g.get("inputs/1"))]).unwrap();
+    let tree = flaxlayer::PyTree::read_safetensors(&path, layer.input_tree(), "inputs").unwrap();
+    assert_close("PyTree::read_safetensors", &named(&layer.predict(&tree).unwrap()), &g.group("inference"));
+    // An extra tensor: the file, the name, and what the tree holds.
+    Tensor::write_safetensors(&path, [("0", g.get("inputs/0")), ("1", g.get("inputs/1")), ("label", g.get("inputs/0"))]).unwrap();
+    let e = flaxlayer::PyTree::read_safetensors(&path, layer.input_tree(), "inputs").unwrap_err().to_string();
+    assert!(e.contains("in.safetensors") && e.contains("[label] not in the tree, whose leaves are [0, 1]"), "{e}");
+}
