@@ -132,7 +132,7 @@ pub fn serialize_npy(tensor: &Tensor) -> Result<Vec<u8>> {
     };
     let mut header = format!("{{'descr': '{d}', 'fortran_order': False, 'shape': {shape}, }}");
     // numpy pads the header with spaces and a newline so that the data starts 64-byte aligned.
-    let (version, len_bytes) = if MAGIC.len() + 2 + 2 + header.len() + 1 <= u16::MAX as usize { (1u8, 2) } else { (2u8, 4) };
+    let (version, len_bytes) = if MAGIC.len() + 2 + 2 + header.len() < u16::MAX as usize { (1u8, 2) } else { (2u8, 4) };
     let unpadded = MAGIC.len() + 2 + len_bytes + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     header.push('\n');

@@ -40,7 +40,7 @@ fn two_named_inputs_by_macro_map_pairs_and_file() {
     // Pairs: an array and a slice of (&str, &Tensor).
     let pairs = [("image", img), ("meta", meta)];
     borrows(&pairs.as_inputs(), "image", img);
-    assert_close("[(&str, &Tensor); 2]", &named(&layer.predict(&pairs).unwrap()), &want);
+    assert_close("[(&str, &Tensor); 2]", &named(&layer.predict(pairs).unwrap()), &want);
     assert_close("&[(&str, &Tensor)]", &named(&layer.predict(&pairs[..]).unwrap()), &want);
 
     // Mixed leaves: an ndarray view next to a tensor.
@@ -62,7 +62,7 @@ fn two_named_inputs_by_macro_map_pairs_and_file() {
     assert_eq!((&img_npy, &meta_npy), (img, meta));
 
     // A wrong key is refused before anything runs, naming what the method takes.
-    let e = layer.predict(&inputs! {"image" => img, "metadata" => meta}).unwrap_err();
+    let e = layer.predict(inputs! {"image" => img, "metadata" => meta}).unwrap_err();
     assert!(e.to_string().contains("meta"), "{e}");
 }
 
@@ -74,7 +74,7 @@ fn positional_inputs_as_tuples() {
     let layer = FlaxLayer::builder(hlo("wrapper")).build().unwrap();
     let tuple = (x1, x2);
     borrows(&tuple.as_inputs(), "1", x2);
-    assert_close("(&Tensor, &Tensor)", &named(&layer.predict(&tuple).unwrap()), &want);
+    assert_close("(&Tensor, &Tensor)", &named(&layer.predict(tuple).unwrap()), &want);
     let positional = inputs![x1, x2];
     borrows(&positional, "0", x1);
     assert_close("inputs![..]", &named(&layer.predict(&positional).unwrap()), &want);
