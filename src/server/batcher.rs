@@ -13,6 +13,10 @@
 //! - **Unbatched**: each request runs alone, one at a time per worker.
 //! - A merged batch that fails is run again request by request, so a request that fails
 //!   fails only itself.
+//! - **Admission** ([`Admission`]): a model admits at most so many requests and so many bytes
+//!   of inputs at once (queued or running); a request over either limit is refused before it
+//!   is decoded or queued. A job whose client has gone (its answer's receiver dropped: the
+//!   connection closed, or its deadline passed) is dropped before it runs.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +40,85 @@ pub struct Job {
     pub enqueued: Instant,
     /// Where its outputs (in flatten order) go.
     pub reply: oneshot::Sender<Result<Vec<Tensor>>>,
+    /// Its place in the model's queue limits, given back when the job is answered or dropped
+    /// (held for its `Drop`).
+    #[allow(dead_code)]
+    pub admission: Admission,
+}
+
+/// A model's queue limits and what is admitted now: requests and bytes of inputs, queued or
+/// running.
+#[derive(Debug)]
+pub struct QueueLimits {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+    max_requests: usize,
+    max_bytes: usize,
+}
+
+/// Which queue limit a request would pass, with the numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Full(pub String);
+
+impl QueueLimits {
+    /// Limits of `max_requests` requests and `max_bytes` bytes at once.
+    pub fn new(max_requests: usize, max_bytes: usize) -> QueueLimits {
+        QueueLimits { requests: AtomicUsize::new(0), bytes: AtomicUsize::new(0), max_requests, max_bytes }
+    }
+
+    /// Admits one more request (with no bytes yet), or says which limit it would pass.
+    pub fn admit(self: &Arc<Self>) -> std::result::Result<Admission, Full> {
+        let max = self.max_requests;
+        self.requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map_err(|n| Full(format!("{n} requests queued or running, the limit is {max} (--max-queue-requests)")))?;
+        Ok(Admission { limits: Some(self.clone()), bytes: 0 })
+    }
+
+    /// The limits: requests and bytes.
+    pub fn max(&self) -> (usize, usize) {
+        (self.max_requests, self.max_bytes)
+    }
+
+    /// The requests and bytes admitted now.
+    pub fn in_use(&self) -> (usize, usize) {
+        (self.requests.load(Ordering::Acquire), self.bytes.load(Ordering::Acquire))
+    }
+}
+
+/// One admitted request: counts against its model's [`QueueLimits`] until dropped.
+#[derive(Debug)]
+pub struct Admission {
+    limits: Option<Arc<QueueLimits>>,
+    bytes: usize,
+}
+
+impl Admission {
+    /// An admission under no limits (tests, and calls made by the server itself).
+    pub fn unlimited() -> Admission {
+        Admission { limits: None, bytes: 0 }
+    }
+
+    /// Adds `n` bytes (the request's input tensors) to the admitted bytes, or says that the
+    /// limit would be passed (the request stays admitted with the bytes it had).
+    pub fn add_bytes(&mut self, n: usize) -> std::result::Result<(), Full> {
+        let Some(l) = &self.limits else { return Ok(()) };
+        let max = l.max_bytes;
+        l.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_add(n).filter(|&t| t <= max))
+            .map_err(|b| Full(format!("{b} bytes of inputs queued or running, {n} more would pass the limit of {max} (--max-queue-bytes)")))?;
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(l) = self.limits.take() {
+            l.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+            l.requests.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// How a model's batches are formed and run.
@@ -98,6 +181,8 @@ struct Queue {
     rx: Receiver<Job>,
     held: Option<Job>,
     arrivals: Arc<Arrivals>,
+    /// Jobs dropped unrun since the last batch, because nobody waits for their answer.
+    abandoned: u64,
 }
 
 /// What a worker needs to run batches.
@@ -112,7 +197,7 @@ impl Batcher {
     /// Starts `instances` worker threads for `layer`.
     pub fn start(layer: Arc<JaxLayer>, policy: Policy, instances: usize, arrivals: Arc<Arrivals>, metrics: Arc<Metrics>, labels: ModelLabels) -> Result<Batcher> {
         let (sender, rx) = mpsc::channel();
-        let queue = Arc::new(Mutex::new(Queue { rx, held: None, arrivals }));
+        let queue = Arc::new(Mutex::new(Queue { rx, held: None, arrivals, abandoned: 0 }));
         let runner = Arc::new(Runner { layer, policy, metrics, labels });
         let mut workers = Vec::with_capacity(instances);
         for i in 0..instances {
@@ -150,7 +235,12 @@ fn work(queue: &Mutex<Queue>, runner: &Runner) {
     loop {
         let batch = {
             let Ok(mut q) = queue.lock() else { return };
-            next_batch(&mut q, &runner.policy)
+            let batch = next_batch(&mut q, &runner.policy);
+            if q.abandoned > 0 {
+                runner.metrics.abandoned.get_or_create(&runner.labels).inc_by(q.abandoned);
+                q.abandoned = 0;
+            }
+            batch
         };
         match batch {
             Some(jobs) => runner.run(jobs),
@@ -163,9 +253,15 @@ fn work(queue: &Mutex<Queue>, runner: &Runner) {
 /// that fits, and those still arriving before the first one's deadline. `None` once the queue
 /// is closed and empty.
 fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
-    let first = match q.held.take() {
-        Some(j) => j,
-        None => q.rx.recv().ok()?,
+    let first = loop {
+        let j = match q.held.take() {
+            Some(j) => j,
+            None => q.rx.recv().ok()?,
+        };
+        if !j.reply.is_closed() {
+            break j;
+        }
+        q.abandoned += 1;
     };
     let deadline = first.enqueued + policy.max_delay;
     let mut rows = first.rows;
@@ -186,6 +282,10 @@ fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
                 }
             }
         };
+        if job.reply.is_closed() {
+            q.abandoned += 1;
+            continue;
+        }
         if rows + job.rows > policy.max_rows {
             q.held = Some(job);
             break;
@@ -373,7 +473,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let values: Vec<f32> = (0..rows * 2).map(|i| first + i as f32).collect();
         let inputs = vec![Tensor::from_vec(vec![rows, 2], values).unwrap()];
-        (Job { inputs, rows, enqueued: Instant::now(), reply }, rx)
+        (Job { inputs, rows, enqueued: Instant::now(), reply, admission: Admission::unlimited() }, rx)
     }
 
     #[test]
@@ -396,7 +496,7 @@ mod tests {
     #[test]
     fn batches_fill_to_max_rows_and_hold_the_next_request() {
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None, arrivals: Arc::default() };
+        let mut q = Queue { rx, held: None, arrivals: Arc::default(), abandoned: 0 };
         let policy = Policy { merge: true, max_rows: 4, max_delay: Duration::ZERO, output_batched: vec![true], chunk_costs: vec![] };
         let mut keep = Vec::new();
         for rows in [1, 2, 3, 1] {
@@ -411,7 +511,7 @@ mod tests {
         assert!(next_batch(&mut q, &policy).is_none());
         let single = Policy { merge: false, ..policy };
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None, arrivals: Arc::default() };
+        let mut q = Queue { rx, held: None, arrivals: Arc::default(), abandoned: 0 };
         for rows in [1, 1] {
             let (j, r) = job(rows, 0.0);
             keep.push(r);
@@ -425,7 +525,7 @@ mod tests {
         let policy = Policy { merge: true, max_rows: 64, max_delay: Duration::from_millis(300), output_batched: vec![true], chunk_costs: vec![] };
         let arrivals: Arc<Arrivals> = Arc::default();
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None, arrivals: arrivals.clone() };
+        let mut q = Queue { rx, held: None, arrivals: arrivals.clone(), abandoned: 0 };
         // Nothing arriving: the batch runs at once.
         let (j, _r1) = job(1, 0.0);
         tx.send(j).unwrap();

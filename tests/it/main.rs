@@ -14,6 +14,7 @@ mod devices;
 mod fidelity;
 mod frozen;
 mod hostile;
+mod hostile_serve;
 mod lapack;
 mod layer;
 mod mutation;
