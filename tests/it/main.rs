@@ -23,6 +23,7 @@ mod pjrt;
 mod plugin_cli;
 mod repo;
 mod serve;
+mod serve_batching;
 mod state_lost;
 mod train;
 mod untrusted;
