@@ -42,8 +42,8 @@ impl ServerConfig {
 /// `flaxlayer serve` sets each with a flag (docs/serving.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// The longest a client may take to send a request's headers, from its first byte (or
-    /// from the connection's start); then the connection is closed. Default 10 s.
+    /// The longest a client may take to send a request's headers, counted from when the
+    /// server starts reading that request; then the connection is closed. Default 10 s.
     pub header_read_timeout: Duration,
     /// The longest a client may take to send a request's body, once its headers came; then it
     /// gets 408 and the connection is closed. Default 30 s.
