@@ -9,7 +9,9 @@
 //! - **Chunks** (when the bundle is paddable): the rows run as the chunks of exported batch
 //!   sizes that cost least, by the time each size took at warm-up (9 rows with sizes 4 and 256
 //!   run as 4 + 4 + 1 padded to 4, not as 256). Each request gets its own rows of the outputs
-//!   that carry the batch axis, and the whole of the others.
+//!   that carry the batch axis, and the whole of the others. Planning, padding, concatenating
+//!   and splitting are the layer's batching module's (`crate::layer::batching`); the batcher
+//!   only forms the batches.
 //! - **Unbatched**: each request runs alone, one at a time per worker.
 //! - A merged batch that fails is run again request by request, so a request that fails
 //!   fails only itself.
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::metrics::{observe, Metrics, ModelLabels};
+use crate::layer::batching::{self, Plan};
 use crate::{Error, JaxLayer, Result, Tensor, TensorView};
 
 /// One checked request: its inputs in the layer's flatten order, all with `rows` rows.
@@ -38,12 +41,22 @@ pub struct Job {
     pub rows: usize,
     /// When the request was queued.
     pub enqueued: Instant,
+    /// When its answer stops being wanted: a job still queued then is dropped unrun.
+    pub deadline: Option<Instant>,
     /// Where its outputs (in flatten order) go.
     pub reply: oneshot::Sender<Result<Vec<Tensor>>>,
     /// Its place in the model's queue limits, given back when the job is answered or dropped
     /// (held for its `Drop`).
     #[allow(dead_code)]
     pub admission: Admission,
+}
+
+impl Job {
+    /// Whether nobody waits for the answer any more: the client went (the receiver was
+    /// dropped) or the deadline passed.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed() || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// A model's queue limits and what is admitted now: requests and bytes of inputs, queued or
@@ -258,7 +271,7 @@ fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
             Some(j) => j,
             None => q.rx.recv().ok()?,
         };
-        if !j.reply.is_closed() {
+        if !j.abandoned() {
             break j;
         }
         q.abandoned += 1;
@@ -282,7 +295,7 @@ fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
                 }
             }
         };
-        if job.reply.is_closed() {
+        if job.abandoned() {
             q.abandoned += 1;
             continue;
         }
@@ -309,8 +322,10 @@ impl Runner {
             return;
         }
         let rows: usize = jobs.iter().map(|j| j.rows).sum();
-        let merged = concat(&jobs).and_then(|inputs| self.predict(&inputs, rows, jobs.len()));
-        match merged.and_then(|outs| split(&outs, &jobs, &self.policy.output_batched)) {
+        let parts: Vec<&[Tensor]> = jobs.iter().map(|j| j.inputs.as_slice()).collect();
+        let per_job: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+        let merged = batching::concat_rows(&parts).and_then(|inputs| self.predict(&inputs, rows, jobs.len()));
+        match merged.and_then(|outs| batching::split_rows(&outs, &per_job, &self.policy.output_batched)) {
             Ok(parts) => {
                 for (job, part) in jobs.into_iter().zip(parts) {
                     let _ = job.reply.send(Ok(part));
@@ -331,18 +346,21 @@ impl Runner {
     /// of exported sizes for a paddable bundle. The outputs in flatten order.
     fn predict(&self, inputs: &[Tensor], rows: usize, requests: usize) -> Result<Vec<Tensor>> {
         let started = Instant::now();
-        let chunks = plan_chunks(rows, &self.policy.chunk_costs);
+        let lengths = batching::plan_by_cost(rows, &self.policy.chunk_costs);
         let call = || -> Result<Vec<Tensor>> {
-            if chunks.len() <= 1 {
+            if lengths.len() <= 1 {
                 return self.call(inputs.iter().map(Tensor::view).collect());
             }
-            let mut parts = Vec::with_capacity(chunks.len());
-            let mut start = 0;
-            for &len in &chunks {
-                parts.push(self.call(inputs.iter().map(|t| row_view(t, start, len)).collect::<Result<_>>()?)?);
-                start += len;
+            // Each chunk through the layer, which pads it to an exported size.
+            let plan = Plan::from_lengths(&lengths);
+            let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
+            let mut per_chunk = Vec::with_capacity(plan.chunks.len());
+            for c in &plan.chunks {
+                let chunk = views.iter().map(|v| batching::rows(v, c.start, c.len, c.len, 0.0)).collect::<Result<Vec<_>>>()?;
+                per_chunk.push(self.call(chunk.iter().map(|r| r.view()).collect())?);
             }
-            join(parts, rows, &self.policy.output_batched)
+            let batched: Vec<Option<bool>> = self.policy.output_batched.iter().map(|&b| Some(b)).collect();
+            batching::assemble(&plan, &batched, per_chunk)
         };
         let out = std::panic::catch_unwind(AssertUnwindSafe(call))
             .unwrap_or_else(|_| Err(Error::invalid("inference", "the call panicked; the server goes on")));
@@ -359,112 +377,6 @@ impl Runner {
     }
 }
 
-/// The chunk lengths that run `rows` rows at least cost, given each exported size's cost of
-/// one call (a chunk of `len` rows runs at the smallest size `>= len`, padded). One chunk of
-/// all rows when there are no costs.
-pub fn plan_chunks(rows: usize, costs: &[(usize, f64)]) -> Vec<usize> {
-    if costs.is_empty() || rows == 0 {
-        return vec![rows];
-    }
-    // best[r]: the least cost of r rows, and the size of the first chunk that gets it.
-    let mut best: Vec<(f64, usize)> = vec![(0.0, 0); rows + 1];
-    for r in 1..=rows {
-        best[r] = costs
-            .iter()
-            .map(|&(size, cost)| (cost + best[r.saturating_sub(size)].0, size))
-            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
-    }
-    let mut chunks = Vec::new();
-    let mut r = rows;
-    while r > 0 {
-        let len = best[r].1.min(r).max(1);
-        chunks.push(len);
-        r -= len;
-    }
-    chunks
-}
-
-/// Rows `start..start + len` of `t`, borrowed.
-fn row_view(t: &Tensor, start: usize, len: usize) -> Result<TensorView<'_>> {
-    let n = t.shape().first().copied().unwrap_or(0);
-    let row = t.num_bytes().checked_div(n).unwrap_or(0);
-    let mut shape = t.shape().to_vec();
-    if let Some(first) = shape.first_mut() {
-        *first = len;
-    }
-    TensorView::new(t.dtype(), shape, &t.as_bytes()[start * row..(start + len) * row])
-}
-
-/// The chunks' outputs as one: batched outputs concatenated, the others from the first chunk.
-fn join(mut parts: Vec<Vec<Tensor>>, rows: usize, batched: &[bool]) -> Result<Vec<Tensor>> {
-    let first = parts.first().cloned().unwrap_or_default();
-    let mut out = Vec::with_capacity(first.len());
-    for (i, leaf) in first.into_iter().enumerate() {
-        if !batched.get(i).copied().unwrap_or(false) {
-            out.push(leaf);
-            continue;
-        }
-        let mut shape = leaf.shape().to_vec();
-        shape[0] = rows;
-        let mut t = Tensor::zeros(leaf.dtype(), shape)?;
-        let dst = t.as_mut_bytes();
-        let mut at = 0;
-        for part in parts.iter_mut() {
-            let src = part[i].as_bytes();
-            dst.get_mut(at..at + src.len()).ok_or_else(|| Error::invalid("chunk outputs", "more rows than the batch"))?.copy_from_slice(src);
-            at += src.len();
-        }
-        out.push(t);
-    }
-    Ok(out)
-}
-
-/// The jobs' inputs concatenated along the batch axis, leaf by leaf.
-fn concat(jobs: &[Job]) -> Result<Vec<Tensor>> {
-    let first = &jobs[0].inputs;
-    let rows: usize = jobs.iter().map(|j| j.rows).sum();
-    let mut out = Vec::with_capacity(first.len());
-    for (i, leaf) in first.iter().enumerate() {
-        let mut shape = leaf.shape().to_vec();
-        shape[0] = rows;
-        let mut t = Tensor::zeros(leaf.dtype(), shape)?;
-        let dst = t.as_mut_bytes();
-        let mut at = 0;
-        for j in jobs {
-            let src = j.inputs[i].as_bytes();
-            dst[at..at + src.len()].copy_from_slice(src);
-            at += src.len();
-        }
-        out.push(t);
-    }
-    Ok(out)
-}
-
-/// Each job's part of a merged batch's outputs: its rows of the batched outputs, a copy of
-/// the others.
-fn split(outputs: &[Tensor], jobs: &[Job], batched: &[bool]) -> Result<Vec<Vec<Tensor>>> {
-    let total: usize = jobs.iter().map(|j| j.rows).sum();
-    let mut parts: Vec<Vec<Tensor>> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
-    for (out, &is_batched) in outputs.iter().zip(batched) {
-        if !is_batched {
-            parts.iter_mut().for_each(|p| p.push(out.clone()));
-            continue;
-        }
-        if out.shape().first() != Some(&total) {
-            return Err(Error::ShapeMismatch { what: "a batched output".into(), expected: vec![total], got: out.shape().to_vec() });
-        }
-        let row = out.num_bytes() / total.max(1);
-        let mut start = 0;
-        for (job, part) in jobs.iter().zip(parts.iter_mut()) {
-            let mut shape = out.shape().to_vec();
-            shape[0] = job.rows;
-            part.push(Tensor::new(out.dtype(), shape, &out.as_bytes()[start * row..(start + job.rows) * row])?);
-            start += job.rows;
-        }
-    }
-    Ok(parts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,24 +385,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let values: Vec<f32> = (0..rows * 2).map(|i| first + i as f32).collect();
         let inputs = vec![Tensor::from_vec(vec![rows, 2], values).unwrap()];
-        (Job { inputs, rows, enqueued: Instant::now(), reply, admission: Admission::unlimited() }, rx)
-    }
-
-    #[test]
-    fn concat_and_split_give_each_job_its_rows() {
-        let (a, _ra) = job(1, 0.0);
-        let (b, _rb) = job(3, 100.0);
-        let jobs = vec![a, b];
-        let merged = concat(&jobs).unwrap();
-        assert_eq!(merged[0].shape(), &[4, 2]);
-        assert_eq!(merged[0].as_slice::<f32>().unwrap(), &[0.0, 1.0, 100.0, 101.0, 102.0, 103.0, 104.0, 105.0]);
-        let scalar = Tensor::from_vec(vec![], vec![7i32]).unwrap();
-        let parts = split(&[merged[0].clone(), scalar.clone()], &jobs, &[true, false]).unwrap();
-        assert_eq!(parts[0][0].as_slice::<f32>().unwrap(), &[0.0, 1.0]);
-        assert_eq!(parts[1][0].shape(), &[3, 2]);
-        assert_eq!(parts[1][0].as_slice::<f32>().unwrap()[0], 100.0);
-        assert_eq!(parts[1][1], scalar);
-        assert!(split(&[scalar], &jobs, &[true]).is_err());
+        (Job { inputs, rows, enqueued: Instant::now(), deadline: None, reply, admission: Admission::unlimited() }, rx)
     }
 
     #[test]
@@ -554,34 +449,5 @@ mod tests {
         assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
         assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
         drop(never);
-    }
-
-    #[test]
-    fn chunks_cost_least() {
-        // The CNN: sizes 4 and 256, a call at 256 costing ~50 at 4.
-        let cnn = [(4, 1.0), (256, 50.0)];
-        assert_eq!(plan_chunks(1, &cnn), vec![1]);
-        assert_eq!(plan_chunks(9, &cnn), vec![4, 4, 1]);
-        assert_eq!(plan_chunks(256, &cnn), vec![256]);
-        assert_eq!(plan_chunks(300, &cnn).iter().sum::<usize>(), 300);
-        // Calls that cost about the same at every size: one call, padded.
-        let mlp = [(1, 1.0), (8, 1.1), (256, 1.5)];
-        assert_eq!(plan_chunks(9, &mlp), vec![9]);
-        assert_eq!(plan_chunks(9, &[(1, 1.0), (8, 1.1), (256, 3.0)]), vec![1, 8]);
-        assert_eq!(plan_chunks(3, &mlp), vec![3]);
-        assert_eq!(plan_chunks(600, &mlp).iter().sum::<usize>(), 600);
-        assert_eq!(plan_chunks(5, &[]), vec![5]);
-    }
-
-    #[test]
-    fn chunk_outputs_join_in_order() {
-        let a = Tensor::from_vec(vec![2, 1], vec![1.0f32, 2.0]).unwrap();
-        let b = Tensor::from_vec(vec![1, 1], vec![3.0f32]).unwrap();
-        let s = Tensor::from_vec(vec![], vec![9i32]).unwrap();
-        let out = join(vec![vec![a.clone(), s.clone()], vec![b, s.clone()]], 3, &[true, false]).unwrap();
-        assert_eq!(out[0].as_slice::<f32>().unwrap(), &[1.0, 2.0, 3.0]);
-        assert_eq!(out[1], s);
-        let v = row_view(&a, 1, 1).unwrap();
-        assert_eq!((v.shape(), v.as_bytes()), (&[1usize, 1][..], &2.0f32.to_le_bytes()[..]));
     }
 }

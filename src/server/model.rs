@@ -353,8 +353,11 @@ impl Model {
     /// job, if still queued, is dropped.
     pub async fn infer(&self, ticket: Ticket, inputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>, ApiError> {
         let Ticket { admission, arriving, deadline } = ticket;
+        if let Some(d) = deadline.filter(|d| Instant::now() >= d.at) {
+            return Err(d.exceeded());
+        }
         let (reply, rx) = oneshot::channel();
-        let job = Job { inputs, rows, enqueued: Instant::now(), reply, admission };
+        let job = Job { inputs, rows, enqueued: Instant::now(), deadline: deadline.map(|d| d.at), reply, admission };
         let queued = self.batcher.submit(job);
         drop(arriving);
         if queued.is_err() {
@@ -370,7 +373,11 @@ impl Model {
         match answer {
             Ok(Ok(outputs)) => Ok(outputs),
             Ok(Err(e)) => Err(ApiError::Inference(e)),
-            Err(_) => Err(ApiError::Unavailable { reason: format!("the workers of model {:?} stopped before answering", self.name) }),
+            Err(_) => match deadline {
+                // Dropped unrun: its deadline passed in the queue.
+                Some(d) if Instant::now() >= d.at => Err(d.exceeded()),
+                _ => Err(ApiError::Unavailable { reason: format!("the workers of model {:?} stopped before answering", self.name) }),
+            },
         }
     }
 
