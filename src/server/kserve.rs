@@ -22,6 +22,10 @@ use super::model::{Deadline, Model, Ticket};
 use super::state::{read_body, AppState};
 use crate::{DType, Tensor};
 
+/// Bodies up to this size are decoded on the runtime's thread: a few microseconds of parsing,
+/// less than a handoff to a blocking thread and back (see BENCHMARKS.md, serving).
+pub(crate) const INLINE_DECODE_BYTES: usize = 16 << 10;
+
 /// The header giving the length of the JSON part of a body that carries binary tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -148,14 +152,20 @@ async fn run(state: &AppState, model: &Arc<Model>, started: Instant, deadline: D
     let mut ticket = model.admit(Some(deadline))?;
     let body = read_body(headers, body, state.max_body_bytes, state.limits.body_read_timeout).await?;
     let json_length = header_length(headers)?;
-    // Decoding is CPU work that grows with the body: off the runtime's threads.
-    let m = model.clone();
-    let (decoded, mut ticket) = tokio::task::spawn_blocking(move || {
-        let d = decode_request(&m, &body, json_length, &mut ticket);
+    // Decoding is CPU work that grows with the body: off the runtime's threads, unless the
+    // body is so small that the handoff would cost more than the parse.
+    let (decoded, mut ticket) = if body.len() <= INLINE_DECODE_BYTES {
+        let d = decode_request(model, &body, json_length, &mut ticket);
         (d, ticket)
-    })
-    .await
-    .map_err(|e| ApiError::Internal { reason: format!("decoding the request failed: {e}") })?;
+    } else {
+        let m = model.clone();
+        tokio::task::spawn_blocking(move || {
+            let d = decode_request(&m, &body, json_length, &mut ticket);
+            (d, ticket)
+        })
+        .await
+        .map_err(|e| ApiError::Internal { reason: format!("decoding the request failed: {e}") })?
+    };
     let Decoded { id, selected, inputs, rows, timeout } = decoded?;
     if let (Some(t), Some(d)) = (timeout, ticket.deadline) {
         ticket.deadline = Some(d.tighten(started, t, "the request's timeout parameter"));

@@ -86,10 +86,14 @@ async fn run(state: &AppState, model: &Arc<Model>, deadline: Deadline, headers: 
     let mut ticket = model.admit(Some(deadline))?;
     let body = read_body(headers, body, state.max_body_bytes, state.limits.body_read_timeout).await?;
     model.reserve(&mut ticket, body.len().saturating_mul(TREE_BYTES_PER_BODY_BYTE))?;
-    let m = model.clone();
-    let decoded = tokio::task::spawn_blocking(move || decode(&m, &body))
-        .await
-        .map_err(|e| ApiError::Internal { reason: format!("decoding the request failed: {e}") })?;
+    let decoded = if body.len() <= super::kserve::INLINE_DECODE_BYTES {
+        decode(model, &body)
+    } else {
+        let m = model.clone();
+        tokio::task::spawn_blocking(move || decode(&m, &body))
+            .await
+            .map_err(|e| ApiError::Internal { reason: format!("decoding the request failed: {e}") })?
+    };
     let (inputs, rows, rows_format) = decoded?;
     let outputs = model.infer(ticket, inputs, rows).await?;
     let specs = model.outputs();
