@@ -151,47 +151,73 @@ pub struct Policy {
 }
 
 /// Requests to a model that have arrived but are not queued yet: a forming batch waits for
-/// them (up to its deadline) only while there are some.
+/// them (up to its deadline) only while there are some. One that is refused instead of queued
+/// nudges the queue, so a waiting batch re-checks at once: the wait needs no polling.
 #[derive(Debug, Default)]
-pub struct Arrivals(AtomicUsize);
+pub struct Arrivals {
+    count: AtomicUsize,
+    nudge: Mutex<Option<Sender<Msg>>>,
+}
 
 impl Arrivals {
     /// Counts a request until the guard is dropped (when it is queued, or refused).
     pub fn arrive(self: &Arc<Self>) -> Arriving {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Arriving(Some(self.clone()))
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Arriving { arrivals: Some(self.clone()), queued: false }
     }
 
     fn any(&self) -> bool {
-        self.0.load(Ordering::SeqCst) > 0
+        self.count.load(Ordering::SeqCst) > 0
     }
 }
 
-/// One arriving request; dropping it (after queueing the request) stops counting it.
-pub struct Arriving(Option<Arc<Arrivals>>);
+/// One arriving request; dropping it stops counting it (after [`Arriving::queued`], or when
+/// the request is refused, which nudges a waiting batch).
+pub struct Arriving {
+    arrivals: Option<Arc<Arrivals>>,
+    queued: bool,
+}
+
+impl Arriving {
+    /// The request is queued: its job wakes a waiting batch by itself.
+    pub fn queued(mut self) {
+        self.queued = true;
+    }
+}
 
 impl Drop for Arriving {
     fn drop(&mut self) {
-        if let Some(a) = self.0.take() {
-            a.0.fetch_sub(1, Ordering::SeqCst);
+        if let Some(a) = self.arrivals.take() {
+            a.count.fetch_sub(1, Ordering::SeqCst);
+            if !self.queued {
+                if let Some(tx) = a.nudge.lock().ok().and_then(|n| n.clone()) {
+                    let _ = tx.send(Msg::Nudge);
+                }
+            }
         }
     }
 }
 
-/// How often a batch waiting for arriving requests checks whether they still are.
-const ARRIVAL_POLL: Duration = Duration::from_micros(50);
+/// What the queue carries: a job, or a nudge (an arriving request was refused).
+pub enum Msg {
+    /// A request to run.
+    Job(Job),
+    /// Re-check the arriving requests.
+    Nudge,
+}
 
 /// A model's queue and its worker threads. Dropping it lets the workers finish every queued
 /// request, then joins them.
 pub struct Batcher {
-    sender: Option<Sender<Job>>,
+    sender: Option<Sender<Msg>>,
+    arrivals: Arc<Arrivals>,
     workers: Vec<JoinHandle<()>>,
 }
 
 /// What the workers share: the receiver, a request held back for the next batch, and the
 /// count of arriving requests.
 struct Queue {
-    rx: Receiver<Job>,
+    rx: Receiver<Msg>,
     held: Option<Job>,
     arrivals: Arc<Arrivals>,
     /// Jobs dropped unrun since the last batch, because nobody waits for their answer.
@@ -210,7 +236,10 @@ impl Batcher {
     /// Starts `instances` worker threads for `layer`.
     pub fn start(layer: Arc<JaxLayer>, policy: Policy, instances: usize, arrivals: Arc<Arrivals>, metrics: Arc<Metrics>, labels: ModelLabels) -> Result<Batcher> {
         let (sender, rx) = mpsc::channel();
-        let queue = Arc::new(Mutex::new(Queue { rx, held: None, arrivals, abandoned: 0 }));
+        if let Ok(mut n) = arrivals.nudge.lock() {
+            *n = Some(sender.clone());
+        }
+        let queue = Arc::new(Mutex::new(Queue { rx, held: None, arrivals: arrivals.clone(), abandoned: 0 }));
         let runner = Arc::new(Runner { layer, policy, metrics, labels });
         let mut workers = Vec::with_capacity(instances);
         for i in 0..instances {
@@ -222,20 +251,21 @@ impl Batcher {
                 .map_err(|e| Error::invalid("worker thread", format!("could not start: {e}")))?;
             workers.push(handle);
         }
-        Ok(Batcher { sender: Some(sender), workers })
+        Ok(Batcher { sender: Some(sender), arrivals, workers })
     }
 
-    /// Queues a job. Fails only when the workers are gone.
-    pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
-        match &self.sender {
-            Some(s) => s.send(job).map_err(|e| e.0),
-            None => Err(job),
-        }
+    /// Queues a job; `false` when the workers are gone.
+    pub fn submit(&self, job: Job) -> bool {
+        self.sender.as_ref().is_some_and(|s| s.send(Msg::Job(job)).is_ok())
     }
 }
 
 impl Drop for Batcher {
     fn drop(&mut self) {
+        // The nudging sender too, so that the workers see the queue close.
+        if let Ok(mut n) = self.arrivals.nudge.lock() {
+            *n = None;
+        }
         drop(self.sender.take());
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -269,7 +299,10 @@ fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
     let first = loop {
         let j = match q.held.take() {
             Some(j) => j,
-            None => q.rx.recv().ok()?,
+            None => match q.rx.recv().ok()? {
+                Msg::Job(j) => j,
+                Msg::Nudge => continue,
+            },
         };
         if !j.abandoned() {
             break j;
@@ -280,21 +313,23 @@ fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
     let mut rows = first.rows;
     let mut jobs = vec![first];
     while policy.merge && rows < policy.max_rows {
-        let job = match q.rx.try_recv() {
-            Ok(j) => j,
+        let msg = match q.rx.try_recv() {
+            Ok(m) => m,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
                 let now = Instant::now();
                 if now >= deadline || !q.arrivals.any() {
                     break;
                 }
-                match q.rx.recv_timeout((deadline - now).min(ARRIVAL_POLL)) {
-                    Ok(j) => j,
+                // Until a job comes, an arriving request is refused (a nudge), or the deadline.
+                match q.rx.recv_timeout(deadline - now) {
+                    Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         };
+        let Msg::Job(job) = msg else { continue };
         if job.abandoned() {
             q.abandoned += 1;
             continue;
@@ -397,7 +432,7 @@ mod tests {
         for rows in [1, 2, 3, 1] {
             let (j, r) = job(rows, 0.0);
             keep.push(r);
-            tx.send(j).unwrap();
+            tx.send(Msg::Job(j)).unwrap();
         }
         let sizes = |b: Vec<Job>| b.iter().map(|j| j.rows).collect::<Vec<_>>();
         assert_eq!(sizes(next_batch(&mut q, &policy).unwrap()), vec![1, 2]);
@@ -410,7 +445,7 @@ mod tests {
         for rows in [1, 1] {
             let (j, r) = job(rows, 0.0);
             keep.push(r);
-            tx.send(j).unwrap();
+            tx.send(Msg::Job(j)).unwrap();
         }
         assert_eq!(sizes(next_batch(&mut q, &single).unwrap()), vec![1]);
     }
@@ -423,18 +458,18 @@ mod tests {
         let mut q = Queue { rx, held: None, arrivals: arrivals.clone(), abandoned: 0 };
         // Nothing arriving: the batch runs at once.
         let (j, _r1) = job(1, 0.0);
-        tx.send(j).unwrap();
+        tx.send(Msg::Job(j)).unwrap();
         let t = Instant::now();
         assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
         assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
         // One arriving: the batch waits for it.
         let (j, _r2) = job(1, 0.0);
-        tx.send(j).unwrap();
+        tx.send(Msg::Job(j)).unwrap();
         let coming = arrivals.arrive();
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(5));
             let (j, r) = job(2, 0.0);
-            tx.send(j).unwrap();
+            tx.send(Msg::Job(j)).unwrap();
             drop(coming);
             (tx, r)
         });
@@ -444,10 +479,24 @@ mod tests {
         // One that never comes (refused before queueing is dropped late): the deadline ends the wait.
         let never = arrivals.arrive();
         let (j, _r4) = job(1, 0.0);
-        tx.send(j).unwrap();
+        tx.send(Msg::Job(j)).unwrap();
         let t = Instant::now();
         assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
         assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
         drop(never);
+        // One that is refused (dropped unqueued) nudges the waiting batch: it runs at once,
+        // not at the deadline.
+        *arrivals.nudge.lock().unwrap() = Some(tx.clone());
+        let refused = arrivals.arrive();
+        let (j, _r5) = job(1, 0.0);
+        tx.send(Msg::Job(j)).unwrap();
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            drop(refused);
+        });
+        let t = Instant::now();
+        assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
+        assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+        later.join().unwrap();
     }
 }

@@ -358,9 +358,9 @@ impl Model {
         }
         let (reply, rx) = oneshot::channel();
         let job = Job { inputs, rows, enqueued: Instant::now(), deadline: deadline.map(|d| d.at), reply, admission };
-        let queued = self.batcher.submit(job);
-        drop(arriving);
-        if queued.is_err() {
+        if self.batcher.submit(job) {
+            arriving.queued();
+        } else {
             return Err(ApiError::Unavailable { reason: format!("the workers of model {:?} have stopped", self.name) });
         }
         let answer = match deadline {
