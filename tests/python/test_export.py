@@ -755,3 +755,21 @@ def test_cli_tuple_inputs_and_function_method(tmp_path):
     assert man["default_method"] == "pair_fn"
     assert man["methods"]["pair_fn"]["takes_training"] is False
     assert [s["name"] for s in man["methods"]["pair_fn"]["inputs"]] == ["0", "1"]
+
+
+def test_frozen_check_is_relative_to_the_output_scale():
+    """Issue 25: the frozen check refused ResNet-50 (logits up to |174| differing by 9.5e-5,
+    5e-7 of their scale). Rounding relative to the scale passes; a real difference does not."""
+    from flaxlayer_export.linen import check_frozen_outputs
+    logits = np.linspace(-174.0, 174.0, 1000, dtype=np.float32).reshape(2, 500)
+    check_frozen_outputs([logits], [logits + np.float32(9.5e-5)], "resnet")
+    small = np.linspace(-1, 1, 10, dtype=np.float32)
+    check_frozen_outputs([small], [small + np.float32(5e-6)], "small")
+    with pytest.raises(ValueError, match="of its scale"):
+        check_frozen_outputs([logits], [logits + np.float32(0.01)], "resnet")
+    with pytest.raises(ValueError, match="of its scale"):
+        check_frozen_outputs([small], [small + np.float32(1e-4)], "small")
+    with pytest.raises(ValueError, match="int32"):
+        check_frozen_outputs([np.arange(3, dtype=np.int32)], [np.arange(1, 4, dtype=np.int32)], "ids")
+    with pytest.raises(ValueError, match=r"float32\[3\]"):
+        check_frozen_outputs([np.zeros(2, np.float32)], [np.zeros(3, np.float32)], "shape")
