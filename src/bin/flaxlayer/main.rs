@@ -51,7 +51,7 @@ enum Command {
     Train(train::TrainArgs),
     /// Which PJRT plugin loads; install the CPU plugin for this user.
     Plugin(plugin::PluginArgs),
-    /// Serve a model repository over HTTP: KServe v2 (with binary tensors) and TF Serving REST,
+    /// Serve a model repository: KServe v2 over HTTP (with binary tensors) and gRPC, TF Serving REST,
     /// with dynamic batching and Prometheus metrics.
     #[cfg(feature = "serve")]
     Serve(serve::ServeArgs),
