@@ -301,3 +301,36 @@ def test_bad_requests_get_their_status_codes(server, stub, client):
     # Still serving, and the good request still gets its answer.
     assert client.is_server_live() and client.is_server_ready()
     assert stub.ModelInfer(ok, timeout=60).outputs[0].shape == [1, 10]
+
+
+def test_garbage_and_silent_connections_do_not_wedge_the_server(server, client):
+    import socket
+    import time
+    host, port = server.grpc_address.rsplit(":", 1)
+    # Connections that never send the HTTP/2 preface, held open during the rest of the test.
+    silent = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
+    try:
+        # Not HTTP/2: the server closes the connection (after at most a GOAWAY).
+        g = socket.create_connection((host, int(port)), timeout=10)
+        g.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00" * 4096)
+        started, got = time.time(), b""
+        while time.time() - started < 10:
+            try:
+                chunk = g.recv(4096)
+            except ConnectionResetError:  # closed with our bytes unread: a reset
+                break
+            if not chunk:
+                break
+            got += chunk
+        else:
+            pytest.fail("the server kept a connection that is not HTTP/2 open")
+        g.close()
+        assert len(got) < 4096, got[:200]
+        # Other clients are served meanwhile.
+        assert client.is_server_live() and client.is_server_ready()
+        x = grpcclient.InferInput("inputs", [1, 64], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        assert client.infer("mlp", [x]).as_numpy("outputs").shape == (1, 10)
+    finally:
+        # Left open on purpose: at SIGTERM the server closes them itself (the fixture checks it exits 0).
+        pass

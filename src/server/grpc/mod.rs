@@ -39,6 +39,7 @@ use proto::*;
 
 use super::datatype;
 use super::error::ApiError;
+use super::metrics::FailureLabels;
 use super::model::Model;
 use super::state::AppState;
 use crate::{DType, Tensor};
@@ -55,6 +56,15 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Connections open at once; more are closed as soon as they are accepted.
+const MAX_CONNECTIONS: usize = 1024;
+/// A connection with no request in flight for this long is closed (HTTP/2 GOAWAY, then the
+/// socket), and so is one that never completes its HTTP/2 handshake.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection told to go away (idle, or at shutdown) with no request in flight may
+/// take to close before its socket is closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `inference.GRPCInferenceService` on `listener` until `shutdown` completes, then
 /// turns readiness off, refuses new connections and streams (HTTP/2 GOAWAY) and returns once
 /// the requests in flight are answered (or after 30 s).
@@ -68,7 +78,9 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListene
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // One permit per open connection: the cap, and (all permits back) the end of the drain.
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stop, _) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -83,25 +95,98 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListene
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let svc = service.clone();
+        let activity = Arc::new(Activity::new());
+        let (svc, act) = (service.clone(), activity.clone());
         let hyper_service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let mut svc = svc.clone();
+            let busy = act.begin();
             async move {
                 let mut response = svc.call(req).await?;
+                drop(busy);
                 message_too_large_is_resource_exhausted(&mut response);
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let conn = graceful.watch(http2.serve_connection(TokioIo::new(stream), hyper_service));
+        let conn = http2.serve_connection(TokioIo::new(stream), hyper_service);
+        let mut stopping = stop.subscribe();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _permit = permit;
+            let mut conn = std::pin::pin!(conn);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // Since when the connection has been told to go away (idle, or shutting down).
+            let mut closing: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = stopping.changed(), if closing.is_none() => {
+                        closing = Some(tokio::time::Instant::now());
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tick.tick() => match closing {
+                        // Gone away with nothing in flight (or never past the handshake):
+                        // the socket is closed.
+                        Some(at) if at.elapsed() >= CLOSE_GRACE && activity.in_flight() == 0 => break,
+                        None if activity.idle_for() >= IDLE_TIMEOUT => {
+                            closing = Some(tokio::time::Instant::now());
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        _ => {}
+                    },
+                }
+            }
         });
     }
     state.draining.store(true, Ordering::Relaxed);
     drop(listener);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(MAX_CONNECTIONS as u32)).await;
     Ok(())
+}
+
+/// A connection's requests in flight, and when it last had one.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+/// One request in flight on a connection, until dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { in_flight: 0.into(), last: std::sync::Mutex::new(std::time::Instant::now()) }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// How long the connection has had no request in flight (zero while it has one).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.last.lock().map(|l| l.elapsed()).unwrap_or_default()
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.0.last.lock() {
+            *l = std::time::Instant::now();
+        }
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// tonic refuses a message over the size limit (from its length prefix, before reading it)
@@ -200,9 +285,12 @@ impl GrpcInferenceService for Inference {
                 Err(status(&e))
             }
             Err(Failure::Deadline(limit)) => {
-                let message = format!("deadline exceeded: no answer within {} ms", limit.as_millis());
-                state.account(Some(model), started, Some(&ApiError::Unavailable { reason: message.clone() }));
-                Err(Status::deadline_exceeded(message))
+                // Counted as HTTP counts a request past its deadline: a failure with status 504.
+                let labels = model.labels();
+                state.metrics.requests.get_or_create(labels).inc();
+                let failure = FailureLabels { model: labels.model.clone(), version: labels.version.clone(), status: 504 };
+                state.metrics.failures.get_or_create(&failure).inc();
+                Err(Status::deadline_exceeded(format!("deadline exceeded: no answer within {} ms", limit.as_millis())))
             }
         }
     }
