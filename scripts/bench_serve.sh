@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 need_command wrk wrk
 scripts/setup.sh
 cargo build --release --quiet --features serve --bin flaxlayer
-GRPC_LOAD=$(cargo bench --no-run --quiet --features serve --bench grpc_load --message-format=json \
+# The gRPC load generator (benches/grpc_load.rs), release-built beside the server.
+GRPC_LOAD=$(cargo build --release --quiet --features serve --bench grpc_load --message-format=json \
   | .venv/bin/python -c 'import json, sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"] == "grpc_load"][0])')
 export GRPC_LOAD
 
