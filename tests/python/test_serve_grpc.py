@@ -37,6 +37,9 @@ def server(tmp_path_factory):
         (repo / name / "1").symlink_to(HLO / name)
     (repo / "mlp_any").mkdir()
     marked_paddable(HLO / "mlp", repo / "mlp_any" / "1")
+    (repo / "cnn_q1").mkdir()
+    (repo / "cnn_q1" / "1").symlink_to(HLO / "cnn")
+    (repo / "cnn_q1" / "config.json").write_text('{"max_queue_requests": 1, "warmup": false}')
     s = Server(repo, ("--max-body-bytes", str(MAX_BODY)))
     yield s
     assert s.stop() == 0, "SIGTERM stops both listeners and the server exits 0"
@@ -254,13 +257,14 @@ def test_bad_requests_get_their_status_codes(server, stub, client):
             "expected datatype FP32, got FP64")
     refused(stub, mlp_request([1, 64], ROW, datatype="BYTES"), S.INVALID_ARGUMENT, "a datatype among")
     refused(stub, mlp_request([1, 63], ROW[:63 * 4]), S.INVALID_ARGUMENT, "expected shape")
-    refused(stub, mlp_request([64], ROW), S.INVALID_ARGUMENT, "rank 2")
+    refused(stub, mlp_request([64], ROW), S.INVALID_ARGUMENT, "expected shape [N, 64]", "got [64]")
     refused(stub, mlp_request([-1, 64], ROW), S.INVALID_ARGUMENT, "sizes >= 0")
     # Sizes that don't match the bytes sent, or overflow: refused before anything is allocated.
     refused(stub, mlp_request([2, 64], ROW), S.INVALID_ARGUMENT, "expected 512 bytes", "got 256 bytes")
-    refused(stub, mlp_request([1 << 31, 64], ROW), S.INVALID_ARGUMENT, "got 256 bytes")
-    refused(stub, mlp_request([1 << 62, 1 << 62], ROW), S.INVALID_ARGUMENT, "overflows")
-    refused(stub, mlp_request([1 << 20, 64]), S.INVALID_ARGUMENT, "neither contents nor raw_input_contents")
+    # 2^39 bytes declared: more than the model's queue ever holds (--max-queue-bytes).
+    refused(stub, mlp_request([1 << 31, 64], ROW), S.INVALID_ARGUMENT, "queue limit", "549755813888 bytes declared")
+    refused(stub, mlp_request([1 << 62, 1 << 62], ROW), S.INVALID_ARGUMENT, "expected shape [N, 64]")
+    refused(stub, mlp_request([1 << 10, 64]), S.INVALID_ARGUMENT, "neither contents nor raw_input_contents")
     two_raw = mlp_request([1, 64], ROW)
     two_raw.raw_input_contents.append(ROW)
     refused(stub, two_raw, S.INVALID_ARGUMENT, "raw_input_contents has 2 entries for 1 inputs")
@@ -334,3 +338,39 @@ def test_garbage_and_silent_connections_do_not_wedge_the_server(server, client):
     finally:
         # Left open on purpose: at SIGTERM the server closes them itself (the fixture checks it exits 0).
         pass
+
+
+def test_a_full_queue_is_resource_exhausted(server):
+    # cnn_q1 admits one request at a time; 8 clients send 256-row CNN requests at once.
+    cnn_ins, cnn_outs = golden("cnn")
+    name, x = next(iter(cnn_ins.items()))
+    rows = np.repeat(x, -(-256 // x.shape[0]), axis=0)[:256]
+    codes, lock = [], threading.Lock()
+
+    def run():
+        channel = grpc.insecure_channel(server.grpc_address, options=[("grpc.max_send_message_length", -1),
+                                                                      ("grpc.max_receive_message_length", -1)])
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="cnn_q1")
+        request.inputs.add(name=name, datatype="FP32", shape=list(rows.shape))
+        request.raw_input_contents.append(rows.tobytes())
+        for _ in range(4):
+            try:
+                stub.ModelInfer(request, timeout=120)
+                code, details = grpc.StatusCode.OK, ""
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+            with lock:
+                codes.append((code, details))
+        channel.close()
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kinds = {c for c, _ in codes}
+    assert kinds <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert grpc.StatusCode.OK in kinds and grpc.StatusCode.RESOURCE_EXHAUSTED in kinds, kinds
+    shed = [d for c, d in codes if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert all("overloaded" in d for d in shed), shed[:2]

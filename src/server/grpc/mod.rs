@@ -39,8 +39,7 @@ use proto::*;
 
 use super::datatype;
 use super::error::ApiError;
-use super::metrics::FailureLabels;
-use super::model::Model;
+use super::model::{Deadline, Model, Ticket};
 use super::state::AppState;
 use crate::{DType, Tensor};
 
@@ -266,53 +265,36 @@ impl GrpcInferenceService for Inference {
         let request = request.into_inner();
         let state = &self.state;
         let (model, started) = state.model_for_request(&request.model_name, version(&request.model_version)).map_err(|e| status(&e))?;
-        let result = match request_deadline(&request.parameters).map(|d| min_deadline(d, header_deadline)) {
-            Err(e) => Err(Failure::Api(e)),
-            Ok(None) => infer(model, request).await.map_err(Failure::Api),
-            Ok(Some(limit)) => match tokio::time::timeout(limit, infer(model, request)).await {
-                Ok(r) => r.map_err(Failure::Api),
-                // The request's future (and with it its reply channel) is dropped here.
-                Err(_) => Err(Failure::Deadline(limit)),
-            },
-        };
-        match result {
-            Ok(response) => {
-                state.account(Some(model), started, None);
-                Ok(Response::new(response))
-            }
-            Err(Failure::Api(e)) => {
-                state.account(Some(model), started, Some(&e));
-                Err(status(&e))
-            }
-            Err(Failure::Deadline(limit)) => {
-                // Counted as HTTP counts a request past its deadline: a failure with status 504.
-                let labels = model.labels();
-                state.metrics.requests.get_or_create(labels).inc();
-                let failure = FailureLabels { model: labels.model.clone(), version: labels.version.clone(), status: 504 };
-                state.metrics.failures.get_or_create(&failure).inc();
-                Err(Status::deadline_exceeded(format!("deadline exceeded: no answer within {} ms", limit.as_millis())))
-            }
+        // The server's --request-timeout, tightened by grpc-timeout and the timeout parameter.
+        let mut deadline = state.deadline(started);
+        if let Some(t) = header_deadline {
+            deadline = deadline.tighten(started, t, "the client's grpc-timeout");
         }
+        let result = match request_deadline(&request.parameters) {
+            Err(e) => Err(e),
+            Ok(t) => {
+                if let Some(t) = t {
+                    deadline = deadline.tighten(started, t, "the request's timeout parameter");
+                }
+                infer(model, deadline, request).await
+            }
+        };
+        state.account(Some(model), started, result.as_ref().err());
+        result.map(Response::new).map_err(|e| status(&e))
     }
 }
 
-/// Why an inference request failed.
-enum Failure {
-    Api(ApiError),
-    /// Its deadline passed first.
-    Deadline(Duration),
-}
-
-/// One inference: the inputs decoded and checked against the model, run through the batcher,
+/// One inference: admitted to the model's queue, the inputs decoded and checked against the
+/// model (their bytes reserved in the queue before any is allocated), run through the batcher,
 /// the outputs asked for encoded.
-async fn infer(model: &Arc<Model>, request: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
-    let arriving = model.arrive();
+async fn infer(model: &Arc<Model>, deadline: Deadline, request: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
+    let mut ticket = model.admit(Some(deadline))?;
     check_parameters(&request.parameters)?;
     let selected = select_outputs(model, &request.outputs)?;
     let typed_request = request.raw_input_contents.is_empty() && !request.inputs.is_empty();
-    let named = decode_inputs(model, request.inputs, request.raw_input_contents)?;
+    let named = decode_inputs(model, &mut ticket, request.inputs, request.raw_input_contents)?;
     let (inputs, rows) = model.check_inputs(named)?;
-    let outputs = model.infer(inputs, rows, arriving).await?;
+    let outputs = model.infer(ticket, inputs, rows).await?;
     // Typed contents answer typed contents, when every output has a typed field.
     let typed = typed_request && selected.iter().all(|&i| typed_field(outputs[i].dtype()));
     let mut response = ModelInferResponse {
@@ -346,7 +328,8 @@ async fn infer(model: &Arc<Model>, request: ModelInferRequest) -> Result<ModelIn
 fn status(e: &ApiError) -> Status {
     let code = match e {
         ApiError::Unsupported { .. } => Code::Unimplemented,
-        ApiError::BodyTooLarge { .. } => Code::ResourceExhausted,
+        ApiError::BodyTooLarge { .. } | ApiError::Overloaded { .. } => Code::ResourceExhausted,
+        ApiError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         _ => match e.status().as_u16() {
             404 => Code::NotFound,
             408 | 504 => Code::DeadlineExceeded,
@@ -393,13 +376,6 @@ fn request_deadline(params: &HashMap<String, InferParameter>) -> Result<Option<D
     }
 }
 
-fn min_deadline(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// Refuses what this server does not do: sequences (a `sequence_id` other than 0 or ""), and
 /// shared memory.
 fn check_parameters(params: &HashMap<String, InferParameter>) -> Result<(), ApiError> {
@@ -440,7 +416,7 @@ fn select_outputs(model: &Model, wanted: &[proto::model_infer_request::InferRequ
 /// Each input as a tensor, from its `raw_input_contents` entry (all inputs raw, one entry
 /// each, in order) or its typed `contents`. Every size is checked against the model's input
 /// and against the bytes received before anything is allocated.
-fn decode_inputs(model: &Model, inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> Result<Vec<(String, Tensor)>, ApiError> {
+fn decode_inputs(model: &Model, ticket: &mut Ticket, inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> Result<Vec<(String, Tensor)>, ApiError> {
     if !raw.is_empty() && raw.len() != inputs.len() {
         return Err(ApiError::malformed(format!("raw_input_contents has {} entries for {} inputs (one per input, in order)", raw.len(), inputs.len())));
     }
@@ -453,24 +429,17 @@ fn decode_inputs(model: &Model, inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>
         let raw = raw.next();
         let what = format!("input {:?}", input.name);
         refuse_shared_memory(&input.parameters)?;
-        let Some(spec) = model.inputs().iter().find(|s| s.name == input.name) else {
-            let available = model.inputs().iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(ApiError::UnknownTensor { kind: "input", name: input.name, available });
-        };
         let dtype = datatype::parse(&input.datatype).ok_or_else(|| ApiError::invalid_tensor(&what, format!("a datatype among {}", datatype::known()), format!("{:?}", input.datatype)))?;
-        if dtype != spec.dtype {
-            return Err(ApiError::invalid_tensor(&what, format!("datatype {}", datatype::name(spec.dtype)), datatype::name(dtype)));
-        }
-        if input.shape.len() != spec.shape.len() {
-            return Err(ApiError::invalid_tensor(&what, format!("a shape of rank {}", spec.shape.len()), format!("{:?}", input.shape)));
-        }
-        let shape: Vec<usize> = input
+        let declared: Vec<u64> = input
             .shape
             .iter()
-            .map(|&d| usize::try_from(d))
+            .map(|&d| u64::try_from(d))
             .collect::<Result<_, _>>()
             .map_err(|_| ApiError::invalid_tensor(&what, "a shape of sizes >= 0", format!("{:?}", input.shape)))?;
-        let expected = dtype.array_bytes(&shape).map_err(|_| ApiError::invalid_tensor(&what, "a shape whose size fits in memory", format!("{shape:?} (overflows)")))?;
+        // Name, datatype, rank, dimensions and batch size against the model's signature; the
+        // size in bytes with checked arithmetic; then reserved in the model's queue.
+        let (shape, expected) = model.check_declared(&input.name, dtype, &declared)?;
+        model.reserve(ticket, expected)?;
         let tensor = match (raw, &input.contents) {
             (Some(_), Some(c)) if !contents_empty(c) => return Err(ApiError::malformed(format!("{what} has both contents and raw_input_contents"))),
             (Some(bytes), _) => {
@@ -632,8 +601,6 @@ mod tests {
         assert_eq!(request_deadline(&p(ParameterChoice::Int64Param(0))).unwrap(), None);
         assert!(request_deadline(&p(ParameterChoice::Int64Param(-1))).is_err());
         assert!(request_deadline(&p(ParameterChoice::StringParam("1".into()))).is_err());
-        assert_eq!(min_deadline(Some(Duration::from_secs(2)), Some(Duration::from_secs(1))), Some(Duration::from_secs(1)));
-        assert_eq!(min_deadline(None, Some(Duration::from_secs(1))), Some(Duration::from_secs(1)));
     }
 
     #[test]
