@@ -55,11 +55,6 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Connections open at once; more are closed as soon as they are accepted.
-const MAX_CONNECTIONS: usize = 1024;
-/// A connection with no request in flight for this long is closed (HTTP/2 GOAWAY, then the
-/// socket), and so is one that never completes its HTTP/2 handshake.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a connection told to go away (idle, or at shutdown) with no request in flight may
 /// take to close before its socket is closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -69,6 +64,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// the requests in flight are answered (or after 30 s).
 pub(crate) async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let max_message = state.max_body_bytes;
+    // As for HTTP (its own count): --max-connections open at once, more closed as soon as they
+    // are accepted; a connection with no request in flight for --idle-timeout is closed
+    // (HTTP/2 GOAWAY, then the socket), and so is one that never completes its handshake.
+    let (max_connections, idle_timeout) = (state.limits.max_connections.clamp(1, u32::MAX as usize), state.limits.idle_timeout);
     let service = GrpcInferenceServiceServer::new(Inference { state: state.clone() }).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
@@ -78,7 +77,7 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListene
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
     // One permit per open connection: the cap, and (all permits back) the end of the drain.
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let (stop, _) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -130,7 +129,7 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListene
                         // Gone away with nothing in flight (or never past the handshake):
                         // the socket is closed.
                         Some(at) if at.elapsed() >= CLOSE_GRACE && activity.in_flight() == 0 => break,
-                        None if activity.idle_for() >= IDLE_TIMEOUT => {
+                        None if activity.idle_for() >= idle_timeout => {
                             closing = Some(tokio::time::Instant::now());
                             conn.as_mut().graceful_shutdown();
                         }
@@ -143,7 +142,7 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListene
     state.draining.store(true, Ordering::Relaxed);
     drop(listener);
     let _ = stop.send(true);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(MAX_CONNECTIONS as u32)).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.acquire_many(max_connections as u32)).await;
     Ok(())
 }
 
