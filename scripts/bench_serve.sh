@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Throughput and latency of `flaxlayer serve` (KServe v2, binary tensors, one row per request)
 # for the MLP and CNN bundles at 1, 8 and 64 concurrent connections, with dynamic batching on
-# and off, the server's CPU time per request, and an overload row per model: 4x the
-# connections of the c=64 row against a queue of 32 requests (answered rate, p99, share shed).
-# Load from wrk (scripts/bench_serve.lua) on this machine's loopback only.
+# and off, over HTTP and over gRPC, the server's CPU time per request, and an overload row per
+# model: 4x the connections of the c=64 row against a queue of 32 requests (answered rate, p99,
+# share shed). Load from wrk (scripts/bench_serve.lua; HTTP) and from benches/grpc_load.rs
+# (tonic's gRPC client; ghz and perf_analyzer don't install from the registries here) on this
+# machine's loopback only.
 # Writes the table into BENCHMARKS.md between the `serve` markers and prints it.
 #
 #   scripts/bench_serve.sh              # 5 s per run
@@ -18,6 +20,10 @@ cd "$(dirname "$0")/.."
 need_command wrk wrk
 scripts/setup.sh
 cargo build --release --quiet --features serve --bin flaxlayer
+# The gRPC load generator (benches/grpc_load.rs), release-built beside the server.
+GRPC_LOAD=$(cargo build --release --quiet --features serve --bench grpc_load --message-format=json \
+  | .venv/bin/python -c 'import json, sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"] == "grpc_load"][0])')
+export GRPC_LOAD
 
 export DURATION="${DURATION:-5}" WAIT_IDLE="${WAIT_IDLE:-600}"
 exec .venv/bin/python - "$@" <<'PY'
@@ -110,6 +116,23 @@ def wrk(port: int, model: str, conc: int, seconds: int, body_file: Path, head_le
     return json.loads(line[len("RESULT "):])
 
 
+def grpc_load(addr: str, model: str, conc: int, seconds: int, shape) -> dict:
+    """benches/grpc_load.rs: `conc` closed-loop callers on one HTTP/2 connection (as gRPC
+    clients and ghz do by default), min(conc, 2) client threads, raw_input_contents."""
+    out = subprocess.run(
+        [os.environ["GRPC_LOAD"], "--addr", addr, "--model", model, "--shape", ",".join(map(str, shape)),
+         "--concurrency", str(conc), "--connections", "1", "--threads", str(min(conc, 2)), "--seconds", str(seconds)],
+        capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def tonic_version() -> str:
+    lock = (ROOT / "Cargo.lock").read_text()
+    m = re.search(r'name = "tonic"\nversion = "([^"]+)"', lock)
+    return m.group(1) if m else "?"
+
+
 def cpu_seconds(pid: int) -> float:
     """The process's user + system CPU time."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -135,17 +158,20 @@ def main():
     repo.mkdir()
     notes = prepare(repo)
     heads = {m: body(work / f"{m}.body", shape) for m, shape in MODELS.items()}
-    server = subprocess.Popen([str(ROOT / "target/release/flaxlayer"), "serve", "--models", str(repo), "--port", "0"],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([str(ROOT / "target/release/flaxlayer"), "serve", "--models", str(repo), "--port", "0",
+                               "--grpc-port", "0"], stdout=subprocess.PIPE, text=True)
     started = time.time()
     try:
-        port = None
+        port = grpc_addr = None
         for line in server.stdout:
             m = re.match(r"listening on http://127\.0\.0\.1:(\d+)", line)
             if m:
                 port = int(m.group(1))
+            m = re.match(r"listening on grpc://(\S+)", line)
+            if m:
+                grpc_addr = m.group(1)
                 break
-        assert port, "the server did not start"
+        assert port and grpc_addr, "the server did not start"
         rows = []
         for model in MODELS:
             for served, batching in ((model, "on"), (f"{model}_unbatched", "off")):
@@ -162,6 +188,20 @@ def main():
                           f"p99 {r['p99_us']/1e3:6.2f} ms  {r['per_batch']:.1f} req/batch  {r['cpu_us']:.0f} µs CPU/req  "
                           f"errors {r['non_2xx'] + r['socket_errors']}", flush=True)
                     rows.append(r)
+        grpc_rows = []
+        for model, shape in MODELS.items():
+            for served, batching in ((model, "on"), (f"{model}_unbatched", "off")):
+                for conc in CONCURRENCY:
+                    grpc_load(grpc_addr, served, conc, 1, shape)  # warm-up
+                    before = batch_stats(port, served)
+                    r = grpc_load(grpc_addr, served, conc, DURATION, shape)
+                    after = batch_stats(port, served)
+                    batches = after[1] - before[1]
+                    r.update(model=model, batching=batching, conc=conc, rps=r["requests"] / (r["duration_us"] / 1e6),
+                             per_batch=(after[0] - before[0]) / batches if batches else float("nan"))
+                    print(f"gRPC {model:4} batching {batching:3} c={conc:2}: {r['rps']:9.0f} req/s  p50 {r['p50_us']/1e3:6.2f} ms  "
+                          f"p99 {r['p99_us']/1e3:6.2f} ms  {r['per_batch']:.1f} req/batch  errors {r['errors']}", flush=True)
+                    grpc_rows.append(r)
         overload = []
         for model in MODELS:
             served = f"{model}_overload"
@@ -179,7 +219,7 @@ def main():
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
-    write(rows, overload, notes, time.time() - started, (load_before, load()))
+    write(rows, grpc_rows, overload, notes, time.time() - started, (load_before, load()))
 
 
 def rss_mib(pid: int) -> float:
@@ -189,7 +229,7 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def write(rows, overload, notes, seconds, loads):
+def write(rows, grpc_rows, overload, notes, seconds, loads):
     def find(model, batching, conc):
         return next(r for r in rows if (r["model"], r["batching"], r["conc"]) == (model, batching, conc))
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
@@ -209,12 +249,21 @@ def write(rows, overload, notes, seconds, loads):
         "Server CPU per request is the server process's user + system time over the run divided by the requests "
         "(wrk's own CPU is not in it).",
     ]
+    lines += [f"- gRPC rows: `benches/grpc_load.rs` (tonic {tonic_version()} client; ghz and perf_analyzer don't install "
+              "from the package registries reachable here) sends the same one-row request as `raw_input_contents` to "
+              "`ModelInfer` from c closed-loop callers on one HTTP/2 connection, min(c, 2) client threads, "
+              f"{DURATION} s after a 1 s warm-up; same server process, same models."]
     lines += [f"- Note: {n}." for n in notes]
     lines += ["", "| model | batching | concurrency | requests/s | p50 latency | p99 latency | requests per batch | server CPU per request | errors |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batching']} | {r['conc']} | {r['rps']:,.0f} | {r['p50_us']/1e3:.2f} ms | "
                      f"{r['p99_us']/1e3:.2f} ms | {r['per_batch']:.1f} | {r['cpu_us']:.0f} µs | {r['non_2xx'] + r['socket_errors']} |")
+    lines += ["", "| model (gRPC) | batching | concurrency | requests/s | p50 latency | p99 latency | requests per batch | errors |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in grpc_rows:
+        lines.append(f"| {r['model']} | {r['batching']} | {r['conc']} | {r['rps']:,.0f} | {r['p50_us']/1e3:.2f} ms | "
+                     f"{r['p99_us']/1e3:.2f} ms | {r['per_batch']:.1f} | {r['errors']} |")
     lines += ["", f"Overload: {OVERLOAD_CONC} connections (4× the largest row above; wrk is closed-loop, so this is 4× the "
               f"clients that saturate the server rather than 4× an arrival rate) against the same bundle with "
               f"`{{\"max_queue_requests\": {OVERLOAD_QUEUE}}}`; batching on. Shed requests get 503 with `Retry-After` and "
@@ -232,6 +281,12 @@ def write(rows, overload, notes, seconds, loads):
         met = f" — {'met' if ratio >= 3 and on['p99_us'] < 5000 else 'NOT met'}" if model == "mlp" else ""
         lines.append(f"- {model} at concurrency 64: batching on gives {ratio:.2f}× the requests/s of batching off, "
                      f"p99 {on['p99_us']/1e3:.2f} ms{goal}{met}.")
+    for model in MODELS:
+        on = next(r for r in grpc_rows if (r["model"], r["batching"], r["conc"]) == (model, "on", 64))
+        off = next(r for r in grpc_rows if (r["model"], r["batching"], r["conc"]) == (model, "off", 64))
+        lines.append(f"- gRPC {model} at concurrency 64: batching on gives {on['rps'] / off['rps']:.2f}× the requests/s of "
+                     f"batching off, p99 {on['p99_us']/1e3:.2f} ms; {on['rps'] / find(model, 'on', 64)['rps']:.2f}× the "
+                     "requests/s of HTTP with batching on.")
     table = "\n".join(lines)
     print("\n" + table)
     path = ROOT / "BENCHMARKS.md"

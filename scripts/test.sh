@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust suite (unit, integration, doc tests), the library alone (no CLI
-# feature), the ABI check of our PJRT mirror against pjrt_c_api.h, a fixed sample under
-# valgrind, the packaged crate on its own, the README's quick start in a new project, and the
-# Python exporter suite.
+# feature), the ABI check of our PJRT mirror against pjrt_c_api.h, the generated gRPC code
+# against its .proto, a fixed sample under valgrind, the packaged crate on its own, the README's
+# quick start in a new project, and the Python suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -23,6 +23,8 @@ if [ -n "$header" ] && [ -f "$header" ] && ldconfig -p | grep -q 'libclang[-.0-9
 else
   echo "skipped: needs libclang (Debian: libclang-dev) and pjrt_c_api.h (.venv, or PJRT_C_API_HEADER)"
 fi
+phase "gRPC code: src/server/grpc/inference.rs is what proto/grpc_service.proto gives"
+scripts/gen_grpc.sh --check
 phase "valgrind"
 scripts/valgrind.sh
 phase "cargo package"

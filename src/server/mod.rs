@@ -1,6 +1,7 @@
 //! An inference server for a repository of bundles (`flaxlayer serve`), speaking the protocols
 //! clients already use: the Open Inference Protocol v2 (KServe v2) over HTTP/REST with Triton's
-//! binary tensor data extension, and TensorFlow Serving's REST `predict`. Requests to a model
+//! binary tensor data extension and over gRPC ([`grpc`]: `inference.GRPCInferenceService`), and
+//! TensorFlow Serving's REST `predict`. Requests to a model
 //! are merged into batches when the bundle allows it. Inference only: every call is
 //! [`predict`](crate::Layer::predict) over the bundle's variables, which are never changed.
 //!
@@ -24,6 +25,7 @@ mod config;
 mod conn;
 mod datatype;
 mod error;
+pub mod grpc;
 mod kserve;
 mod metrics;
 mod model;
@@ -119,6 +121,17 @@ impl Server {
     pub async fn run(&self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
         conn::serve(listener, self.router(), &self.state.limits, shutdown, move || state.draining.store(true, Ordering::Relaxed)).await
+    }
+}
+
+impl Server {
+    /// Serves KServe v2 over gRPC (`inference.GRPCInferenceService`) on `listener` until
+    /// `shutdown` completes, then turns readiness off, refuses new connections and requests,
+    /// and returns once every in-flight request has been answered (at most 30 s later). Runs
+    /// beside [`Server::run`] (give both the same shutdown): the two share the models and
+    /// their batchers. Messages are limited to the body limit (`RESOURCE_EXHAUSTED` above it).
+    pub async fn run_grpc(&self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        grpc::serve(self.state.clone(), listener, shutdown).await
     }
 }
 

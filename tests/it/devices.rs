@@ -388,7 +388,7 @@ mod serve {
             std::os::unix::fs::symlink(hlo(name), repo.path().join(name).join("1")).unwrap();
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaxlayer"));
-        cmd.args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0", "--devices", "8"])
+        cmd.args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0", "--grpc-port", "0", "--devices", "8"])
             .env_remove("FLAXLAYER_CPU_DEVICES")
             .stderr(Stdio::null());
         let (mut child, url) = start_server(cmd);

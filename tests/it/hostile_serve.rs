@@ -40,7 +40,7 @@ fn serve() -> Served {
     link(repo.path(), "mlp", "mlp");
     link(repo.path(), "cnn", "cnn");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaxlayer"));
-    cmd.args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0"])
+    cmd.args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0", "--grpc-port", "0"])
         .args(["--max-body-bytes", "4194304", "--header-read-timeout", "1s", "--body-read-timeout", "1s"])
         .args(["--request-timeout", "20s", "--idle-timeout", "2s", "--max-connections", "48"])
         .args(["--max-queue-requests", "4", "--max-queue-bytes", "8388608"])

@@ -67,7 +67,7 @@ fn serve(max_body: usize) -> Served {
     std::fs::create_dir_all(r.join("mixed")).unwrap();
     std::os::unix::fs::symlink(hlo("mixed"), r.join("mixed/1")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaxlayer"));
-    cmd.args(["serve", "--models", r.to_str().unwrap(), "--port", "0", "--max-body-bytes", &max_body.to_string()])
+    cmd.args(["serve", "--models", r.to_str().unwrap(), "--port", "0", "--grpc-port", "0", "--max-body-bytes", &max_body.to_string()])
         .stderr(Stdio::inherit());
     let (child, url) = start_server(cmd);
     Served { child, url, _repo: repo }

@@ -45,7 +45,7 @@ fn serve() -> (Served, Vec<String>) {
     std::fs::create_dir_all(repo.path().join("counter")).unwrap();
     std::os::unix::fs::symlink(hlo("nnx_counter"), repo.path().join("counter/1")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaxlayer"));
-    cmd.args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0"]).stderr(Stdio::inherit());
+    cmd.args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0", "--grpc-port", "0"]).stderr(Stdio::inherit());
     let (child, url) = start_server(cmd);
     (Served { child, url, _repo: repo }, BUNDLES.iter().map(|s| s.to_string()).collect())
 }

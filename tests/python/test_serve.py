@@ -93,20 +93,25 @@ def marked_not_paddable(src: Path, dest: Path) -> None:
 
 
 class Server:
-    def __init__(self, repo: Path):
+    """`flaxlayer serve` on free ports: `address` (HTTP) and `grpc_address` (gRPC)."""
+
+    def __init__(self, repo: Path, extra_args: tuple = ()):
         self.proc = subprocess.Popen(
-            [server_binary(), "serve", "--devices", str(DEVICES), "--models", str(repo), "--port", "0"],
+            [server_binary(), "serve", "--devices", str(DEVICES), "--models", str(repo), "--port", "0", "--grpc-port", "0",
+             *extra_args],
             stdout=subprocess.PIPE, stderr=None, text=True)
         deadline = time.time() + 300
         self.lines = []
-        while True:
+        self.address = self.grpc_address = None
+        while self.address is None or self.grpc_address is None:
             line = self.proc.stdout.readline()
             assert line, f"the server exited before listening: {self.lines}"
             self.lines.append(line)
-            m = re.match(r"listening on http://(\S+)", line)
-            if m:
-                self.address = m.group(1)
-                break
+            m = re.match(r"listening on (http|grpc)://(\S+)", line)
+            if m and m.group(1) == "http":
+                self.address = m.group(2)
+            elif m:
+                self.grpc_address = m.group(2)
             assert time.time() < deadline, "the server did not start"
         host, port = self.address.rsplit(":", 1)
         self.host, self.port = host, int(port)

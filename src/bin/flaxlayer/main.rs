@@ -102,7 +102,7 @@ enum Command {
     },
     /// Which PJRT plugin loads; install the CPU plugin for this user.
     Plugin(plugin::PluginArgs),
-    /// Serve a model repository over HTTP: KServe v2 (with binary tensors) and TF Serving REST,
+    /// Serve a model repository: KServe v2 over HTTP (with binary tensors) and gRPC, TF Serving REST,
     /// with dynamic batching and Prometheus metrics.
     #[cfg(feature = "serve")]
     Serve {

@@ -1,5 +1,5 @@
-//! `flaxlayer serve`: an inference server over a model repository (KServe v2 and TF Serving
-//! REST), until Ctrl-C or SIGTERM.
+//! `flaxlayer serve`: an inference server over a model repository (KServe v2 over HTTP and
+//! gRPC, TF Serving REST), until Ctrl-C or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// The port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8000)]
     port: u16,
+    /// The port of KServe v2 over gRPC (`inference.GRPCInferenceService`), on the same host (0:
+    /// any free port; the address is printed).
+    #[arg(long, default_value_t = 8001)]
+    grpc_port: u16,
     /// The largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -109,10 +113,24 @@ pub fn run(args: ServeArgs, common: &Common) -> Result<()> {
     let rt = rt.build().context("starting the async runtime")?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await.with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let grpc = tokio::net::TcpListener::bind((args.host.as_str(), args.grpc_port)).await.with_context(|| format!("binding {}:{} (--grpc-port)", args.host, args.grpc_port))?;
         println!("listening on http://{}", listener.local_addr()?);
+        println!("listening on grpc://{}", grpc.local_addr()?);
         use std::io::Write;
         std::io::stdout().flush()?;
-        server.run(listener, shutdown_signal()).await.context("serving")
+        // One signal stops both listeners.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|&s| s).await;
+        };
+        let http = server.run(listener, on_stop(stopped.clone()));
+        let grpc = server.run_grpc(grpc, on_stop(stopped));
+        tokio::try_join!(async { http.await.context("serving HTTP") }, async { grpc.await.context("serving gRPC") })?;
+        Ok::<_, anyhow::Error>(())
     })?;
     drop(rt);
     // Every request has been answered; let the workers go.
