@@ -120,7 +120,7 @@ impl Computation {
     pub fn new(placement: &Placement, comp: &BundleComputation, names: &Names<'_>, how: &CompileHow) -> Result<Computation> {
         let (exp, spec) = (&comp.exported, &comp.spec);
         let file = spec.file.as_str();
-        super::custom_calls::check(file, spec.custom_call_targets.as_deref(), &placement.client)?;
+        crate::custom_calls::check(file, spec.custom_call_targets.as_deref(), &placement.client)?;
         let mut sources = Vec::with_capacity(spec.args.len());
         let mut inputs = Vec::new();
         for (slot, aval) in spec.args.iter().zip(&exp.in_avals) {

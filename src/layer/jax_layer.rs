@@ -89,7 +89,11 @@ impl<K: Kind> Layer<K> {
     /// Sets up the method's computations (each compiles on its first call, or loads from the
     /// compile cache), the variables and the key.
     pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
-        let placement = Placement::new(options.client()?, options.device, bundle.devices(), &bundle.dir().display().to_string())?;
+        let client = options.client()?;
+        // flaxlayer's custom-call handlers (LAPACK) on the client's plugin, before anything
+        // compiles: once per plugin, a no-op after the first layer.
+        crate::custom_calls::register(&client)?;
+        let placement = Placement::new(client, options.device, bundle.devices(), &bundle.dir().display().to_string())?;
         let manifest = bundle.manifest();
         let method = options.method.clone().unwrap_or_else(|| manifest.default_method.clone());
         let spec = bundle.method(&method)?.clone();

@@ -7,7 +7,6 @@
 mod batching;
 pub mod cache;
 mod computation;
-mod custom_calls;
 mod flax_layer;
 mod init;
 mod inputs;
@@ -21,7 +20,7 @@ mod saved;
 mod state;
 mod trainer;
 
-pub use custom_calls::BUILTIN_CUSTOM_CALL_TARGETS;
+pub use crate::custom_calls::BUILTIN_CUSTOM_CALL_TARGETS;
 pub use flax_layer::{Flax, FlaxLayer, FlaxLayerConfig, LAYER_FILE};
 pub use inputs::AsInputs;
 pub use jax_layer::{seed_key, Jax, JaxLayer, Kind, Layer};

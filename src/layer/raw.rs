@@ -38,6 +38,7 @@ impl RawLoop {
             return Err(Error::invalid(file, format!("exported for {} devices; the raw loop runs single-device computations only", exp.nr_devices)));
         }
         let device = client.device(0)?;
+        crate::custom_calls::register(client)?;
         let exe = client.compile(Program::Mlir(&exp.mlir_module), &CompileOptions::default())?;
         let vars = bundle.variables()?.ok_or_else(|| Error::invalid(file, "the bundle has no variables.safetensors"))?;
         let mut input_index = 0;

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use flaxlayer::layer::BUILTIN_CUSTOM_CALL_TARGETS;
-use flaxlayer::pjrt::{Buffer, CompileOptions, FfiHandlers, LoadedExecutable, Program};
+use flaxlayer::custom_calls::FfiHandlers;
+use flaxlayer::pjrt::{Buffer, CompileOptions, LoadedExecutable, Program};
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{DType, Error, Tensor};
 
@@ -151,7 +152,7 @@ fn every_handler_flaxlayer_registers_is_exercised() {
         assert!(called.contains(target), "no case calls {target}");
     }
     let c = client();
-    let handlers = c.plugin().ffi_handlers();
+    let handlers = flaxlayer::custom_calls::register(&c).unwrap();
     assert!(FfiHandlers::provided().all(|t| handlers.is_registered(t)), "{handlers:?}");
 }
 

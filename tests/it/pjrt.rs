@@ -342,35 +342,25 @@ fn a_device_or_buffer_of_another_client_is_refused() {
 }
 
 #[test]
-fn the_cpu_plugin_is_quiet_unless_asked() {
-    // Library users see no absl pre-init warning and no INFO line from the plugin. Run in a
-    // child process: the first plugin load of a process decides.
-    let me = std::env::current_exe().unwrap();
-    let quiet = std::process::Command::new(&me)
-        .args(["--exact", "pjrt::load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
-        .env_remove("TF_CPP_MIN_LOG_LEVEL")
-        .env_remove(flaxlayer::pjrt::PLUGIN_LOG_ENV)
-        .output()
-        .unwrap();
-    assert!(quiet.status.success(), "{}", String::from_utf8_lossy(&quiet.stderr));
-    assert!(String::from_utf8_lossy(&quiet.stdout).contains("1 passed"), "the child test did not run");
-    let stderr = String::from_utf8_lossy(&quiet.stderr);
-    assert!(!stderr.contains("absl::InitializeLog"), "{stderr}");
-    assert!(!stderr.contains("create_options"), "{stderr}");
-    let loud = std::process::Command::new(&me)
-        .args(["--exact", "pjrt::load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
-        .env_remove("TF_CPP_MIN_LOG_LEVEL")
-        .env(flaxlayer::pjrt::PLUGIN_LOG_ENV, "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&loud.stderr);
-    assert!(stderr.contains("create_options"), "FLAXLAYER_PLUGIN_LOG=1 shows the plugin's INFO lines:\n{stderr}");
-}
-
-/// Loads the plugin and makes a client; run by `the_cpu_plugin_is_quiet_unless_asked` in a
-/// child process.
-#[test]
-#[ignore = "run in a child process by the_cpu_plugin_is_quiet_unless_asked"]
-fn load_a_client_for_the_log_test() {
-    Client::new(None).unwrap();
+fn the_cli_keeps_the_plugin_quiet_unless_asked() {
+    // The CLI sets TF_CPP_MIN_LOG_LEVEL=1 first thing in main (the library never sets the
+    // environment): no absl pre-init warning and no INFO line from the plugin.
+    let bin = env!("CARGO_BIN_EXE_flaxlayer");
+    let mlp = concat!(env!("CARGO_MANIFEST_DIR"), "/hlo/mlp");
+    let plugin = client().plugin().path().to_path_buf();
+    let run = |log: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("--plugin").arg(&plugin).args(["inspect", mlp]).env_remove("TF_CPP_MIN_LOG_LEVEL").env_remove("FLAXLAYER_PLUGIN_LOG");
+        if let Some(v) = log {
+            cmd.env("FLAXLAYER_PLUGIN_LOG", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let quiet = run(None);
+    assert!(!quiet.contains("absl::InitializeLog"), "{quiet}");
+    assert!(!quiet.contains("create_options"), "{quiet}");
+    let loud = run(Some("1"));
+    assert!(loud.contains("create_options"), "FLAXLAYER_PLUGIN_LOG=1 shows the plugin's INFO lines:\n{loud}");
 }

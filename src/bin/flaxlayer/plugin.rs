@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use flaxlayer::pjrt::{self, Plugin, PluginSource};
+use flaxlayer::pjrt::{Plugin, PluginSource};
+use flaxlayer::plugins;
 
 /// The CPU plugin wheel `install` fetches: the default plugin (see README, "PJRT plugins"),
 /// pinned as in scripts/requirements.txt.
@@ -75,7 +76,7 @@ fn describe(source: &PluginSource) -> &'static str {
 fn install(args: InstallArgs) -> Result<()> {
     let dir = match args.dir {
         Some(d) => d,
-        None => pjrt::user_plugin_dir().context("this platform has no per-user data directory; pass --dir")?,
+        None => plugins::user_plugin_dir().context("this platform has no per-user data directory; pass --dir")?,
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let download = tempfile::tempdir().context("creating a temporary directory")?;
@@ -135,7 +136,7 @@ with zipfile.ZipFile(wheel) as z:
         .arg(UNPACK)
         .arg(wheel)
         .arg(dir)
-        .args(pjrt::plugin_file_names())
+        .args(plugins::plugin_file_names())
         .output()
         .with_context(|| format!("running {python} to unpack {}", wheel.display()))?;
     if !out.status.success() {
