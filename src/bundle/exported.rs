@@ -3,12 +3,11 @@
 //!
 //! The format is JAX's flatbuffer (schema `jax_export.fbs`, a copy of JAX's
 //! `jax/_src/export/serialization.fbs`); `decode.rs` reads it, through `jax_schema.rs` (the
-//! fields' offsets and verifier) and `flatbuf.rs` (a bounds-checked reader).
+//! fields' offsets and verifier) and `flatbuf.rs` (a bounds-checked reader), and holds
+//! [`Exported::from_bytes`] and [`Exported::read`].
 
 use std::ops::RangeInclusive;
-use std::path::Path;
 
-use super::decode::{parse, MAX_BYTES};
 use super::sharding::NamedSharding;
 use crate::pytree::TreeDef;
 use crate::tensor::Tensor;
@@ -23,9 +22,6 @@ pub const SUPPORTED_SERIALIZATION_VERSIONS: RangeInclusive<u16> = 2..=11;
 /// The calling conventions of the serialized module that this crate can call: the ones
 /// current JAX can call (`jax._src.export._export`, minimum and maximum supported).
 pub const SUPPORTED_CALLING_CONVENTIONS: RangeInclusive<u32> = 9..=10;
-
-/// What errors name when no file name is known.
-const WHAT: &str = "serialized jax.export.Exported";
 
 /// The shape and dtype of one flat argument or result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -121,19 +117,6 @@ pub struct Exported {
 }
 
 impl Exported {
-    /// Parses serialized bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Exported> {
-        parse(bytes, WHAT)
-    }
-
-    /// Reads and parses a `.jaxexport` file; errors name the path.
-    pub fn read(path: impl AsRef<Path>) -> Result<Exported> {
-        let path = path.as_ref();
-        // A regular file, read with a hard limit: a flatbuffer holds at most 2 GiB.
-        let bytes = crate::files::read(path, MAX_BYTES as u64)?;
-        parse(&bytes, &path.display().to_string())
-    }
-
     /// Whether the module's first argument is the platform index.
     pub fn has_platform_index_arg(&self) -> bool {
         self.platforms.len() > 1
@@ -168,6 +151,8 @@ impl Exported {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use std::path::PathBuf;
 

@@ -21,9 +21,10 @@ mod state;
 mod trainer;
 
 pub use crate::custom_calls::BUILTIN_CUSTOM_CALL_TARGETS;
-pub use flax_layer::{Flax, FlaxLayer, FlaxLayerConfig, LAYER_FILE};
+pub use flax_layer::{FlaxLayer, FlaxLayerConfig, LAYER_FILE};
+pub use init::seed_key;
 pub use inputs::AsInputs;
-pub use jax_layer::{seed_key, Jax, JaxLayer, Kind, Layer};
+pub use jax_layer::{Flax, Jax, JaxLayer, Kind, Layer};
 pub use mode::Mode;
 pub use options::{Build, Builder, BundleSource, Options, Restore, VariablesSource};
 pub use trainer::{epoch_batches, epoch_permutation, Batch, Metrics, Trainer, OPT_STATE_FILE, TRAINER_FILE};

@@ -146,7 +146,7 @@ pub trait Restore: Build {
 #[must_use = "a builder does nothing until .build()"]
 pub struct Builder<T> {
     source: BundleSource,
-    options: Options,
+    pub(crate) options: Options,
     target: PhantomData<fn() -> T>,
 }
 
@@ -273,11 +273,3 @@ impl<T: Restore> Builder<T> {
     }
 }
 
-impl Builder<super::Trainer> {
-    /// The seed of the batch order ([`epoch_permutation`](super::epoch_permutation));
-    /// default: the seed.
-    pub fn shuffle_seed(mut self, seed: u64) -> Self {
-        self.options.shuffle_seed = Some(seed);
-        self
-    }
-}

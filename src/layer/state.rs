@@ -2,7 +2,7 @@
 //! trainer, with the one path that checks host values and uploads them, and the one path
 //! that writes a computation's results back.
 
-use super::computation::{Computation, Sink, Source};
+use super::computation::{Computation, Sink, Source, StateArrays};
 use super::placement::{DeviceArray, Layout, Placement};
 use crate::pjrt::Client;
 use crate::spec::{self, TensorSpec};
@@ -293,5 +293,15 @@ fn replace(group: &mut Group, uploaded: Vec<Option<DeviceArray>>) {
         if let Some(new) = new {
             *slot = new;
         }
+    }
+}
+
+impl StateArrays for DeviceState {
+    fn get(&self, source: Source) -> Option<&DeviceArray> {
+        DeviceState::get(self, source)
+    }
+
+    fn source(&self, source: Source) -> Result<&DeviceArray> {
+        DeviceState::source(self, source)
     }
 }

@@ -50,10 +50,10 @@ macro_rules! entry {
         let offset = ::std::mem::offset_of!($crate::pjrt::ffi::PJRT_Api, $name);
         if plugin.table_covers(offset + ::std::mem::size_of::<usize>()) {
             let api = plugin.api_ptr();
+            #[allow(unused_unsafe)] // also expanded inside the `unsafe` of `call!` sites
             // SAFETY: the plugin's table holds the slot (its `struct_size` covers it, checked
             // above) and lives as long as `plugin`. The slot is read through a raw pointer:
             // no reference to the table, which may be shorter than our `PJRT_Api`, is formed.
-            #[allow(unused_unsafe)] // also expanded inside the `unsafe` of `call!` sites
             let f = unsafe { ::std::ptr::addr_of!((*api).$name).read() };
             f.ok_or_else(|| $crate::Error::Unsupported { function: stringify!($name) })
         } else {

@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::ffi;
 use crate::{Error, ErrorCode, Result};
 
+/// A kernel registered on a plugin, and the plugin's answer (its error as text).
+pub(crate) type RegisteredKernel = (super::Kernel, std::result::Result<(), String>);
+
 /// The smallest table we can use: `struct_size`, `extension_start` and `pjrt_api_version`.
 const TABLE_HEAD: usize = std::mem::offset_of!(ffi::PJRT_Api, pjrt_api_version) + std::mem::size_of::<ffi::PJRT_Api_Version>();
 
@@ -52,7 +55,7 @@ pub struct Plugin {
     table_size: usize,
     /// The kernels registered on this plugin ([`Plugin::register_ffi_kernel`]): by (target,
     /// platform), the kernel and the plugin's answer.
-    pub(crate) ffi_kernels: Mutex<HashMap<(String, String), (super::Kernel, std::result::Result<(), String>)>>,
+    pub(crate) ffi_kernels: Mutex<HashMap<(String, String), RegisteredKernel>>,
     /// The library, leaked on purpose: never closed (see the type's docs).
     _lib: &'static libloading::Library,
 }
