@@ -138,6 +138,23 @@ impl Exported {
         self.module_kept_var_idx.iter().filter_map(|&i| self.in_avals.get(i)).collect()
     }
 
+    /// The arguments `main` takes on one device, as an executable's input signature
+    /// ([`LoadedExecutable::with_input_signature`](crate::pjrt::LoadedExecutable::with_input_signature)):
+    /// the platform index (`int32[]`) when the module has one, then the kept avals. A module
+    /// with ordered effects (token arguments) has none that buffers can match: an error.
+    pub fn input_signature(&self) -> Result<Vec<crate::pjrt::ArgSpec>> {
+        if !self.ordered_effects.is_empty() {
+            return Err(Error::invalid("exported module", "it takes effect tokens, which no buffer signature describes"));
+        }
+        let platform = self.has_platform_index_arg().then(|| crate::pjrt::ArgSpec { dtype: DType::I32, dims: vec![] });
+        let kept = self.kept_in_avals().into_iter().map(|a| {
+            let dims = a.shape.iter().map(|&d| i64::try_from(d)).collect::<std::result::Result<Vec<i64>, _>>();
+            dims.map(|dims| crate::pjrt::ArgSpec { dtype: a.dtype, dims })
+                .map_err(|_| Error::invalid("exported module", format!("aval {a} has a dimension beyond i64")))
+        });
+        platform.into_iter().map(Ok).chain(kept).collect()
+    }
+
     /// How many arguments `main` takes: platform index, effect tokens, kept arrays.
     pub fn num_module_args(&self) -> usize {
         usize::from(self.has_platform_index_arg()) + self.ordered_effects.len() + self.module_kept_var_idx.len()

@@ -74,6 +74,8 @@ impl<K: Kind> std::fmt::Debug for Layer<K> {
     }
 }
 
+impl<K: Kind> super::options::sealed::Sealed for Layer<K> {}
+
 impl<K: Kind> Build for Layer<K> {
     fn build(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
         Layer::new(bundle, options)

@@ -2,7 +2,6 @@
 //! state (variables, optimizer state, key) → computations compiled per mode and batch size →
 //! [`Layer`], as [`JaxLayer`] (the general layer) or [`FlaxLayer`] (Keras' face: config,
 //! saving), and [`Trainer`] (the exported training step over a `JaxLayer`).
-//! [`RawLoop`](raw::RawLoop) is the benchmark floor.
 
 mod batching;
 pub mod cache;
@@ -15,6 +14,8 @@ mod jax_layer;
 mod mode;
 mod options;
 mod placement;
+/// The benchmark floor (`flaxlayer bench`): not part of the supported API.
+#[doc(hidden)]
 pub mod raw;
 mod saved;
 mod state;

@@ -129,13 +129,20 @@ impl Options {
     }
 }
 
-/// What a [`Builder`] builds.
-pub trait Build: Sized {
+/// Keeps [`Build`] (and so [`Restore`]) to the crate's own types.
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+/// What a [`Builder`] builds: [`JaxLayer`](super::JaxLayer), [`FlaxLayer`](super::FlaxLayer)
+/// and [`Trainer`](super::Trainer). Sealed.
+pub trait Build: Sized + sealed::Sealed {
     /// Builds from an opened bundle and the options.
     fn build(bundle: Arc<Bundle>, options: Options) -> Result<Self>;
 }
 
-/// What a [`Builder`] can load from a saved directory ([`Builder::load`]).
+/// What a [`Builder`] can load from a saved directory ([`Builder::load`]). Sealed (through
+/// [`Build`]).
 pub trait Restore: Build {
     /// Restores the save in `bundle`'s directory under the options.
     fn restore(bundle: Arc<Bundle>, options: Options) -> Result<Self>;

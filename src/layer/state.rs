@@ -22,7 +22,7 @@ struct Group {
 #[derive(Debug, Clone)]
 struct Lost {
     computation: String,
-    cause: String,
+    cause: std::sync::Arc<Error>,
 }
 
 /// The state a layer's computations read and write on the device: variables (params and
@@ -212,8 +212,9 @@ impl DeviceState {
             Err(e) => {
                 let consumed = comp.donated_sources().any(|s| self.source(s).map_or(true, DeviceArray::is_deleted));
                 if consumed {
-                    self.lost = Some(Lost { computation: comp.file.clone(), cause: e.to_string() });
-                    return Err(self.check_alive().err().unwrap_or(e));
+                    let cause = std::sync::Arc::new(e);
+                    self.lost = Some(Lost { computation: comp.file.clone(), cause: cause.clone() });
+                    return Err(Error::StateLost { computation: comp.file.clone(), cause });
                 }
                 Err(e)
             }

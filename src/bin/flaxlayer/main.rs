@@ -151,9 +151,25 @@ fn quiet_plugin_logs() {
 fn main() {
     quiet_plugin_logs();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, each once: a cause whose text the message so far already
+/// holds (flaxlayer's errors say their I/O, JSON or PJRT cause in their own message and also
+/// return it as `source()`) is not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -78,6 +78,8 @@ enum OptStart {
     Saved(Vec<(String, Tensor)>),
 }
 
+impl super::options::sealed::Sealed for Trainer {}
+
 impl Build for Trainer {
     fn build(bundle: Arc<Bundle>, options: Options) -> Result<Trainer> {
         Trainer::assemble(bundle, options, OptStart::Fresh, 0)

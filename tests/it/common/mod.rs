@@ -103,3 +103,10 @@ pub fn greedy_decode<K: flaxlayer::layer::Kind>(layer: &mut flaxlayer::layer::La
     }
     got
 }
+
+/// The input signature of buffers that hold JAX's arguments of a program (the dtypes and
+/// shapes JAX traced it with): what an executable compiled straight from the program checks
+/// its arguments against.
+pub fn signature_of<'a>(buffers: impl IntoIterator<Item = &'a flaxlayer::pjrt::Buffer>) -> Vec<flaxlayer::pjrt::ArgSpec> {
+    buffers.into_iter().map(|b| flaxlayer::pjrt::ArgSpec { dtype: b.dtype(), dims: b.dims().to_vec() }).collect()
+}
