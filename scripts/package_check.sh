@@ -5,15 +5,14 @@
 # unpacked package (the library alone), which runs a bundle and compares its outputs with
 # JAX's golden values.
 #
-# Builds are reused from run to run: the package is unpacked at one fixed path with the
-# files' own times (cargo rebuilds what changed, not everything), its build stays in
-# target/package_check, and the dependent app takes the repository's Cargo.lock, so it
-# builds the same dependency versions there. (The library without the `cli` feature is the
-# app's dependency; the test command's own build of it in the repo is another path.)
+# Builds are reused: the package is unpacked at one fixed path with the files' own times
+# (cargo rebuilds what changed, not everything), it builds in the repository's target
+# directory (dependencies shared with the test command's builds), and the dependent app takes
+# the package's Cargo.lock, so it builds the same dependency versions.
 #
 # Unit tests that need a PJRT plugin get it the way a user of the published crate would:
 # through PJRT_PLUGIN_PATH, pointed at the CPU plugin that setup.sh installed (the only
-# thing taken from this checkout). Compiled dependencies stay in target/package_check.
+# thing taken from this checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -26,7 +25,7 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 crate="$repo/target/package/flaxlayer-$version.crate"
 
 # A fixed directory outside the repo (so that cargo finds no parent workspace), locked against
-# concurrent runs: the package keeps one path, so its build in target/package_check is
+# concurrent runs: the package keeps one path, so its build is
 # replaced run after run instead of piling up.
 tmp="${TMPDIR:-/tmp}/flaxlayer-package-check-$(id -u)"
 exec 9>"$tmp.lock"
@@ -37,18 +36,22 @@ trap 'rm -rf "$tmp"' EXIT
 tar -xzf "$crate" -C "$tmp"
 cd "$tmp/flaxlayer-$version"
 # The tarball keeps the files' times and the path is the same every run, so the previous
-# run's build in target/package_check is up to date exactly for the files that did not change.
+# run's build is up to date exactly for the files that did not change.
 [ ! -e .venv ] && [ ! -e hlo/mlp ] && [ ! -e scripts ] || { echo "package_check: the package holds more than it should" >&2; exit 1; }
 
-# Its own target directory: cargo gives the packaged crate the same artifact names as the
-# repo's (a path package's hash leaves its path out), so a shared one would mix the two builds.
-export CARGO_TARGET_DIR="$repo/target/package_check"
+# The repository's target directory, so that every dependency build is shared with the test
+# command's own builds (same lock, same features). Cargo gives the packaged crate the same
+# artifact names as the repo's (a path package's hash leaves its path out): a profile setting
+# of its own (an unused codegen-units value) gives it other names, and the CLI binary is only
+# checked, so that target/debug/flaxlayer stays the repo's.
+export CARGO_TARGET_DIR="$repo/target"
+own=(--config 'profile.dev.package.flaxlayer.codegen-units=255')
 export PJRT_PLUGIN_PATH="$plugin"
 unset VIRTUAL_ENV
 export FLAXLAYER_CACHE=0
-echo "== package: build (default features: the library and the CLI) and unit tests in $PWD"
-cargo build --locked --quiet
-cargo test --locked --quiet --lib
+echo "== package: unit tests (default features) and the CLI checked, in $PWD"
+cargo test "${own[@]}" --locked --quiet --lib
+cargo check "${own[@]}" --locked --quiet --bins
 package=$PWD
 
 echo "== a new project that depends on the unpacked package by path (no default features), outside the repo, with no .venv anywhere"
@@ -79,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 RUST
 # Not --locked: the lock gains the app itself; every dependency keeps the copied version.
-cargo build --quiet
+cargo build "${own[@]}" --quiet
 out=$(env -i PATH="$PATH" HOME="$HOME" FLAXLAYER_CACHE=0 "$CARGO_TARGET_DIR/debug/app" "$repo/hlo/mlp" "$plugin")
 echo "$out"
 case "$out" in "outputs float32[1,10]"*"max abs diff from JAX"*) ;; *) echo "package_check: the dependent app did not run the bundle" >&2; exit 1 ;; esac

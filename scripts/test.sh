@@ -4,6 +4,9 @@
 # valgrind, the packaged crate on its own, and the Python exporter suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
+# virtualenv (plugin discovery never searches the working directory).
+export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}"
 # Compiled executables are cached inside the repo for test runs (see README: compile cache).
 export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
 # Each phase's wall time, printed as it ends and as a table at the end (README, "Testing").

@@ -9,6 +9,9 @@
 # XLA, a handler's error returned through XLA) and a FlaxLayer training/save/load cycle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
+# virtualenv (plugin discovery never searches the working directory).
+export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}"
 
 . scripts/lib/apt.sh
 need_command valgrind valgrind
