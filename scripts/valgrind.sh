@@ -30,7 +30,7 @@ memcheck() {
   echo "== valgrind $(basename "$binary"): $*"
   local out
   out=$(valgrind --quiet --error-exitcode=1 --suppressions=scripts/valgrind.supp \
-    "$binary" --exact --test-threads=1 "$@" 2>&1 | tee /dev/stderr)
+    "$binary" --exact --test-threads=1 "$@" 2>&1 | tee -a /dev/stderr)
   grep -q "test result: ok. $# passed" <<<"$out" || { echo "valgrind.sh: expected $# tests to run and pass" >&2; exit 1; }
 }
 
