@@ -3,7 +3,7 @@
 //! [`Layer`], as [`JaxLayer`] (the general layer) or [`FlaxLayer`] (Keras' face: config,
 //! saving), and [`Trainer`] (the exported training step over a `JaxLayer`).
 
-mod batching;
+pub(crate) mod batching;
 pub mod cache;
 mod computation;
 mod flax_layer;
