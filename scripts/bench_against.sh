@@ -12,6 +12,9 @@
 # scripts/bench_instructions.sh for a load-independent measure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
+# virtualenv (plugin discovery never searches the working directory).
+export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}"
 
 BASE="" BIN="" ROUNDS=5 ONLY=""
 while [ $# -gt 0 ]; do

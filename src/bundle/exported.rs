@@ -3,12 +3,11 @@
 //!
 //! The format is JAX's flatbuffer (schema `jax_export.fbs`, a copy of JAX's
 //! `jax/_src/export/serialization.fbs`); `decode.rs` reads it, through `jax_schema.rs` (the
-//! fields' offsets and verifier) and `flatbuf.rs` (a bounds-checked reader).
+//! fields' offsets and verifier) and `flatbuf.rs` (a bounds-checked reader), and holds
+//! [`Exported::from_bytes`] and [`Exported::read`].
 
 use std::ops::RangeInclusive;
-use std::path::Path;
 
-use super::decode::{parse, MAX_BYTES};
 use super::sharding::NamedSharding;
 use crate::pytree::TreeDef;
 use crate::tensor::Tensor;
@@ -23,9 +22,6 @@ pub const SUPPORTED_SERIALIZATION_VERSIONS: RangeInclusive<u16> = 2..=11;
 /// The calling conventions of the serialized module that this crate can call: the ones
 /// current JAX can call (`jax._src.export._export`, minimum and maximum supported).
 pub const SUPPORTED_CALLING_CONVENTIONS: RangeInclusive<u32> = 9..=10;
-
-/// What errors name when no file name is known.
-const WHAT: &str = "serialized jax.export.Exported";
 
 /// The shape and dtype of one flat argument or result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -121,19 +117,6 @@ pub struct Exported {
 }
 
 impl Exported {
-    /// Parses serialized bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Exported> {
-        parse(bytes, WHAT)
-    }
-
-    /// Reads and parses a `.jaxexport` file; errors name the path.
-    pub fn read(path: impl AsRef<Path>) -> Result<Exported> {
-        let path = path.as_ref();
-        // A regular file, read with a hard limit: a flatbuffer holds at most 2 GiB.
-        let bytes = crate::files::read(path, MAX_BYTES as u64)?;
-        parse(&bytes, &path.display().to_string())
-    }
-
     /// Whether the module's first argument is the platform index.
     pub fn has_platform_index_arg(&self) -> bool {
         self.platforms.len() > 1
@@ -155,6 +138,23 @@ impl Exported {
         self.module_kept_var_idx.iter().filter_map(|&i| self.in_avals.get(i)).collect()
     }
 
+    /// The arguments `main` takes on one device, as an executable's input signature
+    /// ([`LoadedExecutable::with_input_signature`](crate::pjrt::LoadedExecutable::with_input_signature)):
+    /// the platform index (`int32[]`) when the module has one, then the kept avals. A module
+    /// with ordered effects (token arguments) has none that buffers can match: an error.
+    pub fn input_signature(&self) -> Result<Vec<crate::pjrt::ArgSpec>> {
+        if !self.ordered_effects.is_empty() {
+            return Err(Error::invalid("exported module", "it takes effect tokens, which no buffer signature describes"));
+        }
+        let platform = self.has_platform_index_arg().then(|| crate::pjrt::ArgSpec { dtype: DType::I32, dims: vec![] });
+        let kept = self.kept_in_avals().into_iter().map(|a| {
+            let dims = a.shape.iter().map(|&d| i64::try_from(d)).collect::<std::result::Result<Vec<i64>, _>>();
+            dims.map(|dims| crate::pjrt::ArgSpec { dtype: a.dtype, dims })
+                .map_err(|_| Error::invalid("exported module", format!("aval {a} has a dimension beyond i64")))
+        });
+        platform.into_iter().map(Ok).chain(kept).collect()
+    }
+
     /// How many arguments `main` takes: platform index, effect tokens, kept arrays.
     pub fn num_module_args(&self) -> usize {
         usize::from(self.has_platform_index_arg()) + self.ordered_effects.len() + self.module_kept_var_idx.len()
@@ -168,6 +168,8 @@ impl Exported {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use std::path::PathBuf;
 

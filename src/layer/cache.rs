@@ -172,7 +172,9 @@ fn cache_key(client: &Client, program: Program<'_>, options: &CompileOptions) ->
 }
 
 /// The host CPU's architecture and the instruction-set extensions XLA's CPU code generator
-/// may use, as detected at run time.
+/// may use, as detected at run time: every feature XLA's loader of compiled CPU code checks
+/// (`adx`, `sha`, `vaes`, `vpclmulqdq`, the `xsave` family among them), so an executable is
+/// never taken from the cache on a CPU that lacks one it was compiled for.
 pub(crate) fn cpu_features() -> String {
     let mut found: Vec<&str> = Vec::new();
     #[cfg(target_arch = "x86_64")]
@@ -187,7 +189,8 @@ pub(crate) fn cpu_features() -> String {
         detect!(
             "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "lzcnt",
             "movbe", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avx512bf16",
-            "avx512fp16", "avx512vbmi", "avx512ifma", "avxvnni"
+            "avx512fp16", "avx512vbmi", "avx512ifma", "avxvnni", "adx", "aes", "pclmulqdq", "sha", "vaes",
+            "vpclmulqdq", "xsave", "xsaveopt", "xsavec", "xsaves"
         );
     }
     #[cfg(target_arch = "aarch64")]
@@ -331,6 +334,14 @@ mod tests {
         assert!(f.starts_with(std::env::consts::ARCH), "{f}");
         #[cfg(target_arch = "x86_64")]
         assert_eq!(f.contains("avx2"), std::arch::is_x86_feature_detected!("avx2"), "{f}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let listed = |name: &str| f.split([':', ',']).any(|x| x == name);
+            assert_eq!(listed("adx"), std::arch::is_x86_feature_detected!("adx"), "{f}");
+            assert_eq!(listed("vpclmulqdq"), std::arch::is_x86_feature_detected!("vpclmulqdq"), "{f}");
+            assert_eq!(listed("xsave"), std::arch::is_x86_feature_detected!("xsave"), "{f}");
+            assert_eq!(listed("sha"), std::arch::is_x86_feature_detected!("sha"), "{f}");
+        }
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("a/b/cache");
         create_private_dir(&dir).unwrap();

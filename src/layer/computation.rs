@@ -7,7 +7,6 @@ use std::sync::{Mutex, OnceLock};
 use super::cache::CompileSetting;
 use super::isolate::Isolation;
 use super::placement::{block_shape, slot_layout, DeviceArray, Layout, Placement};
-use super::state::DeviceState;
 use crate::bundle::{BundleComputation, Exported, Role, Slot};
 use crate::pjrt::{ArgSpec, Buffer, CompileOptions, LoadedExecutable, Program};
 use crate::pytree::TreeDef;
@@ -120,7 +119,7 @@ impl Computation {
     pub fn new(placement: &Placement, comp: &BundleComputation, names: &Names<'_>, how: &CompileHow) -> Result<Computation> {
         let (exp, spec) = (&comp.exported, &comp.spec);
         let file = spec.file.as_str();
-        super::custom_calls::check(file, spec.custom_call_targets.as_deref(), &placement.client)?;
+        crate::custom_calls::check(file, spec.custom_call_targets.as_deref(), &placement.client)?;
         let mut sources = Vec::with_capacity(spec.args.len());
         let mut inputs = Vec::new();
         for (slot, aval) in spec.args.iter().zip(&exp.in_avals) {
@@ -316,7 +315,7 @@ impl Computation {
     /// donatable may be consumed; params (outside a train step) and inputs never are. An
     /// argument held in another layout than the computation's is moved into its layout first
     /// (through the host).
-    pub fn run(&self, state: &DeviceState, inputs: &[DeviceArray], donate: bool) -> Result<Vec<DeviceArray>> {
+    pub fn run(&self, state: &dyn StateArrays, inputs: &[DeviceArray], donate: bool) -> Result<Vec<DeviceArray>> {
         let flags = if donate { &self.donate_flags } else { &self.keep_flags };
         if self.devices == 1 {
             // Usually every argument is already laid out: one pass, no copies.
@@ -357,7 +356,7 @@ impl Computation {
 
     /// Kept argument `k`'s array: an input, or the state's.
     #[inline]
-    fn argument<'a>(&self, state: &'a DeviceState, inputs: &'a [DeviceArray], k: usize) -> Result<&'a DeviceArray> {
+    fn argument<'a>(&self, state: &'a dyn StateArrays, inputs: &'a [DeviceArray], k: usize) -> Result<&'a DeviceArray> {
         let array = match self.kept.get(k) {
             Some((Source::Input(i), _)) => inputs.get(*i),
             Some((source, _)) => state.get(*source),
@@ -367,7 +366,7 @@ impl Computation {
     }
 
     #[cold]
-    fn missing_argument(&self, state: &DeviceState, inputs: &[DeviceArray], k: usize) -> Error {
+    fn missing_argument(&self, state: &dyn StateArrays, inputs: &[DeviceArray], k: usize) -> Error {
         match self.kept.get(k) {
             Some((Source::Input(_), _)) => Error::ArgumentCount { what: format!("inputs of {}", self.file), expected: self.inputs.len(), got: inputs.len() },
             Some((source, _)) => state.source(*source).err().unwrap_or_else(|| Error::invalid(self.file.clone(), format!("argument {k}"))),
@@ -377,7 +376,7 @@ impl Computation {
 
     /// Copies of the kept arguments held in another layout than the computation's, moved into
     /// its layout through the host, with their positions.
-    fn moved_arguments(&self, state: &DeviceState, inputs: &[DeviceArray]) -> Result<Vec<(usize, DeviceArray)>> {
+    fn moved_arguments(&self, state: &dyn StateArrays, inputs: &[DeviceArray]) -> Result<Vec<(usize, DeviceArray)>> {
         let mut moved = Vec::new();
         for (k, layout) in self.kept_layouts.iter().enumerate() {
             let array = self.argument(state, inputs, k)?;
@@ -391,7 +390,7 @@ impl Computation {
     /// Device `d`'s buffers of every argument, in the executable's order, taking the arguments
     /// in `moved` from there; `None` if another argument is not laid out as the computation
     /// wants.
-    fn device_buffers<'a>(&'a self, state: &'a DeviceState, inputs: &'a [DeviceArray], moved: &'a [(usize, DeviceArray)], d: usize) -> Result<Option<Vec<&'a Buffer>>> {
+    fn device_buffers<'a>(&'a self, state: &'a dyn StateArrays, inputs: &'a [DeviceArray], moved: &'a [(usize, DeviceArray)], d: usize) -> Result<Option<Vec<&'a Buffer>>> {
         let mut buffers = Vec::with_capacity(self.kept.len() + 1);
         if let Some(p) = &self.platform_index {
             buffers.push(p.shard(d)?);
@@ -410,7 +409,7 @@ impl Computation {
     }
 
     /// [`Computation::device_buffers`] once the arguments not laid out are in `moved`.
-    fn laid_out_buffers<'a>(&'a self, state: &'a DeviceState, inputs: &'a [DeviceArray], moved: &'a [(usize, DeviceArray)], d: usize) -> Result<Vec<&'a Buffer>> {
+    fn laid_out_buffers<'a>(&'a self, state: &'a dyn StateArrays, inputs: &'a [DeviceArray], moved: &'a [(usize, DeviceArray)], d: usize) -> Result<Vec<&'a Buffer>> {
         self.device_buffers(state, inputs, moved, d)?
             .ok_or_else(|| Error::invalid(self.file.clone(), "an argument is still not laid out after moving it"))
     }
@@ -486,4 +485,13 @@ pub(crate) fn platform_index_arg(placement: &Placement, exp: &Exported, file: &s
     }
     let t = crate::Tensor::scalar(index as i32);
     Ok(Some(placement.upload_to(&t.view(), devices, &None)?))
+}
+
+/// Where a computation reads the arrays of its state arguments (variables, optimizer state,
+/// key): the layer's `DeviceState`.
+pub(crate) trait StateArrays {
+    /// The array behind `source`, if it is state and in range.
+    fn get(&self, source: Source) -> Option<&DeviceArray>;
+    /// The array behind `source`, or an error saying why there is none.
+    fn source(&self, source: Source) -> Result<&DeviceArray>;
 }

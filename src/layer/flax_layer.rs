@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::jax_layer::{Kind, Layer};
+use super::jax_layer::{Flax, Layer};
 use super::options::{Build, Builder, BundleSource, Options, Restore, VariablesSource};
 use super::saved::{self, SAVE_ID_KEY};
 use crate::bundle::{Bundle, VARIABLES_FILE};
@@ -19,11 +19,6 @@ use crate::{Error, Result, Tensor};
 pub const LAYER_FILE: &str = "layer.json";
 const LAYER_FORMAT: &str = "flaxlayer.layer";
 
-/// The Keras `FlaxLayer` kind of [`Layer`]: config and saving on top of the general layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flax {}
-
-impl Kind for Flax {}
 
 /// A Flax module's exported method, run on a PJRT device (Keras' `FlaxLayer`). Params are
 /// the `params` collection; every other collection (`batch_stats`, `cache`, ...) is
@@ -166,3 +161,5 @@ impl Restore for FlaxLayer {
         FlaxLayer::build(bundle, options)
     }
 }
+
+static_assertions::assert_impl_all!(FlaxLayer: Send, Sync);

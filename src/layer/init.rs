@@ -83,7 +83,7 @@ pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSp
     let init = bundle.computation(&init.computation.file)?;
     let comp = Computation::new(placement, init, &Names { variables: specs, opt_state: &[] }, how)?;
     let key_layout = comp.layout_of(Source::Key).unwrap_or((1, None));
-    let state = DeviceState::new(placement.clone(), Vec::new(), Vec::new(), Vec::new(), super::seed_key(seed), key_layout)?;
+    let state = DeviceState::new(placement.clone(), Vec::new(), Vec::new(), Vec::new(), seed_key(seed), key_layout)?;
     let reads_inputs = comp.kept_sources().any(|s| matches!(s, Source::Input(_)));
     let inputs = match (reads_inputs, bundle.init_inputs()?) {
         (false, _) => Vec::new(),
@@ -120,4 +120,9 @@ pub(crate) fn frozen_wanted(bundle: &Bundle, method: &MethodSpec, options: &Opti
 /// layer's params were uploaded from.
 pub(crate) fn frozen_matching(wanted: Option<Vec<ComputationSpec>>, sha256: Option<&str>) -> Option<Vec<ComputationSpec>> {
     wanted.filter(|list| sha256.is_some() && list.iter().all(|c| c.variables_sha256.as_deref() == sha256))
+}
+
+/// The raw `uint32[2]` data of `jax.random.key(seed)` (threefry): `[seed >> 32, seed & 0xffffffff]`.
+pub fn seed_key(seed: u64) -> [u32; 2] {
+    [(seed >> 32) as u32, seed as u32]
 }

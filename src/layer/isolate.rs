@@ -177,6 +177,9 @@ pub fn run_worker(request: &str, input: &mut impl Read, output: &mut impl Write)
     let mut program = Vec::new();
     input.read_to_end(&mut program).map_err(|e| Error::io("<stdin>", e))?;
     let client = Client::new(Some(&request.plugin))?;
+    // The parent's layer registered flaxlayer's custom-call handlers on its client; the
+    // program may call them, so this client gets them too.
+    crate::custom_calls::register(&client)?;
     let exe = client.compile(crate::pjrt::Program::Mlir(&program), &request.options())?;
     let bytes = exe.serialize()?;
     output.write_all(&bytes).map_err(|e| Error::io("<stdout>", e))

@@ -19,19 +19,14 @@ use crate::spec::{TensorSpec, ValueSpec};
 use crate::tensor::TensorView;
 use crate::{Error, Result, Tensor};
 
-/// The raw `uint32[2]` data of `jax.random.key(seed)` (threefry): `[seed >> 32, seed & 0xffffffff]`.
-pub fn seed_key(seed: u64) -> [u32; 2] {
-    [(seed >> 32) as u32, seed as u32]
-}
-
 /// What kind of layer a [`Layer`] is: [`Jax`] (the general one) or
-/// [`Flax`](super::flax_layer::Flax) (Keras' `FlaxLayer` face). Sealed.
+/// [`Flax`] (Keras' `FlaxLayer` face). Sealed.
 pub trait Kind: sealed::Sealed + Send + Sync + 'static {}
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Jax {}
-    impl Sealed for super::super::flax_layer::Flax {}
+    impl Sealed for super::Flax {}
 }
 
 /// The general kind: a bundle's plain `init` / `call` computations (Keras' `JaxLayer`).
@@ -39,6 +34,13 @@ mod sealed {
 pub enum Jax {}
 
 impl Kind for Jax {}
+
+/// The Keras `FlaxLayer` kind of [`Layer`]: config and saving on top of the general layer
+/// ([`FlaxLayer`](super::FlaxLayer)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flax {}
+
+impl Kind for Flax {}
 
 /// A layer over a bundle's plain `init` / `call` computations (Keras' `JaxLayer`).
 pub type JaxLayer = Layer<Jax>;
@@ -72,6 +74,8 @@ impl<K: Kind> std::fmt::Debug for Layer<K> {
     }
 }
 
+impl<K: Kind> super::options::sealed::Sealed for Layer<K> {}
+
 impl<K: Kind> Build for Layer<K> {
     fn build(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
         Layer::new(bundle, options)
@@ -89,7 +93,11 @@ impl<K: Kind> Layer<K> {
     /// Sets up the method's computations (each compiles on its first call, or loads from the
     /// compile cache), the variables and the key.
     pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
-        let placement = Placement::new(options.client()?, options.device, bundle.devices(), &bundle.dir().display().to_string())?;
+        let client = options.client()?;
+        // flaxlayer's custom-call handlers (LAPACK) on the client's plugin, before anything
+        // compiles: once per plugin, a no-op after the first layer.
+        crate::custom_calls::register(&client)?;
+        let placement = Placement::new(client, options.device, bundle.devices(), &bundle.dir().display().to_string())?;
         let manifest = bundle.manifest();
         let method = options.method.clone().unwrap_or_else(|| manifest.default_method.clone());
         let spec = bundle.method(&method)?.clone();
@@ -107,7 +115,7 @@ impl<K: Kind> Layer<K> {
         let initial = super::init::initial_variables(&bundle, &placement, &layouts, &options.variables, seed, &how, wanted.is_some())?;
         let frozen = super::init::frozen_matching(wanted, initial.bundle_sha256.as_deref()).map(|list| prepare(&list)).transpose()?;
         let key_layout = layout_in(&all, Source::Key);
-        let mut state = DeviceState::new(placement, specs, initial.arrays, layouts, options.key.unwrap_or_else(|| seed_key(seed)), key_layout)?;
+        let mut state = DeviceState::new(placement, specs, initial.arrays, layouts, options.key.unwrap_or_else(|| super::init::seed_key(seed)), key_layout)?;
         if frozen.is_some() {
             state.mark_params_from_bundle();
         }
@@ -363,4 +371,3 @@ fn upload_chunk(comp: &Computation, plan: &Plan, chunk: &batching::Chunk, pad: f
 }
 
 static_assertions::assert_impl_all!(JaxLayer: Send, Sync);
-static_assertions::assert_impl_all!(super::FlaxLayer: Send, Sync);

@@ -129,13 +129,20 @@ impl Options {
     }
 }
 
-/// What a [`Builder`] builds.
-pub trait Build: Sized {
+/// Keeps [`Build`] (and so [`Restore`]) to the crate's own types.
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+/// What a [`Builder`] builds: [`JaxLayer`](super::JaxLayer), [`FlaxLayer`](super::FlaxLayer)
+/// and [`Trainer`](super::Trainer). Sealed.
+pub trait Build: Sized + sealed::Sealed {
     /// Builds from an opened bundle and the options.
     fn build(bundle: Arc<Bundle>, options: Options) -> Result<Self>;
 }
 
-/// What a [`Builder`] can load from a saved directory ([`Builder::load`]).
+/// What a [`Builder`] can load from a saved directory ([`Builder::load`]). Sealed (through
+/// [`Build`]).
 pub trait Restore: Build {
     /// Restores the save in `bundle`'s directory under the options.
     fn restore(bundle: Arc<Bundle>, options: Options) -> Result<Self>;
@@ -146,7 +153,7 @@ pub trait Restore: Build {
 #[must_use = "a builder does nothing until .build()"]
 pub struct Builder<T> {
     source: BundleSource,
-    options: Options,
+    pub(crate) options: Options,
     target: PhantomData<fn() -> T>,
 }
 
@@ -276,11 +283,3 @@ impl<T: Restore> Builder<T> {
     }
 }
 
-impl Builder<super::Trainer> {
-    /// The seed of the batch order ([`epoch_permutation`](super::epoch_permutation));
-    /// default: the seed.
-    pub fn shuffle_seed(mut self, seed: u64) -> Self {
-        self.options.shuffle_seed = Some(seed);
-        self
-    }
-}

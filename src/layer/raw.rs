@@ -38,7 +38,8 @@ impl RawLoop {
             return Err(Error::invalid(file, format!("exported for {} devices; the raw loop runs single-device computations only", exp.nr_devices)));
         }
         let device = client.device(0)?;
-        let exe = client.compile(Program::Mlir(&exp.mlir_module), &CompileOptions::default())?;
+        crate::custom_calls::register(client)?;
+        let exe = client.compile(Program::Mlir(&exp.mlir_module), &CompileOptions::default())?.with_input_signature(exp.input_signature()?);
         let vars = bundle.variables()?.ok_or_else(|| Error::invalid(file, "the bundle has no variables.safetensors"))?;
         let mut input_index = 0;
         let mut all: Vec<Option<Buffer>> = Vec::with_capacity(spec.args.len());

@@ -2,7 +2,7 @@
 //! trainer, with the one path that checks host values and uploads them, and the one path
 //! that writes a computation's results back.
 
-use super::computation::{Computation, Sink, Source};
+use super::computation::{Computation, Sink, Source, StateArrays};
 use super::placement::{DeviceArray, Layout, Placement};
 use crate::pjrt::Client;
 use crate::spec::{self, TensorSpec};
@@ -22,7 +22,7 @@ struct Group {
 #[derive(Debug, Clone)]
 struct Lost {
     computation: String,
-    cause: String,
+    cause: std::sync::Arc<Error>,
 }
 
 /// The state a layer's computations read and write on the device: variables (params and
@@ -212,8 +212,9 @@ impl DeviceState {
             Err(e) => {
                 let consumed = comp.donated_sources().any(|s| self.source(s).map_or(true, DeviceArray::is_deleted));
                 if consumed {
-                    self.lost = Some(Lost { computation: comp.file.clone(), cause: e.to_string() });
-                    return Err(self.check_alive().err().unwrap_or(e));
+                    let cause = std::sync::Arc::new(e);
+                    self.lost = Some(Lost { computation: comp.file.clone(), cause: cause.clone() });
+                    return Err(Error::StateLost { computation: comp.file.clone(), cause });
                 }
                 Err(e)
             }
@@ -293,5 +294,15 @@ fn replace(group: &mut Group, uploaded: Vec<Option<DeviceArray>>) {
         if let Some(new) = new {
             *slot = new;
         }
+    }
+}
+
+impl StateArrays for DeviceState {
+    fn get(&self, source: Source) -> Option<&DeviceArray> {
+        DeviceState::get(self, source)
+    }
+
+    fn source(&self, source: Source) -> Result<&DeviceArray> {
+        DeviceState::source(self, source)
     }
 }

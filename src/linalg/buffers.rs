@@ -4,28 +4,7 @@
 use super::error::{BufferRef, KernelError};
 use crate::DType;
 
-/// An input buffer of a custom call, as the FFI glue decodes an `XLA_FFI_Buffer` argument.
-///
-/// `dims` are the logical dims (`tensor<3x4x5xf32>` is `[3, 4, 5]`); the bytes are laid out as
-/// the target's `operand_layouts` say, which for every LAPACK target is: batch dims major,
-/// then each matrix column-major (`{1, 2, 0}` for rank 3), vectors contiguous.
-#[derive(Debug, Clone, Copy)]
-pub struct Operand<'a> {
-    pub dtype: DType,
-    pub dims: &'a [i64],
-    /// The operand's bytes, or `None` when XLA gave this operand the same buffer as the
-    /// result it aliases (`output_operand_aliases`), so its contents are already in that
-    /// result. Only the operand a target writes in place may be `None`.
-    pub data: Option<&'a [u8]>,
-}
-
-/// An output buffer of a custom call (an `XLA_FFI_Buffer` return value).
-#[derive(Debug)]
-pub struct ResultBuf<'a> {
-    pub dtype: DType,
-    pub dims: &'a [i64],
-    pub data: &'a mut [u8],
-}
+pub(crate) use crate::pjrt::{Operand, ResultBuf};
 
 /// A batch of matrices: leading batch dims, then `rows × cols`.
 #[derive(Debug, Clone, Copy)]

@@ -51,8 +51,8 @@ mod tests;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[allow(unused_imports)]
-pub use attrs::{AttrValue, Attrs};
-pub use buffers::{Operand, ResultBuf};
+pub(crate) use attrs::{AttrValue, Attrs};
+pub(crate) use buffers::{Operand, ResultBuf};
 #[allow(unused_imports)]
 pub use error::{BufferRef, KernelError};
 

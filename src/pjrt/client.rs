@@ -1,6 +1,5 @@
 //! `PJRT_Client` and its devices.
 
-use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -60,24 +59,6 @@ unsafe impl Send for Device {}
 unsafe impl Sync for Device {}
 
 impl Client {
-    /// Creates a client on the plugin found by [`Plugin::load`] (`path`, else
-    /// `$PJRT_PLUGIN_PATH`, else the installed CPU plugin), in low-latency mode where the
-    /// plugin has it: a CPU plugin runs executions on the calling thread
-    /// ([`ClientOptions::cpu_synchronous`]). A plugin that refuses that option gets none.
-    pub fn new(plugin_path: Option<&Path>) -> Result<Client> {
-        let plugin = Plugin::load(plugin_path)?;
-        Client::with_options(plugin.clone(), &ClientOptions::cpu_synchronous())
-            .or_else(|_| Client::with_plugin(plugin))
-    }
-
-    /// [`Client::new`] with `n` devices on a CPU plugin (the `cpu_device_count` option; the
-    /// CPU plugins default to 4). A plugin that refuses the option is an error.
-    pub fn with_cpu_devices(plugin_path: Option<&Path>, n: usize) -> Result<Client> {
-        let plugin = Plugin::load(plugin_path)?;
-        let options = ClientOptions::cpu_synchronous().set("cpu_device_count", super::options::OptionValue::Int64(n as i64));
-        Client::with_options(plugin, &options)
-    }
-
     /// Creates a client on an already loaded plugin.
     pub fn with_plugin(plugin: Arc<Plugin>) -> Result<Client> {
         Client::with_options(plugin, &ClientOptions::default())
@@ -97,19 +78,7 @@ impl Client {
             code: crate::ErrorCode::Internal,
             message: "returned a null client".into(),
         })?;
-        let client = Client { inner: Arc::new(ClientInner { plugin, raw }) };
-        client.register_ffi_handlers();
-        Ok(client)
-    }
-
-    /// On a CPU client, registers flaxlayer's XLA FFI handlers (the `lapack_*_ffi` targets) on
-    /// the plugin, once per plugin ([`Plugin::ffi_handlers`]). Never an error: a plugin
-    /// without the FFI extension gets none, and a computation that needs them is refused
-    /// when its layer is built.
-    fn register_ffi_handlers(&self) {
-        if self.platform_name().is_ok_and(|p| p == "cpu") {
-            self.plugin().ffi_handlers();
-        }
+        Ok(Client { inner: Arc::new(ClientInner { plugin, raw }) })
     }
 
     /// The plugin this client runs on.

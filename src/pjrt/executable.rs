@@ -163,9 +163,12 @@ impl LoadedExecutable {
         result
     }
 
-    /// Declares the arguments the program takes, so that [`LoadedExecutable::execute`] checks
-    /// every input's dtype and dimensions before running. PJRT itself does not check them on
-    /// every plugin: the CPU plugins reinterpret a buffer of the wrong type.
+    /// Declares the arguments the program takes (for a `jax.export` module: its `in_avals`,
+    /// as [`Exported::input_signature`](crate::bundle::Exported::input_signature) gives them),
+    /// so that every execution checks each input's dtype and dimensions before running.
+    /// Required: an executable without a signature refuses to run, because PJRT does not
+    /// check arguments on every plugin (the CPU plugins reinterpret a buffer of the wrong type
+    /// or size, which would read past it), and its C API cannot tell the parameters.
     pub fn with_input_signature(mut self, inputs: Vec<ArgSpec>) -> Self {
         self.inputs = Some(inputs);
         self
@@ -177,7 +180,12 @@ impl LoadedExecutable {
     }
 
     fn check_inputs(&self, inputs: &[&Buffer]) -> Result<()> {
-        let Some(specs) = &self.inputs else { return Ok(()) };
+        let Some(specs) = &self.inputs else {
+            return Err(Error::invalid(
+                "executable",
+                "no input signature: declare the program's arguments with with_input_signature before running it",
+            ));
+        };
         if specs.len() != inputs.len() {
             return Err(Error::ArgumentCount { what: "executable".into(), expected: specs.len(), got: inputs.len() });
         }

@@ -72,3 +72,40 @@ mirror! {
         }
     }
 }
+
+/// Every mirrored struct and union (of `pjrt_c_api.h` and the FFI extension header): what
+/// `tests/abi_check` compares with bindgen's layout of the headers.
+#[allow(dead_code)] // read by tests/abi_check, which includes this file
+pub fn layout() -> Vec<super::ffi::FieldLayout> {
+    let mut out = super::ffi::core_layout();
+    ffi_extension_layouts(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_in_order_and_do_not_overlap() {
+        let rows = layout(); // the core's structs and the extension's
+        let mut by_struct: std::collections::BTreeMap<&str, Vec<super::super::ffi::FieldLayout>> = Default::default();
+        for r in rows {
+            by_struct.entry(r.strukt).or_default().push(r);
+        }
+        for (name, rows) in by_struct {
+            let size = rows.iter().find(|r| r.field.is_empty()).unwrap().size;
+            let fields: Vec<_> = rows.iter().filter(|r| !r.field.is_empty()).collect();
+            assert!(!fields.is_empty(), "{name}");
+            let union = name.ends_with("_Value");
+            for w in fields.windows(2) {
+                if union {
+                    assert_eq!(w[1].offset, 0, "{name}.{}", w[1].field);
+                } else {
+                    assert!(w[0].offset + w[0].size <= w[1].offset, "{name}: {} overlaps {}", w[0].field, w[1].field);
+                }
+            }
+            assert!(fields.iter().all(|f| f.offset + f.size <= size), "{name}");
+        }
+    }
+}

@@ -1,4 +1,6 @@
-//! A safe layer over XLA's PJRT C API. This module holds all of the crate's `unsafe`.
+//! A safe layer over XLA's PJRT C API. This module holds all of the crate's `unsafe`, and
+//! depends on nothing above it: where a plugin comes from is [`crate::plugins`]' business,
+//! which custom-call kernels exist is `crate::custom_calls`'.
 //!
 //! [`Plugin`] loads a plugin `.so` → [`Client`] owns a PJRT client and its [`Device`]s →
 //! [`Buffer`] is a device array → [`LoadedExecutable`] is a compiled program.
@@ -9,11 +11,11 @@
 //! lacks) and converts the returned `PJRT_Error*`, but leaves the call itself to the
 //! caller's `unsafe` block, so the compiler requires it at every call site.
 #![warn(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod buffer;
 mod client;
 mod compile_options;
-mod discovery;
 mod event;
 mod executable;
 mod ffi;
@@ -21,6 +23,7 @@ mod ffi_extension;
 mod options;
 mod plugin;
 mod xla_ffi;
+mod xla_ffi_call;
 mod xla_ffi_api;
 mod xla_ffi_frame;
 mod xla_ffi_handlers;
@@ -29,12 +32,15 @@ pub use buffer::Buffer;
 pub(crate) use buffer::Dims;
 pub use client::{Client, Device};
 pub use compile_options::{CompileOptions, Spmd};
-pub use discovery::{plugin_file_names, user_plugin_dir};
 pub use executable::{ArgSpec, LoadedExecutable, Program};
 pub use options::{ClientOptions, OptionValue};
-pub use plugin::{Plugin, PluginSource, DEFAULT_PLUGIN, PLUGIN_LOG_ENV, PLUGIN_PATH_ENV};
+pub use plugin::{Plugin, PluginSource};
 pub use xla_ffi::XlaFfiHandler;
-pub use xla_ffi_handlers::FfiHandlers;
+pub(crate) use xla_ffi_call::{AttrValue, Attrs, HandlerError, Kernel, Operand, ResultBuf};
+pub use xla_ffi_handlers::{CPU_PLATFORM, MAX_FFI_KERNELS};
+/// Call frames built as XLA lays them out, for the kernel tests of `crate::custom_calls`.
+#[cfg(test)]
+pub(crate) use xla_ffi_frame::tests as frame_testing;
 
 /// The plugin's API table entry `$name` (a function pointer), or `Error::Unsupported` when
 /// the plugin's table ends before that slot or the slot is null.
@@ -44,10 +50,10 @@ macro_rules! entry {
         let offset = ::std::mem::offset_of!($crate::pjrt::ffi::PJRT_Api, $name);
         if plugin.table_covers(offset + ::std::mem::size_of::<usize>()) {
             let api = plugin.api_ptr();
+            #[allow(unused_unsafe)] // also expanded inside the `unsafe` of `call!` sites
             // SAFETY: the plugin's table holds the slot (its `struct_size` covers it, checked
             // above) and lives as long as `plugin`. The slot is read through a raw pointer:
             // no reference to the table, which may be shorter than our `PJRT_Api`, is formed.
-            #[allow(unused_unsafe)] // also expanded inside the `unsafe` of `call!` sites
             let f = unsafe { ::std::ptr::addr_of!((*api).$name).read() };
             f.ok_or_else(|| $crate::Error::Unsupported { function: stringify!($name) })
         } else {

@@ -10,25 +10,11 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::discovery::{self, Candidate, Step};
 use super::ffi;
 use crate::{Error, ErrorCode, Result};
 
-/// The environment variable that names a plugin `.so` when no path is given.
-pub const PLUGIN_PATH_ENV: &str = "PJRT_PLUGIN_PATH";
-
-/// Set to `1` to see the plugin's own log lines (absl INFO and up). Without it, and unless
-/// `TF_CPP_MIN_LOG_LEVEL` is set, the plugin is loaded with `TF_CPP_MIN_LOG_LEVEL=1`:
-/// warnings and errors only.
-pub const PLUGIN_LOG_ENV: &str = "FLAXLAYER_PLUGIN_LOG";
-
-/// The default CPU plugin, relative to a Python `site-packages` directory: the
-/// `lammps-jax-pjrt-cpu` wheel that `scripts/setup.sh` installs (chosen by measurement; see
-/// README). The other CPU plugins follow it as fallbacks.
-pub const DEFAULT_PLUGIN: &str = "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so";
-
-pub(crate) const FALLBACK_PLUGINS: [&str; 2] =
-    ["xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so", "fastatomstruct_xla_cpu/libpjrt_cpu.so"];
+/// A kernel registered on a plugin, and the plugin's answer (its error as text).
+pub(crate) type RegisteredKernel = (super::Kernel, std::result::Result<(), String>);
 
 /// The smallest table we can use: `struct_size`, `extension_start` and `pjrt_api_version`.
 const TABLE_HEAD: usize = std::mem::offset_of!(ffi::PJRT_Api, pjrt_api_version) + std::mem::size_of::<ffi::PJRT_Api_Version>();
@@ -43,7 +29,7 @@ pub enum PluginSource {
     Env,
     /// Next to the running executable.
     BesideExecutable,
-    /// A Python virtualenv's `site-packages` (`$VIRTUAL_ENV` or `./.venv`).
+    /// The active Python virtualenv's `site-packages` (`$VIRTUAL_ENV`).
     Installed,
     /// The per-user plugin directory that `flaxlayer plugin install` fills.
     UserDir,
@@ -51,15 +37,27 @@ pub enum PluginSource {
 
 /// A loaded PJRT plugin: the library and its API table. Loaded once per path and process,
 /// and never unloaded (plugins hold process-wide state once initialized).
+///
+/// **Trust.** Loading a plugin runs native code with the process's rights: the library's
+/// initializers when it is opened, then `GetPjrtApi` and `PJRT_Plugin_Initialize`, and every
+/// call after. [`Plugin::load_path`] therefore assumes its path names a PJRT plugin that the
+/// user running the process trusts as they trust the executable; this type makes no attempt
+/// to contain a hostile library. The search in [`crate::plugins`] only looks where that
+/// user (or the installer of the executable) put files, never in the working directory.
+/// Once its code ran, a library is never closed, even when a later check refuses it: a
+/// `dlclose` would unmap code that the library may have registered to run later (thread
+/// locals, `atexit` handlers, threads it started).
 pub struct Plugin {
     path: PathBuf,
     source: PluginSource,
     api: NonNull<ffi::PJRT_Api>,
     /// The plugin's `PJRT_Api.struct_size`, read once at load.
     table_size: usize,
-    /// flaxlayer's XLA FFI handlers on this plugin, registered once ([`Plugin::ffi_handlers`]).
-    pub(crate) ffi_handlers: OnceLock<super::FfiHandlers>,
-    _lib: libloading::Library,
+    /// The kernels registered on this plugin ([`Plugin::register_ffi_kernel`]): by (target,
+    /// platform), the kernel and the plugin's answer.
+    pub(crate) ffi_kernels: Mutex<HashMap<(String, String), RegisteredKernel>>,
+    /// The library, leaked on purpose: never closed (see the type's docs).
+    _lib: &'static libloading::Library,
 }
 
 // SAFETY: the PJRT_Api table is immutable after GetPjrtApi returns and its functions may be
@@ -87,35 +85,9 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<Plugin>>> {
 }
 
 impl Plugin {
-    /// Loads a plugin. With `path`, that file; else `$PJRT_PLUGIN_PATH` if set; else the first
-    /// plugin that loads among: known plugin file names next to the executable, the CPU plugin
-    /// in `$VIRTUAL_ENV` and in `./.venv`, and the per-user directory that
-    /// `flaxlayer plugin install` fills. An explicit path or `$PJRT_PLUGIN_PATH` is never
-    /// replaced by another plugin. The error names every candidate and why it failed.
-    pub fn load(path: Option<&Path>) -> Result<Arc<Plugin>> {
-        let mut tried = Vec::new();
-        for step in discovery::steps(path) {
-            let Candidate { path, source } = match step {
-                Step::Try(candidate) => candidate,
-                Step::Skip(place, why) => {
-                    tried.push((place, why));
-                    continue;
-                }
-            };
-            if !path.is_file() {
-                tried.push((path, "no such file".into()));
-                continue;
-            }
-            match Plugin::load_path(&path, source) {
-                Ok(p) => return Ok(p),
-                Err(Error::PluginNotFound { tried: why, .. }) if why.len() == 1 => tried.push((path, why[0].1.clone())),
-                Err(e) => tried.push((path, e.to_string())),
-            }
-        }
-        Err(Error::PluginNotFound { tried, hint: discovery::INSTALL_HINT.into() })
-    }
-
-    /// Loads the plugin at exactly `path` (once per process; later calls share it).
+    /// Loads the plugin at exactly `path` (once per process; later calls share it). The file's
+    /// code runs: see the trust this assumes in the type's docs. A library that is not a
+    /// usable PJRT plugin is refused, and stays loaded (its initializers already ran).
     pub fn load_path(path: &Path, source: PluginSource) -> Result<Arc<Plugin>> {
         if !path.is_file() {
             return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
@@ -125,7 +97,6 @@ impl Plugin {
         if let Some(p) = plugins.get(&key) {
             return Ok(p.clone());
         }
-        quiet_plugin_logs();
         let plugin = Arc::new(Plugin::open(&key, source)?);
         plugin.initialize()?;
         plugins.insert(key, plugin.clone());
@@ -135,12 +106,14 @@ impl Plugin {
     fn open(path: &Path, source: PluginSource) -> Result<Plugin> {
         let load_err = |reason: String| Error::PluginNotFound {
             tried: vec![(path.to_path_buf(), reason)],
-            hint: discovery::INSTALL_HINT.into(),
+            hint: "the file is not a PJRT plugin this crate can load".into(),
         };
-        // SAFETY: loading a shared library runs its initializers. We only load files the user
-        // named (or found where plugins are installed) as PJRT plugins, which is what they are for.
+        // SAFETY: loading a shared library runs its initializers. The caller names a file it
+        // trusts as a PJRT plugin (the trust documented on `Plugin`), which is what it is for.
         let lib = unsafe { libloading::Library::new(path) }
             .map_err(|e| load_err(format!("dlopen failed: {e}")))?;
+        // Its initializers ran: it is never closed, whatever the checks below say.
+        let lib: &'static libloading::Library = Box::leak(Box::new(lib));
         type GetPjrtApi = unsafe extern "C" fn() -> *const ffi::PJRT_Api;
         // SAFETY: `GetPjrtApi` is the entry point every PJRT plugin exports, with this
         // signature (pjrt_c_api.h).
@@ -156,7 +129,7 @@ impl Plugin {
         if table_size < TABLE_HEAD {
             return Err(Error::Unsupported { function: "PJRT_Api.pjrt_api_version" });
         }
-        let plugin = Plugin { path: path.to_path_buf(), source, api, table_size, ffi_handlers: OnceLock::new(), _lib: lib };
+        let plugin = Plugin { path: path.to_path_buf(), source, api, table_size, ffi_kernels: Mutex::default(), _lib: lib };
         plugin.check_version()?;
         Ok(plugin)
     }
@@ -256,22 +229,6 @@ impl Plugin {
         let failed = unsafe { get_code(&mut c) };
         if failed.is_null() { ErrorCode::from_raw(c.code as i32) } else { ErrorCode::Unknown }
     }
-}
-
-/// Keeps the plugin's INFO logs (and absl's "All log messages before absl::InitializeLog()"
-/// warning that comes with the first of them) off the user's stderr: sets
-/// `TF_CPP_MIN_LOG_LEVEL=1` before the first plugin is loaded, unless the user set it or
-/// asked for the logs with `FLAXLAYER_PLUGIN_LOG=1`. Measured with the CPU plugins: level 1
-/// removes both lines and keeps warnings and errors.
-fn quiet_plugin_logs() {
-    let wants_logs = std::env::var_os(PLUGIN_LOG_ENV).is_some_and(|v| !v.is_empty() && v != "0");
-    if wants_logs || std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_some() {
-        return;
-    }
-    // Setting the environment races with C code reading it on other threads. It happens
-    // once, under the plugin registry lock, before the plugin (the only reader of this
-    // variable) is loaded; Rust's own readers take std's environment lock.
-    std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");
 }
 
 /// Copies a (pointer, length) string the plugin owns.

@@ -1,5 +1,5 @@
 //! The body of every XLA FFI handler: decodes the call frame XLA passes into the safe buffers
-//! and attributes of [`crate::linalg`], runs a kernel on them, and answers XLA (the metadata
+//! and attributes of [`super::xla_ffi_call`], runs a kernel on them, and answers XLA (the metadata
 //! query, errors). Nothing unwinds into C: a panic becomes an `INTERNAL` error.
 //!
 //! What is checked before a kernel sees a byte: the frame's and each struct's `struct_size`,
@@ -17,39 +17,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::addr_of;
 
 use super::xla_ffi_api::*;
-use crate::linalg::{AttrValue, Attrs, KernelError, Operand, ResultBuf};
+use super::xla_ffi_call::{AttrValue, Attrs, HandlerError, Kernel, Operand, ResultBuf};
 use crate::DType;
-
-/// A refused or failed call: XLA's error code and our message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HandlerError {
-    pub code: XLA_FFI_Error_Code,
-    pub message: String,
-}
-
-impl HandlerError {
-    pub fn invalid(message: impl Into<String>) -> Self {
-        HandlerError { code: XLA_FFI_Error_Code_INVALID_ARGUMENT, message: message.into() }
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        HandlerError { code: XLA_FFI_Error_Code_INTERNAL, message: message.into() }
-    }
-}
-
-impl From<KernelError> for HandlerError {
-    /// A kernel's panic is a bug (`INTERNAL`); every other refusal is about the call.
-    fn from(e: KernelError) -> Self {
-        match e {
-            KernelError::Panic { .. } => HandlerError::internal(e.to_string()),
-            other => HandlerError::invalid(other.to_string()),
-        }
-    }
-}
-
-/// What a handler runs on a decoded call: the target's name, its operands, results and
-/// attributes.
-pub(crate) type Kernel = fn(&str, &[Operand<'_>], &mut [ResultBuf<'_>], &Attrs<'_>) -> Result<(), HandlerError>;
 
 /// The XLA FFI handler of `target`: answers XLA's metadata query, or decodes the call and
 /// runs `kernel`. Returns null on success, else an `XLA_FFI_Error` made by XLA's API.
@@ -498,4 +467,4 @@ unsafe fn scalar<'f>(target: &str, name: &str, s: *const XLA_FFI_Scalar) -> Resu
 
 #[cfg(test)]
 #[path = "xla_ffi_frame_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -67,7 +67,7 @@ fn main() {
     let mut rows = Vec::new();
     pjrt::ffi::core_layouts(&mut rows);
     let mut unions = Vec::new();
-    pjrt::ffi::layout().into_iter().filter(|r| r.strukt.ends_with("_Value")).for_each(|r| unions.push(r));
+    pjrt::ffi::core_layout().into_iter().filter(|r| r.strukt.ends_with("_Value")).for_each(|r| unions.push(r));
     rows.extend(unions);
     let mut ffi_rows = Vec::new();
     pjrt::ffi_extension::ffi_extension_layouts(&mut ffi_rows);

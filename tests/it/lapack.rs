@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use flaxlayer::layer::BUILTIN_CUSTOM_CALL_TARGETS;
-use flaxlayer::pjrt::{Buffer, CompileOptions, FfiHandlers, LoadedExecutable, Program};
+use flaxlayer::custom_calls::FfiHandlers;
+use flaxlayer::pjrt::{Buffer, CompileOptions, LoadedExecutable, Program};
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{DType, Error, Tensor};
 
@@ -100,8 +101,8 @@ fn tolerance(dtype: &str) -> f64 {
 
 /// Runs a case and returns its worst relative error, or what went wrong.
 fn run_case(name: &str, case: &Case, golden: &BTreeMap<String, Tensor>) -> Result<f64, String> {
-    let exe = compile(name).map_err(|e| e.to_string())?;
     let inputs: Vec<Buffer> = (0..).map_while(|i| golden.get(&format!("{name}/in/{i}"))).map(upload).collect();
+    let exe = compile(name).map_err(|e| e.to_string())?.with_input_signature(crate::common::signature_of(&inputs));
     let refs: Vec<&Buffer> = inputs.iter().collect();
     let outs = exe.execute(&refs, &vec![false; refs.len()]).map_err(|e| e.to_string())?;
     let wants: Vec<&Tensor> = (0..).map_while(|j| golden.get(&format!("{name}/out/{j}"))).collect();
@@ -151,7 +152,7 @@ fn every_handler_flaxlayer_registers_is_exercised() {
         assert!(called.contains(target), "no case calls {target}");
     }
     let c = client();
-    let handlers = c.plugin().ffi_handlers();
+    let handlers = flaxlayer::custom_calls::register(&c).unwrap();
     assert!(FfiHandlers::provided().all(|t| handlers.is_registered(t)), "{handlers:?}");
 }
 
@@ -195,7 +196,7 @@ fn the_builtin_targets_compile_and_run_on_the_cpu_plugin() {
     for target in BUILTIN_CUSTOM_CALL_TARGETS.iter().filter(|&&t| t != "ApproxTopK") {
         let program = identity_program(target);
         let exe = c.compile(Program::Mlir(program.as_bytes()), &CompileOptions::default()).unwrap_or_else(|e| panic!("{target}: {e}"));
-        let out = exe.execute(&[&buf], &[false]).unwrap();
+        let out = exe.with_input_signature(crate::common::signature_of([&buf])).execute(&[&buf], &[false]).unwrap();
         assert_eq!(out[0].to_vec::<f32>().unwrap(), want, "{target}");
     }
     let index = index();

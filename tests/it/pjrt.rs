@@ -47,9 +47,12 @@ impl Saved {
     }
 }
 
+/// Compiles a fixture program, with the input signature of JAX's saved arguments.
 fn compile(file: &str) -> LoadedExecutable {
     let code = std::fs::read(fixtures().join(file)).unwrap();
-    client().compile(Program::Mlir(&code), &CompileOptions::default()).unwrap()
+    let name = file.split('.').next().unwrap();
+    let signature = crate::common::signature_of(&Saved::load(name).inputs());
+    client().compile(Program::Mlir(&code), &CompileOptions::default()).unwrap().with_input_signature(signature)
 }
 
 fn to_f64(dtype: DType, bytes: &[u8]) -> Vec<f64> {
@@ -159,8 +162,11 @@ fn serialized_executable_runs_the_same() {
     let exe = compile("mlp.mlirbc");
     let bytes = exe.serialize().unwrap();
     assert!(!bytes.is_empty());
-    let again = client().deserialize_executable(&bytes).unwrap();
     let inputs = Saved::load("mlp").inputs();
+    let again = client().deserialize_executable(&bytes).unwrap();
+    let err = again.execute(&inputs.iter().collect::<Vec<_>>(), &[false; 5]).unwrap_err();
+    assert!(err.to_string().contains("no input signature"), "an executable without a signature does not run: {err}");
+    let again = again.with_input_signature(crate::common::signature_of(&inputs));
     let refs: Vec<&Buffer> = inputs.iter().collect();
     let outs = again.execute(&refs, &[false; 5]).unwrap();
     assert!(check_outputs("mlp", &outs) < 1e-6);
@@ -209,10 +215,9 @@ fn wrong_argument_count_is_an_error() {
     let inputs = Saved::load("mlp").inputs();
     let refs: Vec<&Buffer> = inputs.iter().take(4).collect();
     let err = exe.execute(&refs, &[false; 4]).unwrap_err();
-    println!("{err}");
-    assert!(matches!(err, Error::Pjrt { .. } | Error::ArgumentCount { .. }), "{err}");
+    assert!(matches!(err, Error::ArgumentCount { expected: 5, got: 4, .. }), "{err}");
     let err = exe.execute(&refs, &[false; 3]).unwrap_err();
-    assert!(matches!(err, Error::ArgumentCount { .. }), "{err}");
+    assert!(matches!(err, Error::ArgumentCount { expected: 4, got: 3, .. }), "{err}");
 }
 
 #[test]
@@ -342,35 +347,25 @@ fn a_device_or_buffer_of_another_client_is_refused() {
 }
 
 #[test]
-fn the_cpu_plugin_is_quiet_unless_asked() {
-    // Library users see no absl pre-init warning and no INFO line from the plugin. Run in a
-    // child process: the first plugin load of a process decides.
-    let me = std::env::current_exe().unwrap();
-    let quiet = std::process::Command::new(&me)
-        .args(["--exact", "pjrt::load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
-        .env_remove("TF_CPP_MIN_LOG_LEVEL")
-        .env_remove(flaxlayer::pjrt::PLUGIN_LOG_ENV)
-        .output()
-        .unwrap();
-    assert!(quiet.status.success(), "{}", String::from_utf8_lossy(&quiet.stderr));
-    assert!(String::from_utf8_lossy(&quiet.stdout).contains("1 passed"), "the child test did not run");
-    let stderr = String::from_utf8_lossy(&quiet.stderr);
-    assert!(!stderr.contains("absl::InitializeLog"), "{stderr}");
-    assert!(!stderr.contains("create_options"), "{stderr}");
-    let loud = std::process::Command::new(&me)
-        .args(["--exact", "pjrt::load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
-        .env_remove("TF_CPP_MIN_LOG_LEVEL")
-        .env(flaxlayer::pjrt::PLUGIN_LOG_ENV, "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&loud.stderr);
-    assert!(stderr.contains("create_options"), "FLAXLAYER_PLUGIN_LOG=1 shows the plugin's INFO lines:\n{stderr}");
-}
-
-/// Loads the plugin and makes a client; run by `the_cpu_plugin_is_quiet_unless_asked` in a
-/// child process.
-#[test]
-#[ignore = "run in a child process by the_cpu_plugin_is_quiet_unless_asked"]
-fn load_a_client_for_the_log_test() {
-    Client::new(None).unwrap();
+fn the_cli_keeps_the_plugin_quiet_unless_asked() {
+    // The CLI sets TF_CPP_MIN_LOG_LEVEL=1 first thing in main (the library never sets the
+    // environment): no absl pre-init warning and no INFO line from the plugin.
+    let bin = env!("CARGO_BIN_EXE_flaxlayer");
+    let mlp = concat!(env!("CARGO_MANIFEST_DIR"), "/hlo/mlp");
+    let plugin = client().plugin().path().to_path_buf();
+    let run = |log: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("--plugin").arg(&plugin).args(["inspect", mlp]).env_remove("TF_CPP_MIN_LOG_LEVEL").env_remove("FLAXLAYER_PLUGIN_LOG");
+        if let Some(v) = log {
+            cmd.env("FLAXLAYER_PLUGIN_LOG", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let quiet = run(None);
+    assert!(!quiet.contains("absl::InitializeLog"), "{quiet}");
+    assert!(!quiet.contains("create_options"), "{quiet}");
+    let loud = run(Some("1"));
+    assert!(loud.contains("create_options"), "FLAXLAYER_PLUGIN_LOG=1 shows the plugin's INFO lines:\n{loud}");
 }

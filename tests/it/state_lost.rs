@@ -81,10 +81,11 @@ module @m {
   }
 }"#;
     let c = client();
-    let exe = c.compile(Program::Mlir(PROGRAM.as_bytes()), &CompileOptions::default()).unwrap();
     let dev = c.device(0).unwrap();
     let state = c.buffer_from_slice(&[1f32, 2.], &[2], &dev).unwrap();
     let (good, bad) = (c.buffer_from_slice(&[-0.5f32], &[], &dev).unwrap(), c.buffer_from_slice(&[3f32], &[], &dev).unwrap());
+    let signature = crate::common::signature_of([&state, &good]);
+    let exe = c.compile(Program::Mlir(PROGRAM.as_bytes()), &CompileOptions::default()).unwrap().with_input_signature(signature);
     // Not donated: a failed execution leaves the buffer alive and readable.
     let err = exe.execute(&[&state, &bad], &[false, false]).unwrap_err();
     assert!(matches!(&err, Error::Pjrt { message, .. } if message.contains("failure injected on purpose")), "{err}");
@@ -99,7 +100,9 @@ module @m {
 fn assert_lost(what: &str, err: Error) {
     let Error::StateLost { computation, cause } = &err else { panic!("{what}: {err}") };
     assert_eq!(computation, "__call__.inference.b4.jaxexport", "{what}");
-    assert!(cause.contains("flaxlayer_test_fail_if: input 2 > 0"), "{what}: {cause}");
+    assert!(matches!(&**cause, Error::Pjrt { message, .. } if message.contains("flaxlayer_test_fail_if: input 2 > 0")), "{what}: {cause}");
+    let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::sync::Arc<Error>>());
+    assert!(source.is_some_and(|s| std::sync::Arc::ptr_eq(s, cause)), "{what}: the cause is the source");
 }
 
 #[test]

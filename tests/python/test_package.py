@@ -1,7 +1,7 @@
 """The exporter as a package: its API and console script, the bundle directory written at
 once, the CLI's errors, and the README's Python snippet.
 
-Run: .venv/bin/python -m pytest tests/python -q   (-m 'not network' when offline)
+Run: FLAXLAYER_NETWORK_TESTS=1 .venv/bin/python -m pytest tests/python -q -k package   (the wheel test downloads)
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _wheelhouse() -> Path:
                             "-c", str(constraints), *deps],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            pytest.fail(f"pip download failed (offline? deselect with -m 'not network'):\n{r.stderr[-2000:]}")
+            pytest.fail(f"pip download failed (offline? leave FLAXLAYER_NETWORK_TESTS unset):\n{r.stderr[-2000:]}")
         stamp.touch()
     return wh
 

@@ -189,16 +189,49 @@ impl Common {
     }
 }
 
+/// Set to `1` to see the plugin's own log lines (absl INFO and up).
+const PLUGIN_LOG_ENV: &str = "FLAXLAYER_PLUGIN_LOG";
+
+/// Keeps the plugin's INFO logs (and absl's "All log messages before absl::InitializeLog()"
+/// warning that comes with the first of them) off the user's stderr: `TF_CPP_MIN_LOG_LEVEL=1`,
+/// unless the user set it or asked for the logs with `FLAXLAYER_PLUGIN_LOG=1`. Measured with
+/// the CPU plugins: level 1 removes both lines and keeps warnings and errors. Done here, first
+/// thing in `main` while the process has one thread, and not in the library, where setting
+/// the environment would race with C code reading it on other threads.
+fn quiet_plugin_logs() {
+    let wants_logs = std::env::var_os(PLUGIN_LOG_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    if !wants_logs && std::env::var_os("TF_CPP_MIN_LOG_LEVEL").is_none() {
+        std::env::set_var("TF_CPP_MIN_LOG_LEVEL", "1");
+    }
+}
+
 fn main() {
+    quiet_plugin_logs();
     if let Err(e) = run(Cli::parse()) {
         // A reader that went away (`flaxlayer inspect B | head -1`) is not an error: stop
         // quietly, as `cat` does.
         if out::is_broken_pipe(&e) {
             std::process::exit(0);
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, each once: a cause whose text the message so far already
+/// holds (flaxlayer's errors say their I/O, JSON or PJRT cause in their own message and also
+/// return it as `source()`) is not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<()> {

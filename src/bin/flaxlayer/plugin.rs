@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use flaxlayer::pjrt::{self, Plugin, PluginSource};
+use flaxlayer::pjrt::{Plugin, PluginSource};
+use flaxlayer::plugins;
 
 /// The CPU plugin wheel `install` fetches: the default plugin (see README, "PJRT plugins"),
 /// pinned as in scripts/requirements.txt.
@@ -81,12 +82,12 @@ fn describe(source: &PluginSource) -> &'static str {
 fn install(args: InstallArgs) -> Result<()> {
     let dir = match args.dir {
         Some(d) => d,
-        None => pjrt::user_plugin_dir().context("this platform has no per-user data directory; pass --dir")?,
+        None => plugins::user_plugin_dir().context("this platform has no per-user data directory; pass --dir")?,
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // A plugin that is already there and loads is kept (no download): --force replaces it.
     if !args.force {
-        for name in pjrt::plugin_file_names() {
+        for name in plugins::plugin_file_names() {
             let path = dir.join(name);
             if path.is_file() {
                 if let Ok(plugin) = Plugin::load_path(&path, PluginSource::UserDir) {
@@ -142,7 +143,7 @@ if len(found) != 1:
     sys.exit(4)
 print(found[0])
 "#;
-    let out = Command::new(python).arg("-c").arg(FIND).arg(package).arg(version).args(pjrt::plugin_file_names()).output().ok()?;
+    let out = Command::new(python).arg("-c").arg(FIND).arg(package).arg(version).args(plugins::plugin_file_names()).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -196,7 +197,7 @@ with zipfile.ZipFile(wheel) as z:
         .arg(UNPACK)
         .arg(wheel)
         .arg(dir)
-        .args(pjrt::plugin_file_names())
+        .args(plugins::plugin_file_names())
         .output()
         .with_context(|| format!("running {python} to unpack {}", wheel.display()))?;
     if !out.status.success() {

@@ -78,6 +78,8 @@ enum OptStart {
     Saved(Vec<(String, Tensor)>),
 }
 
+impl super::options::sealed::Sealed for Trainer {}
+
 impl Build for Trainer {
     fn build(bundle: Arc<Bundle>, options: Options) -> Result<Trainer> {
         Trainer::assemble(bundle, options, OptStart::Fresh, 0)
@@ -337,3 +339,12 @@ fn scalar(array: &DeviceArray) -> Result<f64> {
 static_assertions::assert_impl_all!(Trainer: Send, Sync);
 static_assertions::assert_impl_all!(Metrics: Send, Sync);
 static_assertions::assert_impl_all!(Batch: Send, Sync);
+
+impl Builder<Trainer> {
+    /// The seed of the batch order ([`epoch_permutation`](epoch_permutation));
+    /// default: the seed.
+    pub fn shuffle_seed(mut self, seed: u64) -> Self {
+        self.options.shuffle_seed = Some(seed);
+        self
+    }
+}

@@ -50,7 +50,7 @@ fn field_size<S, F>(_: impl Fn(&S) -> &F) -> usize {
 include!(concat!(env!("OUT_DIR"), "/checks.rs"));
 
 fn main() {
-    let mut layouts = pjrt::ffi::layout();
+    let mut layouts = ffi_extension::layout();
     xla_ffi_api::xla_ffi_layouts(&mut layouts);
     let ours: Vec<Row> = layouts
         .into_iter()

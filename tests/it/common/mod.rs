@@ -16,10 +16,18 @@ pub fn hlo(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo").join(name)
 }
 
-/// The process's client on the default plugin.
+/// The process's client on the default plugin, with flaxlayer's custom-call handlers
+/// registered (as a layer registers them on its client), so that programs compiled straight
+/// on it may call the LAPACK targets.
 pub fn client() -> Client {
     static CLIENT: OnceLock<Client> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)")).clone()
+    CLIENT
+        .get_or_init(|| {
+            let c = Client::new(None).expect("a PJRT plugin (run scripts/setup.sh)");
+            flaxlayer::custom_calls::register(&c).expect("the handlers");
+            c
+        })
+        .clone()
 }
 
 /// Temporary files and staging directories (`.tmp-` names) under `dir`, recursively.
@@ -94,4 +102,11 @@ pub fn greedy_decode<K: flaxlayer::layer::Kind>(layer: &mut flaxlayer::layer::La
         logits = layer.call(token(best), flaxlayer::Mode::Inference).unwrap();
     }
     got
+}
+
+/// The input signature of buffers that hold JAX's arguments of a program (the dtypes and
+/// shapes JAX traced it with): what an executable compiled straight from the program checks
+/// its arguments against.
+pub fn signature_of<'a>(buffers: impl IntoIterator<Item = &'a flaxlayer::pjrt::Buffer>) -> Vec<flaxlayer::pjrt::ArgSpec> {
+    buffers.into_iter().map(|b| flaxlayer::pjrt::ArgSpec { dtype: b.dtype(), dims: b.dims().to_vec() }).collect()
 }
