@@ -30,6 +30,7 @@ from .linen import DEFAULT_MAX_BATCH, KEY_IMPL, _LinenExport, prepare_inputs
 from .methods import check_signature, takes_training
 from .names import named_leaves
 from .nnx_state import PARAMS, StateError, StateLayout
+from .outputs import plain_outputs
 
 MODES = ("inference", "training")
 
@@ -128,10 +129,12 @@ def nnx_functions(model: NnxModel, method, rng_streams: tuple[str, ...]):
     def call(module, inputs, training: bool):
         kw = {"training": training} if training_arg else {}
         if method is None:
-            return module(inputs, **kw)
-        if isinstance(method, str):
-            return getattr(module, method)(inputs, **kw)
-        return method(module, inputs, **kw)
+            out = module(inputs, **kw)
+        elif isinstance(method, str):
+            out = getattr(module, method)(inputs, **kw)
+        else:
+            out = method(module, inputs, **kw)
+        return plain_outputs(out)
 
     def run(mode, params, state, inputs, k=None):
         raw: dict = {}
@@ -195,7 +198,8 @@ def manifest_section(model: NnxModel, rng_streams) -> dict:
 
 def nnx_export(module, sample_inputs, *, method=None, variables=None, seed=0, rng_streams=None,
                init_inputs=None, platforms=("cpu",), batch_sizes=None,
-               max_batch=DEFAULT_MAX_BATCH, frozen=False) -> "_NnxExport":
+               max_batch=DEFAULT_MAX_BATCH, frozen=False, batching=True,
+               bundle_variables=True) -> "_NnxExport":
     """The export of an NNX module (an instance or a factory), ready to `build`."""
     if init_inputs is not None:
         raise ValueError("init_inputs is for linen modules: an NNX module's init builds its "
@@ -208,7 +212,8 @@ def nnx_export(module, sample_inputs, *, method=None, variables=None, seed=0, rn
                       seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                       init_inputs=init_inputs, sample_batch=sample_batch,
                       batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch),
-                      model=model, frozen=bool(frozen))
+                      model=model, frozen=bool(frozen), check_batching=bool(batching),
+                      bundle_variables=bool(bundle_variables))
 
 
 @dataclasses.dataclass
@@ -230,10 +235,16 @@ class _NnxExport(_LinenExport):
         return jax.tree_util.tree_map(np.asarray, values)
 
     def origin(self, given) -> str:
-        return self.model.origin
+        return self.model.origin if self.bundle_variables else "init-only"
+
+    def check_init_only(self, given) -> None:
+        if self.model.make is None or self.model.origin != "init":
+            raise ValueError("bundle_variables=False needs variables that init builds again: "
+                             "export a factory make(rngs) without variables=, not an instance")
+        super().check_init_only(None)
 
     def golden_init(self, given, init_entry, init_variables):
-        if self.model.make is not None and self.model.origin != "init":
+        if self.model.make is not None and (self.model.origin != "init" or not self.bundle_variables):
             return self.plain_init()
         return None
 

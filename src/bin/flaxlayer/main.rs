@@ -186,10 +186,11 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     let m = bundle.manifest();
     println!("bundle {}  (module {}, seed {}, platforms {:?})", path.display(), m.module, m.seed, m.platforms);
     println!("rng streams: {:?}", m.rng_streams);
-    let origin = match (bundle.variables_path().is_file(), m.variables_origin.as_deref()) {
-        (false, _) => "none bundled: init runs on the device".to_string(),
-        (true, Some(o)) => format!("variables.safetensors ({o})"),
-        (true, None) => "variables.safetensors".to_string(),
+    let origin = match (bundle.variables_file(), m.variables_origin.as_deref()) {
+        (Ok(None), _) => "none bundled (init-only): init runs on the device under the seed".to_string(),
+        (Ok(Some(_)), Some(o)) => format!("variables.safetensors ({o})"),
+        (Ok(Some(_)), None) => "variables.safetensors".to_string(),
+        (Err(e), _) => format!("UNUSABLE: {e}"),
     };
     println!("variables: {origin}");
     if m.init.is_none() {
