@@ -363,6 +363,17 @@ fn version_12_carries_the_jax_version() {
 }
 
 #[test]
+fn a_real_jax_0_12_export() {
+    // tests/fixtures/make_jax012_fixture.py: jit(f) of (f32[2,3], i32[4]) -> {"total", "y"}.
+    let e = Exported::from_bytes(&fixture("jax012")).unwrap();
+    assert_eq!((e.serialization_version, e.jax_version.as_deref()), (12, Some("0.12.0.1")));
+    assert_eq!(e.in_avals, vec![Aval { dtype: DType::F32, shape: vec![2, 3] }, Aval { dtype: DType::I32, shape: vec![4] }]);
+    assert_eq!(e.out_avals, vec![Aval { dtype: DType::I32, shape: vec![] }, Aval { dtype: DType::F32, shape: vec![2, 3] }]);
+    assert_eq!(e.out_tree.leaf_paths("outputs"), vec!["total".to_string(), "y".to_string()]);
+    assert_eq!(e.calling_convention_version, 10);
+}
+
+#[test]
 fn a_newer_jax_is_named_with_what_to_do() {
     let e = Exported::from_bytes(&build(&Spec { version: 13, jax_version: Some("0.13.1"), ..spec() })).unwrap_err();
     let Error::UnsupportedSerialization { version, jax_version, supported, .. } = &e else { panic!("{e:?}") };
