@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust suite (unit, integration, doc tests), the library alone (no CLI
 # feature), the ABI check of our PJRT mirror against pjrt_c_api.h, a fixed sample under
-# valgrind, the packaged crate on its own, and the Python exporter suite.
+# valgrind, the packaged crate on its own, the Python exporter suite (Python 3.11, jax
+# 0.10.2), and the version matrix's other end with the Hugging Face zoo (scripts/matrix.sh:
+# Python 3.12, jax 0.12.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -30,4 +32,8 @@ phase "pytest"
 # One test downloads wheels into target/pip-wheelhouse on its first run (marked `network`);
 # offline, run: .venv/bin/python -m pytest tests/python -q -m 'not network'
 .venv/bin/python -m pytest tests/python -q --durations=12
+matrix_start=$SECONDS
+phase "version matrix: jax 0.12 (scripts/matrix.sh)"
+scripts/matrix.sh
+echo "== version matrix took $((SECONDS - matrix_start))s"
 echo "== all tests passed in ${SECONDS}s"
