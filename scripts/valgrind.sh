@@ -27,14 +27,17 @@ memcheck() {
     "$binary" --exact --test-threads=1 "$@"
 }
 
-memcheck "$(test_binary --test pjrt)" \
-  serialized_executable_runs_the_same \
-  donated_input_is_consumed_and_borrowed_input_is_kept \
-  buffers_round_trip_typed_slices \
-  malformed_mlir_is_a_pjrt_error \
-  a_device_or_buffer_of_another_client_is_refused \
-  a_plugin_missing_an_entry_point_is_unsupported_not_a_crash \
-  a_table_too_short_for_its_version_is_refused_without_reading_past_it
+memcheck "$(test_binary --test it)" \
+  pjrt::serialized_executable_runs_the_same \
+  pjrt::donated_input_is_consumed_and_borrowed_input_is_kept \
+  pjrt::buffers_round_trip_typed_slices \
+  pjrt::malformed_mlir_is_a_pjrt_error \
+  pjrt::a_device_or_buffer_of_another_client_is_refused \
+  pjrt::a_plugin_missing_an_entry_point_is_unsupported_not_a_crash \
+  pjrt::a_table_too_short_for_its_version_is_refused_without_reading_past_it \
+  state_lost::xla_consumes_donated_buffers_even_when_the_execution_fails \
+  layer::dropout_masks_differ_between_steps_and_from_inference \
+  layer::save_then_load_gives_the_same_outputs_variables_and_key
 memcheck "$(test_binary --lib)" \
   pjrt::xla_ffi::tests::the_cpu_plugin_has_the_ffi_extension \
   pjrt::xla_ffi::tests::a_registered_handler_runs_in_a_custom_call \
@@ -43,8 +46,3 @@ memcheck "$(test_binary --lib)" \
   pjrt::xla_ffi_frame::tests::a_separate_operand_is_copied_in_first \
   pjrt::xla_ffi_frame::tests::overlapping_buffers_are_refused \
   pjrt::xla_ffi_frame::tests::a_panic_is_an_internal_error_not_an_unwind_into_c
-memcheck "$(test_binary --test state_lost)" \
-  xla_consumes_donated_buffers_even_when_the_execution_fails
-memcheck "$(test_binary --test layer)" \
-  dropout_masks_differ_between_steps_and_from_inference \
-  save_then_load_gives_the_same_outputs_variables_and_key

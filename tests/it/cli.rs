@@ -7,8 +7,7 @@ use std::process::Command;
 use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::Tensor;
 
-mod common;
-use common::{hlo, row_range};
+use crate::common::{hlo, row_range};
 
 
 fn flaxlayer(args: &[&str]) -> std::process::Output {

@@ -347,17 +347,18 @@ fn the_cpu_plugin_is_quiet_unless_asked() {
     // child process: the first plugin load of a process decides.
     let me = std::env::current_exe().unwrap();
     let quiet = std::process::Command::new(&me)
-        .args(["--exact", "load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
+        .args(["--exact", "pjrt::load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
         .env_remove("TF_CPP_MIN_LOG_LEVEL")
         .env_remove(flaxlayer::pjrt::PLUGIN_LOG_ENV)
         .output()
         .unwrap();
     assert!(quiet.status.success(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    assert!(String::from_utf8_lossy(&quiet.stdout).contains("1 passed"), "the child test did not run");
     let stderr = String::from_utf8_lossy(&quiet.stderr);
     assert!(!stderr.contains("absl::InitializeLog"), "{stderr}");
     assert!(!stderr.contains("create_options"), "{stderr}");
     let loud = std::process::Command::new(&me)
-        .args(["--exact", "load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
+        .args(["--exact", "pjrt::load_a_client_for_the_log_test", "--nocapture", "--include-ignored"])
         .env_remove("TF_CPP_MIN_LOG_LEVEL")
         .env(flaxlayer::pjrt::PLUGIN_LOG_ENV, "1")
         .output()

@@ -10,8 +10,7 @@ use flaxlayer::layer::{epoch_batches, epoch_permutation};
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, Bundle, DType, Error, FlaxLayer, PyTree, Tensor, Trainer};
 
-mod common;
-use common::{client, hlo, pick_rows};
+use crate::common::{client, hlo, pick_rows};
 
 const GOLDEN_STEPS: usize = 20;
 
@@ -139,7 +138,7 @@ fn save_load_resumes_bit_exactly() {
     assert_eq!(losses_a.len(), 2 * 44);
     assert_eq!(losses_b, losses_a, "losses differ after resuming");
     assert_eq!(snapshot(&c), snapshot(&a), "variables, opt_state, key or step differ after resuming");
-    assert!(common::leftovers(dir.path()).is_empty(), "temp files left: {:?}", common::leftovers(dir.path()));
+    assert!(crate::common::leftovers(dir.path()).is_empty(), "temp files left: {:?}", crate::common::leftovers(dir.path()));
     // The checkpoint is also a FlaxLayer bundle, which starts from the trained variables.
     let layer = FlaxLayer::builder(dir.path()).client(client()).build().unwrap();
     assert_eq!(layer.variables().unwrap(), saved.0);

@@ -20,8 +20,7 @@ use flaxlayer::pjrt::{Buffer, CompileOptions, FfiHandlers, LoadedExecutable, Pro
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{DType, Error, Tensor};
 
-mod common;
-use common::client;
+use crate::common::client;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lapack")

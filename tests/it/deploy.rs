@@ -8,9 +8,8 @@ use std::process::Command;
 use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::pjrt::Client;
 
-mod common;
-use common::golden::{assert_close, Golden};
-use common::{copy_dir, hlo};
+use crate::common::golden::{assert_close, Golden};
+use crate::common::{copy_dir, hlo};
 
 #[test]
 fn a_folder_with_the_binary_a_bundle_and_the_plugin_runs_with_an_empty_environment() {

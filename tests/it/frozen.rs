@@ -10,9 +10,8 @@ use std::sync::Arc;
 use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::{Bundle, FlaxLayer, Mode, PyTree, Tensor};
 
-mod common;
-use common::golden::{assert_close, Golden};
-use common::{client, copy_dir, hlo};
+use crate::common::golden::{assert_close, Golden};
+use crate::common::{client, copy_dir, hlo};
 
 fn layer_at(dir: &std::path::Path) -> FlaxLayer {
     FlaxLayer::builder(Arc::new(Bundle::open(dir).unwrap())).client(client()).build().unwrap()
@@ -129,7 +128,7 @@ fn frozen_decoder_decodes_jax_greedy_tokens_and_keeps_frozen_through_cache_write
     let want = golden.get("greedy/tokens").to_vec::<i32>().unwrap();
     let mut layer = layer_at(&hlo("decoder_frozen"));
     assert!(layer.runs_frozen());
-    let got = common::greedy_decode(&mut layer, &prompt, want.len());
+    let got = crate::common::greedy_decode(&mut layer, &prompt, want.len());
     assert_eq!(got, want, "greedy tokens of the frozen decoder");
     // Each step wrote the cache (state, not params): still the frozen program.
     assert!(layer.runs_frozen());

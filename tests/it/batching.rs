@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{DType, Error, FlaxLayer, Mode, PyTree, Tensor};
 
-mod common;
-use common::{client, hlo, row_range};
+use crate::common::{client, hlo, row_range};
 
 type Named = BTreeMap<String, Tensor>;
 

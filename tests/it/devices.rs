@@ -9,8 +9,7 @@ use std::sync::{Arc, OnceLock};
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Bundle, Error, FlaxLayer, Mode, Tensor};
 
-mod common;
-use common::{client, hlo, pick_rows, row_range};
+use crate::common::{client, hlo, pick_rows, row_range};
 
 type Named = BTreeMap<String, Tensor>;
 
@@ -209,7 +208,7 @@ fn a_saved_sharded_layer_gathers_its_variables_and_loads_anywhere_the_model_runs
     assert_eq!(single.num_devices(), 1);
     let y1 = single.predict(&x).unwrap();
     assert_close("single device", &y1["outputs"], &y["outputs"], TOL);
-    assert!(common::leftovers(dir.path()).is_empty());
+    assert!(crate::common::leftovers(dir.path()).is_empty());
 }
 
 // ---- the data-parallel trainer --------------------------------------------------------

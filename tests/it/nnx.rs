@@ -12,9 +12,8 @@ use flaxlayer::layer::epoch_batches;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Batch, Bundle, DType, Error, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 
-mod common;
-use common::golden::{assert_close, named, state_only, Golden};
-use common::{client, hlo, pick_rows};
+use crate::common::golden::{assert_close, named, state_only, Golden};
+use crate::common::{client, hlo, pick_rows};
 
 const BUNDLES: [&str; 3] = ["nnx_mlp_bn_dropout", "nnx_attention", "nnx_counter"];
 

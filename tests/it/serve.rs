@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-mod common;
-use common::{hlo, start_server};
+use crate::common::{hlo, start_server};
 
 /// A running `flaxlayer serve`, killed when dropped.
 struct Served {

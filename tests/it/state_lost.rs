@@ -18,8 +18,7 @@ use flaxlayer::pjrt::{CompileOptions, Program};
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{DType, Error, FlaxLayer, Mode, Tensor};
 
-mod common;
-use common::client;
+use crate::common::client;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fail_if")

@@ -10,8 +10,7 @@ use flaxlayer::layer::cache::CacheSetting;
 use flaxlayer::layer::isolate::Isolation;
 use flaxlayer::{DType, Error, FlaxLayer, Mode, PyTree, Tensor};
 
-mod common;
-use common::{hlo, client};
+use crate::common::{hlo, client};
 
 
 fn hostile(name: &str) -> PathBuf {

@@ -7,8 +7,7 @@ use std::process::Command;
 use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::{Error, FlaxLayer, Mode, Tensor};
 
-mod common;
-use common::{client, hlo};
+use crate::common::{client, hlo};
 
 type Named = BTreeMap<String, Tensor>;
 

@@ -10,8 +10,7 @@ use std::path::Path;
 use flaxlayer::{Batch, DType, FlaxLayer, Mode, PyTree, Tensor, Trainer};
 use serde_json::Value;
 
-mod common;
-use common::{client, copy_dir, hlo};
+use crate::common::{client, copy_dir, hlo};
 
 /// Mutants per (file, kind of mutation).
 const ITERATIONS: usize = 60;

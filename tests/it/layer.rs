@@ -7,9 +7,8 @@ use std::sync::Arc;
 use flaxlayer::tensor::read_safetensors;
 use flaxlayer::{Mode, Bundle, DType, Error, FlaxLayer, FlaxLayerConfig, PyTree, Tensor};
 
-mod common;
-use common::golden::{assert_close, Golden};
-use common::{client, hlo};
+use crate::common::golden::{assert_close, Golden};
+use crate::common::{client, hlo};
 
 const BUNDLES: [&str; 7] = ["cnn", "wrapper", "dense_bn_dropout", "mixed", "decoder", "mlp", "multi_platform"];
 
@@ -90,7 +89,7 @@ fn decoder_greedy_tokens_equal_jax() {
     let golden = Golden::load("decoder");
     let prompt = golden.get("greedy/prompt").to_vec::<i32>().unwrap();
     let want = golden.get("greedy/tokens").to_vec::<i32>().unwrap();
-    let got = common::greedy_decode(&mut layer("decoder"), &prompt, want.len());
+    let got = crate::common::greedy_decode(&mut layer("decoder"), &prompt, want.len());
     println!("decoder greedy tokens {got:?}");
     assert_eq!(got, want);
 }
@@ -109,7 +108,7 @@ fn save_then_load_gives_the_same_outputs_variables_and_key() {
     let a = layer.call(&x, Mode::Training).unwrap();
     let b = loaded.call(&x, Mode::Training).unwrap();
     assert_eq!(a, b, "the next training call after load must be identical");
-    assert!(common::leftovers(dir.path()).is_empty(), "temp files left: {:?}", common::leftovers(dir.path()));
+    assert!(crate::common::leftovers(dir.path()).is_empty(), "temp files left: {:?}", crate::common::leftovers(dir.path()));
 }
 
 #[test]

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use flaxlayer::{Mode, DType, FlaxLayer, PyTree, Tensor};
 
-mod common;
-use common::{client};
+use crate::common::{client};
 
 fn source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo/dense_bn_dropout")
