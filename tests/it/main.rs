@@ -25,3 +25,4 @@ mod serve;
 mod state_lost;
 mod train;
 mod untrusted;
+mod weights;

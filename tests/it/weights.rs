@@ -4,12 +4,10 @@
 //! for an init-only bundle or when asked (`init_variables()`). And a bundle serialized by a
 //! JAX newer than the reader knows is refused with the JAX version and what to do.
 
-mod common;
-
 use std::path::Path;
 
-use common::golden::{assert_close, Golden};
-use common::{client, copy_dir, hlo};
+use crate::common::golden::{assert_close, Golden};
+use crate::common::{client, copy_dir, hlo};
 use flaxlayer::{Bundle, Error, FlaxLayer, Mode};
 
 fn build(dir: &Path) -> flaxlayer::Result<FlaxLayer> {
@@ -36,7 +34,7 @@ fn variables_error(r: flaxlayer::Result<FlaxLayer>) -> (String, String) {
 
 fn inference(layer: &mut FlaxLayer, golden: &Golden) -> Vec<(String, flaxlayer::Tensor)> {
     let x = golden.get("inputs/inputs").clone();
-    common::golden::named(&layer.call(&x, Mode::Inference).unwrap())
+    crate::common::golden::named(&layer.call(&x, Mode::Inference).unwrap())
 }
 
 #[test]
