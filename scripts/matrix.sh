@@ -61,6 +61,14 @@ setup
 # The exporter's essential tests, then the range bundles and the zoo (their own JAX compile
 # cache: another jax version's entries would never hit).
 export JAX_COMPILATION_CACHE_DIR="$PWD/target/jax-compile-cache-jax012"
+# Left out under 0.12: the tests that compare the committed bundles (exported by jax 0.10.2)
+# bit for bit with a fresh export or init (XLA 0.12 differs by an ulp here and there), the
+# big examples (decoder, LSTM, the digits training data, which needs scikit-learn), and the
+# tests that start the CLI in subprocesses; test_jax_range.py exports under 0.12 instead.
+ESSENTIAL="not reexport and not init_matches_flax and not golden_matches_flax and not decoder \
+and not lstm and not digits_train and not init_builds_the_module_again and not pretrained_mlp_bundles \
+and not cli and not readme and not nnx_attention and not safetensors_readable"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python/test_jax_range.py \
-  tests/python/test_export.py tests/python/test_nnx.py -m 'not network' -x --durations=5 "$@"
+  tests/python/test_export.py tests/python/test_nnx.py tests/python/test_fidelity.py \
+  -m 'not network' -k "$ESSENTIAL" -x --durations=5 "$@"
 PYTHONPATH="$PWD/$HF" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python/test_hf_zoo.py -x --durations=5

@@ -1,7 +1,7 @@
 """A test zoo of model code we did not write: Hugging Face transformers 4.57.6's Flax models.
 
 Run by scripts/matrix.sh under jax 0.12 (.venv-jax012), with transformers and what it imports
-on PYTHONPATH from their own --target folder (.venv-hf, scripts/requirements-hf.txt,
+on the module search path from their own --target folder (.venv-hf, scripts/requirements-hf.txt,
 installed --no-deps: they cannot move jax). Skipped where transformers is not importable.
 
 Every model is built from a small config with random weights (no download), and exported
