@@ -77,6 +77,43 @@ def _factory_init(make: Callable):
     return init
 
 
+def _flat_values(state) -> dict:
+    """{path joined by '/': value} of an nnx.State's Variables."""
+    out = {}
+    for path, v in nnx.to_flat_state(state):
+        value = v.get_value() if hasattr(v, "get_value") else getattr(v, "value", v)
+        out["/".join(str(p) for p in path)] = value
+    return out
+
+
+def given_state_difference(module: nnx.Module, variables, *, first: int = 5) -> str:
+    """What in the given nnx.State does not fit `module` (a few lines; "" when it fits):
+    leaves the module does not have, and leaves whose shape or dtype differ. Leaves left out
+    keep the module's values (nnx.update takes a part of the state)."""
+    try:
+        given = _flat_values(variables)
+    except Exception:  # noqa: BLE001 - not an nnx.State: nnx.update says what it takes
+        return ""
+    have = _flat_values(nnx.state(module))
+    lines = []
+    extra = sorted(n for n in given if n not in have)
+    if extra:
+        more = f" (and {len(extra) - first} more)" if len(extra) > first else ""
+        lines.append(f"{len(extra)} leaves the module does not have: {', '.join(extra[:first])}{more}")
+    def aval(x):  # typed keys (RNG state) have a dtype numpy cannot hold: keep JAX's
+        return tuple(getattr(x, "shape", np.shape(x))), str(getattr(x, "dtype", type(x).__name__))
+
+    wrong = []
+    for n in sorted(set(given) & set(have)):
+        (gs, gd), (hs, hd) = aval(given[n]), aval(have[n])
+        if (gs, gd) != (hs, hd):
+            wrong.append(f"{n}: given {gd}{list(gs)}, the module has {hd}{list(hs)}")
+    if wrong:
+        more = f"\n  (and {len(wrong) - first} more)" if len(wrong) > first else ""
+        lines.append(f"{len(wrong)} leaves differ in shape or dtype:\n  " + "\n  ".join(wrong[:first]) + more)
+    return "\n".join(lines)
+
+
 def prepare(module, *, seed: int, variables=None) -> NnxModel:
     """The NnxModel of an instance or a factory (built under `seed` and its init values
     computed by the jitted init, so they equal what the exported init gives)."""
@@ -95,6 +132,9 @@ def prepare(module, *, seed: int, variables=None) -> NnxModel:
         module = nnx.clone(module)
         origin = "module"
     if variables is not None:
+        problem = given_state_difference(module, variables)
+        if problem:
+            raise ValueError(f"the given variables do not fit the {type(module).__name__} module:\n{problem}")
         nnx.update(module, variables)
         origin = "given"
     layout = StateLayout.of(nnx.state(module))

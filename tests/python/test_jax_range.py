@@ -390,3 +390,26 @@ def test_init_only_bundle_runs_init_in_rust(tmp_path, flaxlayer_bin):
                        variables=variables)
     with pytest.raises(ValueError, match="not an instance"):
         ef.export_flax(NnxWithOutput(nnx.Rngs(0)), floats(3, 6), str(tmp_path / "y"), bundle_variables=False)
+
+
+class TwoLayers(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs, width: int = 4):
+        self.a = nnx.Linear(3, width, rngs=rngs)
+        self.bn = nnx.BatchNorm(width, rngs=rngs)
+
+    def __call__(self, x):
+        return self.bn(self.a(x))
+
+
+def test_given_nnx_state_errors_say_what_differs(tmp_path):
+    wider = nnx.state(TwoLayers(nnx.Rngs(1), width=5))
+    with pytest.raises(ValueError) as e:
+        ef.export_flax(TwoLayers, floats(2, 3), str(tmp_path / "a"), variables=wider)
+    msg = str(e.value)
+    assert "a/kernel: given float32[3, 5], the module has float32[3, 4]" in msg, msg
+    assert "bn/mean: given float32[5], the module has float32[4]" in msg, msg
+    assert len(msg.splitlines()) <= 8, msg
+    # a part of the state is fine (nnx.update keeps the rest)
+    part = nnx.state(TwoLayers(nnx.Rngs(1)), nnx.Param)
+    m = ef.export_flax(TwoLayers, floats(2, 3), str(tmp_path / "b"), variables=part)
+    assert m["variables_origin"] == "given"
