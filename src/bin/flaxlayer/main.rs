@@ -193,6 +193,17 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
         (Err(e), _) => format!("UNUSABLE: {e}"),
     };
     println!("variables: {origin}");
+    let mut versions: Vec<String> = m
+        .computations()
+        .filter_map(|c| bundle.computation(&c.file).ok())
+        .map(|c| match &c.exported.jax_version {
+            Some(jax) => format!("{} (jax {jax})", c.exported.serialization_version),
+            None => c.exported.serialization_version.to_string(),
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    println!("jax.export serialization version: {}", versions.join(", "));
     if m.init.is_none() {
         println!("init: none (the variables cannot be built again on the device)");
     }
