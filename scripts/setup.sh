@@ -3,7 +3,10 @@
 # - Debian's libclang-dev (tests/abi_check's bindgen reads pjrt_c_api.h with it; the crate
 #   itself builds without it), if absent;
 # - .venv with every Python pin of scripts/requirements.txt (JAX, Flax, the PJRT CPU plugins)
-#   and the exporter package scripts/flaxlayer_export installed in editable mode.
+#   and the exporter package scripts/flaxlayer_export installed in editable mode;
+# - the version matrix's .venv-jax012 (pyenv's Python 3.12.1, jax 0.12.0.1, flax 0.12.12) and
+#   .venv-hf (transformers for the Hugging Face test zoo), by `scripts/matrix.sh setup`.
+#   FLAXLAYER_NO_MATRIX=1 leaves them out.
 # Nothing is written outside the repo except Debian packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +43,9 @@ if [ ! -f "$stamp" ] || [ "$where" != "$PWD/scripts/flaxlayer_export" ]; then
   log "installing the flaxlayer_export package (editable, scripts/) into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ./scripts
   echo "$want" > "$stamp"
+fi
+
+# The newest end of the exporter's supported JAX range (scripts/matrix.sh).
+if [ -z "${FLAXLAYER_NO_MATRIX:-}" ]; then
+  scripts/matrix.sh setup
 fi

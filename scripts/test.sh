@@ -2,7 +2,8 @@
 # Runs every test: the Rust suite (unit, integration, doc tests), the library alone (no CLI
 # feature), the ABI check of our PJRT mirror against pjrt_c_api.h, the generated gRPC code
 # against its .proto, a fixed sample under valgrind, the packaged crate on its own, the README's
-# quick start in a new project, and the Python suite.
+# quick start in a new project, the Python suite (Python 3.11, jax 0.10.2), and the version
+# matrix's other end with the Hugging Face zoo (scripts/matrix.sh: Python 3.12, jax 0.12.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
@@ -62,6 +63,8 @@ phase "pytest"
 # The test marked `network` (it downloads wheels into target/pip-wheelhouse) runs only with
 # FLAXLAYER_NETWORK_TESTS=1 (tests/python/conftest.py).
 .venv/bin/python -m pytest tests/python -q --durations=12
+phase "version matrix: jax 0.12 (scripts/matrix.sh)"
+scripts/matrix.sh
 end_phase
 echo "== time per phase"
 printf '%s\n' "${phases[@]}"

@@ -207,6 +207,39 @@ pub enum Error {
         reason: String,
     },
 
+    /// A serialized `jax.export.Exported` from a newer (or much older) JAX than this build
+    /// reads: its `serialization_version` is outside [`crate::bundle::exported::SUPPORTED_SERIALIZATION_VERSIONS`].
+    #[error(
+        "{what}: serialization version {version}{} is not one this build of flaxlayer reads ({}..={}, jax 0.10.2 through \
+         0.12.x); {advice}",
+        jax_suffix(.jax_version), supported.start(), supported.end()
+    )]
+    UnsupportedSerialization {
+        /// The file.
+        what: String,
+        /// Its `serialization_version`.
+        version: u16,
+        /// The JAX version that wrote it, when the file says (version 12 and later).
+        jax_version: Option<String>,
+        /// The versions this build reads.
+        supported: std::ops::RangeInclusive<u16>,
+        /// What to do about it.
+        advice: String,
+    },
+
+    /// A bundle's variables file is missing, not a regular file, or does not hold what the
+    /// manifest lists, while the manifest says the variables were bundled: the layer refuses
+    /// to start rather than run with other weights (e.g. freshly initialised ones).
+    #[error("{}: {reason}; the manifest says the bundle's variables were bundled (variables_origin {origin:?}){}", path.display(), variables_hint(.origin))]
+    BundleVariables {
+        /// The variables file.
+        path: PathBuf,
+        /// The manifest's `variables_origin` (`given`, `init`, `module`; empty when absent).
+        origin: String,
+        /// What is wrong with the file.
+        reason: String,
+    },
+
     /// Something that was asked for does not exist (a method, a variable, a tensor name).
     #[error("{what} {name:?} not found; available: {available}")]
     NotFound {
@@ -347,6 +380,17 @@ fn describe_safetensors(cause: &safetensors::SafeTensorError) -> String {
             format!("the file is truncated or corrupt ({cause}): its header does not match the data that follows")
         }
         other => other.to_string(),
+    }
+}
+
+fn jax_suffix(v: &Option<String>) -> String {
+    v.as_ref().map(|v| format!(" (written by jax {v})")).unwrap_or_default()
+}
+
+fn variables_hint(origin: &str) -> &'static str {
+    match origin {
+        "init" => "; restore the file, or build the layer with init_variables() (CLI: --init) to start from init under the seed",
+        _ => "; re-export the bundle or restore the file, or pass the variables (variables_file / variables)",
     }
 }
 

@@ -1,17 +1,21 @@
-"""Every private JAX API the exporter uses, behind one version check.
+"""Everything the exporter does below `jax.export`'s documented surface, behind one version
+check.
 
-jax.export has no public way to rewrite an Exported's module or to walk its ops, so this
-module reaches into `jax._src`:
+jax.export has no API to rewrite an Exported's module or to walk its ops. This module does
+both with JAX's public MLIR bindings (`jax.extend.mlir`: `ir`, `passmanager`, `dialects`,
+`(de)serialize_portable_artifact`) and `jax.extend.backend`; it imports nothing from
+`jax._src`. What remains version-sensitive is how those pieces fit together, which was
+checked for every release in `SUPPORTED_JAX` (the two ends are tested, scripts/matrix.sh):
 - `strip_locations`: MLIR debug locations (source file paths of the exporting machine) are
   replaced by `loc(unknown)`, and the module is re-serialized as a StableHLO portable
-  artifact with the same target version;
+  artifact with the same target version; the Exported (a frozen dataclass) is
+  `dataclasses.replace`d with the new bytes;
 - `custom_call_targets`: the `stablehlo.custom_call` targets of an Exported's module;
 - `stripped_module`: an Exported's module without locations, as MLIR text and bytecode
   (the PJRT-level fixtures of scripts/export_pjrt_fixtures.py).
 
-These APIs move between JAX releases; they were checked against the range in
-`SUPPORTED_JAX`. Another jax version gets `UnsupportedJaxError` at first use, which names
-the supported range, instead of an obscure failure deep inside an export.
+Another jax version gets `UnsupportedJaxError` at first use, which names the supported range,
+instead of an obscure failure deep inside an export.
 """
 
 from __future__ import annotations
@@ -19,18 +23,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import types
 
 import jax
 from jax import export as jax_export
 
-# [lowest, highest) jax versions whose private APIs below were checked.
-SUPPORTED_JAX = ((0, 10, 2), (0, 11, 0))
-SUPPORTED_JAX_TEXT = "jax>=0.10.2,<0.11"
+# [lowest, highest) jax versions whose use of the APIs below was checked.
+SUPPORTED_JAX = ((0, 10, 2), (0, 13, 0))
+SUPPORTED_JAX_TEXT = "jax>=0.10.2,<0.13"
 
 
 class UnsupportedJaxError(RuntimeError):
-    """The installed jax is outside the range whose private APIs the exporter knows."""
+    """The installed jax is outside the range the exporter was checked with."""
 
 
 def _version_tuple(version: str) -> tuple[int, int, int]:
@@ -47,30 +50,39 @@ def check_jax_version(version: str | None = None) -> None:
     lo, hi = SUPPORTED_JAX
     if not lo <= _version_tuple(version) < hi:
         raise UnsupportedJaxError(
-            f"flaxlayer_export rewrites jax.export artifacts with private JAX APIs checked for "
-            f"{SUPPORTED_JAX_TEXT}, but jax {version} is installed; install a supported "
-            f"version (pip install '{SUPPORTED_JAX_TEXT}')")
+            f"flaxlayer_export rewrites jax.export artifacts in ways checked for "
+            f"{SUPPORTED_JAX_TEXT} (jax 0.10.2 through 0.12.x), but jax {version} is installed; "
+            f"install a supported version (pip install '{SUPPORTED_JAX_TEXT}')")
 
 
 @functools.cache
-def _private():
-    """The private modules, imported once after the version check."""
+def _mlir():
+    """jax.extend's MLIR bindings, imported once after the version check."""
     check_jax_version()
-    from jax._src import xla_bridge
-    from jax._src.export import _export
-    from jax._src.interpreters import mlir
-    from jax._src.lib import _jax as jaxlib
-    from jax._src.lib.mlir import ir, passmanager
-    return types.SimpleNamespace(xla_bridge=xla_bridge, export=_export, mlir=mlir, jaxlib=jaxlib,
-                                 ir=ir, passmanager=passmanager)
+    import types
+
+    from jax.extend import backend
+    from jax.extend import mlir
+    from jax.extend.mlir import ir, passmanager
+    from jax.extend.mlir.dialects import chlo, sdy, stablehlo
+    return types.SimpleNamespace(mlir=mlir, ir=ir, passmanager=passmanager, backend=backend,
+                                 dialects=(stablehlo, chlo, sdy), stablehlo=stablehlo)
 
 
-def allow_custom_call_target(target: str) -> None:
-    """Lets `jax.export` export calls to `target` for the rest of the process, as if it were
-    on JAX's export compatibility list (for test-only FFI targets; the runtime keeps no such
-    list). Per export, `disabled_checks=[DisabledSafetyCheck.custom_call(target)]` does the
-    same, but the exporter takes no such option."""
-    _private().export._CUSTOM_CALL_TARGETS_GUARANTEED_STABLE.add(target)
+def _context():
+    """An MLIR context with the dialects a jax.export module may use (StableHLO, CHLO,
+    Shardy; func and builtin are always there)."""
+    p = _mlir()
+    ctx = p.ir.Context()
+    for d in p.dialects:
+        d.register_dialect(ctx)
+    return ctx
+
+
+def disabled_custom_call_checks(targets) -> list:
+    """`jax.export`'s `disabled_checks` that let it export calls to `targets` (custom calls
+    outside JAX's compatibility list, e.g. test-only FFI targets)."""
+    return [jax_export.DisabledSafetyCheck.custom_call(t) for t in targets]
 
 
 def _artifact_target_version(serialized: bytes) -> str:
@@ -81,21 +93,24 @@ def _artifact_target_version(serialized: bytes) -> str:
     return m.group(1).decode()
 
 
+def _serialize(module, target: str) -> bytes:
+    p = _mlir()
+    return p.mlir.serialize_portable_artifact(module, target, p.backend.get_backend().serialize_with_sdy)
+
+
 def strip_locations(exp: jax_export.Exported) -> jax_export.Exported:
     """`exp` with all MLIR debug locations replaced by loc(unknown).
 
     The module is deserialized from its portable artifact, run through MLIR's
     `strip-debuginfo` pass and re-serialized as a portable artifact with the same StableHLO
     target version; the Exported is then `dataclasses.replace`d with the new bytes."""
-    p = _private()
+    p = _mlir()
     target = _artifact_target_version(exp.mlir_module_serialized)
-    ctx = p.mlir.make_ir_context()
+    ctx = _context()
     with ctx, p.ir.Location.unknown(ctx):
-        module = p.jaxlib.mlir.deserialize_portable_artifact(exp.mlir_module_serialized)
-        pm = p.passmanager.PassManager.parse("builtin.module(strip-debuginfo)")
-        pm.run(module.operation)
-        data = p.jaxlib.mlir.serialize_portable_artifact(
-            module, target, p.xla_bridge.get_backend().serialize_with_sdy)
+        module = p.mlir.deserialize_portable_artifact(exp.mlir_module_serialized)
+        p.passmanager.PassManager.parse("builtin.module(strip-debuginfo)").run(module.operation)
+        data = _serialize(module, target)
     if _artifact_target_version(data) != target:
         raise RuntimeError(f"re-serialized artifact changed StableHLO version from {target}")
     return dataclasses.replace(exp, mlir_module_serialized=data)
@@ -104,11 +119,11 @@ def strip_locations(exp: jax_export.Exported) -> jax_export.Exported:
 def custom_call_targets(exp: jax_export.Exported) -> list[str]:
     """Sorted unique `call_target_name`s of every `stablehlo.custom_call` in `exp`'s module,
     in every function and nested region (e.g. `lapack_sgeqrf_ffi`, `Sharding`)."""
-    p = _private()
-    ctx = p.mlir.make_ir_context()
+    p = _mlir()
+    ctx = _context()
     names: set[str] = set()
     with ctx, p.ir.Location.unknown(ctx):
-        module = p.jaxlib.mlir.deserialize_portable_artifact(exp.mlir_module_serialized)
+        module = p.mlir.deserialize_portable_artifact(exp.mlir_module_serialized)
 
         def visit(op):
             op = getattr(op, "operation", op)
@@ -121,9 +136,13 @@ def custom_call_targets(exp: jax_export.Exported) -> list[str]:
 
 
 def stripped_module(exp: jax_export.Exported) -> tuple[str, bytes]:
-    """`exp`'s module without debug locations: (MLIR text, MLIR bytecode as jax writes it)."""
-    p = _private()
-    with p.mlir.make_ir_context():
+    """`exp`'s module without debug locations: (MLIR text, a StableHLO portable artifact
+    targeting the version at least 4 weeks old, as jax.export writes it)."""
+    p = _mlir()
+    ctx = _context()
+    with ctx, p.ir.Location.unknown(ctx):
         module = p.ir.Module.parse(exp.mlir_module())
         p.passmanager.PassManager.parse("builtin.module(strip-debuginfo)").run(module.operation)
-        return str(module), p.export._module_to_bytecode(module)
+        target = p.stablehlo.get_version_from_compatibility_requirement(
+            p.stablehlo.StablehloCompatibilityRequirement.WEEK_4)
+        return str(module), _serialize(module, target)

@@ -140,14 +140,22 @@ def _difference(got, want) -> tuple[float, float] | None:
     return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))), 0.0
 
 
-def _compare(ref, got, n: int, batched: dict[str, bool], bare: str, what: str) -> str | None:
+def got_leaf(tree, name: str, bare: str):
+    return dict(named_leaves(tree, bare))[name]
+
+
+def _compare(ref, got, n: int, m: int, batched: dict[str, bool], bare: str, what: str) -> str | None:
     for (name, w), (_, g) in zip(named_leaves(ref, bare), named_leaves(got, bare)):
         w, g = np.asarray(w), np.asarray(g)
         if batched.get(name, False):
             g = g[:n]
+            if w.shape != g.shape:  # e.g. [B, B] (CLIP's logits_per_image): not row by row
+                return (f"{what} `{name}` has the batch in more than its leading axis "
+                        f"({list(w.shape)} at batch {n}, {list(np.shape(got_leaf(got, name, bare)))} "
+                        f"at batch {m}), so its rows cannot be compared one by one")
         elif w.shape != g.shape:
-            return (f"{what} `{name}` has no batch axis but its shape changes with the batch "
-                    f"({list(w.shape)} vs {list(g.shape)})")
+            return (f"{what} `{name}` has no leading batch axis but its shape changes with the "
+                    f"batch ({list(w.shape)} at batch {n} vs {list(g.shape)} at batch {m})")
         diff = _difference(g, w)
         if diff is not None:
             rows = f"rows 0..{n - 1} of " if batched.get(name, False) else ""
@@ -155,9 +163,12 @@ def _compare(ref, got, n: int, batched: dict[str, bool], bare: str, what: str) -
     return None
 
 
+SKIPPED = "the padding check was skipped at export (export_flax(..., batching=False))"
+
+
 def padding_check(infer: Callable, params, state: dict, inputs, *, sizes: Sequence[int],
                   batched_outputs: dict[str, bool], batched_state: list[str] | None,
-                  stateful: bool, seed: int = 0) -> dict:
+                  stateful: bool, seed: int = 0, check: bool = True) -> dict:
     """The method's `batching` manifest entry, from running `infer(params, state, inputs)
     -> (outputs, new_state)` (plain JAX) unpadded and padded.
 
@@ -173,6 +184,8 @@ def padding_check(infer: Callable, params, state: dict, inputs, *, sizes: Sequen
         d["batched_state"] = list(batched_state or [])
         return d
 
+    if not check:
+        return result(False, SKIPPED)
     if batched_state is None:
         return result(False, "the state's batch axis is unknown: init could not be evaluated at "
                              "another batch size")
@@ -203,8 +216,16 @@ def padding_check(infer: Callable, params, state: dict, inputs, *, sizes: Sequen
             out, new = infer(params, state, padded)
         except Exception as e:  # noqa: BLE001
             return result(False, f"inference at batch {m} failed: {type(e).__name__}: {e}".splitlines()[0])
-        problem = (_compare(ref_out, out, n, batched_outputs, "outputs", "output")
-                   or _compare(ref_new, new, n, state_marks, "state", "state"))
+        if (jax.tree_util.tree_structure(ref_out) != jax.tree_util.tree_structure(out)
+                or jax.tree_util.tree_structure(ref_new) != jax.tree_util.tree_structure(new)):
+            return result(False, f"the structure of the outputs or state at batch {m} differs "
+                                 f"from the one at batch {n}")
+        try:
+            problem = (_compare(ref_out, out, n, m, batched_outputs, "outputs", "output")
+                       or _compare(ref_new, new, n, m, state_marks, "state", "state"))
+        except Exception as e:  # noqa: BLE001 - whatever the outputs are, never crash the export
+            return result(False, f"the outputs at batch {m} cannot be compared row by row with the "
+                                 f"ones at batch {n}: {type(e).__name__}: {e}".splitlines()[0])
         if problem:
             rows = "zero" if how == "zeros" else "random"
             return result(False, f"{problem} when a batch of {n} is padded to {m} with {rows} "

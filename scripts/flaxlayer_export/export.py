@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 from .bundle_dir import write_bundle
 from .kinds import LINEN, module_kind
-from .linen import DEFAULT_MAX_BATCH, BuiltBundle, linen_export
+from .linen import DEFAULT_MAX_BATCH, BuiltBundle, allowing_custom_calls, linen_export
 from .nnx_export import nnx_export
 from .sharding import mesh_request
 
@@ -40,6 +40,9 @@ def export_flax(
     output_sharding=None,
     logical_rules=None,
     frozen: bool = False,
+    batching: bool = True,
+    allow_custom_calls: Sequence[str] = (),
+    bundle_variables: bool = True,
 ) -> dict:
     """Export `module` to a bundle directory `out_dir`; returns the manifest.
 
@@ -82,6 +85,26 @@ def export_flax(
         are the bundle's, and the ones with params as arguments once they change. Calls pass
         PJRT fewer arguments (each costs the CPU plugin ~2k instructions per call); the
         bundle holds the params once more per batch size. Single device only.
+      batching: run the padding check (inference in JAX on the sample padded to a larger
+        batch; see flaxlayer_export.batching). False skips it: the method is marked not
+        paddable ("the padding check was skipped"), and the runtime serves only the exported
+        batch sizes. For models whose check is slow or whose outputs are known to mix rows.
+        A method whose outputs cannot be compared row by row (a [B, B] output such as CLIP's
+        logits_per_image, a batch axis that is not leading) is marked not paddable, with the
+        reason, without this.
+      bundle_variables: False leaves variables.safetensors out (manifest `variables_origin`:
+        "init-only"): layers then start from the bundle's init under their seed. Only for
+        variables init builds again (no `variables=`, not an NNX instance, not frozen). A
+        bundle that ships its variables never falls back to init: the runtime refuses it when
+        the file is missing or wrong.
+      allow_custom_calls: custom-call targets that jax.export may export although they are not
+        on JAX's compatibility list (`jax.export.DisabledSafetyCheck.custom_call`; e.g. your
+        own FFI targets, which the runtime must then provide).
+
+    A method may return arrays in tuples, lists and dicts, or a dataclass-like PyTree with
+    named fields (flax.struct.dataclass, e.g. a Hugging Face ModelOutput; namedtuples;
+    jax.tree_util.register_dataclass types): its fields are exported as a dict by field name
+    (None fields dropped). Other custom PyTree nodes are refused (flaxlayer_export.outputs).
     """
     built = build_flax_bundle(
         module, sample_inputs, method=method, variables=variables, seed=seed,
@@ -90,7 +113,8 @@ def export_flax(
         sharding=mesh_request(mesh, param_sharding=param_sharding, state_sharding=state_sharding,
                               input_sharding=input_sharding, output_sharding=output_sharding,
                               logical_rules=logical_rules),
-        frozen=frozen)
+        frozen=frozen, batching=batching, allow_custom_calls=allow_custom_calls,
+        bundle_variables=bundle_variables)
     write_bundle(out_dir, built.files)
     return built.manifest
 
@@ -106,6 +130,8 @@ def exporter(module, sample_inputs, *, sharding=None, **kwargs):
     return nnx_export(module, sample_inputs, **kwargs)
 
 
-def build_flax_bundle(module, sample_inputs, *, extra_golden=None, **kwargs) -> BuiltBundle:
+def build_flax_bundle(module, sample_inputs, *, extra_golden=None, allow_custom_calls=(),
+                      **kwargs) -> BuiltBundle:
     """Everything export_flax writes, in memory (keyword arguments as for `exporter`)."""
-    return exporter(module, sample_inputs, **kwargs).build(extra_golden)
+    with allowing_custom_calls(allow_custom_calls):
+        return exporter(module, sample_inputs, **kwargs).build(extra_golden)

@@ -4,6 +4,8 @@ bundle in memory (docs/bundle-format.md, docs/exporter.md); the steps of an expo
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import types
@@ -25,6 +27,7 @@ from .methods import (check_signature, file_stem, input_error, method_name_of, m
                       takes_training)
 from .names import dtype_name, leaf_name, named_leaves, spec
 from .nnx_state import StateError
+from .outputs import OutputTypeError, plain_outputs
 from .safetensors_io import safetensors_bytes
 
 FORMAT = "flaxlayer.bundle"
@@ -112,6 +115,26 @@ def check_exported(exp, args: list[dict], results: list[dict]) -> None:
                     f"but jax.export traced {dtype_name(aval.dtype)}{list(aval.shape)}")
 
 
+# Custom-call targets jax.export may export although they are not on JAX's compatibility list
+# (export_flax's `allow_custom_calls`), for the export running in this context.
+_ALLOWED_CUSTOM_CALLS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "flaxlayer_allowed_custom_calls", default=())
+
+
+@contextlib.contextmanager
+def allowing_custom_calls(targets):
+    """Within the block, exports may call `targets` (jax.export's
+    DisabledSafetyCheck.custom_call for each, recorded in the Exported's disabled_checks)."""
+    targets = tuple(targets or ())
+    if any(not isinstance(t, str) or not t for t in targets):
+        raise TypeError(f"allow_custom_calls must be custom-call target names, got {targets!r}")
+    token = _ALLOWED_CUSTOM_CALLS.set(tuple(sorted(set(_ALLOWED_CUSTOM_CALLS.get()) | set(targets))))
+    try:
+        yield
+    finally:
+        _ALLOWED_CUSTOM_CALLS.reset(token)
+
+
 def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms,
                        shardings: Callable | None = None) -> Computation:
     """jax.jit(fn) exported at `avals`, locations stripped, custom calls listed. `shardings`
@@ -119,7 +142,9 @@ def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms,
     fn.__name__ = name
     fn.__qualname__ = name
     on_mesh = {} if shardings is None else dict(zip(("in_shardings", "out_shardings"), shardings(fn)))
-    exp = jax_export.export(jax.jit(fn, donate_argnums=donate, **on_mesh), platforms=tuple(platforms))(*avals)
+    exp = jax_export.export(
+        jax.jit(fn, donate_argnums=donate, **on_mesh), platforms=tuple(platforms),
+        disabled_checks=_jax_internals.disabled_custom_call_checks(_ALLOWED_CUSTOM_CALLS.get()))(*avals)
     exp = _jax_internals.strip_locations(exp)
     return Computation(exp, bytes(exp.serialize()), _jax_internals.custom_call_targets(exp))
 
@@ -162,6 +187,47 @@ def check_frozen_outputs(want, got, fname: str) -> None:
                              f"its scale {scale:.3g}; export without frozen=True")
 
 
+def variables_difference(given, want, *, first: int = 5) -> str:
+    """What differs between the variables `given` and the ones `want`ed (module.init's
+    shapes), a few lines: missing and extra collections, the first `first` missing and extra
+    leaves, shape/dtype mismatches; "" when they agree."""
+    def by_name(tree):
+        return {n: x for n, x in named_leaves(tree, "variables")}
+
+    def few(names):
+        names = sorted(names)
+        more = f" (and {len(names) - first} more)" if len(names) > first else ""
+        return ", ".join(names[:first]) + more
+
+    g, w = by_name(given), by_name(want)
+    top = lambda tree: set(tree) if isinstance(tree, dict) else set()
+    lines = []
+    missing_c, extra_c = sorted(top(want) - top(given)), sorted(top(given) - top(want))
+    if missing_c:
+        lines.append(f"missing collections: {', '.join(missing_c)} (init makes them; pass them too, "
+                     "e.g. the result of module.init for the collections you do not have)")
+    if extra_c:
+        lines.append(f"extra collections: {', '.join(extra_c)} (init does not make them)")
+    in_missing_c = lambda n: n.split("/", 1)[0] in missing_c
+    in_extra_c = lambda n: n.split("/", 1)[0] in extra_c
+    missing = [n for n in w if n not in g and not in_missing_c(n)]
+    extra = [n for n in g if n not in w and not in_extra_c(n)]
+    if missing:
+        lines.append(f"missing {len(missing)} leaves: {few(missing)}")
+    if extra:
+        lines.append(f"extra {len(extra)} leaves: {few(extra)}")
+    wrong = [f"{n}: given {g[n].dtype}{list(g[n].shape)}, init makes {w[n].dtype}{list(w[n].shape)}"
+             for n in sorted(set(g) & set(w))
+             if tuple(g[n].shape) != tuple(w[n].shape) or np.dtype(g[n].dtype) != np.dtype(w[n].dtype)]
+    if wrong:
+        more = f"\n  (and {len(wrong) - first} more)" if len(wrong) > first else ""
+        lines.append(f"{len(wrong)} leaves differ in shape or dtype:\n  " + "\n  ".join(wrong[:first]) + more)
+    if not lines and jax.tree_util.tree_structure(given) != jax.tree_util.tree_structure(want):
+        lines.append("the leaves have the same names but the trees differ in structure (e.g. a "
+                     "list where init makes a dict)")
+    return "\n".join(lines)
+
+
 def _leading(tree) -> int | None:
     """The common leading dimension of every leaf, or None."""
     dims = {int(x.shape[0]) if np.ndim(x) else None for x in jax.tree_util.tree_leaves(tree)}
@@ -179,7 +245,8 @@ def _mark(specs: list[dict], batched: dict[str, bool]) -> list[dict]:
 
 def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=None, seed=0,
                  rng_streams=None, init_inputs=None, platforms=("cpu",), batch_sizes=None,
-                 max_batch=DEFAULT_MAX_BATCH, sharding=None, frozen=False) -> "_LinenExport":
+                 max_batch=DEFAULT_MAX_BATCH, sharding=None, frozen=False,
+                 batching=True, bundle_variables=True) -> "_LinenExport":
     """The export of a linen module, ready to `build`; `sharding`: a sharding.MeshRequest
     for a mesh export (export.py makes it from export_flax's mesh arguments)."""
     check_signature(module, method)
@@ -191,7 +258,8 @@ def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=Non
     return _LinenExport(module=module, method=method, fns=module_functions(module, method, streams),
                         seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                         init_inputs=init_inputs, sample_batch=sample_batch, batch_sizes=sizes,
-                        given=variables, sharding=sharding, frozen=check_frozen(frozen, sharding))
+                        given=variables, sharding=sharding, frozen=check_frozen(frozen, sharding),
+                        check_batching=bool(batching), bundle_variables=bool(bundle_variables))
 
 
 def prepare_inputs(sample_inputs, init_inputs):
@@ -245,7 +313,7 @@ def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
         new_state = {c: mutated.get(c, state[c]) for c in state}
         if jax.tree_util.tree_structure(new_state) != jax.tree_util.tree_structure(state):
             raise StateError("apply changed the structure of the state collections")
-        return out, new_state
+        return plain_outputs(out), new_state
 
     def inference(params, state, inputs):
         return _apply(params, state, inputs, None, infer_kw)
@@ -269,11 +337,11 @@ def module_functions(module: nn.Module, method, rng_streams: tuple[str, ...]):
 
     def plain_inference(params, state, inputs):
         out, mut = oracle_infer({"params": params, **state}, inputs)
-        return out, {**state, **flax.core.unfreeze(mut)}
+        return plain_outputs(out), {**state, **flax.core.unfreeze(mut)}
 
     def plain_training(params, state, inputs, k):
         out, mut = oracle_train({"params": params, **state}, inputs, k)
-        return out, {**state, **flax.core.unfreeze(mut)}
+        return plain_outputs(out), {**state, **flax.core.unfreeze(mut)}
 
     return types.SimpleNamespace(
         init=init, inference=inference, training=training, apply_inference=inference,
@@ -302,6 +370,8 @@ class _LinenExport:
     sharding: Any = None  # sharding.MeshRequest of a mesh export
     plan: Any = None  # its sharding.MeshPlan, once the variables are known
     frozen: bool = False  # also export inference with the params compiled in (export_flax's `frozen`)
+    check_batching: bool = True  # run the padding check (export_flax's `batching`)
+    bundle_variables: bool = True  # write variables.safetensors (else "init-only")
 
     @property
     def K0(self):
@@ -313,6 +383,8 @@ class _LinenExport:
 
     def build(self, extra_golden=None) -> BuiltBundle:
         given_variables = self.given
+        if not self.bundle_variables:
+            self.check_init_only(given_variables)
         init_shapes = self.init_shapes()
         batched_state = self.state_batch_axis(init_shapes)
         variables, init_variables = self.variables(given_variables, init_shapes)
@@ -334,8 +406,9 @@ class _LinenExport:
         if init_entry is not None and "inputs_file" in init_entry:
             files[INIT_INPUTS_FILE] = safetensors_bytes(
                 dict(named_leaves(self.init_inputs, "inputs")), _meta("init_inputs"))
-        files["variables.safetensors"] = safetensors_bytes(
-            dict(named_leaves(variables, "variables")), _meta("variables"))
+        if self.bundle_variables:
+            files["variables.safetensors"] = safetensors_bytes(
+                dict(named_leaves(variables, "variables")), _meta("variables"))
         for e in entries["inference"]:
             if "frozen" in e:  # the file its constants came from (the runtime checks it)
                 e["frozen"]["variables_sha256"] = hashlib.sha256(files["variables.safetensors"]).hexdigest()
@@ -380,12 +453,24 @@ class _LinenExport:
 
     def origin(self, given) -> str:
         """The manifest's variables_origin."""
+        if not self.bundle_variables:
+            return "init-only"
         return "init" if given is None else "given"
+
+    def check_init_only(self, given) -> None:
+        """bundle_variables=False needs variables that init builds again (ValueError)."""
+        if given is not None:
+            raise ValueError("bundle_variables=False with variables=...: given variables must be "
+                             "bundled (nothing else can build them on the device)")
+        if self.frozen:
+            raise ValueError("bundle_variables=False with frozen=True: frozen inference compiles "
+                             "the bundled variables in")
 
     def golden_init(self, given, init_entry, init_variables):
         """What init computes, for golden `init/...` when it is not variables.safetensors
-        (given variables, or an init that reads its inputs' values); else None."""
-        if given is not None or "inputs_file" in init_entry:
+        (given variables, an init-only bundle, or an init that reads its inputs' values);
+        else None."""
+        if given is not None or not self.bundle_variables or "inputs_file" in init_entry:
             return init_variables or self.plain_init()
         return None
 
@@ -395,13 +480,10 @@ class _LinenExport:
             variables = init_variables = self.plain_init()
         else:
             variables, init_variables = canonical_arrays(to_plain(given), "variable", "variables"), None
-        if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(init_shapes):
-            raise ValueError("given variables do not have the structure module.init produces: "
-                             f"{[n for n, _ in named_leaves(variables, 'variables')]} vs "
-                             f"{[n for n, _ in named_leaves(init_shapes, 'variables')]}")
-        for (n, a), (_, b) in zip(named_leaves(variables, "variables"), named_leaves(init_shapes, "variables")):
-            if a.shape != b.shape or a.dtype != b.dtype:
-                raise ValueError(f"variable {n}: {a.dtype}{list(a.shape)} but init gives {b.dtype}{list(b.shape)}")
+        problem = variables_difference(variables, init_shapes)
+        if problem:
+            raise ValueError(f"the given variables do not match what module.init ({self.title}) "
+                             f"produces:\n{problem}")
         return variables, init_variables
 
     def export_init(self, init_shapes, files) -> dict:
@@ -443,7 +525,7 @@ class _LinenExport:
         p_sds, s_sds = sds(params), sds(state)
         try:
             jax.eval_shape(self.fns.inference, p_sds, s_sds, sds(self.sample_inputs))
-        except StateError:
+        except (StateError, OutputTypeError):
             raise
         except Exception as e:  # noqa: BLE001
             raise input_error(self.module, self.method, self.sample_inputs, e,
@@ -528,7 +610,7 @@ class _LinenExport:
 
         return padding_check(self.fns.plain_inference, params, state, self.sample_inputs, sizes=self.batch_sizes,
                              batched_outputs=batched_outputs, batched_state=batched_state,
-                             stateful=any(writes))
+                             stateful=any(writes), check=self.check_batching)
 
     # ---- golden (plain module.init / module.apply, not the functions above) ------------
     def golden(self, variables, init_variables, extra_golden) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ from .linen import DEFAULT_MAX_BATCH, KEY_IMPL, _LinenExport, prepare_inputs
 from .methods import check_signature, takes_training
 from .names import named_leaves
 from .nnx_state import PARAMS, StateError, StateLayout
+from .outputs import plain_outputs
 
 MODES = ("inference", "training")
 
@@ -76,6 +77,43 @@ def _factory_init(make: Callable):
     return init
 
 
+def _flat_values(state) -> dict:
+    """{path joined by '/': value} of an nnx.State's Variables."""
+    out = {}
+    for path, v in nnx.to_flat_state(state):
+        value = v.get_value() if hasattr(v, "get_value") else getattr(v, "value", v)
+        out["/".join(str(p) for p in path)] = value
+    return out
+
+
+def given_state_difference(module: nnx.Module, variables, *, first: int = 5) -> str:
+    """What in the given nnx.State does not fit `module` (a few lines; "" when it fits):
+    leaves the module does not have, and leaves whose shape or dtype differ. Leaves left out
+    keep the module's values (nnx.update takes a part of the state)."""
+    try:
+        given = _flat_values(variables)
+    except Exception:  # noqa: BLE001 - not an nnx.State: nnx.update says what it takes
+        return ""
+    have = _flat_values(nnx.state(module))
+    lines = []
+    extra = sorted(n for n in given if n not in have)
+    if extra:
+        more = f" (and {len(extra) - first} more)" if len(extra) > first else ""
+        lines.append(f"{len(extra)} leaves the module does not have: {', '.join(extra[:first])}{more}")
+    def aval(x):  # typed keys (RNG state) have a dtype numpy cannot hold: keep JAX's
+        return tuple(getattr(x, "shape", np.shape(x))), str(getattr(x, "dtype", type(x).__name__))
+
+    wrong = []
+    for n in sorted(set(given) & set(have)):
+        (gs, gd), (hs, hd) = aval(given[n]), aval(have[n])
+        if (gs, gd) != (hs, hd):
+            wrong.append(f"{n}: given {gd}{list(gs)}, the module has {hd}{list(hs)}")
+    if wrong:
+        more = f"\n  (and {len(wrong) - first} more)" if len(wrong) > first else ""
+        lines.append(f"{len(wrong)} leaves differ in shape or dtype:\n  " + "\n  ".join(wrong[:first]) + more)
+    return "\n".join(lines)
+
+
 def prepare(module, *, seed: int, variables=None) -> NnxModel:
     """The NnxModel of an instance or a factory (built under `seed` and its init values
     computed by the jitted init, so they equal what the exported init gives)."""
@@ -94,6 +132,9 @@ def prepare(module, *, seed: int, variables=None) -> NnxModel:
         module = nnx.clone(module)
         origin = "module"
     if variables is not None:
+        problem = given_state_difference(module, variables)
+        if problem:
+            raise ValueError(f"the given variables do not fit the {type(module).__name__} module:\n{problem}")
         nnx.update(module, variables)
         origin = "given"
     layout = StateLayout.of(nnx.state(module))
@@ -128,10 +169,12 @@ def nnx_functions(model: NnxModel, method, rng_streams: tuple[str, ...]):
     def call(module, inputs, training: bool):
         kw = {"training": training} if training_arg else {}
         if method is None:
-            return module(inputs, **kw)
-        if isinstance(method, str):
-            return getattr(module, method)(inputs, **kw)
-        return method(module, inputs, **kw)
+            out = module(inputs, **kw)
+        elif isinstance(method, str):
+            out = getattr(module, method)(inputs, **kw)
+        else:
+            out = method(module, inputs, **kw)
+        return plain_outputs(out)
 
     def run(mode, params, state, inputs, k=None):
         raw: dict = {}
@@ -195,7 +238,8 @@ def manifest_section(model: NnxModel, rng_streams) -> dict:
 
 def nnx_export(module, sample_inputs, *, method=None, variables=None, seed=0, rng_streams=None,
                init_inputs=None, platforms=("cpu",), batch_sizes=None,
-               max_batch=DEFAULT_MAX_BATCH, frozen=False) -> "_NnxExport":
+               max_batch=DEFAULT_MAX_BATCH, frozen=False, batching=True,
+               bundle_variables=True) -> "_NnxExport":
     """The export of an NNX module (an instance or a factory), ready to `build`."""
     if init_inputs is not None:
         raise ValueError("init_inputs is for linen modules: an NNX module's init builds its "
@@ -208,7 +252,8 @@ def nnx_export(module, sample_inputs, *, method=None, variables=None, seed=0, rn
                       seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                       init_inputs=init_inputs, sample_batch=sample_batch,
                       batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch),
-                      model=model, frozen=bool(frozen))
+                      model=model, frozen=bool(frozen), check_batching=bool(batching),
+                      bundle_variables=bool(bundle_variables))
 
 
 @dataclasses.dataclass
@@ -230,10 +275,16 @@ class _NnxExport(_LinenExport):
         return jax.tree_util.tree_map(np.asarray, values)
 
     def origin(self, given) -> str:
-        return self.model.origin
+        return self.model.origin if self.bundle_variables else "init-only"
+
+    def check_init_only(self, given) -> None:
+        if self.model.make is None or self.model.origin != "init":
+            raise ValueError("bundle_variables=False needs variables that init builds again: "
+                             "export a factory make(rngs) without variables=, not an instance")
+        super().check_init_only(None)
 
     def golden_init(self, given, init_entry, init_variables):
-        if self.model.make is not None and self.model.origin != "init":
+        if self.model.make is not None and (self.model.origin != "init" or not self.bundle_variables):
             return self.plain_init()
         return None
 

@@ -35,11 +35,14 @@ pub(super) fn parse(bytes: &[u8], what: &str) -> Result<Exported> {
     if bytes.len() > MAX_BYTES {
         return Err(Error::format(what, format!("{} bytes is over the 2 GiB a flatbuffer can hold", bytes.len())));
     }
-    jax_schema::verify(bytes, MAX_TREE_DEPTH + 4)
-        .map_err(|e| {
-            let detail = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-            Error::format(what, format!("not a serialized jax.export.Exported, or a truncated or corrupt one ({detail})"))
-        })?;
+    if let Err(e) = jax_schema::verify(bytes, MAX_TREE_DEPTH + 4) {
+        // A newer JAX's file may not verify against this schema: when it names its JAX
+        // version (read with the bounds-checked reader), the version is what to report.
+        check_version(bytes, what, true)?;
+        let detail = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        return Err(Error::format(what, format!("not a serialized jax.export.Exported, or a truncated or corrupt one ({detail})")));
+    }
+    check_version(bytes, what, false)?;
     let with_what = |e: Error| match e {
         Error::InvalidFormat { reason, .. } => Error::format(what, reason),
         e => e,
@@ -47,20 +50,48 @@ pub(super) fn parse(bytes: &[u8], what: &str) -> Result<Exported> {
     read_exported(bytes, what).map_err(with_what)
 }
 
+/// Refuses a `serialization_version` outside [`SUPPORTED_SERIALIZATION_VERSIONS`], naming the
+/// JAX that wrote the file when it says (`jax_version`, version 12 on). Bytes that cannot be
+/// read that far are left to the caller; with `named_only` (bytes that did not verify), only a
+/// file that names its JAX version is refused here.
+fn check_version(bytes: &[u8], what: &str, named_only: bool) -> Result<()> {
+    let Ok(root) = Table::root(bytes) else { return Ok(()) };
+    let Ok(version) = root.u16(ex::SERIALIZATION_VERSION) else { return Ok(()) };
+    if SUPPORTED_SERIALIZATION_VERSIONS.contains(&version) {
+        return Ok(());
+    }
+    if version == 0 {
+        return match named_only {
+            true => Ok(()),
+            false => Err(Error::format(what, "no serialization_version: not a serialized jax.export.Exported")),
+        };
+    }
+    let jax_version =
+        root.string(ex::JAX_VERSION).ok().flatten().map(|v| v.chars().filter(|c| !c.is_control()).take(64).collect::<String>());
+    if named_only && jax_version.as_deref().map_or(true, |v| !v.starts_with(|c: char| c.is_ascii_digit())) {
+        return Ok(());
+    }
+    let advice = if version > *SUPPORTED_SERIALIZATION_VERSIONS.end() {
+        "it comes from a newer JAX than this build knows: update flaxlayer to a release that reads it, or export \
+         the bundle again with a JAX in the exporter's supported range (pip install 'jax>=0.10.2,<0.13')"
+    } else {
+        "it comes from a JAX older than any jax.export reader supports today: export the bundle again with a JAX \
+         in the exporter's supported range (pip install 'jax>=0.10.2,<0.13')"
+    };
+    Err(Error::UnsupportedSerialization {
+        what: what.to_string(),
+        version,
+        jax_version,
+        supported: SUPPORTED_SERIALIZATION_VERSIONS,
+        advice: advice.to_string(),
+    })
+}
+
 fn read_exported(bytes: &[u8], what: &str) -> Result<Exported> {
     let root = Table::root(bytes)?;
 
     let serialization_version = root.u16(ex::SERIALIZATION_VERSION)?;
-    if !SUPPORTED_SERIALIZATION_VERSIONS.contains(&serialization_version) {
-        return Err(Error::format(
-            what,
-            format!(
-                "serialization version {serialization_version} is not supported; this reader supports {}..={}",
-                SUPPORTED_SERIALIZATION_VERSIONS.start(),
-                SUPPORTED_SERIALIZATION_VERSIONS.end()
-            ),
-        ));
-    }
+    let jax_version = root.string(ex::JAX_VERSION)?.map(str::to_string);
     let calling_convention_version = u32::from(root.u16(ex::CALLING_CONVENTION_VERSION)?);
     if !SUPPORTED_CALLING_CONVENTIONS.contains(&calling_convention_version) {
         return Err(Error::format(
@@ -139,6 +170,7 @@ fn read_exported(bytes: &[u8], what: &str) -> Result<Exported> {
 
     Ok(Exported {
         serialization_version,
+        jax_version,
         function_name,
         in_tree,
         out_tree,

@@ -76,6 +76,8 @@ struct Spec {
     unique_meshes: Option<Vec<TestMesh>>,
     unique_shardings: Vec<TestSharding>,
     in_sharding_idxs: Option<Vec<u32>>,
+    /// `jax_version` (serialization version 12 on).
+    jax_version: Option<&'static str>,
 }
 
 #[derive(Clone)]
@@ -131,6 +133,7 @@ fn spec() -> Spec {
         unique_meshes: None,
         unique_shardings: vec![],
         in_sharding_idxs: None,
+        jax_version: None,
     }
 }
 
@@ -276,6 +279,7 @@ fn build(s: &Spec) -> Vec<u8> {
     let shardings: Vec<_> = s.unique_shardings.iter().map(|sh| build_sharding(&mut b, sh)).collect();
     let shardings = b.create_vector(&shardings);
     let sharding_idxs = s.in_sharding_idxs.as_ref().map(|i| b.create_vector(i));
+    let jax_version = s.jax_version.map(|v| b.create_string(v));
     let start = b.start_table();
     b.push_slot::<u16>(ex::SERIALIZATION_VERSION, s.version, 0);
     b.push_slot_always(ex::FUNCTION_NAME, name);
@@ -307,6 +311,9 @@ fn build(s: &Spec) -> Vec<u8> {
     b.push_slot_always(ex::UNIQUE_NAMED_SHARDINGS, shardings);
     if let Some(i) = sharding_idxs {
         b.push_slot_always(ex::IN_SHARDINGS_IDXS, i);
+    }
+    if let Some(v) = jax_version {
+        b.push_slot_always(ex::JAX_VERSION, v);
     }
     let root = b.end_table(start);
     b.finish_minimal(root);
@@ -347,11 +354,43 @@ fn hand_built_layouts() {
 }
 
 #[test]
+fn version_12_carries_the_jax_version() {
+    let e = Exported::from_bytes(&build(&Spec { version: 12, jax_version: Some("0.12.0.1"), ..spec() })).unwrap();
+    assert_eq!((e.serialization_version, e.jax_version.as_deref()), (12, Some("0.12.0.1")));
+    assert_eq!(e.in_avals, vec![Aval { dtype: DType::F32, shape: vec![2] }]);
+    // Older writers have none.
+    assert_eq!(Exported::from_bytes(&build(&spec())).unwrap().jax_version, None);
+}
+
+#[test]
+fn a_real_jax_0_12_export() {
+    // tests/fixtures/make_jax012_fixture.py: jit(f) of (f32[2,3], i32[4]) -> {"total", "y"}.
+    let e = Exported::from_bytes(&fixture("jax012")).unwrap();
+    assert_eq!((e.serialization_version, e.jax_version.as_deref()), (12, Some("0.12.0.1")));
+    assert_eq!(e.in_avals, vec![Aval { dtype: DType::F32, shape: vec![2, 3] }, Aval { dtype: DType::I32, shape: vec![4] }]);
+    assert_eq!(e.out_avals, vec![Aval { dtype: DType::I32, shape: vec![] }, Aval { dtype: DType::F32, shape: vec![2, 3] }]);
+    assert_eq!(e.out_tree.leaf_paths("outputs"), vec!["total".to_string(), "y".to_string()]);
+    assert_eq!(e.calling_convention_version, 10);
+}
+
+#[test]
+fn a_newer_jax_is_named_with_what_to_do() {
+    let e = Exported::from_bytes(&build(&Spec { version: 13, jax_version: Some("0.13.1"), ..spec() })).unwrap_err();
+    let Error::UnsupportedSerialization { version, jax_version, supported, .. } = &e else { panic!("{e:?}") };
+    assert_eq!((*version, jax_version.as_deref(), supported.clone()), (13, Some("0.13.1"), 2..=12));
+    let text = e.to_string();
+    for want in ["serialization version 13", "written by jax 0.13.1", "2..=12", "update flaxlayer", "export the bundle again"] {
+        assert!(text.contains(want), "{want:?} not in {text}");
+    }
+    // Control characters in the version string are not echoed.
+    let e = Exported::from_bytes(&build(&Spec { version: 99, jax_version: Some("9\u{1b}[2J.0"), ..spec() })).unwrap_err();
+    assert!(e.to_string().contains("written by jax 9[2J.0"), "{e}");
+}
+
+#[test]
 fn hand_built_errors() {
-    let r = reason(&Spec { version: 12, ..spec() });
-    assert!(r.contains("serialization version 12") && r.contains("2..=11"), "{r}");
-    let r = reason(&Spec { version: 1, ..spec() });
-    assert!(r.contains("serialization version 1 "), "{r}");
+    let r = Exported::from_bytes(&build(&Spec { version: 1, ..spec() })).unwrap_err().to_string();
+    assert!(r.contains("serialization version 1 ") && r.contains("2..=12") && r.contains("older"), "{r}");
     let r = reason(&Spec { calling_convention: 8, ..spec() });
     assert!(r.contains("calling convention version 8"), "{r}");
     let r = reason(&Spec { in_tree: None, ..spec() });

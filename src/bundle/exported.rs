@@ -14,10 +14,11 @@ use crate::tensor::Tensor;
 use crate::{DType, Error, Result};
 
 /// The values of the `serialization_version` field this reader accepts. JAX's own readers
-/// accepted 2 and 3 before 11/2025; since then JAX writes 3 while its format is at version
-/// 11, and later ones may write the real version. Every version in the range is a
-/// backwards-compatible extension of version 2 for the fields read here.
-pub const SUPPORTED_SERIALIZATION_VERSIONS: RangeInclusive<u16> = 2..=11;
+/// accepted 2 and 3 before 11/2025; JAX 0.10.x writes 3 while its format is at version 11,
+/// JAX 0.12 writes 12 (which only adds `jax_version`). Every version in the range is a
+/// backwards-compatible extension of version 2 for the fields read here. A newer version is
+/// an [`crate::Error::UnsupportedSerialization`] naming the JAX that wrote it.
+pub const SUPPORTED_SERIALIZATION_VERSIONS: RangeInclusive<u16> = 2..=12;
 
 /// The calling conventions of the serialized module that this crate can call: the ones
 /// current JAX can call (`jax._src.export._export`, minimum and maximum supported).
@@ -78,6 +79,9 @@ impl std::fmt::Display for Aval {
 pub struct Exported {
     /// The `serialization_version` field as stored (JAX writes 3 for its format version 11).
     pub serialization_version: u16,
+    /// The version of the JAX that serialized it (`jax_version`, serialization version 12
+    /// and later; `None` before).
+    pub jax_version: Option<String>,
     /// The exported function's name (`fun_name`).
     pub function_name: String,
     /// The structure of `(args, kwargs)`: a tuple of the args tuple and the kwargs dict.

@@ -58,6 +58,7 @@ schema! {
         OUT_AVALS_IDXS = 50,
         IN_SHARDINGS_IDXS = 52,
         OUT_SHARDINGS_IDXS = 54,
+        JAX_VERSION = 56,
     }
     /// `PyTreeDef` (`custom_auxdata` is not read).
     tree = "PyTreeDef" {
@@ -172,6 +173,7 @@ impl Verifiable for ExportedTable {
             .visit_field::<Off<VecOf<u32>>>("out_avals_idxs", OUT_AVALS_IDXS, false)?
             .visit_field::<Off<VecOf<u32>>>("in_shardings_idxs", IN_SHARDINGS_IDXS, false)?
             .visit_field::<Off<VecOf<u32>>>("out_shardings_idxs", OUT_SHARDINGS_IDXS, false)?
+            .visit_field::<Off<Str>>("jax_version", JAX_VERSION, false)?
             .finish();
         Ok(())
     }
@@ -324,8 +326,8 @@ mod tests {
     #[test]
     fn offsets_agree_with_the_schema() {
         let tables = fbs_tables(include_str!("jax_export.fbs"));
-        // JAX 0.10.2's serialization_generated.py: ExportedStart is StartObject(26).
-        assert_eq!(tables["Exported"].len(), 26);
+        // JAX 0.12.0.1's serialization_generated.py: ExportedStart is StartObject(27).
+        assert_eq!(tables["Exported"].len(), 27);
         assert_eq!(TABLES.len(), 10);
         for (table, fields) in TABLES {
             let order = tables.get(*table).unwrap_or_else(|| panic!("no table {table} in jax_export.fbs"));

@@ -26,6 +26,10 @@ const MAX_FILE_BYTES: u64 = 1 << 30;
 /// The file of a bundle's initial variables.
 pub const VARIABLES_FILE: &str = "variables.safetensors";
 
+/// The manifest's `variables_origin` of a bundle that ships no variables: its layers start
+/// from `init` under the seed.
+pub const INIT_ONLY: &str = "init-only";
+
 /// A computation of a bundle: its roles and JAX's serialized export.
 #[derive(Debug, Clone)]
 pub struct BundleComputation {
@@ -123,13 +127,51 @@ impl Bundle {
         })
     }
 
-    /// The bundle's initial variables (`variables.safetensors`), if it has them.
+    /// The bundle's initial variables (`variables.safetensors`); `None` for an init-only
+    /// bundle ([`Bundle::ships_variables`]). A bundle that ships its variables but whose file
+    /// is missing or not a regular file is an [`Error::BundleVariables`].
     pub fn variables(&self) -> Result<Option<Vec<(String, Tensor)>>> {
+        match self.variables_file()? {
+            Some(path) => read_safetensors(&path).map(Some).map_err(|e| self.variables_error(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the bundle ships its variables in `variables.safetensors`: every bundle except
+    /// one whose manifest says `"variables_origin": "init-only"` (exported with
+    /// `bundle_variables=False`; its layers run `init` under the seed). A manifest without
+    /// `variables_origin` (older exporters) counts as shipping them.
+    pub fn ships_variables(&self) -> bool {
+        self.manifest.variables_origin.as_deref() != Some(INIT_ONLY)
+    }
+
+    /// The path of the variables file the bundle ships, checked to be there and a regular
+    /// file (not a directory, device or FIFO, also through symlinks); `None` for an init-only
+    /// bundle. The layer never falls back to `init` for a bundle that ships its variables:
+    /// weights that are not there are an [`Error::BundleVariables`], not random ones.
+    pub fn variables_file(&self) -> Result<Option<PathBuf>> {
         let path = self.variables_path();
-        if !path.exists() {
+        if !self.ships_variables() {
             return Ok(None);
         }
-        read_safetensors(&path).map(Some).map_err(|e| e.with_fix(CORRUPT))
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(path)),
+            Ok(m) => {
+                let kind = if m.is_dir() { "a directory" } else { "not a regular file (a device, FIFO or socket)" };
+                Err(self.variables_error(format!("is {kind}")))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.variables_error("is missing".to_string())),
+            Err(e) => Err(self.variables_error(format!("cannot be read: {e}"))),
+        }
+    }
+
+    /// An [`Error::BundleVariables`] about this bundle's variables file.
+    pub(crate) fn variables_error(&self, reason: String) -> Error {
+        Error::BundleVariables {
+            path: self.variables_path(),
+            origin: self.manifest.variables_origin.clone().unwrap_or_default(),
+            reason,
+        }
     }
 
     /// The path of `variables.safetensors` (which may not exist).

@@ -31,20 +31,29 @@ pub(crate) fn initial_variables(
     digest: bool,
 ) -> Result<Initial> {
     let specs = &bundle.manifest().variables;
-    let from_file = |path: &std::path::Path, digest: bool| -> Result<Initial> {
-        let bytes = crate::files::read(path, crate::files::MAX_WEIGHTS_BYTES)?;
-        let views = safetensors_views(&bytes, &path.display().to_string())?;
-        let arrays = upload_all(placement, specs, layouts, &views)?;
+    // `bundled`: errors about the file's contents become Error::BundleVariables.
+    let from_file = |path: &std::path::Path, digest: bool, bundled: bool| -> Result<Initial> {
+        let contents = |e: Error| match e {
+            e @ (Error::Pjrt { .. } | Error::StateLost { .. } | Error::TooFewDevices { .. }) => e,
+            e if bundled => bundle.variables_error(format!("does not hold the variables the manifest lists: {e}")),
+            e => e,
+        };
+        let bytes = crate::files::read(path, crate::files::MAX_WEIGHTS_BYTES).map_err(contents)?;
+        let views = safetensors_views(&bytes, &path.display().to_string()).map_err(contents)?;
+        let arrays = upload_all(placement, specs, layouts, &views).map_err(contents)?;
         Ok(Initial { arrays, bundle_sha256: digest.then(|| super::cache::hex(&Sha256::digest(&bytes))) })
     };
     let uploaded = |arrays| Ok(Initial { arrays, bundle_sha256: None });
-    match source {
-        VariablesSource::Given(given) => uploaded(upload_all(placement, specs, layouts, given)?),
-        VariablesSource::File(path) => from_file(path, false),
-        VariablesSource::Bundle if bundle.variables_path().is_file() => {
-            from_file(&bundle.variables_path(), digest).map_err(|e| e.with_fix(crate::bundle::CORRUPT))
-        }
-        VariablesSource::Bundle | VariablesSource::Init => {
+    let bundle_file = match source {
+        VariablesSource::Bundle => bundle.variables_file()?,
+        _ => None,
+    };
+    match (source, bundle_file) {
+        (VariablesSource::Given(given), _) => uploaded(upload_all(placement, specs, layouts, given)?),
+        (VariablesSource::File(path), _) => from_file(path, false, false),
+        (VariablesSource::Bundle, Some(path)) => from_file(&path, digest, true),
+        // An init-only bundle (Bundle::ships_variables is false), or init asked for.
+        (VariablesSource::Bundle | VariablesSource::Init, _) => {
             let vars = run_init(bundle, placement, specs, seed, how)?;
             uploaded(vars.into_iter().zip(layouts).map(|(a, (devices, layout))| relayout(placement, a, *devices, layout)).collect::<Result<_>>()?)
         }
@@ -109,7 +118,7 @@ pub(crate) fn run_init(bundle: &Bundle, placement: &Placement, specs: &[TensorSp
 /// has a frozen variant, the layer runs on one device, starts from the bundle's own variables
 /// and was not told to go without. `None` otherwise: the layer then always passes the params.
 pub(crate) fn frozen_wanted(bundle: &Bundle, method: &MethodSpec, options: &Options) -> Option<Vec<ComputationSpec>> {
-    let bundle_variables = matches!(options.variables, VariablesSource::Bundle) && bundle.variables_path().is_file();
+    let bundle_variables = matches!(options.variables, VariablesSource::Bundle) && bundle.ships_variables();
     if options.without_frozen || !bundle_variables || bundle.devices() != 1 {
         return None;
     }

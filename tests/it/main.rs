@@ -29,3 +29,4 @@ mod serve_batching;
 mod state_lost;
 mod train;
 mod untrusted;
+mod weights;

@@ -57,8 +57,10 @@ def test_jax_version_check():
     _jax_internals.check_jax_version()  # the installed one is supported
     _jax_internals.check_jax_version("0.10.2")
     _jax_internals.check_jax_version("0.10.9.dev20260101")
-    for bad in ("0.10.1", "0.11.0", "1.0.0", "0.4.38"):
-        with pytest.raises(ef.UnsupportedJaxError, match=r"jax>=0\.10\.2,<0\.11.*jax " + re.escape(bad)):
+    for good in ("0.11.0", "0.12.0.1", "0.12.3"):
+        _jax_internals.check_jax_version(good)
+    for bad in ("0.10.1", "0.13.0", "1.0.0", "0.4.38"):
+        with pytest.raises(ef.UnsupportedJaxError, match=r"jax>=0\.10\.2,<0\.13.*jax " + re.escape(bad)):
             _jax_internals.check_jax_version(bad)
 
 

@@ -259,12 +259,24 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     let m = bundle.manifest();
     outln!("bundle {}  (module {}, seed {}, platforms {:?})", path.display(), m.module, m.seed, m.platforms);
     outln!("rng streams: {:?}", m.rng_streams);
-    let origin = match (bundle.variables_path().is_file(), m.variables_origin.as_deref()) {
-        (false, _) => "none bundled: init runs on the device".to_string(),
-        (true, Some(o)) => format!("variables.safetensors ({o})"),
-        (true, None) => "variables.safetensors".to_string(),
+    let origin = match (bundle.variables_file(), m.variables_origin.as_deref()) {
+        (Ok(None), _) => "none bundled (init-only): init runs on the device under the seed".to_string(),
+        (Ok(Some(_)), Some(o)) => format!("variables.safetensors ({o})"),
+        (Ok(Some(_)), None) => "variables.safetensors".to_string(),
+        (Err(e), _) => format!("UNUSABLE: {e}"),
     };
     outln!("variables: {origin}");
+    let mut versions: Vec<String> = m
+        .computations()
+        .filter_map(|c| bundle.computation(&c.file).ok())
+        .map(|c| match &c.exported.jax_version {
+            Some(jax) => format!("{} (jax {jax})", c.exported.serialization_version),
+            None => c.exported.serialization_version.to_string(),
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    outln!("jax.export serialization version: {}", versions.join(", "));
     if m.init.is_none() {
         outln!("init: none (the variables cannot be built again on the device)");
     }
