@@ -7,6 +7,7 @@ pub mod bundle;
 mod dtype;
 mod error;
 mod files;
+pub mod generate;
 pub mod layer;
 #[allow(dead_code)] // a few helpers (`Attrs::with`, `supported_targets`, ...) serve its unit tests only
 mod linalg;

@@ -136,7 +136,9 @@ def export_causal_lm(model, out_dir: str, *, max_len: int, prefill_lens: Sequenc
                      vocab_size=vocab, eos_token_id=eos, start=hf_start(cache),
                      prefill_lens=prefill_lens, batch_sizes=batch_sizes, frozen=frozen,
                      platforms=platforms, module=type(model).__name__,
-                     pad_token_id=getattr(config, "pad_token_id", None))
+                     pad_token_id=getattr(config, "pad_token_id", None),
+                     counters=[n for n, _ in named_leaves(cache, "cache")
+                               if n.rsplit("/", 1)[-1] == "cache_index"])
 
 
 # --------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
               eos_token_id=None, start: Callable[[Any], jax.Array], prefill_lens=None,
               batch_sizes: Sequence[int] = (1,), frozen: bool = False,
               platforms: Sequence[str] = ("cpu",), module: str = "CausalLM",
-              pad_token_id=None) -> dict:
+              pad_token_id=None, counters: Sequence[str] = ()) -> dict:
     """Export a decoder given as `step` over `cache` (docs/generation.md) into `out_dir`;
     returns the manifest.
 
@@ -218,6 +220,9 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
       start: `start(cache) -> int32[]`, how many tokens the cache holds.
       max_len, vocab_size, eos_token_id (an int, a list of ints, or None), pad_token_id:
         recorded in the manifest's `generation` section.
+      counters: the cache leaves (names under the cache, `layers/0/index`) that count its
+        tokens: a new generation sets them to zero; without them the runtime restores the
+        whole cache.
       prefill_lens, batch_sizes, frozen, platforms: as for export_causal_lm.
     """
     lens = _prefill_lens(prefill_lens, max_len)
@@ -356,6 +361,7 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
             "decode": "decode",
             "prefill": [{"length": L, "method": f"prefill_{L}"} for L in lens],
             "sample": "sample",
+            "counters": [f"cache/{n}" for n in counters],
         },
     }
     files["manifest.json"] = manifest_bytes(manifest)

@@ -8,6 +8,7 @@ use flaxlayer::tensor::{read_safetensors, write_safetensors};
 use flaxlayer::{Bundle, JaxLayer, Mode, PyTree, Tensor};
 
 mod bench;
+mod generate;
 mod plugin;
 #[cfg(feature = "serve")]
 mod serve;
@@ -47,6 +48,8 @@ enum Command {
     Run(RunArgs),
     /// Per-call latency (median, p10, p90 µs), host in to host out, on random inputs.
     Bench(bench::BenchArgs),
+    /// Generate token ids after a prompt of token ids from a causal LM bundle (no tokenizer).
+    Generate(generate::GenerateArgs),
     /// Train a bundle with a train section on a safetensors data set; optionally checkpoint.
     Train(train::TrainArgs),
     /// Which PJRT plugin loads; install the CPU plugin for this user.
@@ -150,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_bundle(args, &common),
         Command::Bench(args) => bench::run(args, &common),
         Command::Train(args) => train::run(args, &common),
+        Command::Generate(args) => generate::run(args, &common),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(args, &common),
         Command::CompileWorker { request } => {
@@ -192,6 +196,10 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
         (true, None) => "variables.safetensors".to_string(),
     };
     println!("variables: {origin}");
+    if let Some(g) = &m.generation {
+        let lens: Vec<usize> = g.prefill.iter().map(|p| p.length).collect();
+        println!("generation: max_len {}, vocab {}, eos {:?}, prefill lengths {lens:?}, decode {:?}, sample {:?} (flaxlayer generate)", g.max_len, g.vocab_size, g.eos_token_id, g.decode, g.sample);
+    }
     if m.init.is_none() {
         println!("init: none (the variables cannot be built again on the device)");
     }
