@@ -23,6 +23,7 @@ mod batcher;
 mod config;
 mod datatype;
 mod error;
+mod generate;
 mod kserve;
 mod metrics;
 mod model;
@@ -69,7 +70,8 @@ impl Server {
     pub fn load(config: &ServerConfig, client: &Client) -> Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let repo = Repository::load(config, client, &metrics)?;
-        let state = AppState { repo, metrics, max_body_bytes: config.max_body_bytes, draining: AtomicBool::new(false) };
+        let generators = generate::Generators::load(&repo, client)?;
+        let state = AppState { repo, metrics, max_body_bytes: config.max_body_bytes, draining: AtomicBool::new(false), generators };
         Ok(Server { state: Arc::new(state) })
     }
 
@@ -78,12 +80,14 @@ impl Server {
         &self.state.repo
     }
 
-    /// Every route: KServe v2 (`/v2/...`), TF Serving (`/v1/models/...`) and `/metrics`;
+    /// Every route: KServe v2 (`/v2/...`, with Triton's generate extension for generation
+    /// bundles), TF Serving (`/v1/models/...`) and `/metrics`;
     /// anything else is a JSON 404.
     pub fn router(&self) -> Router {
         Router::new()
             .merge(kserve::routes())
             .merge(tfserving::routes())
+            .merge(generate::routes())
             .route("/metrics", get(metrics_text))
             .fallback(no_route)
             .with_state(self.state.clone())
