@@ -13,6 +13,7 @@ mod deploy;
 mod devices;
 mod fidelity;
 mod frozen;
+mod generate;
 mod hostile;
 mod lapack;
 mod layer;
