@@ -41,3 +41,18 @@ if [ ! -f "$stamp" ] || [ "$where" != "$PWD/scripts/flaxlayer_export" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ./scripts
   echo "$want" > "$stamp"
 fi
+# transformers 4.57.6 (the last release with Flax model classes) and what `import transformers`
+# needs, --no-deps into target/hf-transformers, so it can never move .venv's jax, flax or numpy.
+# For scripts/make_lm_fixtures.py, tests/python/test_causal_lm.py and scripts/bench_generate.py
+# (put it on PYTHONPATH); no weights are downloaded.
+hf=target/hf-transformers
+hf_pins=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 tqdm==4.70.1 regex==2026.12.2
+         requests==2.34.2 filelock==4.3.2 certifi==2026.10.19.post1 charset-normalizer==3.5.3
+         idna==3.21 urllib3==2.8.0)
+hf_want=$(echo "${hf_pins[*]}" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$hf/.pins.sha256" 2>/dev/null)" != "$hf_want" ]; then
+  log "installing transformers (--no-deps) into $hf"
+  rm -rf "$hf"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target "$hf" "${hf_pins[@]}"
+  echo "$hf_want" > "$hf/.pins.sha256"
+fi
