@@ -132,12 +132,15 @@ fn a_trainer_initialized_on_the_device_takes_two_steps_as_jax_does() {
     assert_close("lstm_train variables after 2 steps", &named(t.layer().variables().unwrap()), &vars, 1e-5);
     assert_close("lstm_train opt_state after 2 steps", &named(t.opt_state().unwrap()), &opt, 1e-5);
     assert_eq!(t.layer().key().unwrap().to_vec(), g["train/key_after"].to_vec::<u32>().unwrap());
-    // From module.init's variables (the bundle's), the same two steps agree more closely.
+    // From module.init's variables (the bundle's), the same two steps agree more closely, but
+    // adam's division by sqrt(v) still amplifies XLA's per-CPU instruction choices: 3.3e-6
+    // measured on an AMD EPYC (AVX2) machine, under 2e-6 on the Intel machine that exported
+    // the bundle. The bound is the one above, for the same reason.
     let mut t = Trainer::builder(hlo("lstm_train")).client(client()).build().unwrap();
     for batch in lstm_train_batches().iter().take(2) {
         t.step(batch).unwrap();
     }
-    assert_close("lstm_train variables after 2 steps from module.init", &named(t.layer().variables().unwrap()), &vars, 2e-6);
+    assert_close("lstm_train variables after 2 steps from module.init", &named(t.layer().variables().unwrap()), &vars, 1e-5);
 }
 
 /// A copy of bundle `name` in a temporary directory, with `edit` applied to its manifest.
