@@ -78,14 +78,14 @@ impl GenerationSpec {
             return bad(format!("counters names {c:?}, which is not a state variable"));
         }
         let method = |name: &str| m.methods.get(name).ok_or_else(|| Error::format("manifest.json", format!("generation names method {name:?}, which the bundle lacks")));
-        check_inputs(method(&self.decode)?, &self.decode, &[("input_ids", DType::I32, &[1])])?;
+        check_inputs(method(&self.decode)?, "decode", &self.decode, &[("input_ids", DType::I32, &[1])])?;
         for p in &self.prefill {
-            check_inputs(method(&p.method)?, &p.method, &[("input_ids", DType::I32, &[p.length]), ("length", DType::I32, &[])])?;
+            check_inputs(method(&p.method)?, "prefill", &p.method, &[("input_ids", DType::I32, &[p.length]), ("length", DType::I32, &[])])?;
         }
         let logits = method(&self.decode)?.outputs.iter().find(|o| o.name == "logits").map(|o| o.dtype).unwrap_or(DType::F32);
         let v = self.vocab_size;
         let sample = method(&self.sample)?;
-        check_inputs(sample, &self.sample, &[("key", DType::U32, &[2]), ("logits", logits, &[v]), ("temperature", logits, &[]), ("top_k", DType::I32, &[]), ("top_p", logits, &[])])?;
+        check_inputs(sample, "sample", &self.sample, &[("key", DType::U32, &[2]), ("logits", logits, &[v]), ("temperature", logits, &[]), ("top_k", DType::I32, &[]), ("top_p", logits, &[])])?;
         if sample.inference.iter().all(|c| c.batch_size != Some(1)) {
             return bad(format!("the sample method {:?} is not exported at batch 1", self.sample));
         }
@@ -101,10 +101,59 @@ impl GenerationSpec {
 
 /// `method`'s inputs are exactly `want` (name, dtype, shape after the batch axis), sorted by
 /// name as the exporter lists them.
-fn check_inputs(method: &MethodSpec, name: &str, want: &[(&str, DType, &[usize])]) -> Result<()> {
+fn check_inputs(method: &MethodSpec, role: &str, name: &str, want: &[(&str, DType, &[usize])]) -> Result<()> {
     let got: Vec<(&str, DType, &[usize])> = method.inputs.iter().map(|s| (s.name.as_str(), s.dtype, s.shape.get(1..).unwrap_or(&[]))).collect();
     if got != want {
-        return Err(Error::format("manifest.json", format!("generation method {name:?} takes {got:?}, expected {want:?} (name, dtype, shape after the batch axis)")));
+        return Err(Error::format("manifest.json", format!("generation.{role} names method {name:?}, which takes {got:?}, expected {want:?} (name, dtype, shape after the batch axis)")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo/lm_gpt2/manifest.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Manifest> {
+        Manifest::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn the_committed_section_parses() {
+        let m = parse(&manifest()).unwrap();
+        let g = m.generation.unwrap();
+        assert_eq!((g.max_len, g.vocab_size, g.eos_token_id.as_slice()), (48, 211, &[210][..]));
+        assert_eq!(g.prefill.iter().map(|p| p.length).collect::<Vec<_>>(), [8, 16]);
+        assert_eq!(g.counters.len(), 2);
+    }
+
+    #[test]
+    fn bad_sections_are_refused() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("/generation/version", serde_json::json!(2), "version 2"),
+            ("/generation/decode", serde_json::json!("nope"), "lacks"),
+            ("/generation/sample", serde_json::json!("prefill_8"), "sample"),
+            ("/generation/decode", serde_json::json!("prefill_8"), "decode"),
+            ("/generation/eos_token_id", serde_json::json!([211]), "outside the vocabulary"),
+            ("/generation/eos_token_id", serde_json::json!([-1]), "outside the vocabulary"),
+            ("/generation/batch_sizes", serde_json::json!([2]), "lack 1"),
+            ("/generation/max_len", serde_json::json!(1), "max_len"),
+            ("/generation/vocab_size", serde_json::json!(212), "logits"),
+            ("/generation/prefill/1/length", serde_json::json!(8), "ascending"),
+            ("/generation/prefill/1/length", serde_json::json!(49), "2..=48"),
+            ("/generation/prefill/1/method", serde_json::json!("prefill_8"), "prefill_8"),
+            ("/generation/counters/0", serde_json::json!("params/transformer/wte/embedding"), "not a state variable"),
+            ("/generation/counters/0", serde_json::json!("cache/nope"), "not a state variable"),
+        ];
+        for (ptr, value, says) in cases {
+            let mut m = manifest();
+            *m.pointer_mut(ptr).unwrap() = value;
+            let e = parse(&m).unwrap_err();
+            assert!(matches!(e, Error::InvalidFormat { .. }) && e.to_string().contains(says), "{ptr}: {e}");
+        }
+    }
 }
