@@ -37,9 +37,9 @@ def bandwidth_gbs(nbytes: int = 1 << 30, reps: int = 5) -> float:
     return 2 * nbytes / best / 1e9
 
 
-def serve_throughput(exe, bundle, prompt, clients=(1, 4), new=33) -> dict:
-    """`flaxlayer serve` on the bundle: total new tokens per second with 1 and 4 clients
-    posting /generate at once (each client 2 requests)."""
+def serve_throughput(exe, bundle, prompt, clients=(1, 2), new=9) -> dict:
+    """`flaxlayer serve` on the bundle: total new tokens per second (prefill included) with
+    1 and 2 clients posting /generate at once (each client 2 requests)."""
     import shutil
     import tempfile
     import threading
@@ -78,7 +78,7 @@ def serve_throughput(exe, bundle, prompt, clients=(1, 4), new=33) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     from transformers import FlaxGPT2LMHeadModel, GPT2Config
     from flaxlayer_export import export_causal_lm
