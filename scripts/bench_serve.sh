@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Throughput and latency of `flaxlayer serve` (KServe v2, binary tensors, one row per request)
 # for the MLP and CNN bundles at 1, 8 and 64 concurrent connections, with dynamic batching on
-# and off. Load from wrk (scripts/bench_serve.lua) on this machine's loopback only.
+# and off, the server's CPU time per request, and an overload row per model: 4x the
+# connections of the c=64 row against a queue of 32 requests (answered rate, p99, share shed).
+# Load from wrk (scripts/bench_serve.lua) on this machine's loopback only.
 # Writes the table into BENCHMARKS.md between the `serve` markers and prints it.
 #
 #   scripts/bench_serve.sh              # 5 s per run
@@ -39,6 +41,11 @@ ROOT = Path.cwd()
 DURATION = int(os.environ["DURATION"])
 CONCURRENCY = [1, 8, 64]
 MODELS = {"mlp": (1, 64), "cnn": (1, 28, 28, 1)}
+# The overload rows: 4x the connections of the largest row, against a model whose queue holds
+# OVERLOAD_QUEUE requests (wrk is closed-loop: overload is 4x the clients that saturate the
+# server, each sending its next request as soon as it has an answer, 503s included).
+OVERLOAD_CONC = 4 * CONCURRENCY[-1]
+OVERLOAD_QUEUE = 32
 
 
 def prepare(repo: Path) -> list[str]:
@@ -68,6 +75,9 @@ def prepare(repo: Path) -> list[str]:
                         r["batched"] = True
             (dest / "manifest.json").write_text(json.dumps(m, indent=1))
         (repo / f"{name}_unbatched" / "config.json").write_text('{"dynamic_batching": false}')
+        (repo / f"{name}_overload").mkdir()
+        (repo / f"{name}_overload" / "1").symlink_to(repo / name / "1")
+        (repo / f"{name}_overload" / "config.json").write_text(json.dumps({"max_queue_requests": OVERLOAD_QUEUE}))
         if not marked:
             notes.append(f"hlo/{name} carries no paddable/batched marks: served from a copy with them added")
     return notes
@@ -98,6 +108,12 @@ def wrk(port: int, model: str, conc: int, seconds: int, body_file: Path, head_le
         capture_output=True, text=True, env=env, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> float:
@@ -135,24 +151,45 @@ def main():
             for served, batching in ((model, "on"), (f"{model}_unbatched", "off")):
                 for conc in CONCURRENCY:
                     wrk(port, served, conc, 1, work / f"{model}.body", heads[model])  # warm-up
-                    before = batch_stats(port, served)
+                    before, cpu0 = batch_stats(port, served), cpu_seconds(server.pid)
                     r = wrk(port, served, conc, DURATION, work / f"{model}.body", heads[model])
-                    after = batch_stats(port, served)
+                    after, cpu1 = batch_stats(port, served), cpu_seconds(server.pid)
                     batches = after[1] - before[1]
                     r.update(model=model, batching=batching, conc=conc, rps=r["requests"] / (r["duration_us"] / 1e6),
-                             per_batch=(after[0] - before[0]) / batches if batches else float("nan"))
+                             per_batch=(after[0] - before[0]) / batches if batches else float("nan"),
+                             cpu_us=(cpu1 - cpu0) * 1e6 / max(r["requests"], 1))
                     print(f"{model:4} batching {batching:3} c={conc:2}: {r['rps']:9.0f} req/s  p50 {r['p50_us']/1e3:6.2f} ms  "
-                          f"p99 {r['p99_us']/1e3:6.2f} ms  {r['per_batch']:.1f} req/batch  errors {r['non_2xx'] + r['socket_errors']}",
-                          flush=True)
+                          f"p99 {r['p99_us']/1e3:6.2f} ms  {r['per_batch']:.1f} req/batch  {r['cpu_us']:.0f} µs CPU/req  "
+                          f"errors {r['non_2xx'] + r['socket_errors']}", flush=True)
                     rows.append(r)
+        overload = []
+        for model in MODELS:
+            served = f"{model}_overload"
+            wrk(port, served, CONCURRENCY[-1], 1, work / f"{model}.body", heads[model])  # warm-up
+            rss0 = rss_mib(server.pid)
+            r = wrk(port, served, OVERLOAD_CONC, DURATION, work / f"{model}.body", heads[model])
+            seconds = r["duration_us"] / 1e6
+            answered = r["requests"] - r["non_2xx"]
+            r.update(model=model, conc=OVERLOAD_CONC, rps=answered / seconds, sent=r["requests"] / seconds,
+                     shed=r["non_2xx"] / max(r["requests"], 1), rss0=rss0, rss1=rss_mib(server.pid))
+            print(f"{model:4} overload c={OVERLOAD_CONC}: {r['rps']:9.0f} answered/s of {r['sent']:9.0f} sent/s  "
+                  f"p99 {r['p99_us']/1e3:6.2f} ms  shed {100 * r['shed']:.0f}%  RSS {r['rss0']:.0f} -> {r['rss1']:.0f} MiB", flush=True)
+            overload.append(r)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
-    write(rows, notes, time.time() - started, (load_before, load()))
+    write(rows, overload, notes, time.time() - started, (load_before, load()))
 
 
-def write(rows, notes, seconds, loads):
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def write(rows, overload, notes, seconds, loads):
     def find(model, batching, conc):
         return next(r for r in rows if (r["model"], r["batching"], r["conc"]) == (model, batching, conc))
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
@@ -168,14 +205,25 @@ def write(rows, notes, seconds, loads):
         "default settings (HTTP threads = cores, 1 worker per model, max_queue_delay_us 500, max_batch_size = largest "
         "exported size, chunks planned from warm-up timings). \"off\" is the same bundle with "
         "`{\"dynamic_batching\": false}`: each request runs alone, padded to the smallest exported size. "
-        "Requests per batch is from the server's `flaxlayer_batch_requests` histogram.",
+        "Requests per batch is from the server's `flaxlayer_batch_requests` histogram. "
+        "Server CPU per request is the server process's user + system time over the run divided by the requests "
+        "(wrk's own CPU is not in it).",
     ]
     lines += [f"- Note: {n}." for n in notes]
-    lines += ["", "| model | batching | concurrency | requests/s | p50 latency | p99 latency | requests per batch | errors |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | batching | concurrency | requests/s | p50 latency | p99 latency | requests per batch | server CPU per request | errors |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batching']} | {r['conc']} | {r['rps']:,.0f} | {r['p50_us']/1e3:.2f} ms | "
-                     f"{r['p99_us']/1e3:.2f} ms | {r['per_batch']:.1f} | {r['non_2xx'] + r['socket_errors']} |")
+                     f"{r['p99_us']/1e3:.2f} ms | {r['per_batch']:.1f} | {r['cpu_us']:.0f} µs | {r['non_2xx'] + r['socket_errors']} |")
+    lines += ["", f"Overload: {OVERLOAD_CONC} connections (4× the largest row above; wrk is closed-loop, so this is 4× the "
+              f"clients that saturate the server rather than 4× an arrival rate) against the same bundle with "
+              f"`{{\"max_queue_requests\": {OVERLOAD_QUEUE}}}`; batching on. Shed requests get 503 with `Retry-After` and "
+              "their client sends the next one at once; p99 is over every answer, 503s included.", "",
+              "| model | connections | answered/s | sent/s | p99 latency | shed | socket errors | RSS before → after |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in overload:
+        lines.append(f"| {r['model']} | {r['conc']} | {r['rps']:,.0f} | {r['sent']:,.0f} | {r['p99_us']/1e3:.2f} ms | "
+                     f"{100 * r['shed']:.0f}% | {r['socket_errors']} | {r['rss0']:.0f} → {r['rss1']:.0f} MiB |")
     lines.append("")
     for model in MODELS:
         on, off = find(model, "on", 64), find(model, "off", 64)

@@ -6,6 +6,11 @@
 //!   runs on the rows plus padding, and the outputs that carry the batch axis are sliced back
 //!   to `n` rows. A batch larger than every exported size runs in chunks of the largest one
 //!   (the last chunk padded), and the chunks' outputs are concatenated.
+//! - A caller that merges requests (the server's batcher) concatenates their rows
+//!   ([`concat_rows`]), may plan the chunks by measured cost ([`plan_by_cost`]) and runs each
+//!   chunk through the layer (which pads it as above), then joins the chunks ([`assemble`])
+//!   and splits the rows back per request ([`split_rows`]): one batching path for the layer
+//!   and the server.
 //! - Training calls never pad (batch statistics and the loss would change); stateful
 //!   inference (a decode cache) pads only up to the size its state was created at, and never
 //!   splits. Both are refused with [`Error::BatchSize`] at other sizes.
@@ -37,6 +42,18 @@ pub(crate) struct Chunk {
 }
 
 impl Plan {
+    /// A plan of consecutive chunks of the given lengths (their computation chosen later, by
+    /// the layer each chunk is run through).
+    pub fn from_lengths(lengths: &[usize]) -> Plan {
+        let mut chunks = SmallVec::new();
+        let mut start = 0;
+        for &len in lengths {
+            chunks.push(Chunk { start, len, comp: 0 });
+            start += len;
+        }
+        Plan { chunks, rows: start }
+    }
+
     /// Whether the plan runs one computation on the inputs as they are.
     pub fn is_exact(&self, comps: &[Computation]) -> bool {
         matches!(self.chunks.as_slice(), [c] if c.start == 0 && comps[c.comp].batch_size.map_or(true, |b| b == c.len))
@@ -217,4 +234,138 @@ pub(crate) fn assemble(plan: &Plan, batched: &[Option<bool>], mut per_chunk: Vec
         out.push(t);
     }
     Ok(out)
+}
+
+/// The chunk lengths that run `rows` rows at least cost, given each exported size's cost of
+/// one call (a chunk of `len` rows runs at the smallest size `>= len`, padded). One chunk of
+/// all rows when there are no costs. The server plans merged batches with the costs measured
+/// at warm-up (9 rows of sizes 4 and 256 run as 4 + 4 + 1, not as 256).
+pub(crate) fn plan_by_cost(rows: usize, costs: &[(usize, f64)]) -> Vec<usize> {
+    if costs.is_empty() || rows == 0 {
+        return vec![rows];
+    }
+    // best[r]: the least cost of r rows, and the size of the first chunk that gets it.
+    let mut best: Vec<(f64, usize)> = vec![(0.0, 0); rows + 1];
+    for r in 1..=rows {
+        best[r] = costs
+            .iter()
+            .map(|&(size, cost)| (cost + best[r.saturating_sub(size)].0, size))
+            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
+    }
+    let mut chunks = Vec::new();
+    let mut r = rows;
+    while r > 0 {
+        let len = best[r].1.min(r).max(1);
+        chunks.push(len);
+        r -= len;
+    }
+    chunks
+}
+
+/// Several requests' input leaves (each in flatten order, with its own rows) concatenated
+/// along the batch axis, leaf by leaf.
+pub(crate) fn concat_rows(parts: &[&[Tensor]]) -> Result<Vec<Tensor>> {
+    let first = parts.first().ok_or_else(|| Error::invalid("batch", "no requests to merge"))?;
+    let mut out = Vec::with_capacity(first.len());
+    for (i, leaf) in first.iter().enumerate() {
+        let mut rows = 0usize;
+        for p in parts {
+            let t = p.get(i).ok_or_else(|| Error::invalid("batch", "requests with different numbers of inputs"))?;
+            if t.dtype() != leaf.dtype() || t.shape().get(1..) != leaf.shape().get(1..) {
+                return Err(Error::ShapeMismatch { what: format!("input {i} of a merged batch"), expected: leaf.shape().to_vec(), got: t.shape().to_vec() });
+            }
+            rows = rows.checked_add(t.shape().first().copied().unwrap_or(0)).ok_or_else(|| Error::invalid("batch", "too many rows"))?;
+        }
+        let mut shape = leaf.shape().to_vec();
+        shape[0] = rows;
+        let mut t = Tensor::zeros(leaf.dtype(), shape)?;
+        let dst = t.as_mut_bytes();
+        let mut at = 0;
+        for p in parts {
+            let src = p[i].as_bytes();
+            dst[at..at + src.len()].copy_from_slice(src);
+            at += src.len();
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Each request's part of a merged batch's outputs, by its row count: its rows of the
+/// outputs that carry the batch axis, a copy of the others.
+pub(crate) fn split_rows(outputs: &[Tensor], rows: &[usize], batched: &[bool]) -> Result<Vec<Vec<Tensor>>> {
+    let total: usize = rows.iter().sum();
+    let mut parts: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for (out, &is_batched) in outputs.iter().zip(batched) {
+        if !is_batched {
+            parts.iter_mut().for_each(|p| p.push(out.clone()));
+            continue;
+        }
+        if out.shape().first() != Some(&total) {
+            return Err(Error::ShapeMismatch { what: "a batched output".into(), expected: vec![total], got: out.shape().to_vec() });
+        }
+        let row = out.num_bytes() / total.max(1);
+        let mut start = 0;
+        for (&n, part) in rows.iter().zip(parts.iter_mut()) {
+            let mut shape = out.shape().to_vec();
+            shape[0] = n;
+            part.push(Tensor::new(out.dtype(), shape, &out.as_bytes()[start * row..(start + n) * row])?);
+            start += n;
+        }
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_and_split_give_each_request_its_rows() {
+        let a = vec![Tensor::from_vec(vec![1, 2], vec![0.0f32, 1.0]).unwrap()];
+        let b = vec![Tensor::from_vec(vec![3, 2], (0..6).map(|i| 100.0 + i as f32).collect::<Vec<_>>()).unwrap()];
+        let merged = concat_rows(&[&a, &b]).unwrap();
+        assert_eq!(merged[0].shape(), &[4, 2]);
+        assert_eq!(merged[0].as_slice::<f32>().unwrap(), &[0.0, 1.0, 100.0, 101.0, 102.0, 103.0, 104.0, 105.0]);
+        let scalar = Tensor::from_vec(vec![], vec![7i32]).unwrap();
+        let parts = split_rows(&[merged[0].clone(), scalar.clone()], &[1, 3], &[true, false]).unwrap();
+        assert_eq!(parts[0][0].as_slice::<f32>().unwrap(), &[0.0, 1.0]);
+        assert_eq!(parts[1][0].shape(), &[3, 2]);
+        assert_eq!(parts[1][0].as_slice::<f32>().unwrap()[0], 100.0);
+        assert_eq!(parts[1][1], scalar);
+        assert!(split_rows(&[scalar], &[1, 3], &[true]).is_err());
+        let wrong = vec![Tensor::from_vec(vec![1, 3], vec![0.0f32; 3]).unwrap()];
+        assert!(concat_rows(&[&a, &wrong]).is_err());
+    }
+
+    #[test]
+    fn chunks_cost_least() {
+        // The CNN: sizes 4 and 256, a call at 256 costing ~50 at 4.
+        let cnn = [(4, 1.0), (256, 50.0)];
+        assert_eq!(plan_by_cost(1, &cnn), vec![1]);
+        assert_eq!(plan_by_cost(9, &cnn), vec![4, 4, 1]);
+        assert_eq!(plan_by_cost(256, &cnn), vec![256]);
+        assert_eq!(plan_by_cost(300, &cnn).iter().sum::<usize>(), 300);
+        // Calls that cost about the same at every size: one call, padded.
+        let mlp = [(1, 1.0), (8, 1.1), (256, 1.5)];
+        assert_eq!(plan_by_cost(9, &mlp), vec![9]);
+        assert_eq!(plan_by_cost(9, &[(1, 1.0), (8, 1.1), (256, 3.0)]), vec![1, 8]);
+        assert_eq!(plan_by_cost(3, &mlp), vec![3]);
+        assert_eq!(plan_by_cost(600, &mlp).iter().sum::<usize>(), 600);
+        assert_eq!(plan_by_cost(5, &[]), vec![5]);
+    }
+
+    #[test]
+    fn chunk_outputs_assemble_in_order() {
+        let a = Tensor::from_vec(vec![2, 1], vec![1.0f32, 2.0]).unwrap();
+        let b = Tensor::from_vec(vec![1, 1], vec![3.0f32]).unwrap();
+        let s = Tensor::from_vec(vec![], vec![9i32]).unwrap();
+        let plan = Plan::from_lengths(&[2, 1]);
+        let out = assemble(&plan, &[Some(true), Some(false)], vec![vec![a.clone(), s.clone()], vec![b, s.clone()]]).unwrap();
+        assert_eq!(out[0].as_slice::<f32>().unwrap(), &[1.0, 2.0, 3.0]);
+        assert_eq!(out[1], s);
+        let v = a.view();
+        let r = rows(&v, 1, 1, 1, 0.0).unwrap();
+        assert_eq!((r.view().shape(), r.view().as_bytes()), (&[1usize, 1][..], &2.0f32.to_le_bytes()[..]));
+    }
 }

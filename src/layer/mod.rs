@@ -4,7 +4,7 @@
 //! saving), and [`Trainer`] (the exported training step over a `JaxLayer`).
 //! [`RawLoop`](raw::RawLoop) is the benchmark floor.
 
-mod batching;
+pub(crate) mod batching;
 pub mod cache;
 mod computation;
 mod custom_calls;

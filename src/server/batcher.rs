@@ -9,10 +9,16 @@
 //! - **Chunks** (when the bundle is paddable): the rows run as the chunks of exported batch
 //!   sizes that cost least, by the time each size took at warm-up (9 rows with sizes 4 and 256
 //!   run as 4 + 4 + 1 padded to 4, not as 256). Each request gets its own rows of the outputs
-//!   that carry the batch axis, and the whole of the others.
+//!   that carry the batch axis, and the whole of the others. Planning, padding, concatenating
+//!   and splitting are the layer's batching module's (`crate::layer::batching`); the batcher
+//!   only forms the batches.
 //! - **Unbatched**: each request runs alone, one at a time per worker.
 //! - A merged batch that fails is run again request by request, so a request that fails
 //!   fails only itself.
+//! - **Admission** ([`Admission`]): a model admits at most so many requests and so many bytes
+//!   of inputs at once (queued or running); a request over either limit is refused before it
+//!   is decoded or queued. A job whose client has gone (its answer's receiver dropped: the
+//!   connection closed, or its deadline passed) is dropped before it runs.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::metrics::{observe, Metrics, ModelLabels};
+use crate::layer::batching::{self, Plan};
 use crate::{Error, JaxLayer, Result, Tensor, TensorView};
 
 /// One checked request: its inputs in the layer's flatten order, all with `rows` rows.
@@ -34,8 +41,97 @@ pub struct Job {
     pub rows: usize,
     /// When the request was queued.
     pub enqueued: Instant,
+    /// When its answer stops being wanted: a job still queued then is dropped unrun.
+    pub deadline: Option<Instant>,
     /// Where its outputs (in flatten order) go.
     pub reply: oneshot::Sender<Result<Vec<Tensor>>>,
+    /// Its place in the model's queue limits, given back when the job is answered or dropped
+    /// (held for its `Drop`).
+    #[allow(dead_code)]
+    pub admission: Admission,
+}
+
+impl Job {
+    /// Whether nobody waits for the answer any more: the client went (the receiver was
+    /// dropped) or the deadline passed.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed() || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// A model's queue limits and what is admitted now: requests and bytes of inputs, queued or
+/// running.
+#[derive(Debug)]
+pub struct QueueLimits {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+    max_requests: usize,
+    max_bytes: usize,
+}
+
+/// Which queue limit a request would pass, with the numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Full(pub String);
+
+impl QueueLimits {
+    /// Limits of `max_requests` requests and `max_bytes` bytes at once.
+    pub fn new(max_requests: usize, max_bytes: usize) -> QueueLimits {
+        QueueLimits { requests: AtomicUsize::new(0), bytes: AtomicUsize::new(0), max_requests, max_bytes }
+    }
+
+    /// Admits one more request (with no bytes yet), or says which limit it would pass.
+    pub fn admit(self: &Arc<Self>) -> std::result::Result<Admission, Full> {
+        let max = self.max_requests;
+        self.requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map_err(|n| Full(format!("{n} requests queued or running, the limit is {max} (--max-queue-requests)")))?;
+        Ok(Admission { limits: Some(self.clone()), bytes: 0 })
+    }
+
+    /// The limits: requests and bytes.
+    pub fn max(&self) -> (usize, usize) {
+        (self.max_requests, self.max_bytes)
+    }
+
+    /// The requests and bytes admitted now.
+    pub fn in_use(&self) -> (usize, usize) {
+        (self.requests.load(Ordering::Acquire), self.bytes.load(Ordering::Acquire))
+    }
+}
+
+/// One admitted request: counts against its model's [`QueueLimits`] until dropped.
+#[derive(Debug)]
+pub struct Admission {
+    limits: Option<Arc<QueueLimits>>,
+    bytes: usize,
+}
+
+impl Admission {
+    /// An admission under no limits (tests, and calls made by the server itself).
+    pub fn unlimited() -> Admission {
+        Admission { limits: None, bytes: 0 }
+    }
+
+    /// Adds `n` bytes (the request's input tensors) to the admitted bytes, or says that the
+    /// limit would be passed (the request stays admitted with the bytes it had).
+    pub fn add_bytes(&mut self, n: usize) -> std::result::Result<(), Full> {
+        let Some(l) = &self.limits else { return Ok(()) };
+        let max = l.max_bytes;
+        l.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_add(n).filter(|&t| t <= max))
+            .map_err(|b| Full(format!("{b} bytes of inputs queued or running, {n} more would pass the limit of {max} (--max-queue-bytes)")))?;
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(l) = self.limits.take() {
+            l.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+            l.requests.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// How a model's batches are formed and run.
@@ -55,49 +151,77 @@ pub struct Policy {
 }
 
 /// Requests to a model that have arrived but are not queued yet: a forming batch waits for
-/// them (up to its deadline) only while there are some.
+/// them (up to its deadline) only while there are some. One that is refused instead of queued
+/// nudges the queue, so a waiting batch re-checks at once: the wait needs no polling.
 #[derive(Debug, Default)]
-pub struct Arrivals(AtomicUsize);
+pub struct Arrivals {
+    count: AtomicUsize,
+    nudge: Mutex<Option<Sender<Msg>>>,
+}
 
 impl Arrivals {
     /// Counts a request until the guard is dropped (when it is queued, or refused).
     pub fn arrive(self: &Arc<Self>) -> Arriving {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Arriving(Some(self.clone()))
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Arriving { arrivals: Some(self.clone()), queued: false }
     }
 
     fn any(&self) -> bool {
-        self.0.load(Ordering::SeqCst) > 0
+        self.count.load(Ordering::SeqCst) > 0
     }
 }
 
-/// One arriving request; dropping it (after queueing the request) stops counting it.
-pub struct Arriving(Option<Arc<Arrivals>>);
+/// One arriving request; dropping it stops counting it (after [`Arriving::queued`], or when
+/// the request is refused, which nudges a waiting batch).
+pub struct Arriving {
+    arrivals: Option<Arc<Arrivals>>,
+    queued: bool,
+}
+
+impl Arriving {
+    /// The request is queued: its job wakes a waiting batch by itself.
+    pub fn queued(mut self) {
+        self.queued = true;
+    }
+}
 
 impl Drop for Arriving {
     fn drop(&mut self) {
-        if let Some(a) = self.0.take() {
-            a.0.fetch_sub(1, Ordering::SeqCst);
+        if let Some(a) = self.arrivals.take() {
+            a.count.fetch_sub(1, Ordering::SeqCst);
+            if !self.queued {
+                if let Some(tx) = a.nudge.lock().ok().and_then(|n| n.clone()) {
+                    let _ = tx.send(Msg::Nudge);
+                }
+            }
         }
     }
 }
 
-/// How often a batch waiting for arriving requests checks whether they still are.
-const ARRIVAL_POLL: Duration = Duration::from_micros(50);
+/// What the queue carries: a job, or a nudge (an arriving request was refused).
+pub enum Msg {
+    /// A request to run.
+    Job(Job),
+    /// Re-check the arriving requests.
+    Nudge,
+}
 
 /// A model's queue and its worker threads. Dropping it lets the workers finish every queued
 /// request, then joins them.
 pub struct Batcher {
-    sender: Option<Sender<Job>>,
+    sender: Option<Sender<Msg>>,
+    arrivals: Arc<Arrivals>,
     workers: Vec<JoinHandle<()>>,
 }
 
 /// What the workers share: the receiver, a request held back for the next batch, and the
 /// count of arriving requests.
 struct Queue {
-    rx: Receiver<Job>,
+    rx: Receiver<Msg>,
     held: Option<Job>,
     arrivals: Arc<Arrivals>,
+    /// Jobs dropped unrun since the last batch, because nobody waits for their answer.
+    abandoned: u64,
 }
 
 /// What a worker needs to run batches.
@@ -112,7 +236,10 @@ impl Batcher {
     /// Starts `instances` worker threads for `layer`.
     pub fn start(layer: Arc<JaxLayer>, policy: Policy, instances: usize, arrivals: Arc<Arrivals>, metrics: Arc<Metrics>, labels: ModelLabels) -> Result<Batcher> {
         let (sender, rx) = mpsc::channel();
-        let queue = Arc::new(Mutex::new(Queue { rx, held: None, arrivals }));
+        if let Ok(mut n) = arrivals.nudge.lock() {
+            *n = Some(sender.clone());
+        }
+        let queue = Arc::new(Mutex::new(Queue { rx, held: None, arrivals: arrivals.clone(), abandoned: 0 }));
         let runner = Arc::new(Runner { layer, policy, metrics, labels });
         let mut workers = Vec::with_capacity(instances);
         for i in 0..instances {
@@ -124,20 +251,21 @@ impl Batcher {
                 .map_err(|e| Error::invalid("worker thread", format!("could not start: {e}")))?;
             workers.push(handle);
         }
-        Ok(Batcher { sender: Some(sender), workers })
+        Ok(Batcher { sender: Some(sender), arrivals, workers })
     }
 
-    /// Queues a job. Fails only when the workers are gone.
-    pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
-        match &self.sender {
-            Some(s) => s.send(job).map_err(|e| e.0),
-            None => Err(job),
-        }
+    /// Queues a job; `false` when the workers are gone.
+    pub fn submit(&self, job: Job) -> bool {
+        self.sender.as_ref().is_some_and(|s| s.send(Msg::Job(job)).is_ok())
     }
 }
 
 impl Drop for Batcher {
     fn drop(&mut self) {
+        // The nudging sender too, so that the workers see the queue close.
+        if let Ok(mut n) = self.arrivals.nudge.lock() {
+            *n = None;
+        }
         drop(self.sender.take());
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -150,7 +278,12 @@ fn work(queue: &Mutex<Queue>, runner: &Runner) {
     loop {
         let batch = {
             let Ok(mut q) = queue.lock() else { return };
-            next_batch(&mut q, &runner.policy)
+            let batch = next_batch(&mut q, &runner.policy);
+            if q.abandoned > 0 {
+                runner.metrics.abandoned.get_or_create(&runner.labels).inc_by(q.abandoned);
+                q.abandoned = 0;
+            }
+            batch
         };
         match batch {
             Some(jobs) => runner.run(jobs),
@@ -163,29 +296,44 @@ fn work(queue: &Mutex<Queue>, runner: &Runner) {
 /// that fits, and those still arriving before the first one's deadline. `None` once the queue
 /// is closed and empty.
 fn next_batch(q: &mut Queue, policy: &Policy) -> Option<Vec<Job>> {
-    let first = match q.held.take() {
-        Some(j) => j,
-        None => q.rx.recv().ok()?,
+    let first = loop {
+        let j = match q.held.take() {
+            Some(j) => j,
+            None => match q.rx.recv().ok()? {
+                Msg::Job(j) => j,
+                Msg::Nudge => continue,
+            },
+        };
+        if !j.abandoned() {
+            break j;
+        }
+        q.abandoned += 1;
     };
     let deadline = first.enqueued + policy.max_delay;
     let mut rows = first.rows;
     let mut jobs = vec![first];
     while policy.merge && rows < policy.max_rows {
-        let job = match q.rx.try_recv() {
-            Ok(j) => j,
+        let msg = match q.rx.try_recv() {
+            Ok(m) => m,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
                 let now = Instant::now();
                 if now >= deadline || !q.arrivals.any() {
                     break;
                 }
-                match q.rx.recv_timeout((deadline - now).min(ARRIVAL_POLL)) {
-                    Ok(j) => j,
+                // Until a job comes, an arriving request is refused (a nudge), or the deadline.
+                match q.rx.recv_timeout(deadline - now) {
+                    Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         };
+        let Msg::Job(job) = msg else { continue };
+        if job.abandoned() {
+            q.abandoned += 1;
+            continue;
+        }
         if rows + job.rows > policy.max_rows {
             q.held = Some(job);
             break;
@@ -209,8 +357,10 @@ impl Runner {
             return;
         }
         let rows: usize = jobs.iter().map(|j| j.rows).sum();
-        let merged = concat(&jobs).and_then(|inputs| self.predict(&inputs, rows, jobs.len()));
-        match merged.and_then(|outs| split(&outs, &jobs, &self.policy.output_batched)) {
+        let parts: Vec<&[Tensor]> = jobs.iter().map(|j| j.inputs.as_slice()).collect();
+        let per_job: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+        let merged = batching::concat_rows(&parts).and_then(|inputs| self.predict(&inputs, rows, jobs.len()));
+        match merged.and_then(|outs| batching::split_rows(&outs, &per_job, &self.policy.output_batched)) {
             Ok(parts) => {
                 for (job, part) in jobs.into_iter().zip(parts) {
                     let _ = job.reply.send(Ok(part));
@@ -231,18 +381,21 @@ impl Runner {
     /// of exported sizes for a paddable bundle. The outputs in flatten order.
     fn predict(&self, inputs: &[Tensor], rows: usize, requests: usize) -> Result<Vec<Tensor>> {
         let started = Instant::now();
-        let chunks = plan_chunks(rows, &self.policy.chunk_costs);
+        let lengths = batching::plan_by_cost(rows, &self.policy.chunk_costs);
         let call = || -> Result<Vec<Tensor>> {
-            if chunks.len() <= 1 {
+            if lengths.len() <= 1 {
                 return self.call(inputs.iter().map(Tensor::view).collect());
             }
-            let mut parts = Vec::with_capacity(chunks.len());
-            let mut start = 0;
-            for &len in &chunks {
-                parts.push(self.call(inputs.iter().map(|t| row_view(t, start, len)).collect::<Result<_>>()?)?);
-                start += len;
+            // Each chunk through the layer, which pads it to an exported size.
+            let plan = Plan::from_lengths(&lengths);
+            let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
+            let mut per_chunk = Vec::with_capacity(plan.chunks.len());
+            for c in &plan.chunks {
+                let chunk = views.iter().map(|v| batching::rows(v, c.start, c.len, c.len, 0.0)).collect::<Result<Vec<_>>>()?;
+                per_chunk.push(self.call(chunk.iter().map(|r| r.view()).collect())?);
             }
-            join(parts, rows, &self.policy.output_batched)
+            let batched: Vec<Option<bool>> = self.policy.output_batched.iter().map(|&b| Some(b)).collect();
+            batching::assemble(&plan, &batched, per_chunk)
         };
         let out = std::panic::catch_unwind(AssertUnwindSafe(call))
             .unwrap_or_else(|_| Err(Error::invalid("inference", "the call panicked; the server goes on")));
@@ -259,112 +412,6 @@ impl Runner {
     }
 }
 
-/// The chunk lengths that run `rows` rows at least cost, given each exported size's cost of
-/// one call (a chunk of `len` rows runs at the smallest size `>= len`, padded). One chunk of
-/// all rows when there are no costs.
-pub fn plan_chunks(rows: usize, costs: &[(usize, f64)]) -> Vec<usize> {
-    if costs.is_empty() || rows == 0 {
-        return vec![rows];
-    }
-    // best[r]: the least cost of r rows, and the size of the first chunk that gets it.
-    let mut best: Vec<(f64, usize)> = vec![(0.0, 0); rows + 1];
-    for r in 1..=rows {
-        best[r] = costs
-            .iter()
-            .map(|&(size, cost)| (cost + best[r.saturating_sub(size)].0, size))
-            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
-    }
-    let mut chunks = Vec::new();
-    let mut r = rows;
-    while r > 0 {
-        let len = best[r].1.min(r).max(1);
-        chunks.push(len);
-        r -= len;
-    }
-    chunks
-}
-
-/// Rows `start..start + len` of `t`, borrowed.
-fn row_view(t: &Tensor, start: usize, len: usize) -> Result<TensorView<'_>> {
-    let n = t.shape().first().copied().unwrap_or(0);
-    let row = t.num_bytes().checked_div(n).unwrap_or(0);
-    let mut shape = t.shape().to_vec();
-    if let Some(first) = shape.first_mut() {
-        *first = len;
-    }
-    TensorView::new(t.dtype(), shape, &t.as_bytes()[start * row..(start + len) * row])
-}
-
-/// The chunks' outputs as one: batched outputs concatenated, the others from the first chunk.
-fn join(mut parts: Vec<Vec<Tensor>>, rows: usize, batched: &[bool]) -> Result<Vec<Tensor>> {
-    let first = parts.first().cloned().unwrap_or_default();
-    let mut out = Vec::with_capacity(first.len());
-    for (i, leaf) in first.into_iter().enumerate() {
-        if !batched.get(i).copied().unwrap_or(false) {
-            out.push(leaf);
-            continue;
-        }
-        let mut shape = leaf.shape().to_vec();
-        shape[0] = rows;
-        let mut t = Tensor::zeros(leaf.dtype(), shape)?;
-        let dst = t.as_mut_bytes();
-        let mut at = 0;
-        for part in parts.iter_mut() {
-            let src = part[i].as_bytes();
-            dst.get_mut(at..at + src.len()).ok_or_else(|| Error::invalid("chunk outputs", "more rows than the batch"))?.copy_from_slice(src);
-            at += src.len();
-        }
-        out.push(t);
-    }
-    Ok(out)
-}
-
-/// The jobs' inputs concatenated along the batch axis, leaf by leaf.
-fn concat(jobs: &[Job]) -> Result<Vec<Tensor>> {
-    let first = &jobs[0].inputs;
-    let rows: usize = jobs.iter().map(|j| j.rows).sum();
-    let mut out = Vec::with_capacity(first.len());
-    for (i, leaf) in first.iter().enumerate() {
-        let mut shape = leaf.shape().to_vec();
-        shape[0] = rows;
-        let mut t = Tensor::zeros(leaf.dtype(), shape)?;
-        let dst = t.as_mut_bytes();
-        let mut at = 0;
-        for j in jobs {
-            let src = j.inputs[i].as_bytes();
-            dst[at..at + src.len()].copy_from_slice(src);
-            at += src.len();
-        }
-        out.push(t);
-    }
-    Ok(out)
-}
-
-/// Each job's part of a merged batch's outputs: its rows of the batched outputs, a copy of
-/// the others.
-fn split(outputs: &[Tensor], jobs: &[Job], batched: &[bool]) -> Result<Vec<Vec<Tensor>>> {
-    let total: usize = jobs.iter().map(|j| j.rows).sum();
-    let mut parts: Vec<Vec<Tensor>> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
-    for (out, &is_batched) in outputs.iter().zip(batched) {
-        if !is_batched {
-            parts.iter_mut().for_each(|p| p.push(out.clone()));
-            continue;
-        }
-        if out.shape().first() != Some(&total) {
-            return Err(Error::ShapeMismatch { what: "a batched output".into(), expected: vec![total], got: out.shape().to_vec() });
-        }
-        let row = out.num_bytes() / total.max(1);
-        let mut start = 0;
-        for (job, part) in jobs.iter().zip(parts.iter_mut()) {
-            let mut shape = out.shape().to_vec();
-            shape[0] = job.rows;
-            part.push(Tensor::new(out.dtype(), shape, &out.as_bytes()[start * row..(start + job.rows) * row])?);
-            start += job.rows;
-        }
-    }
-    Ok(parts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,36 +420,19 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let values: Vec<f32> = (0..rows * 2).map(|i| first + i as f32).collect();
         let inputs = vec![Tensor::from_vec(vec![rows, 2], values).unwrap()];
-        (Job { inputs, rows, enqueued: Instant::now(), reply }, rx)
-    }
-
-    #[test]
-    fn concat_and_split_give_each_job_its_rows() {
-        let (a, _ra) = job(1, 0.0);
-        let (b, _rb) = job(3, 100.0);
-        let jobs = vec![a, b];
-        let merged = concat(&jobs).unwrap();
-        assert_eq!(merged[0].shape(), &[4, 2]);
-        assert_eq!(merged[0].as_slice::<f32>().unwrap(), &[0.0, 1.0, 100.0, 101.0, 102.0, 103.0, 104.0, 105.0]);
-        let scalar = Tensor::from_vec(vec![], vec![7i32]).unwrap();
-        let parts = split(&[merged[0].clone(), scalar.clone()], &jobs, &[true, false]).unwrap();
-        assert_eq!(parts[0][0].as_slice::<f32>().unwrap(), &[0.0, 1.0]);
-        assert_eq!(parts[1][0].shape(), &[3, 2]);
-        assert_eq!(parts[1][0].as_slice::<f32>().unwrap()[0], 100.0);
-        assert_eq!(parts[1][1], scalar);
-        assert!(split(&[scalar], &jobs, &[true]).is_err());
+        (Job { inputs, rows, enqueued: Instant::now(), deadline: None, reply, admission: Admission::unlimited() }, rx)
     }
 
     #[test]
     fn batches_fill_to_max_rows_and_hold_the_next_request() {
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None, arrivals: Arc::default() };
+        let mut q = Queue { rx, held: None, arrivals: Arc::default(), abandoned: 0 };
         let policy = Policy { merge: true, max_rows: 4, max_delay: Duration::ZERO, output_batched: vec![true], chunk_costs: vec![] };
         let mut keep = Vec::new();
         for rows in [1, 2, 3, 1] {
             let (j, r) = job(rows, 0.0);
             keep.push(r);
-            tx.send(j).unwrap();
+            tx.send(Msg::Job(j)).unwrap();
         }
         let sizes = |b: Vec<Job>| b.iter().map(|j| j.rows).collect::<Vec<_>>();
         assert_eq!(sizes(next_batch(&mut q, &policy).unwrap()), vec![1, 2]);
@@ -411,11 +441,11 @@ mod tests {
         assert!(next_batch(&mut q, &policy).is_none());
         let single = Policy { merge: false, ..policy };
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None, arrivals: Arc::default() };
+        let mut q = Queue { rx, held: None, arrivals: Arc::default(), abandoned: 0 };
         for rows in [1, 1] {
             let (j, r) = job(rows, 0.0);
             keep.push(r);
-            tx.send(j).unwrap();
+            tx.send(Msg::Job(j)).unwrap();
         }
         assert_eq!(sizes(next_batch(&mut q, &single).unwrap()), vec![1]);
     }
@@ -425,21 +455,21 @@ mod tests {
         let policy = Policy { merge: true, max_rows: 64, max_delay: Duration::from_millis(300), output_batched: vec![true], chunk_costs: vec![] };
         let arrivals: Arc<Arrivals> = Arc::default();
         let (tx, rx) = mpsc::channel();
-        let mut q = Queue { rx, held: None, arrivals: arrivals.clone() };
+        let mut q = Queue { rx, held: None, arrivals: arrivals.clone(), abandoned: 0 };
         // Nothing arriving: the batch runs at once.
         let (j, _r1) = job(1, 0.0);
-        tx.send(j).unwrap();
+        tx.send(Msg::Job(j)).unwrap();
         let t = Instant::now();
         assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
         assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
         // One arriving: the batch waits for it.
         let (j, _r2) = job(1, 0.0);
-        tx.send(j).unwrap();
+        tx.send(Msg::Job(j)).unwrap();
         let coming = arrivals.arrive();
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(5));
             let (j, r) = job(2, 0.0);
-            tx.send(j).unwrap();
+            tx.send(Msg::Job(j)).unwrap();
             drop(coming);
             (tx, r)
         });
@@ -449,39 +479,24 @@ mod tests {
         // One that never comes (refused before queueing is dropped late): the deadline ends the wait.
         let never = arrivals.arrive();
         let (j, _r4) = job(1, 0.0);
-        tx.send(j).unwrap();
+        tx.send(Msg::Job(j)).unwrap();
         let t = Instant::now();
         assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
         assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
         drop(never);
-    }
-
-    #[test]
-    fn chunks_cost_least() {
-        // The CNN: sizes 4 and 256, a call at 256 costing ~50 at 4.
-        let cnn = [(4, 1.0), (256, 50.0)];
-        assert_eq!(plan_chunks(1, &cnn), vec![1]);
-        assert_eq!(plan_chunks(9, &cnn), vec![4, 4, 1]);
-        assert_eq!(plan_chunks(256, &cnn), vec![256]);
-        assert_eq!(plan_chunks(300, &cnn).iter().sum::<usize>(), 300);
-        // Calls that cost about the same at every size: one call, padded.
-        let mlp = [(1, 1.0), (8, 1.1), (256, 1.5)];
-        assert_eq!(plan_chunks(9, &mlp), vec![9]);
-        assert_eq!(plan_chunks(9, &[(1, 1.0), (8, 1.1), (256, 3.0)]), vec![1, 8]);
-        assert_eq!(plan_chunks(3, &mlp), vec![3]);
-        assert_eq!(plan_chunks(600, &mlp).iter().sum::<usize>(), 600);
-        assert_eq!(plan_chunks(5, &[]), vec![5]);
-    }
-
-    #[test]
-    fn chunk_outputs_join_in_order() {
-        let a = Tensor::from_vec(vec![2, 1], vec![1.0f32, 2.0]).unwrap();
-        let b = Tensor::from_vec(vec![1, 1], vec![3.0f32]).unwrap();
-        let s = Tensor::from_vec(vec![], vec![9i32]).unwrap();
-        let out = join(vec![vec![a.clone(), s.clone()], vec![b, s.clone()]], 3, &[true, false]).unwrap();
-        assert_eq!(out[0].as_slice::<f32>().unwrap(), &[1.0, 2.0, 3.0]);
-        assert_eq!(out[1], s);
-        let v = row_view(&a, 1, 1).unwrap();
-        assert_eq!((v.shape(), v.as_bytes()), (&[1usize, 1][..], &2.0f32.to_le_bytes()[..]));
+        // One that is refused (dropped unqueued) nudges the waiting batch: it runs at once,
+        // not at the deadline.
+        *arrivals.nudge.lock().unwrap() = Some(tx.clone());
+        let refused = arrivals.arrive();
+        let (j, _r5) = job(1, 0.0);
+        tx.send(Msg::Job(j)).unwrap();
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            drop(refused);
+        });
+        let t = Instant::now();
+        assert_eq!(next_batch(&mut q, &policy).unwrap().len(), 1);
+        assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+        later.join().unwrap();
     }
 }

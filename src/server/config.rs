@@ -1,7 +1,8 @@
-//! Settings: the server's (address, repository, body limit) and each model's, read from the
-//! optional `DIR/MODEL/config.json`.
+//! Settings: the server's (repository, [`Limits`]) and each model's, read from the optional
+//! `DIR/MODEL/config.json`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,12 +27,70 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Compile the bundles in a child process with a time limit (bundles from elsewhere).
     pub untrusted: Option<Isolation>,
+    /// Timeouts, connection and queue limits.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
-    /// The settings for a repository, with the default body limit.
+    /// The settings for a repository, with the default limits.
     pub fn new(models: impl Into<PathBuf>) -> ServerConfig {
-        ServerConfig { models: models.into(), max_body_bytes: DEFAULT_MAX_BODY_BYTES, untrusted: None }
+        ServerConfig { models: models.into(), max_body_bytes: DEFAULT_MAX_BODY_BYTES, untrusted: None, limits: Limits::default() }
+    }
+}
+
+/// What a client may hold of the server, and for how long. Every limit has a safe default;
+/// `flaxlayer serve` sets each with a flag (docs/serving.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest a client may take to send a request's headers, counted from when the
+    /// server starts reading that request; then the connection is closed. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// The longest a client may take to send a request's body, once its headers came; then it
+    /// gets 408 and the connection is closed. Default 30 s.
+    pub body_read_timeout: Duration,
+    /// The longest a request may take from its headers to its answer (reading, queueing,
+    /// running); then it gets 504 and its queued job is dropped. KServe's `timeout` request
+    /// parameter (microseconds) may shorten it, not lengthen it. Default 60 s.
+    pub request_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long. Default
+    /// 60 s.
+    pub idle_timeout: Duration,
+    /// Connections open at once; those over it get 503 and are closed. Default 1024.
+    pub max_connections: usize,
+    /// Requests admitted to one model version (queued or running) at once; more get 503 with
+    /// `Retry-After`. Default 512 (a model's `config.json` may set its own).
+    pub max_queue_requests: usize,
+    /// Bytes of input tensors admitted to one model version (queued or running) at once; more
+    /// get 503 with `Retry-After`. Default 256 MiB (a model's `config.json` may set its own).
+    pub max_queue_bytes: usize,
+}
+
+/// The default [`Limits::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default [`Limits::body_read_timeout`].
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`Limits::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default [`Limits::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default [`Limits::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The default [`Limits::max_queue_requests`].
+pub const DEFAULT_MAX_QUEUE_REQUESTS: usize = 512;
+/// The default [`Limits::max_queue_bytes`].
+pub const DEFAULT_MAX_QUEUE_BYTES: usize = 256 << 20;
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_queue_requests: DEFAULT_MAX_QUEUE_REQUESTS,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+        }
     }
 }
 
@@ -61,6 +120,11 @@ pub struct ModelConfig {
     /// Run every exported batch size on zeros at start-up, so no client waits for a compile,
     /// and time each size to plan chunks. Default `true`.
     pub warmup: bool,
+    /// Requests admitted at once (queued or running); default: the server's
+    /// `--max-queue-requests`.
+    pub max_queue_requests: Option<usize>,
+    /// Bytes of inputs admitted at once; default: the server's `--max-queue-bytes`.
+    pub max_queue_bytes: Option<usize>,
 }
 
 impl Default for ModelConfig {
@@ -72,6 +136,8 @@ impl Default for ModelConfig {
             instances: 1,
             method: None,
             warmup: true,
+            max_queue_requests: None,
+            max_queue_bytes: None,
         }
     }
 }
@@ -93,6 +159,9 @@ impl ModelConfig {
         let what = || path.display().to_string();
         if self.instances == 0 || self.instances > 64 {
             return Err(Error::invalid(what(), format!("instances must be 1 to 64, got {}", self.instances)));
+        }
+        if self.max_queue_requests == Some(0) || self.max_queue_bytes == Some(0) {
+            return Err(Error::invalid(what(), "max_queue_requests and max_queue_bytes must be at least 1"));
         }
         if self.max_batch_size == Some(0) {
             return Err(Error::invalid(what(), "max_batch_size must be at least 1"));

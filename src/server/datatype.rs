@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::DType;
+use crate::{DType, Tensor};
 
 /// The KServe v2 name of a dtype (`float32` is `FP32`, `bfloat16` is `BF16`).
 pub fn name(dtype: DType) -> &'static str {
@@ -51,49 +51,177 @@ pub fn encode_json(tensor: &str, dtype: DType, data: &Value, out: &mut Vec<u8>) 
 }
 
 fn encode_scalar(tensor: &str, dtype: DType, v: &Value, out: &mut Vec<u8>) -> Result<(), ApiError> {
+    let scalar = match v {
+        Value::Bool(b) => Scalar::Bool(*b),
+        Value::Number(n) => Scalar::Number(n.clone()),
+        other => Scalar::Other(other.to_string()),
+    };
+    let (bytes, n) = encode_one(tensor, dtype, &scalar)?;
+    out.extend_from_slice(&bytes[..n]);
+    Ok(())
+}
+
+/// One JSON element, as the streaming decoder sees it.
+enum Scalar {
+    Bool(bool),
+    Number(serde_json::Number),
+    /// Anything else (a string, `null`, an object), as JSON text for the error.
+    Other(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Number(n) => write!(f, "{n}"),
+            Scalar::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One element as `dtype`'s little-endian bytes (the first `n` of 8).
+fn encode_one(tensor: &str, dtype: DType, v: &Scalar) -> Result<([u8; 8], usize), ApiError> {
     let bad = |expected: &str| ApiError::invalid_tensor(tensor, expected.to_string(), format!("{v}"));
+    let mut b = [0u8; 8];
+    let mut put = |bytes: &[u8]| {
+        b[..bytes.len()].copy_from_slice(bytes);
+        Ok((b, bytes.len()))
+    };
     if dtype == DType::Bool {
-        let b = match v {
-            Value::Bool(b) => *b,
-            Value::Number(n) if n.as_u64() == Some(0) => false,
-            Value::Number(n) if n.as_u64() == Some(1) => true,
+        let x = match v {
+            Scalar::Bool(x) => *x,
+            Scalar::Number(n) if n.as_u64() == Some(0) => false,
+            Scalar::Number(n) if n.as_u64() == Some(1) => true,
             _ => return Err(bad("a BOOL element (true or false)")),
         };
-        out.push(u8::from(b));
-        return Ok(());
+        return put(&[u8::from(x)]);
     }
-    let Value::Number(n) = v else {
+    let Scalar::Number(n) = v else {
         return Err(bad(&format!("a number for a {} element", name(dtype))));
     };
     if dtype.is_float() {
         let x = n.as_f64().ok_or_else(|| bad("a number"))?;
-        match dtype {
-            DType::F16 => out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
-            DType::BF16 => out.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
-            DType::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
-            _ => out.extend_from_slice(&x.to_le_bytes()),
-        }
-        return Ok(());
+        return match dtype {
+            DType::F16 => put(&half::f16::from_f64(x).to_le_bytes()),
+            DType::BF16 => put(&half::bf16::from_f64(x).to_le_bytes()),
+            DType::F32 => put(&(x as f32).to_le_bytes()),
+            _ => put(&x.to_le_bytes()),
+        };
     }
     let range = || bad(&format!("an integer in the range of {}", name(dtype)));
     if dtype_is_unsigned(dtype) {
         let x = n.as_u64().ok_or_else(range)?;
         match dtype {
-            DType::U8 => out.push(u8::try_from(x).map_err(|_| range())?),
-            DType::U16 => out.extend_from_slice(&u16::try_from(x).map_err(|_| range())?.to_le_bytes()),
-            DType::U32 => out.extend_from_slice(&u32::try_from(x).map_err(|_| range())?.to_le_bytes()),
-            _ => out.extend_from_slice(&x.to_le_bytes()),
+            DType::U8 => put(&[u8::try_from(x).map_err(|_| range())?]),
+            DType::U16 => put(&u16::try_from(x).map_err(|_| range())?.to_le_bytes()),
+            DType::U32 => put(&u32::try_from(x).map_err(|_| range())?.to_le_bytes()),
+            _ => put(&x.to_le_bytes()),
         }
     } else {
         let x = n.as_i64().ok_or_else(range)?;
         match dtype {
-            DType::I8 => out.extend_from_slice(&i8::try_from(x).map_err(|_| range())?.to_le_bytes()),
-            DType::I16 => out.extend_from_slice(&i16::try_from(x).map_err(|_| range())?.to_le_bytes()),
-            DType::I32 => out.extend_from_slice(&i32::try_from(x).map_err(|_| range())?.to_le_bytes()),
-            _ => out.extend_from_slice(&x.to_le_bytes()),
+            DType::I8 => put(&i8::try_from(x).map_err(|_| range())?.to_le_bytes()),
+            DType::I16 => put(&i16::try_from(x).map_err(|_| range())?.to_le_bytes()),
+            DType::I32 => put(&i32::try_from(x).map_err(|_| range())?.to_le_bytes()),
+            _ => put(&x.to_le_bytes()),
         }
     }
-    Ok(())
+}
+
+/// Decodes a KServe v2 `data` field (JSON text: a number, bool, or nested arrays of them, in
+/// row-major order) straight into `dtype` bytes, with no JSON tree: exactly `elements`
+/// elements, each checked as [`encode_json`] checks them. The bytes are reserved up front
+/// with `try_reserve_exact` (the caller has checked `elements` against the model and the
+/// body); more elements than declared stop the decoding at the first extra one.
+pub fn decode_data(tensor: &str, dtype: DType, shape: Vec<usize>, data: &str) -> Result<Tensor, ApiError> {
+    use serde::de::DeserializeSeed;
+    let shown = format!("{shape:?}");
+    let mut t = Tensor::zeros(dtype, shape).map_err(|e| ApiError::Internal { reason: format!("{tensor}: {e}") })?;
+    let mut sink = Sink { tensor, dtype, out: t.as_mut_bytes(), at: 0, error: None };
+    let mut de = serde_json::Deserializer::from_str(data);
+    let parsed = Seed(&mut sink).deserialize(&mut de).and_then(|()| de.end());
+    if let Some(e) = sink.error {
+        return Err(e);
+    }
+    parsed.map_err(|e| ApiError::malformed(format!("{tensor}: \"data\": {e}")))?;
+    if sink.at != sink.out.len() {
+        let size = dtype.size_in_bytes();
+        let (want, got) = (sink.out.len() / size, sink.at / size);
+        return Err(ApiError::invalid_tensor(tensor, format!("{want} elements for shape {shown}"), format!("{got} elements in \"data\"")));
+    }
+    Ok(t)
+}
+
+/// Where [`decode_data`] writes, with the first error (serde's own carries only text).
+struct Sink<'a> {
+    tensor: &'a str,
+    dtype: DType,
+    out: &'a mut [u8],
+    at: usize,
+    error: Option<ApiError>,
+}
+
+impl Sink<'_> {
+    fn push<E: serde::de::Error>(&mut self, v: Scalar) -> Result<(), E> {
+        let (len, size) = (self.out.len(), self.dtype.size_in_bytes());
+        let tensor = self.tensor;
+        let r = encode_one(self.tensor, self.dtype, &v).and_then(|(b, n)| {
+            let dst = self.out.get_mut(self.at..self.at + n).ok_or_else(|| {
+                ApiError::invalid_tensor(tensor, format!("{} elements as its shape says", len / size), "more elements in \"data\"")
+            })?;
+            dst.copy_from_slice(&b[..n]);
+            self.at += n;
+            Ok(())
+        });
+        r.map_err(|e| {
+            let text = e.to_string();
+            self.error.get_or_insert(e);
+            E::custom(text)
+        })
+    }
+}
+
+struct Seed<'s, 'a>(&'s mut Sink<'a>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Seed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a number, a bool, or nested arrays of them")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.0.push(Scalar::Bool(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.0.push(Scalar::Number(v.into()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.push(Scalar::Number(v.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        let n = serde_json::Number::from_f64(v).ok_or_else(|| E::custom("a non-finite number"))?;
+        self.0.push(Scalar::Number(n))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        let shown: String = v.chars().take(40).collect();
+        self.0.push(Scalar::Other(format!("{shown:?}")))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.0.push(Scalar::Other("null".into()))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        self.0.push(Scalar::Other("an object".into()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Seed(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
 }
 
 fn dtype_is_unsigned(dtype: DType) -> bool {

@@ -95,7 +95,7 @@ async fn run(state: &AppState, name: &str, version: u64, headers: &HeaderMap, bo
     let generator = state.generators.by_model.get(&(name.to_string(), version)).cloned().ok_or_else(|| {
         ApiError::Unsupported { feature: format!("generate on model {name:?} version {version}: its bundle has no generation section (export it with export_causal_lm)") }
     })?;
-    let bytes = read_body(headers, body, state.max_body_bytes).await?;
+    let bytes = read_body(headers, body, state.max_body_bytes, state.limits.body_read_timeout).await?;
     let (prompt, opts) = {
         let g = generator.lock().map_err(|_| ApiError::Unavailable { reason: "the model's generator failed earlier".into() })?;
         parse(&bytes, g.spec())?

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub batch_rows: Histograms<ModelLabels>,
     /// Requests merged into each batch that ran.
     pub batch_requests: Histograms<ModelLabels>,
+    /// Queued jobs dropped before they ran, because their client had gone (disconnected, or
+    /// its deadline passed).
+    pub abandoned: Family<ModelLabels, Counter>,
+    /// Requests refused because the model's queue was full (503).
+    pub shed: Family<ModelLabels, Counter>,
 }
 
 fn seconds() -> Histogram {
@@ -85,7 +90,10 @@ impl Metrics {
         registry.register("compute_duration_seconds", "Time of each batch's call, inputs up to outputs down", compute_seconds.clone());
         registry.register("batch_rows", "Rows in each batch that ran", batch_rows.clone());
         registry.register("batch_requests", "Requests merged into each batch that ran", batch_requests.clone());
-        Metrics { registry, requests, failures, request_seconds, queue_seconds, compute_seconds, batch_rows, batch_requests }
+        let (abandoned, shed) = (Family::<ModelLabels, Counter>::default(), Family::<ModelLabels, Counter>::default());
+        registry.register("abandoned_jobs", "Queued jobs dropped unrun because their client had gone", abandoned.clone());
+        registry.register("shed_requests", "Requests refused because the model's queue was full", shed.clone());
+        Metrics { registry, requests, failures, request_seconds, queue_seconds, compute_seconds, batch_rows, batch_requests, abandoned, shed }
     }
 
     /// The metrics in the OpenMetrics text format.

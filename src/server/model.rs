@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::batcher::{Arrivals, Arriving, Batcher, Job, Policy};
+use super::batcher::{Admission, Arrivals, Arriving, Batcher, Job, Policy, QueueLimits};
 use super::config::{ModelConfig, ServerConfig};
 use super::datatype;
 use super::error::ApiError;
 use super::metrics::{Metrics, ModelLabels};
 use crate::bundle::Role;
 use crate::pjrt::Client;
-use crate::{JaxLayer, Mode, Result, Tensor, TensorSpec};
+use crate::{DType, JaxLayer, Mode, Result, Tensor, TensorSpec};
 
 /// One version of a model, loaded and ready to serve.
 pub struct Model {
@@ -40,7 +40,47 @@ pub struct Model {
     config: ModelConfig,
     labels: ModelLabels,
     arrivals: Arc<Arrivals>,
+    limits: Arc<QueueLimits>,
+    /// Why requests are not merged (`None` when they are).
+    unbatched_because: Option<String>,
+    metrics: Arc<Metrics>,
     batcher: Batcher,
+}
+
+/// A request admitted to a model ([`Model::admit`]): it counts against the model's queue
+/// limits until its job is answered or dropped, and as arriving (so that a forming batch
+/// waits for it) until it is queued or refused. Any front end (HTTP, gRPC) goes through it.
+pub struct Ticket {
+    admission: Admission,
+    arriving: Arriving,
+    /// The request's deadline, if any: a job still queued then is dropped.
+    pub deadline: Option<Deadline>,
+}
+
+/// When a request's answer stops being wanted.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// The instant.
+    pub at: Instant,
+    /// The time allowed, from the request's start.
+    pub limit: Duration,
+    /// Whose limit: the server's `--request-timeout`, or the request's `timeout` parameter.
+    pub which: &'static str,
+}
+
+impl Deadline {
+    /// The error answered past it.
+    pub fn exceeded(&self) -> ApiError {
+        ApiError::DeadlineExceeded { limit_ms: self.limit.as_millis(), which: self.which }
+    }
+
+    /// The earlier of `self` and a limit of `limit` from `started`, set by `which`.
+    pub fn tighten(self, started: Instant, limit: Duration, which: &'static str) -> Deadline {
+        match started.checked_add(limit) {
+            Some(at) if at < self.at => Deadline { at, limit, which },
+            _ => self,
+        }
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -71,11 +111,26 @@ impl Model {
             .first()
             .map(|c| c.results.iter().filter(|s| s.role == Role::Output).map(|s| s.batched).collect())
             .unwrap_or_default();
-        let writes_state = batching.stateful || method.inference.iter().any(|c| c.results.iter().any(|s| s.role == Role::State));
+        // Inference may return state (BatchNorm's running averages, NNX's RNG counters): the
+        // server never writes it back, so it does not keep requests apart. What does is state
+        // that inference *changes* and that the next call reads (a decode cache): the exporter
+        // records that as `stateful`, from the jaxpr (a state result that is not its input
+        // passed through).
         let all_marked = output_batched.len() == outputs.len() && output_batched.iter().all(Option::is_some);
         let batch_sizes = layer.batch_sizes(Mode::Inference);
         let any_batch = batching.paddable && all_marked;
-        let merge = config.dynamic_batching && any_batch && !writes_state;
+        let unbatched_because = if !config.dynamic_batching {
+            Some(format!("dynamic_batching is off in {}", super::config::MODEL_CONFIG_FILE))
+        } else if batching.stateful {
+            Some("its inference changes state (a decode cache), so each request runs alone".to_string())
+        } else if !batching.paddable {
+            Some(format!("not paddable: {}", batching.reason.as_deref().unwrap_or("the exporter did not mark the method paddable")))
+        } else if !all_marked {
+            Some("the bundle does not say which outputs carry the batch axis (re-export it)".to_string())
+        } else {
+            None
+        };
+        let merge = unbatched_because.is_none();
         let input_dims = dims(&specs_in, |_| any_batch);
         let output_dims = dims(&specs_out, |i| any_batch && output_batched.get(i).copied().flatten() == Some(true));
         let costs = if config.warmup { warm_up(&layer, &specs_in)? } else { guessed_costs(&specs_in) };
@@ -88,7 +143,11 @@ impl Model {
         };
         let labels = ModelLabels { model: name.to_string(), version: version.to_string() };
         let arrivals = Arc::new(Arrivals::default());
-        let batcher = Batcher::start(layer.clone(), policy.clone(), config.instances, arrivals.clone(), metrics, labels.clone())?;
+        let limits = Arc::new(QueueLimits::new(
+            config.max_queue_requests.unwrap_or(server.limits.max_queue_requests),
+            config.max_queue_bytes.unwrap_or(server.limits.max_queue_bytes),
+        ));
+        let batcher = Batcher::start(layer.clone(), policy.clone(), config.instances, arrivals.clone(), metrics.clone(), labels.clone())?;
         Ok(Model {
             name: name.to_string(),
             version,
@@ -103,8 +162,20 @@ impl Model {
             config: config.clone(),
             labels,
             arrivals,
+            limits,
+            unbatched_because,
+            metrics,
             batcher,
         })
+    }
+
+    /// How the model's requests run, for the start-up line: `dynamic batching (...)`, or
+    /// `unbatched: WHY`.
+    pub fn batching_summary(&self) -> String {
+        match &self.unbatched_because {
+            None => format!("dynamic batching (up to {} rows, waiting up to {} µs)", self.policy.max_rows, self.config.max_queue_delay_us),
+            Some(why) => format!("unbatched: {why}"),
+        }
     }
 
     /// The model's name.
@@ -205,26 +276,108 @@ impl Model {
         format!("[{}] with N in {}", shown.join(", "), self.describe_batch())
     }
 
-    /// Counts a request as arriving until the returned guard is dropped (by
-    /// [`Model::infer`], or when the request is refused): batches forming meanwhile wait for it.
-    pub(crate) fn arrive(&self) -> Arriving {
-        self.arrivals.arrive()
+    /// Admits a request to the model's queue, before its body is read or decoded: refused
+    /// with [`ApiError::Overloaded`] (503, `Retry-After`) when the model already holds its
+    /// limit of requests. Batches forming meanwhile wait for it (until it is queued or
+    /// refused). `deadline`: when the answer stops being wanted.
+    pub fn admit(&self, deadline: Option<Deadline>) -> Result<Ticket, ApiError> {
+        let admission = self.limits.admit().map_err(|full| self.overloaded(full.0))?;
+        Ok(Ticket { admission, arriving: self.arrivals.arrive(), deadline })
     }
 
-    /// Runs checked inputs through the batcher; the outputs in flatten order. `arriving` (from
-    /// [`Model::arrive`]) is dropped once the request is queued.
-    pub(crate) async fn infer(&self, inputs: Vec<Tensor>, rows: usize, arriving: Arriving) -> Result<Vec<Tensor>, ApiError> {
+    fn overloaded(&self, reason: String) -> ApiError {
+        self.metrics.shed.get_or_create(&self.labels).inc();
+        ApiError::Overloaded { model: self.name.clone(), reason, retry_after_s: 1 }
+    }
+
+    /// Adds a request's input bytes (as declared, checked against the model's signature by
+    /// [`Model::check_declared`]) to the admitted bytes, before they are allocated: refused
+    /// with 503 when the queue holds too many bytes now, with 413 when the request alone is
+    /// more than the queue ever holds.
+    pub fn reserve(&self, ticket: &mut Ticket, bytes: usize) -> Result<(), ApiError> {
+        let (_, max) = self.queue_limits();
+        if bytes > max {
+            return Err(ApiError::invalid_tensor(
+                "the request's inputs",
+                format!("at most {max} bytes in all (the model's queue limit, --max-queue-bytes)"),
+                format!("{bytes} bytes declared"),
+            ));
+        }
+        ticket.admission.add_bytes(bytes).map_err(|full| self.overloaded(full.0))
+    }
+
+    /// The model's queue limits: requests and bytes admitted at once.
+    pub fn queue_limits(&self) -> (usize, usize) {
+        self.limits.max()
+    }
+
+    /// The requests and bytes admitted now (queued or running).
+    pub fn queue_in_use(&self) -> (usize, usize) {
+        self.limits.in_use()
+    }
+
+    /// Checks an input as a client declares it (name, datatype, shape), before anything is
+    /// allocated for it: a known input, its dtype, its rank and the dimensions after the batch
+    /// axis, a batch size the model accepts. Returns the shape and its size in bytes
+    /// (computed with checked arithmetic).
+    pub fn check_declared(&self, name: &str, dtype: DType, shape: &[u64]) -> Result<(Vec<usize>, usize), ApiError> {
+        let i = self.inputs.iter().position(|s| s.name == name).ok_or_else(|| ApiError::UnknownTensor { kind: "input", name: name.to_string(), available: names(&self.inputs) })?;
+        let (spec, dims) = (&self.inputs[i], &self.input_dims[i]);
+        let what = format!("input {name:?}");
+        if dtype != spec.dtype {
+            return Err(ApiError::invalid_tensor(what, format!("datatype {}", datatype::name(spec.dtype)), datatype::name(dtype)));
+        }
+        let wrong = || ApiError::invalid_tensor(&what, format!("shape {}", self.describe_shape(dims)), format!("{shape:?}"));
+        if shape.is_empty() || shape.len() != dims.len() {
+            return Err(wrong());
+        }
+        let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d)).collect::<std::result::Result<_, _>>().map_err(|_| wrong())?;
+        if !shape.iter().zip(dims).skip(1).all(|(&s, &d)| d < 0 || i64::try_from(s).is_ok_and(|s| s == d)) {
+            return Err(wrong());
+        }
+        let n = shape[0];
+        let accepted = if self.any_batch { n >= 1 } else { self.batch_sizes.contains(&n) || (self.batch_sizes.is_empty() && dims_fixed(dims, n)) };
+        if !accepted {
+            return Err(ApiError::invalid_tensor(what, format!("a batch size in {}", self.describe_batch()), n.to_string()));
+        }
+        let bytes = shape
+            .iter()
+            .try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| ApiError::invalid_tensor(&what, "a shape whose size in bytes fits in 64 bits", format!("{shape:?}")))?;
+        Ok((shape, bytes))
+    }
+
+    /// Runs checked inputs through the batcher; the outputs in flatten order. The ticket's
+    /// arriving mark ends once the job is queued; its admission once the job is answered or
+    /// dropped. Past the ticket's deadline the answer is [`ApiError::DeadlineExceeded`] and the
+    /// job, if still queued, is dropped.
+    pub async fn infer(&self, ticket: Ticket, inputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>, ApiError> {
+        let Ticket { admission, arriving, deadline } = ticket;
+        if let Some(d) = deadline.filter(|d| Instant::now() >= d.at) {
+            return Err(d.exceeded());
+        }
         let (reply, rx) = oneshot::channel();
-        let job = Job { inputs, rows, enqueued: Instant::now(), reply };
-        let queued = self.batcher.submit(job);
-        drop(arriving);
-        if queued.is_err() {
+        let job = Job { inputs, rows, enqueued: Instant::now(), deadline: deadline.map(|d| d.at), reply, admission };
+        if self.batcher.submit(job) {
+            arriving.queued();
+        } else {
             return Err(ApiError::Unavailable { reason: format!("the workers of model {:?} have stopped", self.name) });
         }
-        match rx.await {
+        let answer = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.at.into(), rx).await {
+                Ok(a) => a,
+                Err(_) => return Err(d.exceeded()),
+            },
+            None => rx.await,
+        };
+        match answer {
             Ok(Ok(outputs)) => Ok(outputs),
             Ok(Err(e)) => Err(ApiError::Inference(e)),
-            Err(_) => Err(ApiError::Unavailable { reason: format!("the workers of model {:?} stopped before answering", self.name) }),
+            Err(_) => match deadline {
+                // Dropped unrun: its deadline passed in the queue.
+                Some(d) if Instant::now() >= d.at => Err(d.exceeded()),
+                _ => Err(ApiError::Unavailable { reason: format!("the workers of model {:?} stopped before answering", self.name) }),
+            },
         }
     }
 
@@ -244,6 +397,9 @@ impl Model {
                 "batch_sizes": self.batch_sizes,
                 "any_batch_size": self.any_batch,
                 "dynamic_batching": self.policy.merge,
+                "batching": self.batching_summary(),
+                "max_queue_requests": self.limits.max().0,
+                "max_queue_bytes": self.limits.max().1,
                 "max_batch_size": self.policy.max_rows,
                 "max_queue_delay_us": self.config.max_queue_delay_us,
                 "instances": self.config.instances,

@@ -5,14 +5,15 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{header, HeaderMap};
 
+use super::config::Limits;
 use super::error::ApiError;
 use super::metrics::{observe, FailureLabels, Metrics};
-use super::model::Model;
+use super::model::{Deadline, Model};
 use super::repository::Repository;
 
 /// The handlers' shared state.
@@ -23,6 +24,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The largest body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Timeouts, connection and queue limits.
+    pub limits: Limits,
     /// Set once shutdown has begun: readiness turns false while in-flight requests finish.
     pub draining: AtomicBool,
     /// The generators of the generation bundles (`generate.rs`).
@@ -30,6 +33,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The deadline of a request that started at `started`: `--request-timeout` after it.
+    pub fn deadline(&self, started: Instant) -> Deadline {
+        let limit = self.limits.request_timeout;
+        // A limit too large to add is no limit: a year.
+        let at = started.checked_add(limit).unwrap_or_else(|| started + Duration::from_secs(365 * 86_400));
+        Deadline { at, limit, which: "the server's --request-timeout" }
+    }
+
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
@@ -70,9 +81,18 @@ impl AppState {
     }
 }
 
-/// Reads a request body of at most `limit` bytes. A `Content-Length` over the limit is refused
-/// before anything is read; compressed bodies are refused (no `Content-Encoding` is supported).
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a request body of at most `limit` bytes within `timeout` (else 408). A
+/// `Content-Length` over the limit is refused before anything is read; a body that ends
+/// before its `Content-Length` is refused by the HTTP layer; compressed bodies are refused (no
+/// `Content-Encoding` is supported).
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, read_body_untimed(headers, body, limit)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::ClientTimeout { what: "sending the request body", limit_ms: timeout.as_millis() }),
+    }
+}
+
+async fn read_body_untimed(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if enc.as_bytes() != b"identity" {
             return Err(ApiError::Unsupported { feature: format!("Content-Encoding {:?}", String::from_utf8_lossy(enc.as_bytes())) });
@@ -83,12 +103,17 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         return Err(ApiError::BodyTooLarge { limit, got: n });
     }
     let mut body = body;
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(declared.unwrap_or(0).min(limit)).map_err(|e| ApiError::Internal { reason: format!("reserving the body's {} bytes: {e}", declared.unwrap_or(0)) })?;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| ApiError::malformed(format!("reading the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(ApiError::BodyTooLarge { limit, got: buf.len() + data.len() });
+            let got = buf.len().saturating_add(data.len());
+            if got > limit {
+                return Err(ApiError::BodyTooLarge { limit, got });
+            }
+            if declared.is_some_and(|n| got > n) {
+                return Err(ApiError::malformed(format!("the body is longer than its Content-Length {}", declared.unwrap_or(0))));
             }
             buf.extend_from_slice(&data);
         }

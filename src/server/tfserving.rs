@@ -15,8 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::datatype::{self, Elements, Named};
 use super::error::ApiError;
-use super::batcher::Arriving;
-use super::model::Model;
+use super::model::{Deadline, Model};
 use super::state::{read_body, AppState};
 use crate::{Tensor, TensorSpec};
 
@@ -68,24 +67,35 @@ fn verb(spec: &str) -> Result<&str, ApiError> {
 
 async fn predict_at(state: &AppState, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let (model, started) = state.model_for_request(name, version)?;
-    let arriving = model.arrive();
-    let result = run(state, model, headers, body, arriving).await;
+    let deadline = state.deadline(started);
+    let result = match tokio::time::timeout_at(deadline.at.into(), run(state, model, deadline, headers, body)).await {
+        Ok(r) => r,
+        Err(_) => Err(deadline.exceeded()),
+    };
     state.account(Some(model), started, result.as_ref().err());
     result
 }
 
-async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body, arriving: Arriving) -> Result<Response, ApiError> {
-    let body = read_body(headers, body, state.max_body_bytes).await?;
-    let request: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| ApiError::malformed(format!("the predict request JSON: {e}")))?;
-    check_signature(model, request.get("signature_name"))?;
-    let (named, rows_format) = match (request.get("instances"), request.get("inputs")) {
-        (Some(_), Some(_)) => return Err(ApiError::malformed("give either \"instances\" (row format) or \"inputs\" (columnar format), not both")),
-        (None, None) => return Err(ApiError::malformed("the request has neither \"instances\" (row format) nor \"inputs\" (columnar format)")),
-        (Some(instances), None) => (from_rows(model.inputs(), instances)?, true),
-        (None, Some(inputs)) => (from_columns(model.inputs(), inputs)?, false),
+/// What the JSON tree of a TF Serving body may take, per byte of the body: a number of two
+/// characters (`0,`) becomes a 32-byte `serde_json::Value`. The row and columnar formats
+/// give shapes by nesting, so they are parsed as a tree; the tree's size is admitted against
+/// the model's queue bytes before it is built.
+const TREE_BYTES_PER_BODY_BYTE: usize = 16;
+
+async fn run(state: &AppState, model: &Arc<Model>, deadline: Deadline, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let mut ticket = model.admit(Some(deadline))?;
+    let body = read_body(headers, body, state.max_body_bytes, state.limits.body_read_timeout).await?;
+    model.reserve(&mut ticket, body.len().saturating_mul(TREE_BYTES_PER_BODY_BYTE))?;
+    let decoded = if body.len() <= super::kserve::INLINE_DECODE_BYTES {
+        decode(model, &body)
+    } else {
+        let m = model.clone();
+        tokio::task::spawn_blocking(move || decode(&m, &body))
+            .await
+            .map_err(|e| ApiError::Internal { reason: format!("decoding the request failed: {e}") })?
     };
-    let (inputs, rows) = model.check_inputs(named)?;
-    let outputs = model.infer(inputs, rows, arriving).await?;
+    let (inputs, rows, rows_format) = decoded?;
+    let outputs = model.infer(ticket, inputs, rows).await?;
     let specs = model.outputs();
     let body = if rows_format {
         serde_json::to_vec(&Predictions { predictions: to_rows(specs, &outputs, rows)? })
@@ -94,6 +104,20 @@ async fn run(state: &AppState, model: &Model, headers: &HeaderMap, body: Body, a
     };
     let body = body.map_err(|e| ApiError::malformed(format!("writing the response: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The request's inputs, checked, with their batch size and whether they came as rows.
+fn decode(model: &Model, body: &[u8]) -> Result<(Vec<Tensor>, usize, bool), ApiError> {
+    let request: Map<String, Value> = serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("the predict request JSON: {e}")))?;
+    check_signature(model, request.get("signature_name"))?;
+    let (named, rows_format) = match (request.get("instances"), request.get("inputs")) {
+        (Some(_), Some(_)) => return Err(ApiError::malformed("give either \"instances\" (row format) or \"inputs\" (columnar format), not both")),
+        (None, None) => return Err(ApiError::malformed("the request has neither \"instances\" (row format) nor \"inputs\" (columnar format)")),
+        (Some(instances), None) => (from_rows(model.inputs(), instances)?, true),
+        (None, Some(inputs)) => (from_columns(model.inputs(), inputs)?, false),
+    };
+    let (inputs, rows) = model.check_inputs(named)?;
+    Ok((inputs, rows, rows_format))
 }
 
 fn check_signature(model: &Model, signature: Option<&Value>) -> Result<(), ApiError> {

@@ -129,7 +129,7 @@ fn bad_requests_get_4xx_with_an_error_naming_the_tensor() {
     assert_refused("wrong datatype", post(&infer("fixed"), &x(json!([1, 64]), "FP64", row(1, 64)), &[]), 400, &["input \"inputs\"", "expected datatype FP32, got FP64"]);
     assert_refused("unknown datatype", post(&infer("fixed"), &x(json!([1, 64]), "BYTES", row(1, 64)), &[]), 400, &["input \"inputs\"", "a datatype among", "\"BYTES\""]);
     assert_refused("wrong shape", post(&infer("fixed"), &x(json!([1, 63]), "FP32", row(1, 63)), &[]), 400, &["input \"inputs\"", "expected shape [N, 64]", "got [1, 63]"]);
-    assert_refused("data and shape disagree", post(&infer("fixed"), &x(json!([2, 64]), "FP32", row(1, 64)), &[]), 400, &["input \"inputs\"", "expected 128 elements", "got 64"]);
+    assert_refused("data and shape disagree", post(&infer("any"), &x(json!([2, 64]), "FP32", row(1, 64)), &[]), 400, &["input \"inputs\"", "expected 128 elements", "got 64"]);
     assert_refused(
         "batch size not exported",
         post(&infer("fixed"), &x(json!([3, 64]), "FP32", row(3, 64)), &[]),
@@ -145,7 +145,7 @@ fn bad_requests_get_4xx_with_an_error_naming_the_tensor() {
     assert_refused("input given twice", post(&infer("fixed"), &twice, &[]), 400, &["\"inputs\" is given twice"]);
     let no_x = infer_json(json!([{"name": "ids", "shape": [3, 4], "datatype": "INT32", "data": vec![1; 12]}, {"name": "scale", "shape": [3, 8], "datatype": "BF16", "data": vec![1.0; 24]}]));
     assert_refused("missing input", post(&infer("mixed"), &no_x, &[]), 400, &["missing input \"x\"", "ids, scale, x"]);
-    let big_id = infer_json(json!([{"name": "ids", "shape": [1, 1], "datatype": "INT32", "data": [1u64 << 40]}]));
+    let big_id = infer_json(json!([{"name": "ids", "shape": [1, 4], "datatype": "INT32", "data": [1, 2, 3, 1u64 << 40]}]));
     assert_refused("integer out of range", post(&infer("mixed"), &big_id, &[]), 400, &["input \"ids\"", "an integer in the range of INT32", "1099511627776"]);
     let mut with_outputs: Value = serde_json::from_slice(&x(json!([1, 64]), "FP32", row(1, 64))).unwrap();
     with_outputs["outputs"] = json!([{"name": "logits"}]);
