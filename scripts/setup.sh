@@ -49,3 +49,18 @@ fi
 if [ -z "${FLAXLAYER_NO_MATRIX:-}" ]; then
   scripts/matrix.sh setup
 fi
+
+# transformers 4.57.6 (the last release with Flax model classes) for .venv's Python 3.11 too:
+# scripts/requirements-hf.txt (the same pins as matrix.sh's .venv-hf, which is for Python 3.12:
+# regex has a compiled module per Python), --no-deps into target/hf-transformers, so it can
+# never move .venv's jax, flax or numpy. For scripts/make_lm_fixtures.py,
+# tests/python/test_causal_lm.py and scripts/bench_generate.py (put it on PYTHONPATH); no
+# weights are downloaded.
+hf=target/hf-transformers
+hf_want=$(sha256sum scripts/requirements-hf.txt | cut -d' ' -f1)
+if [ "$(cat "$hf/.pins.sha256" 2>/dev/null)" != "$hf_want" ]; then
+  log "installing scripts/requirements-hf.txt (--no-deps) into $hf"
+  rm -rf "$hf"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target "$hf" -r scripts/requirements-hf.txt
+  echo "$hf_want" > "$hf/.pins.sha256"
+fi

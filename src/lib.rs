@@ -8,6 +8,7 @@ pub mod custom_calls;
 mod dtype;
 mod error;
 mod files;
+pub mod generate;
 pub mod layer;
 #[allow(dead_code)] // a few helpers (`Attrs::with`, `supported_targets`, ...) serve its unit tests only
 mod linalg;

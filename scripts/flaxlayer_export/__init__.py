@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "export_flax",
     "export_train_step",
+    "export_causal_lm",
+    "export_lm",
     "build_flax_bundle",
     "write_bundle",
     "InputStructureError",
@@ -40,6 +42,9 @@ __all__ = [
 
 
 def __getattr__(name):
+    if name in ("export_causal_lm", "export_lm"):
+        from . import causal_lm
+        return getattr(causal_lm, name)
     if name == "export_train_step":
         from .train import export_train_step
         return export_train_step

@@ -56,6 +56,9 @@ pub struct Manifest {
     /// The training loop's computations (the exporter's `export_train_step`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainSpec>,
+    /// A causal LM's generation methods (`export_causal_lm`), when exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<super::generation::GenerationSpec>,
 }
 
 /// The optional `train` section: an optimizer step and an evaluation step over batches
@@ -104,7 +107,8 @@ pub struct InitSpec {
     pub inputs_file: Option<String>,
 }
 
-/// One exported method: an inference and a training computation per batch size.
+/// One exported method: an inference and (unless it is inference-only, as a generation
+/// bundle's methods) a training computation per batch size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MethodSpec {
     /// Whether the method takes a `training` argument.
@@ -113,9 +117,13 @@ pub struct MethodSpec {
     /// The input leaves as exported with the sample batch.
     #[serde(default)]
     pub inputs: Vec<TensorSpec>,
+    /// The output leaves at the sample batch.
+    #[serde(default)]
+    pub outputs: Vec<TensorSpec>,
     /// The inference computations, one per exported batch size.
     pub inference: Vec<ComputationSpec>,
-    /// The training computations, one per exported batch size.
+    /// The training computations, one per exported batch size (none: inference only).
+    #[serde(default)]
     pub training: Vec<ComputationSpec>,
     /// Whether inference may run a batch padded up to an exported size (absent: no).
     #[serde(default)]
@@ -245,8 +253,8 @@ impl Manifest {
             check_file_name(f).map_err(|reason| Error::format("manifest.json", format!("init.inputs_file: {reason}")))?;
         }
         for (name, m) in &self.methods {
-            if m.inference.is_empty() || m.training.is_empty() {
-                return bad(format!("method {name:?} lacks an inference or a training computation"));
+            if m.inference.is_empty() {
+                return bad(format!("method {name:?} lacks an inference computation"));
             }
             for c in &m.inference {
                 if let Some(f) = &c.frozen {
@@ -261,6 +269,9 @@ impl Manifest {
             if t.batch_size <= 0 {
                 return bad(format!("train.batch_size {} is not positive", t.batch_size));
             }
+        }
+        if let Some(g) = &self.generation {
+            g.validate(self)?;
         }
         for c in self.computations() {
             check_file_name(&c.file).map_err(|reason| Error::format("manifest.json", format!("computation file: {reason}")))?;

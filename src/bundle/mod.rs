@@ -4,6 +4,7 @@ mod decode;
 mod decode_sharding;
 pub mod exported;
 mod flatbuf;
+mod generation;
 mod jax_schema;
 mod manifest;
 mod mesh_section;
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use exported::{Aval, Exported};
+pub use generation::{GenerationSpec, PrefillSpec, GENERATION_VERSION};
 pub use manifest::{Batching, ComputationSpec, InitSpec, Manifest, MethodSpec, Role, Slot, TrainSpec};
 pub use mesh_section::{spec_text, DimAxes, MeshSection, PartitionSpec};
 pub use sharding::{AxisType, DeviceSlice, Mesh, NamedSharding, MAX_MESH_DEVICES};

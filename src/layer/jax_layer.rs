@@ -2,6 +2,7 @@
 //! the device-resident variables and RNG key. [`JaxLayer`] is the general layer;
 //! [`FlaxLayer`](super::FlaxLayer) is the same layer with Keras' Flax face (config, saving).
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -53,15 +54,39 @@ pub type JaxLayer = Layer<Jax>;
 pub struct Layer<K: Kind> {
     kind: PhantomData<K>,
     bundle: Arc<Bundle>,
+    /// The method [`Layer::call`] runs; [`Layer::call_method`] runs any of `methods`.
     method: String,
     seed: u64,
-    batching: Batching,
     state: DeviceState,
+    /// Every method of the bundle, over the one `state`.
+    methods: BTreeMap<String, Method>,
+}
+
+/// One method's computations.
+struct Method {
+    batching: Batching,
     inference: Vec<Computation>,
     /// The inference computations with the bundle's params compiled in, when the bundle has
     /// them for every batch size and the layer's params were loaded from its variables file.
     frozen: Option<Vec<Computation>>,
     training: Vec<Computation>,
+}
+
+impl Method {
+    fn computations(&self, mode: Mode) -> &[Computation] {
+        match mode {
+            Mode::Inference => &self.inference,
+            Mode::Training => &self.training,
+        }
+    }
+}
+
+fn named<'a>(methods: &'a BTreeMap<String, Method>, name: &str) -> Result<&'a Method> {
+    methods.get(name).ok_or_else(|| Error::NotFound {
+        what: "method",
+        name: name.into(),
+        available: methods.keys().cloned().collect::<Vec<_>>().join(", "),
+    })
 }
 
 impl<K: Kind> std::fmt::Debug for Layer<K> {
@@ -90,8 +115,10 @@ impl JaxLayer {
 }
 
 impl<K: Kind> Layer<K> {
-    /// Sets up the method's computations (each compiles on its first call, or loads from the
-    /// compile cache), the variables and the key.
+    /// Sets up the computations of every method of the bundle (each compiles on its first
+    /// call, or loads from the compile cache), the variables and the key. All methods share
+    /// the device-resident variables and key; [`Layer::call`] runs the chosen method
+    /// ([`Builder::method`], else the bundle's default), [`Layer::call_method`] any of them.
     pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
         let client = options.client()?;
         // flaxlayer's custom-call handlers (LAPACK) on the client's plugin, before anything
@@ -100,7 +127,7 @@ impl<K: Kind> Layer<K> {
         let placement = Placement::new(client, options.device, bundle.devices(), &bundle.dir().display().to_string())?;
         let manifest = bundle.manifest();
         let method = options.method.clone().unwrap_or_else(|| manifest.default_method.clone());
-        let spec = bundle.method(&method)?.clone();
+        bundle.method(&method)?;
         let seed = options.seed.unwrap_or(manifest.seed);
         let how = options.compile_how(&bundle);
         let specs = manifest.variables.clone();
@@ -108,18 +135,25 @@ impl<K: Kind> Layer<K> {
         let prepare = |list: &[crate::bundle::ComputationSpec]| -> Result<Vec<Computation>> {
             list.iter().map(|c| Computation::new(&placement, bundle.computation(&c.file)?, &names, &how)).collect()
         };
-        let (inference, training) = (prepare(&spec.inference)?, prepare(&spec.training)?);
-        let all: Vec<&Computation> = inference.iter().chain(&training).collect();
+        let mut prepared = Vec::with_capacity(manifest.methods.len());
+        for (name, spec) in &manifest.methods {
+            prepared.push((name.clone(), spec, prepare(&spec.inference)?, prepare(&spec.training)?));
+        }
+        let all: Vec<&Computation> = prepared.iter().flat_map(|(_, _, i, t)| i.iter().chain(t)).collect();
         let layouts: Vec<(usize, Layout)> = (0..specs.len()).map(|i| layout_in(&all, Source::Var(i))).collect();
-        let wanted = super::init::frozen_wanted(&bundle, &spec, &options);
-        let initial = super::init::initial_variables(&bundle, &placement, &layouts, &options.variables, seed, &how, wanted.is_some())?;
-        let frozen = super::init::frozen_matching(wanted, initial.bundle_sha256.as_deref()).map(|list| prepare(&list)).transpose()?;
         let key_layout = layout_in(&all, Source::Key);
+        let wanted: Vec<_> = prepared.iter().map(|(_, spec, _, _)| super::init::frozen_wanted(&bundle, spec, &options)).collect();
+        let initial = super::init::initial_variables(&bundle, &placement, &layouts, &options.variables, seed, &how, wanted.iter().any(Option::is_some))?;
+        let mut methods = BTreeMap::new();
+        for ((name, spec, inference, training), wanted) in prepared.into_iter().zip(wanted) {
+            let frozen = super::init::frozen_matching(wanted, initial.bundle_sha256.as_deref()).map(|list| prepare(&list)).transpose()?;
+            methods.insert(name, Method { batching: spec.batching.clone(), inference, frozen, training });
+        }
         let mut state = DeviceState::new(placement, specs, initial.arrays, layouts, options.key.unwrap_or_else(|| super::init::seed_key(seed)), key_layout)?;
-        if frozen.is_some() {
+        if methods.values().any(|m| m.frozen.is_some()) {
             state.mark_params_from_bundle();
         }
-        Ok(Layer { kind: PhantomData, bundle, method, seed, batching: spec.batching, state, inference, frozen, training })
+        Ok(Layer { kind: PhantomData, bundle, method, seed, state, methods })
     }
 
     /// The shapes of each variable's buffers, one per device that holds it: a sharded
@@ -135,8 +169,8 @@ impl<K: Kind> Layer<K> {
 
     /// The same layer as another kind (free: nothing is copied).
     pub fn into_kind<L: Kind>(self) -> Layer<L> {
-        let Layer { bundle, method, seed, batching, state, inference, frozen, training, .. } = self;
-        Layer { kind: PhantomData, bundle, method, seed, batching, state, inference, frozen, training }
+        let Layer { bundle, method, seed, state, methods, .. } = self;
+        Layer { kind: PhantomData, bundle, method, seed, state, methods }
     }
 
     /// The bundle.
@@ -178,10 +212,34 @@ impl<K: Kind> Layer<K> {
     }
 
     fn computations(&self, mode: Mode) -> &[Computation] {
-        match mode {
-            Mode::Inference => &self.inference,
-            Mode::Training => &self.training,
+        self.default().computations(mode)
+    }
+
+    /// The layer's own method.
+    fn default(&self) -> &Method {
+        &self.methods[&self.method]
+    }
+
+    /// The method named `name`.
+    fn named(&self, name: &str) -> Result<&Method> {
+        named(&self.methods, name)
+    }
+
+    /// Compiles (or loads from the compile cache) every inference computation of every
+    /// method now, instead of on its first call.
+    pub fn compile_inference(&self) -> Result<()> {
+        for m in self.methods.values() {
+            let frozen = m.frozen.iter().flatten().filter(|_| self.state.params_from_bundle());
+            for c in m.inference.iter().chain(frozen) {
+                c.ensure_compiled()?;
+            }
         }
+        Ok(())
+    }
+
+    /// The names of the bundle's methods, each callable with [`Layer::call_method`].
+    pub fn method_names(&self) -> impl Iterator<Item = &str> {
+        self.methods.keys().map(String::as_str)
     }
 
     /// Calls the layer in `mode`. Both modes write back the non-param collections the
@@ -191,27 +249,30 @@ impl<K: Kind> Layer<K> {
     /// leaves params, state and key as they were. Inference takes any batch size when the
     /// method is paddable (see the README's "Any batch size").
     pub fn call(&mut self, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
-        let view = inputs.as_inputs();
-        let comps = match mode {
-            Mode::Inference => inference_of(&self.inference, &self.frozen, &self.state),
-            Mode::Training => &self.training,
-        };
-        let state = &mut self.state;
-        run_plan(comps, &self.batching, mode, &view, |comp, inputs| {
-            let rest = state.run_and_apply(comp, &inputs)?;
-            Ok(rest.into_iter().filter(|(s, _)| matches!(s, Sink::Output(_))).map(|(_, a)| a).collect())
-        })
+        let Layer { method, methods, state, .. } = self;
+        call_in(&methods[method.as_str()], state, inputs, mode)
+    }
+
+    /// Calls the bundle's method `name` in `mode` over the layer's variables and key, as
+    /// Flax's `module.apply(variables, ..., method=name)` with the non-param collections
+    /// mutable: each method has its own inputs and batch sizes, and all of them read and
+    /// write the same device-resident state (a decoder's `prefill_16` and `decode` share its
+    /// cache). Otherwise as [`Layer::call`].
+    pub fn call_method(&mut self, name: &str, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
+        let Layer { methods, state, .. } = self;
+        call_in(named(methods, name)?, state, inputs, mode)
+    }
+
+    /// [`Layer::predict`] with the bundle's method `name`.
+    pub fn predict_method(&self, name: &str, inputs: impl AsInputs) -> Result<PyTree> {
+        predict_in(self.named(name)?, &self.state, inputs)
     }
 
     /// An inference call that takes `&self`, safe from several threads at once: it neither
     /// donates nor writes back state. Use [`JaxLayer::call`] for models whose inference
     /// advances state (decode caches).
     pub fn predict(&self, inputs: impl AsInputs) -> Result<PyTree> {
-        let view = inputs.as_inputs();
-        run_plan(inference_of(&self.inference, &self.frozen, &self.state), &self.batching, Mode::Inference, &view, |comp, inputs| {
-            let results = self.state.run(comp, &inputs)?;
-            Ok(comp.sinks.iter().zip(results).filter(|(s, _)| matches!(s, Sink::Output(_))).map(|(_, a)| a).collect())
-        })
+        predict_in(self.default(), &self.state, inputs)
     }
 
     /// Whether inference runs the bundle's frozen computations (params compiled in as
@@ -220,7 +281,7 @@ impl<K: Kind> Layer<K> {
     /// (`set_variables`, a train step), inference runs the computations that take the params
     /// as arguments.
     pub fn runs_frozen(&self) -> bool {
-        self.frozen.is_some() && self.state.params_from_bundle()
+        self.default().frozen.is_some() && self.state.params_from_bundle()
     }
 
     /// Trainable weights (the `params` collection), as Keras lists them.
@@ -267,7 +328,7 @@ impl<K: Kind> Layer<K> {
     /// What the exporter verified about the batch axis: whether inference pads and splits
     /// batches of any size.
     pub fn batching(&self) -> &Batching {
-        &self.batching
+        &self.default().batching
     }
 
     /// The input leaves (names, dtypes, shapes) of each exported batch size of `mode`.
@@ -294,25 +355,49 @@ impl<K: Kind> Layer<K> {
     /// # }
     /// ```
     pub fn inputs(&self) -> Vec<ValueSpec> {
-        let per_size: Vec<&[TensorSpec]> = self.inference.iter().map(|c| c.inputs.as_slice()).collect();
+        let m = self.default();
+        let per_size: Vec<&[TensorSpec]> = m.inference.iter().map(|c| c.inputs.as_slice()).collect();
         let n = per_size.first().map_or(0, |s| s.len());
-        ValueSpec::merge(&per_size, &vec![self.batching.paddable; n])
+        ValueSpec::merge(&per_size, &vec![m.batching.paddable; n])
     }
 
     /// The method's output leaves at inference, with `None` for a dimension that varies (the
     /// batch axis of the outputs that carry it, when the method takes any batch size).
     pub fn outputs(&self) -> Vec<ValueSpec> {
-        let per_size: Vec<&[TensorSpec]> = self.inference.iter().map(|c| c.outputs.as_slice()).collect();
-        let batched: Vec<bool> = self.inference.first().map_or_else(Vec::new, |c| {
-            c.output_batched.iter().map(|b| self.batching.paddable && b.unwrap_or(false)).collect()
+        let m = self.default();
+        let per_size: Vec<&[TensorSpec]> = m.inference.iter().map(|c| c.outputs.as_slice()).collect();
+        let batched: Vec<bool> = m.inference.first().map_or_else(Vec::new, |c| {
+            c.output_batched.iter().map(|b| m.batching.paddable && b.unwrap_or(false)).collect()
         });
         ValueSpec::merge(&per_size, &batched)
     }
 
     /// The tree structure of the method's inputs (the same for every batch size).
     pub fn input_tree(&self) -> &TreeDef {
-        &self.inference[0].inputs_tree
+        &self.default().inference[0].inputs_tree
     }
+}
+
+/// A call of `method` over `state` (see [`Layer::call`]).
+fn call_in(method: &Method, state: &mut DeviceState, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
+    let view = inputs.as_inputs();
+    let comps = match mode {
+        Mode::Inference => inference_of(&method.inference, &method.frozen, state),
+        Mode::Training => &method.training,
+    };
+    run_plan(comps, &method.batching, mode, &view, |comp, inputs| {
+        let rest = state.run_and_apply(comp, &inputs)?;
+        Ok(rest.into_iter().filter(|(s, _)| matches!(s, Sink::Output(_))).map(|(_, a)| a).collect())
+    })
+}
+
+/// An inference of `method` that neither donates nor writes back `state` (see [`Layer::predict`]).
+fn predict_in(method: &Method, state: &DeviceState, inputs: impl AsInputs) -> Result<PyTree> {
+    let view = inputs.as_inputs();
+    run_plan(inference_of(&method.inference, &method.frozen, state), &method.batching, Mode::Inference, &view, |comp, inputs| {
+        let results = state.run(comp, &inputs)?;
+        Ok(comp.sinks.iter().zip(results).filter(|(s, _)| matches!(s, Sink::Output(_))).map(|(_, a)| a).collect())
+    })
 }
 
 /// The inference computations to run: the frozen ones while the params are the bundle's.

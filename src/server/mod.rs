@@ -26,6 +26,7 @@ mod conn;
 mod datatype;
 mod error;
 pub mod grpc;
+mod generate;
 mod kserve;
 mod metrics;
 mod model;
@@ -76,7 +77,8 @@ impl Server {
     pub fn load(config: &ServerConfig, client: &Client) -> Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let repo = Repository::load(config, client, &metrics)?;
-        let state = AppState { repo, metrics, max_body_bytes: config.max_body_bytes, limits: config.limits.clone(), draining: AtomicBool::new(false) };
+        let generators = generate::Generators::load(&repo, client)?;
+        let state = AppState { repo, metrics, max_body_bytes: config.max_body_bytes, limits: config.limits.clone(), draining: AtomicBool::new(false), generators };
         Ok(Server { state: Arc::new(state) })
     }
 
@@ -100,13 +102,15 @@ impl Server {
         self.state.is_draining()
     }
 
-    /// Every route: KServe v2 (`/v2/...`), TF Serving (`/v1/models/...`) and `/metrics`;
+    /// Every route: KServe v2 (`/v2/...`, with Triton's generate extension for generation
+    /// bundles), TF Serving (`/v1/models/...`) and `/metrics`;
     /// anything else is a JSON 404. A handler that panics answers 500, and every error the
     /// framework answers by itself (a wrong method, a path that is not UTF-8) is JSON too.
     pub fn router(&self) -> Router {
         let routes = Router::new()
             .merge(kserve::routes())
             .merge(tfserving::routes())
+            .merge(generate::routes())
             .route("/metrics", get(metrics_text))
             .fallback(no_route)
             .with_state(self.state.clone());

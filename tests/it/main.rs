@@ -14,6 +14,7 @@ mod deploy;
 mod devices;
 mod fidelity;
 mod frozen;
+mod generate;
 mod hostile;
 mod inputs;
 mod hostile_serve;

@@ -196,9 +196,11 @@ def test_bundle_dirs_are_the_examples():
     dirs = sorted(p.parent.name for p in HLO.glob("*/manifest.json"))
     # training bundles (ee.TRAIN_EXAMPLES) are tested in test_train.py, NNX bundles
     # (ee.NNX_EXAMPLES, nnx_digits_train) in test_nnx.py, mesh bundles (ee.MESH_EXAMPLES,
-    # ee.MESH_TRAIN_EXAMPLES) in test_devices.py
+    # ee.MESH_TRAIN_EXAMPLES) in test_devices.py; the generation bundles (lm_*, made by
+    # scripts/make_lm_fixtures.py from transformers models) in tests/it/generate.rs
+    lm = ["lm_gemma", "lm_gpt2", "lm_llama", "lm_mistral"]
     assert dirs == sorted(NAMES + list(ee.NNX_EXAMPLES) + list(ee.TRAIN_EXAMPLES) + list(ee.MESH_EXAMPLES)
-                          + list(ee.MESH_TRAIN_EXAMPLES))
+                          + list(ee.MESH_TRAIN_EXAMPLES) + lm)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,6 +9,7 @@ use flaxlayer::Bundle;
 #[macro_use]
 mod out;
 mod bench;
+mod generate;
 mod run;
 mod plugin;
 #[cfg(feature = "serve")]
@@ -90,6 +91,13 @@ enum Command {
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
+        #[command(flatten)]
+        flags: LayerFlags,
+    },
+    /// Generate token ids after a prompt of token ids from a causal LM bundle (no tokenizer).
+    Generate {
+        #[command(flatten)]
+        args: generate::GenerateArgs,
         #[command(flatten)]
         flags: LayerFlags,
     },
@@ -240,6 +248,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { args, flags } => run::run(args, &flags.into()),
         Command::Bench { args, flags } => bench::run(args, &flags.into()),
         Command::Train { args, flags } => train::run(args, &flags.into()),
+        Command::Generate { args, flags } => generate::run(args, &flags.into()),
         #[cfg(feature = "serve")]
         Command::Serve { args, flags } => serve::run(args, &flags.into()),
         Command::CompileWorker { request } => {
@@ -277,6 +286,10 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     versions.sort();
     versions.dedup();
     outln!("jax.export serialization version: {}", versions.join(", "));
+    if let Some(g) = &m.generation {
+        let lens: Vec<usize> = g.prefill.iter().map(|p| p.length).collect();
+        outln!("generation: max_len {}, vocab {}, eos {:?}, prefill lengths {lens:?}, decode {:?}, sample {:?} (flaxlayer generate)", g.max_len, g.vocab_size, g.eos_token_id, g.decode, g.sample);
+    }
     if m.init.is_none() {
         outln!("init: none (the variables cannot be built again on the device)");
     }
