@@ -10,25 +10,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{hlo, start_server};
-
-struct Served {
-    child: Child,
-    addr: String,
-    _repo: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::{hlo, Served};
 
 fn link(repo: &std::path::Path, name: &str, bundle: &str) {
     std::fs::create_dir_all(repo.join(name)).unwrap();
@@ -45,8 +32,7 @@ fn serve() -> Served {
         .args(["--request-timeout", "20s", "--idle-timeout", "2s", "--max-connections", "48"])
         .args(["--max-queue-requests", "4", "--max-queue-bytes", "8388608"])
         .stderr(Stdio::inherit());
-    let (child, url) = start_server(cmd);
-    Served { child, addr: url.trim_start_matches("http://").to_string(), _repo: repo }
+    Served::start(cmd, repo)
 }
 
 /// What came back on a connection: the first response (status, headers, body), or none, and
@@ -152,7 +138,7 @@ const T: Duration = Duration::from_secs(5);
 #[test]
 fn hostile_clients_get_json_errors_or_closed_connections_and_the_server_survives() {
     let mut s = serve();
-    let addr = s.addr.clone();
+    let addr = s.addr().to_string();
     let pid = s.child.id();
     let idle_rss = rss_kib(pid);
 

@@ -4,26 +4,12 @@
 //! `tests/python/test_serve.py`.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{hlo, start_server};
-
-/// A running `flaxlayer serve`, killed when dropped.
-struct Served {
-    child: Child,
-    url: String,
-    _repo: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::{hlo, Served};
 
 /// Copies a committed bundle into `dest` with its manifest edited by `edit`.
 fn bundle_copy(name: &str, dest: &Path, edit: impl FnOnce(&mut Value)) {
@@ -69,8 +55,7 @@ fn serve(max_body: usize) -> Served {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaxlayer"));
     cmd.args(["serve", "--models", r.to_str().unwrap(), "--port", "0", "--grpc-port", "0", "--max-body-bytes", &max_body.to_string()])
         .stderr(Stdio::inherit());
-    let (child, url) = start_server(cmd);
-    Served { child, url, _repo: repo }
+    Served::start(cmd, repo)
 }
 
 fn agent() -> ureq::Agent {

@@ -5,27 +5,14 @@
 //! (`golden.safetensors`) and the same as the unbatched server's. A model whose inference
 //! changes its state (`hlo/nnx_counter`) stays unbatched.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use flaxlayer::Tensor;
 use serde_json::{json, Value};
 
 use crate::common::golden::Golden;
-use crate::common::{hlo, start_server};
-
-struct Served {
-    child: Child,
-    url: String,
-    _repo: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::{hlo, Served};
 
 const BUNDLES: [&str; 2] = ["dense_bn_dropout", "nnx_mlp_bn_dropout"];
 
@@ -46,8 +33,7 @@ fn serve() -> (Served, Vec<String>) {
     std::os::unix::fs::symlink(hlo("nnx_counter"), repo.path().join("counter/1")).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaxlayer"));
     cmd.args(["serve", "--models", repo.path().to_str().unwrap(), "--port", "0", "--grpc-port", "0"]).stderr(Stdio::inherit());
-    let (child, url) = start_server(cmd);
-    (Served { child, url, _repo: repo }, BUNDLES.iter().map(|s| s.to_string()).collect())
+    (Served::start(cmd, repo), BUNDLES.iter().map(|s| s.to_string()).collect())
 }
 
 fn agent() -> ureq::Agent {

@@ -85,6 +85,35 @@ pub fn start_server(mut cmd: std::process::Command) -> (std::process::Child, Str
     (child, url)
 }
 
+/// A running `flaxlayer serve` (started by [`start_server`]) over a temporary model
+/// repository, killed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    /// `http://host:port`, as the server printed it.
+    pub url: String,
+    _repo: tempfile::TempDir,
+}
+
+impl Served {
+    /// Starts `cmd` (a `flaxlayer serve` over `repo`) and waits for its address.
+    pub fn start(cmd: std::process::Command, repo: tempfile::TempDir) -> Self {
+        let (child, url) = start_server(cmd);
+        Served { child, url, _repo: repo }
+    }
+
+    /// `host:port`, for raw TCP clients.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Greedy decoding with a decoder bundle's layer (hlo/decoder*, batch 1): feeds `prompt` one
 /// token per inference call, then `steps` times the argmax of the last logits; returns the
 /// chosen tokens.
