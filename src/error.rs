@@ -389,7 +389,7 @@ fn jax_suffix(v: &Option<String>) -> String {
 
 fn variables_hint(origin: &str) -> &'static str {
     match origin {
-        "init" => "; restore the file, or build the layer with init_variables() (CLI: --init) to start from init under the seed",
+        "init" => "; re-export the bundle or restore the file, or build the layer with init_variables() (CLI: --init) to start from init under the seed",
         _ => "; re-export the bundle or restore the file, or pass the variables (variables_file / variables)",
     }
 }

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::generation::{GenerationSpec, GENERATION_VERSION};
 use super::mesh_section::MeshSection;
 use crate::spec::TensorSpec;
-use crate::{Error, Result};
+use crate::{DType, Error, Result};
 
 /// The `format` string of a bundle manifest.
 pub const FORMAT: &str = "flaxlayer.bundle";
@@ -58,7 +59,7 @@ pub struct Manifest {
     pub train: Option<TrainSpec>,
     /// A causal LM's generation methods (`export_causal_lm`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<super::generation::GenerationSpec>,
+    pub generation: Option<GenerationSpec>,
 }
 
 /// The optional `train` section: an optimizer step and an evaluation step over batches
@@ -271,7 +272,7 @@ impl Manifest {
             }
         }
         if let Some(g) = &self.generation {
-            g.validate(self)?;
+            validate_generation(g, self)?;
         }
         for c in self.computations() {
             check_file_name(&c.file).map_err(|reason| Error::format("manifest.json", format!("computation file: {reason}")))?;
@@ -460,5 +461,110 @@ mod tests {
         *m.pointer_mut("/variables/0/dtype").unwrap() = serde_json::json!("complex64");
         assert!(matches!(parse(&m), Err(Error::Json { .. })));
         assert!(matches!(Manifest::from_json(b"{"), Err(Error::Json { .. })));
+    }
+}
+
+/// Checks the section against the manifest's methods: every named method exists and
+/// takes and gives the leaves the section promises.
+fn validate_generation(g: &GenerationSpec, m: &Manifest) -> Result<()> {
+    let bad = |reason: String| Err(Error::format("manifest.json", format!("generation: {reason}")));
+    if g.version != GENERATION_VERSION {
+        return bad(format!("version {} is not supported (this crate reads {GENERATION_VERSION})", g.version));
+    }
+    if g.max_len < 2 || g.vocab_size == 0 {
+        return bad(format!("max_len {} must be at least 2 and vocab_size {} positive", g.max_len, g.vocab_size));
+    }
+    if g.eos_token_id.iter().any(|&t| t < 0 || t as u64 >= g.vocab_size as u64) {
+        return bad(format!("eos_token_id {:?} outside the vocabulary 0..{}", g.eos_token_id, g.vocab_size));
+    }
+    if !g.batch_sizes.contains(&1) {
+        return bad(format!("batch_sizes {:?} lack 1, which the generator runs", g.batch_sizes));
+    }
+    if g.prefill.is_empty() || g.prefill.windows(2).any(|w| w[0].length >= w[1].length) {
+        return bad("prefill must list prompt lengths in ascending order".into());
+    }
+    if let Some(p) = g.prefill.iter().find(|p| p.length < 2 || p.length > g.max_len) {
+        return bad(format!("prefill length {} is not in 2..={}", p.length, g.max_len));
+    }
+    if let Some(c) = g.counters.iter().find(|c| m.variable(c).map_or(true, |v| v.is_param())) {
+        return bad(format!("counters names {c:?}, which is not a state variable"));
+    }
+    let method = |name: &str| m.methods.get(name).ok_or_else(|| Error::format("manifest.json", format!("generation names method {name:?}, which the bundle lacks")));
+    check_inputs(method(&g.decode)?, "decode", &g.decode, &[("input_ids", DType::I32, &[1])])?;
+    for p in &g.prefill {
+        check_inputs(method(&p.method)?, "prefill", &p.method, &[("input_ids", DType::I32, &[p.length]), ("length", DType::I32, &[])])?;
+    }
+    let logits = method(&g.decode)?.outputs.iter().find(|o| o.name == "logits").map(|o| o.dtype).unwrap_or(DType::F32);
+    let v = g.vocab_size;
+    let sample = method(&g.sample)?;
+    check_inputs(sample, "sample", &g.sample, &[("key", DType::U32, &[2]), ("logits", logits, &[v]), ("temperature", logits, &[]), ("top_k", DType::I32, &[]), ("top_p", logits, &[])])?;
+    if sample.inference.iter().all(|c| c.batch_size != Some(1)) {
+        return bad(format!("the sample method {:?} is not exported at batch 1", g.sample));
+    }
+    for name in std::iter::once(&g.decode).chain(g.prefill.iter().map(|p| &p.method)) {
+        let out = &method(name)?.outputs;
+        if !out.iter().any(|o| o.name == "logits" && o.shape.len() == 2 && o.shape[1] == v) {
+            return bad(format!("method {name:?} gives no logits [B, {v}]"));
+        }
+    }
+    Ok(())
+}
+
+/// `method`'s inputs are exactly `want` (name, dtype, shape after the batch axis), sorted by
+/// name as the exporter lists them.
+fn check_inputs(method: &MethodSpec, role: &str, name: &str, want: &[(&str, DType, &[usize])]) -> Result<()> {
+    let got: Vec<(&str, DType, &[usize])> = method.inputs.iter().map(|s| (s.name.as_str(), s.dtype, s.shape.get(1..).unwrap_or(&[]))).collect();
+    if got != want {
+        return Err(Error::format("manifest.json", format!("generation.{role} names method {name:?}, which takes {got:?}, expected {want:?} (name, dtype, shape after the batch axis)")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use super::*;
+
+    fn manifest() -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hlo/lm_gpt2/manifest.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Manifest> {
+        Manifest::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn the_committed_section_parses() {
+        let m = parse(&manifest()).unwrap();
+        let g = m.generation.unwrap();
+        assert_eq!((g.max_len, g.vocab_size, g.eos_token_id.as_slice()), (48, 211, &[210][..]));
+        assert_eq!(g.prefill.iter().map(|p| p.length).collect::<Vec<_>>(), [8, 16]);
+        assert_eq!(g.counters.len(), 2);
+    }
+
+    #[test]
+    fn bad_sections_are_refused() {
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("/generation/version", serde_json::json!(2), "version 2"),
+            ("/generation/decode", serde_json::json!("nope"), "lacks"),
+            ("/generation/sample", serde_json::json!("prefill_8"), "sample"),
+            ("/generation/decode", serde_json::json!("prefill_8"), "decode"),
+            ("/generation/eos_token_id", serde_json::json!([211]), "outside the vocabulary"),
+            ("/generation/eos_token_id", serde_json::json!([-1]), "outside the vocabulary"),
+            ("/generation/batch_sizes", serde_json::json!([2]), "lack 1"),
+            ("/generation/max_len", serde_json::json!(1), "max_len"),
+            ("/generation/vocab_size", serde_json::json!(212), "logits"),
+            ("/generation/prefill/1/length", serde_json::json!(8), "ascending"),
+            ("/generation/prefill/1/length", serde_json::json!(49), "2..=48"),
+            ("/generation/prefill/1/method", serde_json::json!("prefill_8"), "prefill_8"),
+            ("/generation/counters/0", serde_json::json!("params/transformer/wte/embedding"), "not a state variable"),
+            ("/generation/counters/0", serde_json::json!("cache/nope"), "not a state variable"),
+        ];
+        for (ptr, value, says) in cases {
+            let mut m = manifest();
+            *m.pointer_mut(ptr).unwrap() = value;
+            let e = parse(&m).unwrap_err();
+            assert!(matches!(e, Error::InvalidFormat { .. }) && e.to_string().contains(says), "{ptr}: {e}");
+        }
     }
 }

@@ -8,10 +8,9 @@
 //! arrival order of the lock, on tokio's blocking threads; a streaming client that goes away
 //! stops its generation at the next token.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
@@ -23,38 +22,13 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::repository::Repository;
 use super::state::{read_body, AppState};
-use crate::generate::{GenerateOptions, Generator, Sampling};
-use crate::pjrt::Client;
-use crate::{JaxLayer, Result};
+
+use crate::generate::{GenerateOptions, Sampling};
+use crate::Result;
 
 /// The most stop tokens a request may list.
 pub const MAX_STOP_TOKENS: usize = 1024;
-
-/// The generators of the repository's generation bundles, by model name and version.
-#[derive(Default)]
-pub struct Generators {
-    by_model: HashMap<(String, u64), Arc<Mutex<Generator>>>,
-}
-
-impl Generators {
-    /// A generator for every model version whose bundle has a `generation` section.
-    pub fn load(repo: &Repository, client: &Client) -> Result<Generators> {
-        let mut by_model = HashMap::new();
-        for (name, versions) in repo.models() {
-            for m in versions {
-                let bundle = m.layer().bundle().clone();
-                if bundle.manifest().generation.is_none() {
-                    continue;
-                }
-                let layer = JaxLayer::builder(bundle).client(client.clone()).build()?;
-                by_model.insert((name.to_string(), m.version()), Arc::new(Mutex::new(Generator::from_layer(layer)?)));
-            }
-        }
-        Ok(Generators { by_model })
-    }
-}
 
 /// The generate routes.
 pub fn routes() -> Router<Arc<AppState>> {

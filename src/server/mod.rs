@@ -27,6 +27,7 @@ mod datatype;
 mod error;
 pub mod grpc;
 mod generate;
+mod generators;
 mod kserve;
 mod metrics;
 mod model;
@@ -77,7 +78,7 @@ impl Server {
     pub fn load(config: &ServerConfig, client: &Client) -> Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let repo = Repository::load(config, client, &metrics)?;
-        let generators = generate::Generators::load(&repo, client)?;
+        let generators = generators::Generators::load(&repo, client)?;
         let state = AppState { repo, metrics, max_body_bytes: config.max_body_bytes, limits: config.limits.clone(), draining: AtomicBool::new(false), generators };
         Ok(Server { state: Arc::new(state) })
     }

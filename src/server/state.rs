@@ -28,8 +28,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Set once shutdown has begun: readiness turns false while in-flight requests finish.
     pub draining: AtomicBool,
-    /// The generators of the generation bundles (`generate.rs`).
-    pub generators: super::generate::Generators,
+    /// The generators of the generation bundles (`generators.rs`).
+    pub generators: super::generators::Generators,
 }
 
 impl AppState {

@@ -355,7 +355,7 @@ fn the_cli_keeps_the_plugin_quiet_unless_asked() {
     let plugin = client().plugin().path().to_path_buf();
     let run = |log: Option<&str>| {
         let mut cmd = std::process::Command::new(bin);
-        cmd.arg("--plugin").arg(&plugin).args(["inspect", mlp]).env_remove("TF_CPP_MIN_LOG_LEVEL").env_remove("FLAXLAYER_PLUGIN_LOG");
+        cmd.args(["inspect", mlp, "--plugin"]).arg(&plugin).env_remove("TF_CPP_MIN_LOG_LEVEL").env_remove("FLAXLAYER_PLUGIN_LOG");
         if let Some(v) = log {
             cmd.env("FLAXLAYER_PLUGIN_LOG", v);
         }

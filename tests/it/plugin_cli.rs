@@ -117,7 +117,7 @@ fn a_plugin_planted_in_the_working_directory_never_runs() {
     assert!(text(&child.stdout).contains("1 passed"), "the child test did not run: {}", text(&child.stdout));
     assert!(!marker.exists(), "the planted plugin ran in Client::new");
     // The planted library does run when it is named explicitly: the marker is a real witness.
-    let out = run(exe, &["--plugin", so.to_str().unwrap(), "plugin", "show"], &cwd, &data);
+    let out = run(exe, &["plugin", "show", "--plugin", so.to_str().unwrap()], &cwd, &data);
     assert!(!out.status.success(), "{}", text(&out.stdout));
     assert!(marker.exists(), "the planted library's constructor did not run when loaded on purpose");
 }
