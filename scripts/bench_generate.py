@@ -2,7 +2,7 @@
 `generate` under jax.jit, greedy, a 128-token prompt; and the floor of a decode step (the
 weight bytes it reads / this machine's memory bandwidth). BENCHMARKS.md, "Text generation".
 
-Run: PYTHONPATH=target/hf-transformers .venv/bin/python scripts/bench_generate.py [--rounds 3]
+Run: .venv/bin/python scripts/bench_generate.py [--rounds 3]
 (needs `cargo build --release`; exports target/bench/gpt2_small once)
 """
 from __future__ import annotations

@@ -3,8 +3,9 @@ causal LMs, random weights, exported with `export_causal_lm`) and hlo/lm_expecte
 the tokens Hugging Face's Flax `generate` gives on each, greedy and sampled, which the Rust
 tests (tests/it/generate.rs) must reproduce from the CLI, the Rust API and the server.
 
-Run: PYTHONPATH=target/hf-transformers .venv/bin/python scripts/make_lm_fixtures.py
-(scripts/setup.sh installs transformers 4.57.6 there, without touching JAX.)
+Run: .venv/bin/python scripts/make_lm_fixtures.py
+(scripts/setup.sh installs transformers 4.57.6 into target/hf-transformers, without touching
+JAX, and puts that folder on .venv's path after its own packages with a .pth file.)
 """
 from __future__ import annotations
 

@@ -54,8 +54,7 @@ fi
 # scripts/requirements-hf.txt (the same pins as matrix.sh's .venv-hf, which is for Python 3.12:
 # regex has a compiled module per Python), --no-deps into target/hf-transformers, so it can
 # never move .venv's jax, flax or numpy. For scripts/make_lm_fixtures.py,
-# tests/python/test_causal_lm.py and scripts/bench_generate.py (put it on PYTHONPATH); no
-# weights are downloaded.
+# tests/python/test_causal_lm.py and scripts/bench_generate.py; no weights are downloaded.
 hf=target/hf-transformers
 hf_want=$(sha256sum scripts/requirements-hf.txt | cut -d' ' -f1)
 if [ "$(cat "$hf/.pins.sha256" 2>/dev/null)" != "$hf_want" ]; then
@@ -64,3 +63,7 @@ if [ "$(cat "$hf/.pins.sha256" 2>/dev/null)" != "$hf_want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target "$hf" -r scripts/requirements-hf.txt
   echo "$hf_want" > "$hf/.pins.sha256"
 fi
+# ... importable from .venv: a .pth file puts the folder on sys.path after .venv's own
+# site-packages, so it only adds what .venv lacks (transformers), never shadows jax or numpy.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD/$hf" > "$site/flaxlayer-hf-transformers.pth"

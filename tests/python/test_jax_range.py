@@ -55,8 +55,9 @@ def flaxlayer_bin():
 
 
 def run_cli(binary, *args, ok=True):
-    # The PJRT plugin is found in ./.venv (the repo's), whichever Python runs the tests.
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    # The PJRT plugin is the repo's .venv's, whichever Python runs the tests (.venv-jax012 has
+    # none; the working directory is never searched).
+    env = {**os.environ, "VIRTUAL_ENV": str(REPO / ".venv")}
     env["FLAXLAYER_CACHE"] = str(REPO / "target" / "compile-cache")
     r = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env,
                        cwd=REPO, timeout=600)
