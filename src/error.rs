@@ -291,6 +291,18 @@ pub enum Error {
         cause: std::sync::Arc<Error>,
     },
 
+    /// A hoisted inference's prologue (the params-only part, run after a param write) failed:
+    /// the call ran nothing else and changed no params, state or key; the layer stays usable
+    /// (the prologue runs again on the next call, e.g. after `set_variables`).
+    #[error("the params-only prologue {computation} of a hoisted inference failed ({cause}); the layer's params, state and key are as they were")]
+    Prologue {
+        /// The prologue's file.
+        computation: String,
+        /// Its error.
+        #[source]
+        cause: Box<Error>,
+    },
+
     /// A computation calls custom-call targets (`stablehlo.custom_call @target`) that the
     /// PJRT plugin cannot run: XLA's CPU backend does not handle them itself and no handler is
     /// registered for them (e.g. `lapack_sgeqrf_ffi` on a plugin without PJRT's FFI

@@ -146,3 +146,128 @@ def stripped_module(exp: jax_export.Exported) -> tuple[str, bytes]:
         target = p.stablehlo.get_version_from_compatibility_requirement(
             p.stablehlo.StablehloCompatibilityRequirement.WEEK_4)
         return str(module), _serialize(module, target)
+
+
+# --------------------------------------------------------------------------
+# hoisting: a params-only prologue and a per-call body (partial evaluation)
+# --------------------------------------------------------------------------
+
+@functools.cache
+def _pe():
+    """JAX's partial evaluation of jaxprs (`jax._src.interpreters.partial_eval`: no public
+    API splits a jaxpr by what its inputs are known), after the version check."""
+    check_jax_version()
+    from jax._src.interpreters import partial_eval as pe
+    return pe
+
+
+@dataclasses.dataclass
+class Split:
+    """A flat function f(*known, *unknown) split in two by partial evaluation:
+    `prologue(*known) -> computed residuals` and `body(*known, *computed, *unknown) -> f's
+    results`. `residuals[i]` is, for the body's i-th residual, `("param", j)` (the known
+    argument j itself, passed unchanged: no copy), `("computed", k)` (the prologue's k-th
+    result) or `("constant", k)` (made from constants alone, again in the body, where XLA
+    folds it)."""
+    prologue: object  # callable on the known args
+    body: object  # callable on (*known, *computed, *unknown)
+    residuals: list
+    computed_avals: list  # jax.core.ShapedArray of each computed residual
+
+
+def _out_avals(prim, avals, params):
+    try:
+        out = prim.abstract_eval(*avals, **params)
+    except Exception:  # noqa: BLE001 - no abstract rule for these args: treat as unknown size
+        return None
+    out = out[0] if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (set, frozenset)) else out
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _size(aval) -> int:
+    n = 1
+    for d in getattr(aval, "shape", ()):
+        n *= int(d)
+    return n
+
+
+# Ops XLA does without a copy (bitcasts) or fuses into their consumer: a residual made by
+# one would be a second copy of its input for nothing, so the body redoes them.
+_FREE_IN_THE_BODY = frozenset({"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "copy", "copy_p"})
+
+
+def _growth_policy(prim, *avals, **params):
+    """`partial_eval_jaxpr_custom`'s `saveable`: a known value may be a residual unless it
+    has more elements than the op's inputs (broadcasts, iota, pads): those are recomputed
+    in the body from their smaller inputs, so that residuals do not outgrow the params."""
+    if getattr(prim, "name", "") in _FREE_IN_THE_BODY:
+        return False
+    outs = _out_avals(prim, avals, params)
+    if outs is None:
+        return True
+    return sum(_size(o) for o in outs) <= max(1, sum(_size(a) for a in avals))
+
+
+def split_known(fn, n_known: int, avals) -> Split:
+    """Split the flat function `fn(*args)` (args: `avals`, the first `n_known` known) into
+    a prologue over the known args and a body (see Split), by JAX's partial evaluation
+    (`partial_eval_jaxpr_custom`, the one remat uses, with a policy that keeps residuals
+    from growing past the values they are computed from). Every equation whose inputs are
+    all known (and that has no effects) is in the prologue; the rest in the body."""
+    pe = _pe()
+    from jax.extend import core as jex_core
+    closed = jax.make_jaxpr(fn)(*avals)
+    jaxpr = pe.convert_constvars_jaxpr(closed.jaxpr)
+    n_const = len(closed.consts)
+    n = len(avals)
+    unknowns = [False] * n_const + [False] * n_known + [True] * (n - n_known)
+    inst = [True] * n_const + [False] * n_known + [True] * (n - n_known)
+    known, staged, _, _, num_res = pe.partial_eval_jaxpr_custom(
+        jaxpr, unknowns, inst, True, True, _growth_policy)[:5]
+    # known: (*consts, *known args) -> residuals; staged: (*residuals, *consts, *unknown args) -> outs
+    fwd = pe._jaxpr_forwarding(known)  # noqa: SLF001 - which residuals are inputs passed on
+    # Each residual is a known arg passed on ("param"), made from the known args
+    # ("computed", by the prologue) or from constants alone ("constant": masks, iotas; the
+    # body makes them again, XLA folds them).
+    residuals, kinds = [], []
+    for i in range(num_res):
+        j = fwd[i] if i < len(fwd) else None
+        if j is not None and j >= n_const:
+            kinds.append(("param", j - n_const))
+            continue
+        _, used = pe.dce_jaxpr(known, [k == i for k in range(len(known.outvars))])
+        kinds.append(("computed", None) if any(used[n_const:]) else ("constant", None))
+    n_computed = n_constant = 0
+    for kind, j in kinds:
+        if kind == "computed":
+            residuals.append((kind, n_computed))
+            n_computed += 1
+        elif kind == "constant":
+            residuals.append((kind, n_constant))
+            n_constant += 1
+        else:
+            residuals.append((kind, j))
+
+    def part(kind):
+        jp = pe.prune_jaxpr_outputs(known, [k == kind for k, _ in kinds])
+        jp, _ = pe.dce_jaxpr(jp, [True] * len(jp.outvars), instantiate=True)
+        return jp, jex_core.jaxpr_as_fun(jex_core.ClosedJaxpr(jp, []))
+
+    consts = list(closed.consts)
+    computed_jaxpr, known_fn = part("computed")
+    _, constant_fn = part("constant")
+    staged_fn = jex_core.jaxpr_as_fun(jex_core.ClosedJaxpr(staged, []))
+    computed_avals = [v.aval for v in computed_jaxpr.outvars]
+
+    def prologue(*known_args):
+        return list(known_fn(*consts, *known_args))
+
+    def body(*args):
+        known_args, rest = args[:n_known], args[n_known:]
+        computed, unknown_args = rest[:n_computed], rest[n_computed:]
+        constant = list(constant_fn(*consts, *known_args)) if n_constant else []
+        pick = {"param": known_args, "computed": computed, "constant": constant}
+        res = [pick[kind][k] for kind, k in residuals]
+        return list(staged_fn(*res, *consts, *unknown_args))
+
+    return Split(prologue, body, residuals, computed_avals)

@@ -31,8 +31,9 @@ import numpy as np
 from jax import lax
 
 from .bundle_dir import write_bundle
-from .linen import (FORMAT, FORMAT_VERSION, KEY_IMPL, _meta, check_exported, export_computation,
-                    sds, to_plain)
+from .hoist import hoisted_entry
+from .linen import (FORMAT, FORMAT_VERSION, KEY_IMPL, _meta, check_exported, check_same_outputs,
+                    export_computation, sds, to_plain)
 from .manifest_json import manifest_bytes
 from .names import dtype_name, named_leaves, spec
 from .safetensors_io import safetensors_bytes
@@ -105,7 +106,7 @@ def _eos_ids(value) -> list[int]:
 
 def export_causal_lm(model, out_dir: str, *, max_len: int, prefill_lens: Sequence[int] | None = None,
                      batch_sizes: Sequence[int] = (1,), frozen: bool = False,
-                     params=None, platforms: Sequence[str] = ("cpu",)) -> dict:
+                     params=None, platforms: Sequence[str] = ("cpu",), hoist: bool = True) -> dict:
     """Export a transformers Flax causal LM (`FlaxPreTrainedModel`: FlaxGPT2LMHeadModel,
     FlaxLlamaForCausalLM, FlaxMistralForCausalLM, FlaxGemmaForCausalLM, ...) for generation
     into the bundle directory `out_dir`; returns the manifest.
@@ -121,6 +122,8 @@ def export_causal_lm(model, out_dir: str, *, max_len: int, prefill_lens: Sequenc
         the largest (smaller batches are padded inside the computation).
       frozen: also export prefill and decode with the params compiled in (see export_flax).
       platforms: lowering platforms.
+      hoist: also export prefill and decode split into a params-only prologue and a per-call
+        body (GPT-2's `kernel.T` once per param write, not per token; see export_flax).
     """
     config = model.config
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -135,7 +138,7 @@ def export_causal_lm(model, out_dir: str, *, max_len: int, prefill_lens: Sequenc
     return export_lm(hf_step(model, max_len), params, cache, out_dir, max_len=max_len,
                      vocab_size=vocab, eos_token_id=eos, start=hf_start(cache),
                      prefill_lens=prefill_lens, batch_sizes=batch_sizes, frozen=frozen,
-                     platforms=platforms, module=type(model).__name__,
+                     platforms=platforms, module=type(model).__name__, hoist=hoist,
                      pad_token_id=getattr(config, "pad_token_id", None),
                      counters=[n for n, _ in named_leaves(cache, "cache")
                                if n.rsplit("/", 1)[-1] == "cache_index"])
@@ -207,7 +210,7 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
               eos_token_id=None, start: Callable[[Any], jax.Array], prefill_lens=None,
               batch_sizes: Sequence[int] = (1,), frozen: bool = False,
               platforms: Sequence[str] = ("cpu",), module: str = "CausalLM",
-              pad_token_id=None, counters: Sequence[str] = ()) -> dict:
+              pad_token_id=None, counters: Sequence[str] = (), hoist: bool = True) -> dict:
     """Export a decoder given as `step` over `cache` (docs/generation.md) into `out_dir`;
     returns the manifest.
 
@@ -223,7 +226,7 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
       counters: the cache leaves (names under the cache, `layers/0/index`) that count its
         tokens: a new generation sets them to zero; without them the runtime restores the
         whole cache.
-      prefill_lens, batch_sizes, frozen, platforms: as for export_causal_lm.
+      prefill_lens, batch_sizes, frozen, platforms, hoist: as for export_causal_lm.
     """
     lens = _prefill_lens(prefill_lens, max_len)
     sizes = sorted({int(b) for b in batch_sizes})
@@ -268,6 +271,17 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
             files[fname] = c.data
             entry = {"batch_size": b, "file": fname, "args": args, "results": results,
                      "custom_call_targets": c.custom_call_targets}
+            if hoist:
+                ids = (np.arange(b * L, dtype=np.int32).reshape(b, L) * 7919) % vocab_size
+                ex = {"input_ids": ids}
+                if with_length:
+                    ex["length"] = np.full((b,), L, np.int32)
+                h = hoisted_entry(fn, params, state, x, stem=name, batch_size=b, args=args,
+                                  results=results, platforms=platforms, files=files,
+                                  example=(params, state, ex), check=check_same_outputs,
+                                  export_computation=export_computation, check_exported=check_exported)
+                if h is not None:
+                    entry["hoisted"] = h
             if frozen:
                 consts = jax.tree_util.tree_map(np.asarray, params)
                 fz = export_computation(lambda s, x_, fn=fn: fn(consts, s, x_), f"{name}.inference.frozen",

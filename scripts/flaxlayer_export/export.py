@@ -43,6 +43,7 @@ def export_flax(
     batching: bool = True,
     allow_custom_calls: Sequence[str] = (),
     bundle_variables: bool = True,
+    hoist: bool = True,
 ) -> dict:
     """Export `module` to a bundle directory `out_dir`; returns the manifest.
 
@@ -100,6 +101,11 @@ def export_flax(
       allow_custom_calls: custom-call targets that jax.export may export although they are not
         on JAX's compatibility list (`jax.export.DisabledSafetyCheck.custom_call`; e.g. your
         own FFI targets, which the runtime must then provide).
+      hoist: also export each inference computation split into a params-only prologue and a
+        per-call body (manifest `hoisted` entries; docs/performance.md): work that depends
+        only on the params (`kernel.T`, casts, dequantisation) runs once per param write
+        instead of on every call. Only when there is such work; single device only. The
+        split is checked against the inference on the sample inputs.
 
     A method may return arrays in tuples, lists and dicts, or a dataclass-like PyTree with
     named fields (flax.struct.dataclass, e.g. a Hugging Face ModelOutput; namedtuples;
@@ -114,7 +120,7 @@ def export_flax(
                               input_sharding=input_sharding, output_sharding=output_sharding,
                               logical_rules=logical_rules),
         frozen=frozen, batching=batching, allow_custom_calls=allow_custom_calls,
-        bundle_variables=bundle_variables)
+        bundle_variables=bundle_variables, hoist=hoist)
     write_bundle(out_dir, built.files)
     return built.manifest
 

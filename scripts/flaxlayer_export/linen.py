@@ -161,6 +161,12 @@ FROZEN_TOLERANCE = 1e-5
 
 
 def check_frozen_outputs(want, got, fname: str) -> None:
+    """check_same_outputs for a frozen inference (its refusal says: export without frozen)."""
+    check_same_outputs(want, got, fname, what="frozen", fix="export without frozen=True")
+
+
+def check_same_outputs(want, got, fname: str, *, what: str = "hoisted",
+                       fix: str = "export with hoist=False") -> None:
     """The frozen inference agrees with the inference it was made from (ValueError otherwise).
 
     Constant folding reassociates float arithmetic, so the two differ by rounding that grows
@@ -170,21 +176,21 @@ def check_frozen_outputs(want, got, fname: str) -> None:
     for i, (w, g) in enumerate(zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got))):
         w, g = np.asarray(w), np.asarray(g)
         if w.shape != g.shape or w.dtype != g.dtype:
-            raise ValueError(f"{fname}: output {i} of the frozen inference is {g.dtype}{list(g.shape)}, "
+            raise ValueError(f"{fname}: output {i} of the {what} inference is {g.dtype}{list(g.shape)}, "
                              f"the inference with params as arguments gives {w.dtype}{list(w.shape)}")
         if not np.issubdtype(w.dtype, np.inexact):
             if not np.array_equal(g, w):
-                raise ValueError(f"{fname}: output {i} ({w.dtype}) of the frozen inference differs "
-                                 "from the inference with params as arguments")
+                raise ValueError(f"{fname}: output {i} ({w.dtype}) of the {what} inference differs "
+                                 f"from the inference with params as arguments; {fix}")
             continue
         w64, g64 = w.astype(np.float64), g.astype(np.float64)
         finite = np.isfinite(w64)
         scale = max(1.0, float(np.abs(w64[finite]).max(initial=0.0)))
         if not np.allclose(g64, w64, rtol=FROZEN_TOLERANCE, atol=FROZEN_TOLERANCE * scale, equal_nan=True):
             diff = float(np.nanmax(np.abs(g64 - w64))) if w.size else 0.0
-            raise ValueError(f"{fname}: output {i} of the frozen inference differs from the inference "
+            raise ValueError(f"{fname}: output {i} of the {what} inference differs from the inference "
                              f"with params as arguments by {diff:.3g}, more than {FROZEN_TOLERANCE:g} of "
-                             f"its scale {scale:.3g}; export without frozen=True")
+                             f"its scale {scale:.3g}; {fix}")
 
 
 def variables_difference(given, want, *, first: int = 5) -> str:
@@ -246,7 +252,7 @@ def _mark(specs: list[dict], batched: dict[str, bool]) -> list[dict]:
 def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=None, seed=0,
                  rng_streams=None, init_inputs=None, platforms=("cpu",), batch_sizes=None,
                  max_batch=DEFAULT_MAX_BATCH, sharding=None, frozen=False,
-                 batching=True, bundle_variables=True) -> "_LinenExport":
+                 batching=True, bundle_variables=True, hoist=True) -> "_LinenExport":
     """The export of a linen module, ready to `build`; `sharding`: a sharding.MeshRequest
     for a mesh export (export.py makes it from export_flax's mesh arguments)."""
     check_signature(module, method)
@@ -259,7 +265,8 @@ def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=Non
                         seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                         init_inputs=init_inputs, sample_batch=sample_batch, batch_sizes=sizes,
                         given=variables, sharding=sharding, frozen=check_frozen(frozen, sharding),
-                        check_batching=bool(batching), bundle_variables=bool(bundle_variables))
+                        check_batching=bool(batching), bundle_variables=bool(bundle_variables),
+                        hoist=bool(hoist) and sharding is None)
 
 
 def prepare_inputs(sample_inputs, init_inputs):
@@ -372,6 +379,7 @@ class _LinenExport:
     frozen: bool = False  # also export inference with the params compiled in (export_flax's `frozen`)
     check_batching: bool = True  # run the padding check (export_flax's `batching`)
     bundle_variables: bool = True  # write variables.safetensors (else "init-only")
+    hoist: bool = True  # also export inference as prologue + body (export_flax's `hoist`)
 
     @property
     def K0(self):
@@ -554,11 +562,27 @@ class _LinenExport:
                 files[fname] = c.data
                 entry = {"batch_size": b, "file": fname, "args": args, "results": results,
                          "custom_call_targets": c.custom_call_targets}
+                if self.hoist and self.plan is None and mode == "inference":
+                    h = self.export_hoisted(params, state, x_sds, args, results, b, files)
+                    if h is not None:
+                        entry["hoisted"] = h
                 if self.frozen and mode == "inference":
                     entry["frozen"] = {"batch_size": b,
                                        **self.export_frozen(params, state, x_sds, args, results, fname, files)}
                 entries[mode].append(entry)
         return entries, shapes
+
+    def export_hoisted(self, params, state, x_sds, args, results, b, files) -> dict | None:
+        """Inference split into a params-only prologue and a per-call body (hoist.py), checked
+        on the sample inputs against the inference it was split from; None when there is no
+        params-only work."""
+        from .hoist import example_like, hoisted_entry
+        return hoisted_entry(self.fns.inference, sds(params), sds(state), x_sds,
+                             stem=file_stem(method_name_of(self.method)), batch_size=b, args=args,
+                             results=results, platforms=self.platforms, files=files,
+                             example=(params, state, example_like(x_sds, self.sample_inputs)),
+                             check=check_same_outputs, export_computation=export_computation,
+                             check_exported=check_exported)
 
     def export_frozen(self, params, state, x_sds, args, results, fname, files) -> dict:
         """Inference with the bundled params compiled in as constants: the same results from

@@ -239,7 +239,7 @@ def manifest_section(model: NnxModel, rng_streams) -> dict:
 def nnx_export(module, sample_inputs, *, method=None, variables=None, seed=0, rng_streams=None,
                init_inputs=None, platforms=("cpu",), batch_sizes=None,
                max_batch=DEFAULT_MAX_BATCH, frozen=False, batching=True,
-               bundle_variables=True) -> "_NnxExport":
+               bundle_variables=True, hoist=True) -> "_NnxExport":
     """The export of an NNX module (an instance or a factory), ready to `build`."""
     if init_inputs is not None:
         raise ValueError("init_inputs is for linen modules: an NNX module's init builds its "
@@ -253,7 +253,7 @@ def nnx_export(module, sample_inputs, *, method=None, variables=None, seed=0, rn
                       init_inputs=init_inputs, sample_batch=sample_batch,
                       batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch),
                       model=model, frozen=bool(frozen), check_batching=bool(batching),
-                      bundle_variables=bool(bundle_variables))
+                      bundle_variables=bool(bundle_variables), hoist=bool(hoist))
 
 
 @dataclasses.dataclass

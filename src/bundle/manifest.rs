@@ -175,6 +175,35 @@ pub struct ComputationSpec {
     /// came from. The runtime runs it only with params loaded from that very file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variables_sha256: Option<String>,
+    /// For an inference computation: the same computation split into a params-only prologue
+    /// and a per-call body (`export_flax(..., hoist=True)`, the default). Absent in older
+    /// bundles and when the params need no work of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hoisted: Option<Box<Hoisted>>,
+}
+
+/// An inference computation split in two by JAX's partial evaluation (docs/bundle-format.md,
+/// "Hoisted inference"): the `prologue` computes from the params alone what the computation
+/// would compute from them on every call (`kernel.T`, casts, dequantisation), the `body`
+/// takes those results (the residuals) with the params, state and inputs, and gives the
+/// computation's results. A layer runs the prologue after its params change and keeps the
+/// residuals on the device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hoisted {
+    /// Params in, `residual` results out. Methods whose params-only work is the same share
+    /// one prologue file (and its residuals).
+    pub prologue: ComputationSpec,
+    /// The computation's arguments with `residual` slots after the params; its results.
+    pub body: ComputationSpec,
+    /// The params the prologue reads (the rest it ignores).
+    #[serde(default)]
+    pub params_read: Vec<String>,
+    /// The bytes of those params.
+    #[serde(default)]
+    pub params_read_bytes: u64,
+    /// The bytes of the residuals, which the layer keeps on the device besides the params.
+    #[serde(default)]
+    pub residual_bytes: u64,
 }
 
 /// What a flat argument or result is.
@@ -210,6 +239,19 @@ pub enum Role {
     OptState,
     /// A scalar metric (`loss`, `accuracy`, `loss_sum`, ...), named.
     Metric,
+    /// A prologue's result and a hoisted body's argument, named `residual/<k>` (k-th result
+    /// of the prologue).
+    Residual,
+}
+
+impl Slot {
+    /// For a `residual/<k>` slot: k.
+    pub fn residual_index(&self) -> Option<usize> {
+        if self.role != Role::Residual {
+            return None;
+        }
+        self.name.as_deref()?.strip_prefix("residual/")?.parse().ok()
+    }
 }
 
 impl Manifest {
@@ -261,9 +303,12 @@ impl Manifest {
                 if let Some(f) = &c.frozen {
                     check_frozen(c, f)?;
                 }
+                if let Some(h) = &c.hoisted {
+                    check_hoisted(c, h)?;
+                }
             }
-            if let Some(c) = m.training.iter().find(|c| c.frozen.is_some()) {
-                return bad(format!("{}: a training computation has a frozen variant (only inference may)", c.file));
+            if let Some(c) = m.training.iter().find(|c| c.frozen.is_some() || c.hoisted.is_some()) {
+                return bad(format!("{}: a training computation has a frozen or hoisted variant (only inference may)", c.file));
             }
         }
         if let Some(t) = &self.train {
@@ -277,7 +322,7 @@ impl Manifest {
         for c in self.computations() {
             check_file_name(&c.file).map_err(|reason| Error::format("manifest.json", format!("computation file: {reason}")))?;
             for s in c.args.iter().chain(&c.results) {
-                let named = matches!(s.role, Role::Param | Role::State | Role::Input | Role::Output | Role::OptState | Role::Metric);
+                let named = matches!(s.role, Role::Param | Role::State | Role::Input | Role::Output | Role::OptState | Role::Metric | Role::Residual);
                 if named && s.name.is_none() {
                     return bad(format!("{}: a {:?} slot has no name", c.file, s.role));
                 }
@@ -298,11 +343,15 @@ impl Manifest {
         Ok(())
     }
 
-    /// Every computation of the bundle (the train section's last).
+    /// Every computation of the bundle (the train section's last). A prologue that several
+    /// hoisted computations share comes once per computation.
     pub fn computations(&self) -> impl Iterator<Item = &ComputationSpec> {
         let train = self.train.iter().flat_map(|t| [&t.init_opt_state, &t.train_step, &t.eval_step]);
+        fn hoisted(m: &MethodSpec) -> impl Iterator<Item = &ComputationSpec> {
+            m.inference.iter().filter_map(|c| c.hoisted.as_deref()).flat_map(|h| [&h.prologue, &h.body])
+        }
         self.init.iter().map(|i| &i.computation)
-            .chain(self.methods.values().flat_map(|m| m.inference.iter().chain(m.inference.iter().filter_map(|c| c.frozen.as_deref())).chain(&m.training)))
+            .chain(self.methods.values().flat_map(|m| m.inference.iter().chain(m.inference.iter().filter_map(|c| c.frozen.as_deref())).chain(hoisted(m)).chain(&m.training)))
             .chain(train)
     }
 
@@ -327,6 +376,36 @@ fn check_frozen(c: &ComputationSpec, frozen: &ComputationSpec) -> Result<()> {
             "manifest.json",
             format!("{}: its frozen variant {} must take its arguments without the params, give its results and name the variables' SHA-256", c.file, frozen.file),
         ));
+    }
+    Ok(())
+}
+
+/// A hoisted split: the prologue takes params only and gives `residual/0..n` in order; the
+/// body takes the computation's arguments plus some of those residuals (after the params),
+/// and gives its results.
+fn check_hoisted(c: &ComputationSpec, h: &Hoisted) -> Result<()> {
+    let bad = |reason: String| Err(Error::format("manifest.json", format!("{}: its hoisted split: {reason}", c.file)));
+    let (p, b) = (&h.prologue, &h.body);
+    if p.hoisted.is_some() || p.frozen.is_some() || b.hoisted.is_some() || b.frozen.is_some() {
+        return bad("a prologue or body has a variant of its own".into());
+    }
+    if let Some(s) = p.args.iter().find(|s| s.role != Role::Param) {
+        return bad(format!("prologue {} takes a {:?} argument (only params)", p.file, s.role));
+    }
+    for (k, s) in p.results.iter().enumerate() {
+        if s.residual_index() != Some(k) {
+            return bad(format!("prologue {} result {k} is {s:?}, expected residual/{k}", p.file));
+        }
+    }
+    for s in b.args.iter().filter(|s| s.role == Role::Residual) {
+        if s.residual_index().map_or(true, |k| k >= p.results.len()) {
+            return bad(format!("body {} takes {:?}, which prologue {} does not give", b.file, s.name, p.file));
+        }
+    }
+    let plain: Vec<&Slot> = b.args.iter().filter(|s| s.role != Role::Residual).collect();
+    let same_args = plain.len() == c.args.len() && plain.iter().zip(&c.args).all(|(a, b)| *a == b);
+    if !same_args || b.results != c.results || b.batch_size != c.batch_size {
+        return bad(format!("body {} must take the arguments of {} (plus residuals) and give its results", b.file, c.file));
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use exported::{Aval, Exported};
 pub use generation::{GenerationSpec, PrefillSpec, GENERATION_VERSION};
-pub use manifest::{Batching, ComputationSpec, InitSpec, Manifest, MethodSpec, Role, Slot, TrainSpec};
+pub use manifest::{Batching, ComputationSpec, Hoisted, InitSpec, Manifest, MethodSpec, Role, Slot, TrainSpec};
 pub use mesh_section::{spec_text, DimAxes, MeshSection, PartitionSpec};
 pub use sharding::{AxisType, DeviceSlice, Mesh, NamedSharding, MAX_MESH_DEVICES};
 
@@ -65,9 +65,15 @@ impl Bundle {
         let manifest = manifest.map_err(|e| e.with_fix(CORRUPT))?;
         let mut computations = HashMap::new();
         for spec in manifest.computations() {
+            if computations.contains_key(&spec.file) {
+                continue; // a prologue several hoisted computations share
+            }
             let exported = Exported::read(dir.join(&spec.file)).map_err(|e| e.with_fix(CORRUPT))?;
             check_computation(&manifest, spec, &exported).map_err(|e| e.with_fix(CORRUPT))?;
             computations.insert(spec.file.clone(), BundleComputation { spec: spec.clone(), exported });
+        }
+        for h in manifest.methods.values().flat_map(|m| &m.inference).filter_map(|c| c.hoisted.as_deref()) {
+            check_residuals(&computations, h).map_err(|e| e.with_fix(CORRUPT))?;
         }
         Ok(Bundle { dir, manifest, computations })
     }
@@ -196,6 +202,31 @@ pub(crate) const CORRUPT: &str = "the bundle is corrupt or truncated: re-export 
 
 fn read_capped(path: &Path) -> Result<Vec<u8>> {
     crate::files::read(path, MAX_FILE_BYTES)
+}
+
+/// A hoisted body's residual arguments have the dtypes and shapes its prologue gives them;
+/// a prologue shared by several computations is the same in each entry.
+fn check_residuals(computations: &HashMap<String, BundleComputation>, h: &Hoisted) -> Result<()> {
+    let (Some(p), Some(b)) = (computations.get(&h.prologue.file), computations.get(&h.body.file)) else {
+        return Err(Error::format(h.body.file.clone(), "its prologue or body was not loaded"));
+    };
+    if p.spec.results != h.prologue.results || p.spec.args != h.prologue.args {
+        return Err(Error::format(h.prologue.file.clone(), "the entries that share this prologue differ"));
+    }
+    for (slot, aval) in h.body.args.iter().zip(&b.exported.in_avals) {
+        if let Some(k) = slot.residual_index() {
+            let Some(want) = p.exported.out_avals.get(k) else {
+                return Err(Error::format(h.body.file.clone(), format!("takes residual/{k}, which {} does not give", h.prologue.file)));
+            };
+            if want.dtype != aval.dtype || want.shape != aval.shape {
+                return Err(Error::format(
+                    h.body.file.clone(),
+                    format!("takes residual/{k} as {}{:?}, but {} gives {}{:?}", aval.dtype, aval.shape, h.prologue.file, want.dtype, want.shape),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that the manifest's roles fit JAX's avals: counts, and variables' dtypes and shapes.

@@ -23,6 +23,8 @@ pub(crate) enum Source {
     Input(usize),
     /// The optimizer-state leaf with this index (`train.opt_state` order).
     OptState(usize),
+    /// A hoisted body's residual: result `k` of its prologue.
+    Residual(usize),
 }
 
 /// Where a flat result goes.
@@ -36,6 +38,8 @@ pub(crate) enum Sink {
     OptState(usize),
     /// The metric with this index in `metric_names`.
     Metric(usize),
+    /// A prologue's result `k` (kept by the layer, not written to its state).
+    Residual(usize),
 }
 
 /// How a layer's computations compile: the cache directory, the isolation, if any, and the
@@ -132,6 +136,7 @@ impl Computation {
                     inputs.push(aval.spec(slot.name.as_deref().unwrap_or_default()));
                     (Source::Input(inputs.len() - 1), false)
                 }
+                Role::Residual => (Source::Residual(residual_index(slot, file)?), false),
                 Role::Output | Role::Metric => return Err(Error::format(file, format!("an argument has role {:?}", slot.role))),
             });
         }
@@ -151,6 +156,7 @@ impl Computation {
                     metric_names.push(slot.name.clone().unwrap_or_default());
                     Sink::Metric(metric_names.len() - 1)
                 }
+                Role::Residual => Sink::Residual(residual_index(slot, file)?),
                 Role::Input => return Err(Error::format(file, "a result has role input")),
             });
         }
@@ -437,6 +443,11 @@ fn check_leaf_counts(file: &str, inputs: &TreeDef, n_inputs: usize, outputs: Opt
     }
 }
 
+/// k of a `residual/<k>` slot.
+fn residual_index(slot: &Slot, file: &str) -> Result<usize> {
+    slot.residual_index().ok_or_else(|| Error::format(file, format!("a residual slot is named {:?}, expected \"residual/<k>\"", slot.name)))
+}
+
 /// The subtree of the last positional argument in JAX's `((args...), {kwargs})` in_tree.
 fn last_positional_arg(in_tree: &TreeDef, file: &str) -> Result<TreeDef> {
     match in_tree {
@@ -466,6 +477,7 @@ fn role_word(role: Role) -> &'static str {
         Role::Output => "output",
         Role::OptState => "optimizer state",
         Role::Metric => "metric",
+        Role::Residual => "residual",
     }
 }
 
@@ -485,6 +497,28 @@ pub(crate) fn platform_index_arg(placement: &Placement, exp: &Exported, file: &s
     }
     let t = crate::Tensor::scalar(index as i32);
     Ok(Some(placement.upload_to(&t.view(), devices, &None)?))
+}
+
+/// A layer's state with a hoisted body's residuals (its prologue's results, in order).
+pub(crate) struct WithResiduals<'a> {
+    pub state: &'a dyn StateArrays,
+    pub residuals: &'a [DeviceArray],
+}
+
+impl StateArrays for WithResiduals<'_> {
+    fn get(&self, source: Source) -> Option<&DeviceArray> {
+        match source {
+            Source::Residual(k) => self.residuals.get(k),
+            other => self.state.get(other),
+        }
+    }
+
+    fn source(&self, source: Source) -> Result<&DeviceArray> {
+        match source {
+            Source::Residual(k) => self.residuals.get(k).ok_or_else(|| Error::invalid("residual", format!("index {k} out of range ({})", self.residuals.len()))),
+            other => self.state.source(other),
+        }
+    }
 }
 
 /// Where a computation reads the arrays of its state arguments (variables, optimizer state,

@@ -60,6 +60,23 @@ pub struct Layer<K: Kind> {
     state: DeviceState,
     /// Every method of the bundle, over the one `state`.
     methods: BTreeMap<String, Method>,
+    /// The prologues of the methods' hoisted computations, with their residuals.
+    prologues: Vec<Prologue>,
+}
+
+/// A hoisted prologue (params in, residuals out) and the residuals it computed last, with
+/// the params version they were computed at. They are computed before the first inference
+/// that needs them after a param write, and kept on the device.
+struct Prologue {
+    comp: Computation,
+    residuals: std::sync::Mutex<Option<(u64, Arc<Vec<DeviceArray>>)>>,
+}
+
+/// The hoisted inference of a method: one body per exported batch size, and the index in
+/// the layer's prologues of each body's prologue.
+struct Hoisted {
+    bodies: Vec<Computation>,
+    prologue: Vec<usize>,
 }
 
 /// One method's computations.
@@ -69,6 +86,9 @@ struct Method {
     /// The inference computations with the bundle's params compiled in, when the bundle has
     /// them for every batch size and the layer's params were loaded from its variables file.
     frozen: Option<Vec<Computation>>,
+    /// The inference computations split into a params-only prologue and a per-call body,
+    /// when the bundle has them for every batch size (and the layer runs on one device).
+    hoisted: Option<Hoisted>,
     training: Vec<Computation>,
 }
 
@@ -145,15 +165,34 @@ impl<K: Kind> Layer<K> {
         let wanted: Vec<_> = prepared.iter().map(|(_, spec, _, _)| super::init::frozen_wanted(&bundle, spec, &options)).collect();
         let initial = super::init::initial_variables(&bundle, &placement, &layouts, &options.variables, seed, &how, wanted.iter().any(Option::is_some))?;
         let mut methods = BTreeMap::new();
+        let mut prologues: Vec<Prologue> = Vec::new();
         for ((name, spec, inference, training), wanted) in prepared.into_iter().zip(wanted) {
             let frozen = super::init::frozen_matching(wanted, initial.bundle_sha256.as_deref()).map(|list| prepare(&list)).transpose()?;
-            methods.insert(name, Method { batching: spec.batching.clone(), inference, frozen, training });
+            let hoisted = match hoisted_wanted(&bundle, spec, &options) {
+                Some(list) => {
+                    let mut prologue = Vec::with_capacity(list.len());
+                    for h in &list {
+                        prologue.push(match prologues.iter().position(|p| p.comp.file == h.prologue.file) {
+                            Some(i) => i,
+                            None => {
+                                let comp = Computation::new(&placement, bundle.computation(&h.prologue.file)?, &names, &how)?;
+                                prologues.push(Prologue { comp, residuals: std::sync::Mutex::new(None) });
+                                prologues.len() - 1
+                            }
+                        });
+                    }
+                    let bodies: Vec<_> = list.into_iter().map(|h| h.body).collect();
+                    Some(Hoisted { bodies: prepare(&bodies)?, prologue })
+                }
+                None => None,
+            };
+            methods.insert(name, Method { batching: spec.batching.clone(), inference, frozen, hoisted, training });
         }
         let mut state = DeviceState::new(placement, specs, initial.arrays, layouts, options.key.unwrap_or_else(|| super::init::seed_key(seed)), key_layout)?;
         if methods.values().any(|m| m.frozen.is_some()) {
             state.mark_params_from_bundle();
         }
-        Ok(Layer { kind: PhantomData, bundle, method, seed, state, methods })
+        Ok(Layer { kind: PhantomData, bundle, method, seed, state, methods, prologues })
     }
 
     /// The shapes of each variable's buffers, one per device that holds it: a sharded
@@ -169,8 +208,8 @@ impl<K: Kind> Layer<K> {
 
     /// The same layer as another kind (free: nothing is copied).
     pub fn into_kind<L: Kind>(self) -> Layer<L> {
-        let Layer { bundle, method, seed, state, methods, .. } = self;
-        Layer { kind: PhantomData, bundle, method, seed, state, methods }
+        let Layer { bundle, method, seed, state, methods, prologues, .. } = self;
+        Layer { kind: PhantomData, bundle, method, seed, state, methods, prologues }
     }
 
     /// The bundle.
@@ -229,10 +268,12 @@ impl<K: Kind> Layer<K> {
     /// method now, instead of on its first call.
     pub fn compile_inference(&self) -> Result<()> {
         for m in self.methods.values() {
-            let frozen = m.frozen.iter().flatten().filter(|_| self.state.params_from_bundle());
-            for c in m.inference.iter().chain(frozen) {
+            for c in inference_of(m, &self.state).comps {
                 c.ensure_compiled()?;
             }
+        }
+        for p in &self.prologues {
+            p.comp.ensure_compiled()?;
         }
         Ok(())
     }
@@ -249,8 +290,8 @@ impl<K: Kind> Layer<K> {
     /// leaves params, state and key as they were. Inference takes any batch size when the
     /// method is paddable (see the README's "Any batch size").
     pub fn call(&mut self, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
-        let Layer { method, methods, state, .. } = self;
-        call_in(&methods[method.as_str()], state, inputs, mode)
+        let Layer { method, methods, state, prologues, .. } = self;
+        call_in(&methods[method.as_str()], prologues, state, inputs, mode)
     }
 
     /// Calls the bundle's method `name` in `mode` over the layer's variables and key, as
@@ -259,20 +300,20 @@ impl<K: Kind> Layer<K> {
     /// write the same device-resident state (a decoder's `prefill_16` and `decode` share its
     /// cache). Otherwise as [`Layer::call`].
     pub fn call_method(&mut self, name: &str, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
-        let Layer { methods, state, .. } = self;
-        call_in(named(methods, name)?, state, inputs, mode)
+        let Layer { methods, state, prologues, .. } = self;
+        call_in(named(methods, name)?, prologues, state, inputs, mode)
     }
 
     /// [`Layer::predict`] with the bundle's method `name`.
     pub fn predict_method(&self, name: &str, inputs: impl AsInputs) -> Result<PyTree> {
-        predict_in(self.named(name)?, &self.state, inputs)
+        predict_in(self.named(name)?, &self.prologues, &self.state, inputs)
     }
 
     /// An inference call that takes `&self`, safe from several threads at once: it neither
     /// donates nor writes back state. Use [`JaxLayer::call`] for models whose inference
     /// advances state (decode caches).
     pub fn predict(&self, inputs: impl AsInputs) -> Result<PyTree> {
-        predict_in(self.default(), &self.state, inputs)
+        predict_in(self.default(), &self.prologues, &self.state, inputs)
     }
 
     /// Whether inference runs the bundle's frozen computations (params compiled in as
@@ -282,6 +323,23 @@ impl<K: Kind> Layer<K> {
     /// as arguments.
     pub fn runs_frozen(&self) -> bool {
         self.default().frozen.is_some() && self.state.params_from_bundle()
+    }
+
+    /// Whether inference runs the bundle's hoisted computations (a params-only prologue,
+    /// run once after each param write, and a per-call body; `export_flax(..., hoist=True)`):
+    /// the bundle has them, and the layer does not run frozen ones.
+    pub fn runs_hoisted(&self) -> bool {
+        inference_of(self.default(), &self.state).hoisted.is_some()
+    }
+
+    /// The bytes of the hoisted residuals the layer holds on the device now (besides its
+    /// variables): 0 before the first hoisted inference, and while running frozen.
+    pub fn residual_bytes(&self) -> u64 {
+        self.prologues
+            .iter()
+            .filter_map(|p| p.residuals.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, r)| r.clone()))
+            .map(|r| r.iter().map(DeviceArray::nbytes).sum::<u64>())
+            .sum()
     }
 
     /// Trainable weights (the `params` collection), as Keras lists them.
@@ -379,33 +437,84 @@ impl<K: Kind> Layer<K> {
 }
 
 /// A call of `method` over `state` (see [`Layer::call`]).
-fn call_in(method: &Method, state: &mut DeviceState, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
+fn call_in(method: &Method, prologues: &[Prologue], state: &mut DeviceState, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
     let view = inputs.as_inputs();
-    let comps = match mode {
-        Mode::Inference => inference_of(&method.inference, &method.frozen, state),
-        Mode::Training => &method.training,
+    let chosen = match mode {
+        Mode::Inference => inference_of(method, state),
+        Mode::Training => Chosen { comps: &method.training, hoisted: None },
     };
-    run_plan(comps, &method.batching, mode, &view, |comp, inputs| {
-        let rest = state.run_and_apply(comp, &inputs)?;
+    run_plan(chosen.comps, &method.batching, mode, &view, |comp, inputs| {
+        let rest = match chosen.residuals_for(comp, prologues, state)? {
+            Some(residuals) => state.run_and_apply_with(comp, &inputs, &residuals)?,
+            None => state.run_and_apply(comp, &inputs)?,
+        };
         Ok(rest.into_iter().filter(|(s, _)| matches!(s, Sink::Output(_))).map(|(_, a)| a).collect())
     })
 }
 
 /// An inference of `method` that neither donates nor writes back `state` (see [`Layer::predict`]).
-fn predict_in(method: &Method, state: &DeviceState, inputs: impl AsInputs) -> Result<PyTree> {
+fn predict_in(method: &Method, prologues: &[Prologue], state: &DeviceState, inputs: impl AsInputs) -> Result<PyTree> {
     let view = inputs.as_inputs();
-    run_plan(inference_of(&method.inference, &method.frozen, state), &method.batching, Mode::Inference, &view, |comp, inputs| {
-        let results = state.run(comp, &inputs)?;
+    let chosen = inference_of(method, state);
+    run_plan(chosen.comps, &method.batching, Mode::Inference, &view, |comp, inputs| {
+        let results = match chosen.residuals_for(comp, prologues, state)? {
+            Some(residuals) => state.run_with(comp, &inputs, &residuals)?,
+            None => state.run(comp, &inputs)?,
+        };
         Ok(comp.sinks.iter().zip(results).filter(|(s, _)| matches!(s, Sink::Output(_))).map(|(_, a)| a).collect())
     })
 }
 
-/// The inference computations to run: the frozen ones while the params are the bundle's.
-fn inference_of<'a>(inference: &'a [Computation], frozen: &'a Option<Vec<Computation>>, state: &DeviceState) -> &'a [Computation] {
-    match frozen {
-        Some(frozen) if state.params_from_bundle() => frozen,
-        _ => inference,
+/// The computations a call runs, and their prologues when they are hoisted bodies.
+struct Chosen<'a> {
+    comps: &'a [Computation],
+    hoisted: Option<&'a Hoisted>,
+}
+
+impl Chosen<'_> {
+    /// The residuals `comp` takes, when it is a hoisted body: its prologue's, computed now
+    /// if the params changed since they were (a failed prologue changes nothing).
+    fn residuals_for(&self, comp: &Computation, prologues: &[Prologue], state: &DeviceState) -> Result<Option<Arc<Vec<DeviceArray>>>> {
+        let Some(h) = self.hoisted else { return Ok(None) };
+        let i = h.bodies.iter().position(|b| std::ptr::eq(b, comp)).and_then(|k| h.prologue.get(k)).copied();
+        let p = i.and_then(|i| prologues.get(i)).ok_or_else(|| Error::invalid(comp.file.clone(), "a hoisted body without its prologue"))?;
+        residuals(p, state).map(Some)
     }
+}
+
+/// The prologue's residuals at the state's params, computed if stale.
+fn residuals(p: &Prologue, state: &DeviceState) -> Result<Arc<Vec<DeviceArray>>> {
+    let version = state.params_version();
+    let mut slot = p.residuals.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((v, r)) = slot.as_ref() {
+        if *v == version {
+            return Ok(r.clone());
+        }
+    }
+    *slot = None; // free the stale residuals before making new ones
+    let results = state.run(&p.comp, &[]).map_err(|e| Error::Prologue { computation: p.comp.file.clone(), cause: Box::new(e) })?;
+    let r = Arc::new(results);
+    *slot = Some((version, r.clone()));
+    Ok(r)
+}
+
+/// The inference computations to run: the frozen ones while the params are the bundle's,
+/// else the hoisted bodies when the bundle has them, else the plain ones.
+fn inference_of<'a>(method: &'a Method, state: &DeviceState) -> Chosen<'a> {
+    match (&method.frozen, &method.hoisted) {
+        (Some(frozen), _) if state.params_from_bundle() => Chosen { comps: frozen, hoisted: None },
+        (_, Some(h)) => Chosen { comps: &h.bodies, hoisted: Some(h) },
+        _ => Chosen { comps: &method.inference, hoisted: None },
+    }
+}
+
+/// The hoisted splits of `method`'s inference computations, when every one has one and the
+/// layer may run them (one device, not turned off).
+fn hoisted_wanted(bundle: &Bundle, method: &MethodSpec, options: &Options) -> Option<Vec<crate::bundle::Hoisted>> {
+    if options.without_hoisted || bundle.devices() != 1 {
+        return None;
+    }
+    method.inference.iter().map(|c| c.hoisted.as_deref().cloned()).collect()
 }
 
 /// The layout the first of `comps` that takes `source` wants for it (whole on one device

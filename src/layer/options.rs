@@ -106,6 +106,9 @@ pub struct Options {
     /// Never run the bundle's frozen inference computations (params compiled in); see
     /// [`Builder::without_frozen`].
     pub without_frozen: bool,
+    /// Never run the bundle's hoisted inference computations; see
+    /// [`Builder::without_hoisted`].
+    pub without_hoisted: bool,
 }
 
 impl Options {
@@ -194,6 +197,16 @@ impl<T: Build> Builder<T> {
     /// time and the memory of their constants.
     pub fn without_frozen(mut self) -> Self {
         self.options.without_frozen = true;
+        self
+    }
+
+    /// Run inference as the single computation that takes the params, even when the bundle
+    /// has it hoisted (split into a params-only prologue and a per-call body; see
+    /// docs/performance.md). By default a layer runs the hoisted body, and the prologue
+    /// once after each param write, keeping its results (the residuals) on the device.
+    /// Opting out saves the residuals' memory and the prologue's run per param change.
+    pub fn without_hoisted(mut self) -> Self {
+        self.options.without_hoisted = true;
         self
     }
 

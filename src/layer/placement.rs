@@ -202,6 +202,11 @@ impl DeviceArray {
         self.shards.iter().map(|b| b.dims().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect()).collect()
     }
 
+    /// The bytes of every buffer holding the array, on all devices.
+    pub fn nbytes(&self) -> u64 {
+        self.shards.iter().map(|b| b.dims().iter().map(|&d| u64::try_from(d).unwrap_or(0)).product::<u64>() * b.dtype().size_in_bytes() as u64).sum()
+    }
+
     /// Whether any shard was deleted (donated to an execution that consumed it).
     pub fn is_deleted(&self) -> bool {
         self.shards.iter().any(|b| b.is_deleted().unwrap_or(true))

@@ -2,7 +2,7 @@
 //! trainer, with the one path that checks host values and uploads them, and the one path
 //! that writes a computation's results back.
 
-use super::computation::{Computation, Sink, Source, StateArrays};
+use super::computation::{Computation, Sink, Source, StateArrays, WithResiduals};
 use super::placement::{DeviceArray, Layout, Placement};
 use crate::pjrt::Client;
 use crate::spec::{self, TensorSpec};
@@ -43,6 +43,8 @@ pub(crate) struct DeviceState {
     /// The params are the bundle's `variables.safetensors` values, unchanged since they were
     /// loaded: the bundle's frozen computations (params compiled in) may run.
     params_from_bundle: bool,
+    /// Counts the writes to params: residuals computed at another count are stale.
+    params_version: u64,
 }
 
 impl DeviceState {
@@ -60,7 +62,7 @@ impl DeviceState {
             return Err(Error::ArgumentCount { what: "variables".into(), expected: specs.len(), got: vars.len() });
         }
         let key = upload_key(&placement, key, &key_layout)?;
-        Ok(DeviceState { placement, vars: Group { specs, arrays: vars, layouts }, opt: Group::default(), key, key_layout, lost: None, params_from_bundle: false })
+        Ok(DeviceState { placement, vars: Group { specs, arrays: vars, layouts }, opt: Group::default(), key, key_layout, lost: None, params_from_bundle: false, params_version: 0 })
     }
 
     pub fn placement(&self) -> &Placement {
@@ -80,6 +82,12 @@ impl DeviceState {
     /// Whether the params are still the bundle's own, as loaded.
     pub fn params_from_bundle(&self) -> bool {
         self.params_from_bundle
+    }
+
+    /// How many times params were written (set_variables, a train step, a restore): what a
+    /// hoisted prologue's residuals were computed at, to know when they are stale.
+    pub fn params_version(&self) -> u64 {
+        self.params_version
     }
 
     /// The variables' specs, in manifest order.
@@ -132,6 +140,7 @@ impl DeviceState {
         let uploaded = self.upload_named("variable", &self.vars.specs, &self.vars.layouts, given, false)?;
         if self.vars.specs.iter().zip(&uploaded).any(|(s, u)| u.is_some() && s.is_param()) {
             self.params_from_bundle = false;
+            self.params_version += 1;
         }
         replace(&mut self.vars, uploaded);
         Ok(())
@@ -179,6 +188,7 @@ impl DeviceState {
             Source::Var(i) => Error::invalid("variable", format!("index {i} out of range ({})", self.vars.arrays.len())),
             Source::OptState(i) => Error::invalid("optimizer state", format!("index {i} out of range ({})", self.opt.arrays.len())),
             Source::Key | Source::Input(_) => Error::invalid("device state", "an input is not state"),
+            Source::Residual(k) => Error::invalid("device state", format!("residual {k} of a hoisted computation is not state (its prologue did not run)")),
         })
     }
 
@@ -189,15 +199,20 @@ impl DeviceState {
             Source::Var(i) => self.vars.arrays.get(i),
             Source::OptState(i) => self.opt.arrays.get(i),
             Source::Key => Some(&self.key),
-            Source::Input(_) => None,
+            Source::Input(_) | Source::Residual(_) => None,
         }
     }
 
     /// Runs `comp` on this state and `inputs` without donating anything: the state is only
     /// read. Returns every result, in order.
     pub fn run(&self, comp: &Computation, inputs: &[DeviceArray]) -> Result<Vec<DeviceArray>> {
+        self.run_with(comp, inputs, &[])
+    }
+
+    /// [`DeviceState::run`] of a hoisted body, with its prologue's `residuals`.
+    pub fn run_with(&self, comp: &Computation, inputs: &[DeviceArray], residuals: &[DeviceArray]) -> Result<Vec<DeviceArray>> {
         self.check_alive()?;
-        comp.run(self, inputs, false)
+        comp.run(&WithResiduals { state: self, residuals }, inputs, false)
     }
 
     /// Runs `comp`, donating the state it replaces, and writes its state results back
@@ -206,8 +221,15 @@ impl DeviceState {
     /// When the execution fails after a donated buffer was consumed, the state is lost: this
     /// and every later call return [`Error::StateLost`].
     pub fn run_and_apply(&mut self, comp: &Computation, inputs: &[DeviceArray]) -> Result<Vec<(Sink, DeviceArray)>> {
+        self.run_and_apply_with(comp, inputs, &[])
+    }
+
+    /// [`DeviceState::run_and_apply`] of a hoisted body, with its prologue's `residuals`
+    /// (never donated).
+    pub fn run_and_apply_with(&mut self, comp: &Computation, inputs: &[DeviceArray], residuals: &[DeviceArray]) -> Result<Vec<(Sink, DeviceArray)>> {
         self.check_alive()?;
-        match comp.run(self, inputs, true) {
+        let run = comp.run(&WithResiduals { state: &*self, residuals }, inputs, true);
+        match run {
             Ok(results) => self.apply(comp, results),
             Err(e) => {
                 let consumed = comp.donated_sources().any(|s| self.source(s).map_or(true, DeviceArray::is_deleted));
@@ -228,18 +250,21 @@ impl DeviceState {
             return Err(Error::ArgumentCount { what: format!("results of {}", comp.file), expected: comp.sinks.len(), got: results.len() });
         }
         let mut rest = Vec::with_capacity(comp.sinks.len());
+        let mut params_written = false;
         for (&sink, array) in comp.sinks.iter().zip(results) {
             match sink {
                 Sink::Var(i) => {
-                    if self.params_from_bundle && self.vars.specs[i].is_param() {
-                        self.params_from_bundle = false;
-                    }
+                    params_written |= self.vars.specs[i].is_param();
                     self.vars.arrays[i] = array;
                 }
                 Sink::OptState(i) => self.opt.arrays[i] = array,
                 Sink::Key => self.key = array,
-                Sink::Output(_) | Sink::Metric(_) => rest.push((sink, array)),
+                Sink::Output(_) | Sink::Metric(_) | Sink::Residual(_) => rest.push((sink, array)),
             }
+        }
+        if params_written {
+            self.params_from_bundle = false;
+            self.params_version += 1;
         }
         Ok(rest)
     }

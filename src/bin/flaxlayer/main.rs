@@ -52,6 +52,11 @@ pub struct LayerFlags {
     /// while the params are the bundle's own.
     #[arg(long)]
     pub no_frozen: bool,
+    /// Never run a bundle's hoisted inference (a params-only prologue, run once per param
+    /// change, and a per-call body; exported with `hoist=True`, the default): run the single
+    /// computation that takes the params.
+    #[arg(long)]
+    pub no_hoisted: bool,
 }
 
 /// The flags of `serve`: as [`LayerFlags`], without `--no-frozen` (a model's config says).
@@ -139,6 +144,17 @@ pub struct Common {
     pub devices: Option<usize>,
     /// `--no-frozen`.
     pub no_frozen: bool,
+    /// `--no-hoisted`.
+    pub no_hoisted: bool,
+}
+
+/// Bytes as `inspect` shows them: KiB below 1 MiB, else MiB.
+fn mib(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    }
 }
 
 fn isolation(untrusted: bool, seconds: u64) -> Option<flaxlayer::layer::isolate::Isolation> {
@@ -155,6 +171,7 @@ impl From<LayerFlags> for Common {
             isolation: isolation(f.untrusted, f.compile_timeout),
             devices: f.devices.map(|n| n as usize),
             no_frozen: f.no_frozen,
+            no_hoisted: f.no_hoisted,
         }
     }
 }
@@ -166,6 +183,7 @@ impl From<ServeFlags> for Common {
             isolation: isolation(f.untrusted, f.compile_timeout),
             devices: f.devices.map(|n| n as usize),
             no_frozen: false,
+            no_hoisted: false,
         }
     }
 }
@@ -187,6 +205,9 @@ impl Common {
         }
         if self.no_frozen {
             b = b.without_frozen();
+        }
+        if self.no_hoisted {
+            b = b.without_hoisted();
         }
         b
     }
@@ -338,6 +359,17 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
                 let outs = leaves(&c.results, &exp.out_avals, &exp.out_shardings, flaxlayer::bundle::Role::Output);
                 let frozen = if c.frozen.is_some() { "  + frozen (params compiled in)" } else { "" };
                 outln!("  {mode:<9} batch {:>4}  in ({})  out ({}){frozen}", c.batch_size.map_or("-".into(), |b| b.to_string()), ins.join(", "), outs.join(", "));
+                if let Some(h) = &c.hoisted {
+                    outln!(
+                        "            + hoisted: prologue {} once per param change (reads {} params, {}; keeps {} residuals, {}), body {} per call",
+                        h.prologue.file,
+                        h.params_read.len(),
+                        mib(h.params_read_bytes),
+                        h.prologue.results.len(),
+                        mib(h.residual_bytes),
+                        h.body.file
+                    );
+                }
             }
         }
     }
