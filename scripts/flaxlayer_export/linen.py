@@ -408,6 +408,8 @@ class _LinenExport:
                 e["results"] = _mark(e["results"], batched[mode])
                 if "frozen" in e:
                     e["frozen"]["results"] = e["results"]
+                if "hoisted" in e:
+                    e["hoisted"]["body"]["results"] = e["results"]
         batching = self.batching(params, state, batched["inference"], batched_state)
         golden = self.golden(variables, self.golden_init(given_variables, init_entry, init_variables),
                              extra_golden)

@@ -15,6 +15,7 @@ mod devices;
 mod fidelity;
 mod frozen;
 mod generate;
+mod hoist;
 mod hostile;
 mod inputs;
 mod hostile_serve;

@@ -119,10 +119,12 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
     let (p10, median, p90) = (percentile(&us, 0.1), percentile(&us, 0.5), percentile(&us, 0.9));
     let plugin = layer.client().plugin().path().to_path_buf();
     let frozen = !args.training && layer.runs_frozen();
-    let mode_text = match (args.training, frozen) {
-        (true, _) => "training",
-        (false, true) => "inference, frozen",
-        (false, false) => "inference",
+    let hoisted = !args.training && layer.runs_hoisted();
+    let mode_text = match (args.training, frozen, hoisted) {
+        (true, _, _) => "training",
+        (false, true, _) => "inference, frozen",
+        (false, false, true) => "inference, hoisted",
+        (false, false, false) => "inference",
     };
     let timed = if args.raw {
         "one execution through a raw PJRT loop without the layer: upload, execute, copy outputs".to_string()
@@ -142,7 +144,7 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
             "cold_start": args.cold_start, "raw": args.raw, "cache": flaxlayer::layer::cache::cache_dir(),
             "iters": iters, "warmup": if args.cold_start { 0 } else { args.warmup },
             "median_us": median, "p10_us": p10, "p90_us": p90, "plugin": plugin,
-            "frozen": frozen,
+            "frozen": frozen, "hoisted": hoisted,
         });
         outln!("{line}");
     } else {
