@@ -225,6 +225,12 @@ def split_known(fn, n_known: int, avals) -> Split:
     known, staged, _, _, num_res = pe.partial_eval_jaxpr_custom(
         jaxpr, unknowns, inst, True, True, _growth_policy)[:5]
     # known: (*consts, *known args) -> residuals; staged: (*residuals, *consts, *unknown args) -> outs
+    # Recomputed ops (see _growth_policy) make their inputs residuals even when the body does
+    # not use them in the end: dead code in the body goes, and the residuals it alone used.
+    n_rest = len(staged.invars) - num_res
+    staged, used = pe.dce_jaxpr(staged, [True] * len(staged.outvars), instantiate=[False] * num_res + [True] * n_rest)
+    known = pe.prune_jaxpr_outputs(known, list(used[:num_res]))
+    num_res = sum(used[:num_res])
     fwd = pe._jaxpr_forwarding(known)  # noqa: SLF001 - which residuals are inputs passed on
     # Each residual is a known arg passed on ("param"), made from the known args
     # ("computed", by the prologue) or from constants alone ("constant": masks, iotas; the

@@ -20,15 +20,34 @@ HF = os.path.join(os.path.dirname(__file__), "..", "..", "target", "hf-transform
 class Bundle:
     """Runs a generation bundle's methods with jax.export, over one state (as Layer does)."""
 
-    def __init__(self, d):
+    def __init__(self, d, hoisted=False):
         self.d = d
         self.m = json.load(open(os.path.join(d, "manifest.json")))
         self.state = read_safetensors(os.path.join(d, "variables.safetensors"))[0]
+        self.hoisted, self.residuals = hoisted, {}
+
+    def _load(self, f):
+        return jexp.deserialize(bytearray(open(os.path.join(self.d, f), "rb").read()))
+
+    def _residuals(self, prologue):
+        """The prologue's results (params in), once per prologue file (as Layer keeps them)."""
+        if prologue["file"] not in self.residuals:
+            exp = self._load(prologue["file"])
+            flat = [self.state[a["name"]] for a in prologue["args"]]
+            args, kwargs = jax.tree_util.tree_unflatten(exp.in_tree, flat)
+            self.residuals[prologue["file"]] = jax.tree_util.tree_leaves(exp.call(*args, **kwargs))
+        return self.residuals[prologue["file"]]
 
     def call(self, method, inputs):
         e = self.m["methods"][method]["inference"][0]
-        exp = jexp.deserialize(bytearray(open(os.path.join(self.d, e["file"]), "rb").read()))
-        flat = [self.state[a["name"]] if a["role"] in ("param", "state") else inputs[a["name"]] for a in e["args"]]
+        res = []
+        if self.hoisted and "hoisted" in e:
+            res = self._residuals(e["hoisted"]["prologue"])
+            e = e["hoisted"]["body"]
+        exp = self._load(e["file"])
+        flat = [self.state[a["name"]] if a["role"] in ("param", "state")
+                else res[int(a["name"].split("/")[1])] if a["role"] == "residual"
+                else inputs[a["name"]] for a in e["args"]]
         args, kwargs = jax.tree_util.tree_unflatten(exp.in_tree, flat)
         out = {}
         for r, x in zip(e["results"], jax.tree_util.tree_leaves(exp.call(*args, **kwargs))):
@@ -138,3 +157,12 @@ def test_hf_gpt2_prefill_at_an_unexported_length_and_frozen_decode(tmp_path):
     prompt = [3, 1, 4, 1, 5]
     want = model.generate(jnp.array([prompt]), max_new_tokens=6, do_sample=False).sequences[0, 5:].tolist()
     assert Bundle(str(tmp_path / "lm")).greedy(prompt, 6) == want
+    # hoisted (issue 25): the Conv1D kernels' and the tied LM head's transposes are the
+    # prologue's, one prologue for prefill and decode; the split generates the same tokens
+    hoisted = [m["methods"][n]["inference"][0]["hoisted"] for n in ("decode", "prefill_8")]
+    assert hoisted[0]["prologue"] == hoisted[1]["prologue"]
+    assert hoisted[0]["params_read"] == sorted(hoisted[0]["params_read"]) and len(hoisted[0]["params_read"]) == 5
+    assert all(n.endswith("kernel") or n.endswith("wte/embedding") for n in hoisted[0]["params_read"])
+    assert hoisted[0]["residual_bytes"] == hoisted[0]["params_read_bytes"]
+    b = Bundle(str(tmp_path / "lm"), hoisted=True)
+    assert b.greedy(prompt, 6) == want and len(b.residuals) == 1
