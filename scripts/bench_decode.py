@@ -71,13 +71,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--clean", action="store_true", help="remove the exported bundle at the end")
+    ap.add_argument("--exe", default=str(ROOT / "target" / "release" / "flaxlayer"), help="the flaxlayer binary")
     args = ap.parse_args()
     from transformers import FlaxGPT2LMHeadModel, GPT2Config
 
     from flaxlayer_export.causal_lm import hf_start, hf_step
     from flaxlayer_export.linen import to_plain
 
-    exe = ROOT / "target" / "release" / "flaxlayer"
+    exe = pathlib.Path(args.exe)
     model = FlaxGPT2LMHeadModel(GPT2Config(), seed=0)
     manifest = export(model, OUT)
     params = jax.device_put(to_plain(model.params))
@@ -114,6 +115,20 @@ def main() -> None:
 
     env = dict(os.environ, FLAXLAYER_CACHE=tempfile.mkdtemp(prefix="flaxlayer-bench-cache-"))
     modes = {"plain": ["--no-frozen", "--no-hoisted"], "hoisted": ["--no-frozen"], "frozen": []}
+    # every mode's first decode step (empty cache) against JAX's
+    want = np.asarray(jit(params, jax.device_put(cache), ids)[0])
+    scale = float(np.abs(want).max())
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/ids.npy", np.asarray(ids))
+        from safetensors.numpy import load_file
+        for name, flags in modes.items():
+            subprocess.run([str(exe), "run", str(OUT), "--method", "decode", "--input", f"input_ids={tmp}/ids.npy",
+                            "--output", f"{tmp}/{name}.safetensors", *flags], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+            got = load_file(f"{tmp}/{name}.safetensors")["logits"]
+            err = float(np.abs(got - want).max())
+            print(f"{name}: logits max abs diff vs JAX {err:.2e} (scale {scale:.2f})")
+            assert err <= 1e-4 * max(1.0, scale), f"{name} differs from JAX"
     times: dict[str, list[float]] = {m: [] for m in [*modes, "jax"]}
     for r in range(args.rounds):
         for name, flags in modes.items():

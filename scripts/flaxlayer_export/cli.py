@@ -164,6 +164,9 @@ def _parser():
     p.add_argument("--frozen", action="store_true",
                    help="also export inference with the params compiled in as constants (faster "
                         "calls while the layer's params are the bundle's; docs/exporter.md)")
+    p.add_argument("--no-hoist", action="store_true",
+                   help="do not split inference into a params-only prologue and a per-call body "
+                        "(docs/exporter.md, hoist)")
     p.add_argument("--no-batching-check", action="store_true",
                    help="skip the padding check (the method is marked not paddable: the runtime "
                         "serves only the exported batch sizes)")
@@ -193,7 +196,7 @@ def run(args) -> int:
             init_inputs=init_inputs,
             platforms=tuple(split(args.platforms)),
             batch_sizes=parse_batch_sizes(args.batch_sizes), max_batch=args.max_batch,
-            frozen=args.frozen, batching=not args.no_batching_check)
+            frozen=args.frozen, batching=not args.no_batching_check, hoist=not args.no_hoist)
     except InputStructureError as e:
         names = [name for name, _, _ in args.input]
         if isinstance(inputs, dict):

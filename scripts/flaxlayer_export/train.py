@@ -221,6 +221,7 @@ def export_train_step(
     state_sharding=None,
     batch_sharding=None,
     logical_rules=None,
+    hoist: bool = True,
 ) -> dict:
     """Export `module` with its training step to the bundle directory `out_dir`; returns the
     manifest.
@@ -248,6 +249,7 @@ def export_train_step(
         them (`P("data")`: data parallel, XLA all-reduces the gradients), a tree matching
         sample_batch, or a function of the leaf's name. The optimizer state is split as the
         params it mirrors. The golden loop runs on the same mesh.
+      hoist: as for export_flax (the inference computations only; the steps take the params).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -267,7 +269,7 @@ def export_train_step(
                            input_sharding=None if batch_specs is None else _input_specs(batch_specs),
                            logical_rules=logical_rules)
     ex = exporter(module, sample_batch["x"], method=method, variables=variables, seed=seed,
-                  rng_streams=rng_streams, platforms=platforms, sharding=request)
+                  rng_streams=rng_streams, platforms=platforms, sharding=request, hoist=hoist)
     platforms = tuple(platforms)
     init_opt_state, train_step, eval_step = make_step_functions(ex.fns, loss=loss, optimizer=optimizer)
     built = ex.build()

@@ -1,0 +1,90 @@
+"""Trainer step time with and without hoisted inference in the bundle (issue 25: hoisting must
+leave training as fast as before). A mid-size model with params-only work in its inference
+(GPT-2-style Conv1D blocks, `x @ kernel.T`, width 1024, 4 blocks: 8.4M params), batch 64,
+adam, exported twice with export_train_step: hoist=True (the default) and hoist=False.
+`flaxlayer train` runs the same epochs on both in alternating rounds; its step time is the
+epoch's wall time over its steps. With `--old-exe`, also the hoist=False bundle under another
+flaxlayer binary (e.g. main's, before hoisting).
+
+Run: .venv/bin/python scripts/bench_train_hoist.py [--rounds 5] [--exe target/release/flaxlayer]
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import statistics
+import subprocess
+import time
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxlayer_export import export_train_step
+from flaxlayer_export.safetensors_io import safetensors_bytes
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "target" / "bench" / "train_hoist"
+BATCH, WIDTH, BLOCKS, N = 64, 1024, 4, 64 * 64
+
+
+class Conv1D(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.param("kernel", nn.initializers.normal(0.02), (self.features, x.shape[-1]))
+        b = self.param("bias", nn.initializers.zeros, (self.features,))
+        return jnp.dot(x, k.T) + b
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = Conv1D(WIDTH)(x)
+        for _ in range(BLOCKS):
+            h = h + Conv1D(WIDTH)(nn.gelu(Conv1D(WIDTH)(nn.LayerNorm()(h))))
+        return Conv1D(10)(h)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--exe", default=str(ROOT / "target" / "release" / "flaxlayer"))
+    ap.add_argument("--old-exe", default=None)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, 256)).astype(np.float32)
+    y = rng.integers(0, 10, N).astype(np.int32)
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = OUT / "data.safetensors"
+    data.write_bytes(safetensors_bytes({"x_train": x, "y_train": y}, {}))
+    for hoist in (True, False):
+        d = OUT / f"hoist_{hoist}"
+        if not (d / "manifest.json").exists():
+            export_train_step(Net(), {"x": x[:BATCH], "y": y[:BATCH]}, str(d), optimizer=optax.adam(1e-3),
+                              hoist=hoist)
+    runs = {"hoisted bundle": (args.exe, OUT / "hoist_True"), "plain bundle": (args.exe, OUT / "hoist_False")}
+    if args.old_exe:
+        runs["plain bundle, old binary"] = (args.old_exe, OUT / "hoist_False")
+    steps = N // BATCH * args.epochs
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(args.rounds):
+        for name, (exe, bundle) in runs.items():
+            t = time.perf_counter()
+            subprocess.run([exe, "train", str(bundle), "--data", str(data), "--epochs", str(args.epochs),
+                            "--batch-size", str(BATCH), "--json"], check=True, capture_output=True)
+            times[name].append((time.perf_counter() - t) / steps * 1e3)
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} ms/step" for k, v in times.items()), flush=True)
+    print("| bundle | ms per step (process incl. compile, over the steps), median | spread |")
+    print("|---|---|---|")
+    for k, v in times.items():
+        print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
+    shutil.rmtree(OUT / "cache", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
