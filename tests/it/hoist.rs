@@ -128,3 +128,16 @@ fn a_failing_prologue_leaves_the_layer_as_it_was() {
     l.set_variables(&group("hoist/set")).unwrap();
     assert_close("after the failure", &outputs(&mut l), &group("hoist/set_outputs"));
 }
+
+#[test]
+fn generation_bundles_run_the_hoisted_decode_and_prefill() {
+    // hlo/lm_gpt2 (HF GPT-2's Conv1D) is hoisted; tests/it/generate.rs checks its tokens
+    // against Hugging Face's generate, so generation goes through the hoisted split there.
+    let l = FlaxLayer::builder(crate::common::hlo("lm_gpt2")).client(client()).build().unwrap();
+    assert!(l.runs_hoisted());
+    let m = l.bundle().manifest();
+    let prologues: std::collections::BTreeSet<&str> =
+        m.methods.iter().filter_map(|(_, s)| s.inference[0].hoisted.as_deref()).map(|h| h.prologue.file.as_str()).collect();
+    assert_eq!(prologues.len(), 1, "decode and every prefill share one prologue: {prologues:?}");
+    assert!(m.methods["decode"].inference[0].hoisted.is_some() && m.methods["prefill_8"].inference[0].hoisted.is_some());
+}
