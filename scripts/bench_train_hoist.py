@@ -79,6 +79,8 @@ def main() -> None:
                             "--batch-size", str(BATCH), "--json"], check=True, capture_output=True)
             times[name].append((time.perf_counter() - t) / steps * 1e3)
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} ms/step" for k, v in times.items()), flush=True)
+    if not args.rounds:
+        return
     print("| bundle | ms per step (process incl. compile, over the steps), median | spread |")
     print("|---|---|---|")
     for k, v in times.items():
