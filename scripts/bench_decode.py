@@ -59,9 +59,14 @@ def export(model, out: pathlib.Path) -> dict:
 
 
 def flaxlayer_bench(exe, bundle, flags, iters, env) -> float:
-    """Median decode step (ms) of one `flaxlayer bench` process."""
-    out = subprocess.run([str(exe), "bench", str(bundle), "--method", "decode", "--iters", str(iters),
-                          "--warmup", "5", "--json", *flags], check=True, capture_output=True, text=True, env=env)
+    """Median decode step (ms) of one `flaxlayer bench` process (tried again once if it is
+    killed: on a machine short of memory, the OOM killer may pick it)."""
+    cmd = [str(exe), "bench", str(bundle), "--method", "decode", "--iters", str(iters), "--warmup", "5", "--json", *flags]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode < 0:
+        print(f"  {' '.join(flags) or 'frozen'}: killed by signal {-out.returncode}, once more", flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out.check_returncode()
     line = json.loads(out.stdout.strip().splitlines()[-1])
     return line["median_us"] / 1e3, line["mode"]
 
@@ -114,6 +119,7 @@ def main() -> None:
     floor = weights / (bw * 1e9) * 1e3
 
     env = dict(os.environ, FLAXLAYER_CACHE=tempfile.mkdtemp(prefix="flaxlayer-bench-cache-"))
+    env.setdefault("VIRTUAL_ENV", str(ROOT / ".venv"))  # the CPU plugin scripts/setup.sh installs
     modes = {"plain": ["--no-frozen", "--no-hoisted"], "hoisted": ["--no-frozen"], "frozen": []}
     # every mode's first decode step (empty cache) against JAX's
     want = np.asarray(jit(params, jax.device_put(cache), ids)[0])

@@ -307,8 +307,11 @@ impl Manifest {
                     check_hoisted(c, h)?;
                 }
             }
-            if let Some(c) = m.training.iter().find(|c| c.frozen.is_some() || c.hoisted.is_some()) {
-                return bad(format!("{}: a training computation has a frozen or hoisted variant (only inference may)", c.file));
+            if let Some(c) = m.training.iter().find(|c| c.frozen.is_some()) {
+                return bad(format!("{}: a training computation has a frozen variant (only inference may)", c.file));
+            }
+            if let Some(c) = m.training.iter().find(|c| c.hoisted.is_some()) {
+                return bad(format!("{}: a training computation has a hoisted variant (only inference may)", c.file));
             }
         }
         if let Some(t) = &self.train {
@@ -445,6 +448,38 @@ mod tests {
         assert_eq!(m.variables[0].dtype, crate::DType::F32);
         assert_eq!(m.methods["__call__"].batching, Batching::default());
         assert_eq!(m.computations().count(), 3);
+    }
+
+    #[test]
+    fn a_hoisted_split_is_a_params_only_prologue_and_a_body_with_the_entrys_args() {
+        let hoisted = serde_json::json!({
+            "prologue": {"file": "prologue.00.jaxexport", "args": [{"role": "param", "name": "params/w"}], "results": [{"role": "residual", "name": "residual/0"}]},
+            "body": {"file": "a.hoisted.jaxexport", "args": [{"role": "param", "name": "params/w"}, {"role": "residual", "name": "residual/0"}, {"role": "input", "name": "inputs"}], "results": [{"role": "output", "name": "outputs"}]},
+            "params_read": ["params/w"], "params_read_bytes": 8, "residual_bytes": 8
+        });
+        let mut v = minimal();
+        v["methods"]["__call__"]["inference"][0]["hoisted"] = hoisted.clone();
+        let m = parse(&v).unwrap();
+        assert_eq!(m.computations().count(), 5, "the prologue and body are computations of the bundle");
+        let h = m.methods["__call__"].inference[0].hoisted.as_deref().unwrap();
+        assert_eq!((h.residual_bytes, h.body.args[1].residual_index()), (8, Some(0)));
+        let bad = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = minimal();
+            let mut h = hoisted.clone();
+            edit(&mut h);
+            v["methods"]["__call__"]["inference"][0]["hoisted"] = h;
+            let e = parse(&v).unwrap_err().to_string();
+            assert!(e.contains("its hoisted split"), "{e}");
+        };
+        bad(&|h| h["prologue"]["args"] = serde_json::json!([{"role": "input", "name": "inputs"}]));
+        bad(&|h| h["prologue"]["results"] = serde_json::json!([{"role": "residual", "name": "residual/1"}]));
+        bad(&|h| h["body"]["args"][1] = serde_json::json!({"role": "residual", "name": "residual/1"}));
+        bad(&|h| h["body"]["args"][2] = serde_json::json!({"role": "input", "name": "other"}));
+        bad(&|h| h["body"]["results"] = serde_json::json!([]));
+        bad(&|h| h["body"]["batch_size"] = serde_json::json!(4));
+        let mut v = minimal();
+        v["methods"]["__call__"]["training"][0]["hoisted"] = hoisted;
+        assert!(parse(&v).unwrap_err().to_string().contains("training computation has a hoisted variant"));
     }
 
     #[test]
