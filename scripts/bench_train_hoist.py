@@ -2,8 +2,8 @@
 leave training as fast as before). A mid-size model with params-only work in its inference
 (GPT-2-style Conv1D blocks, `x @ kernel.T`, width 1024, 4 blocks: 8.4M params), batch 64,
 adam, exported twice with export_train_step: hoist=True (the default) and hoist=False.
-`flaxlayer train` runs the same epochs on both in alternating rounds; its step time is the
-epoch's wall time over its steps. With `--old-exe`, also the hoist=False bundle under another
+`flaxlayer train` runs the same epochs on both in alternating rounds; the step time is the
+epochs' wall time (`--json`'s `seconds`, compile excluded) over their steps. With `--old-exe`, also the hoist=False bundle under another
 flaxlayer binary (e.g. main's, before hoisting).
 
 Run: .venv/bin/python scripts/bench_train_hoist.py [--rounds 5] [--exe target/release/flaxlayer]
@@ -11,11 +11,12 @@ Run: .venv/bin/python scripts/bench_train_hoist.py [--rounds 5] [--exe target/re
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import pathlib
 import shutil
 import statistics
 import subprocess
-import time
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -73,15 +74,17 @@ def main() -> None:
     steps = N // BATCH * args.epochs
     times: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
-        for name, (exe, bundle) in runs.items():
-            t = time.perf_counter()
-            subprocess.run([exe, "train", str(bundle), "--data", str(data), "--epochs", str(args.epochs),
-                            "--batch-size", str(BATCH), "--json"], check=True, capture_output=True)
-            times[name].append((time.perf_counter() - t) / steps * 1e3)
+        order = list(runs.items())
+        for name, (exe, bundle) in (order if r % 2 == 0 else order[::-1]):  # the order alternates too
+            out = subprocess.run([exe, "train", str(bundle), "--data", str(data), "--epochs", str(args.epochs),
+                                  "--batch-size", str(BATCH), "--json"], check=True, capture_output=True, text=True,
+                                 env={**os.environ, "VIRTUAL_ENV": os.environ.get("VIRTUAL_ENV", str(ROOT / ".venv"))})
+            seconds = sum(json.loads(line)["seconds"] for line in out.stdout.splitlines() if line.startswith("{"))
+            times[name].append(seconds / steps * 1e3)
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} ms/step" for k, v in times.items()), flush=True)
     if not args.rounds:
         return
-    print("| bundle | ms per step (process incl. compile, over the steps), median | spread |")
+    print("| bundle | ms per step (the epochs' wall time over their steps), median | spread |")
     print("|---|---|---|")
     for k, v in times.items():
         print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
