@@ -268,12 +268,15 @@ impl<K: Kind> Layer<K> {
     /// method now, instead of on its first call.
     pub fn compile_inference(&self) -> Result<()> {
         for m in self.methods.values() {
-            for c in inference_of(m, &self.state).comps {
+            let chosen = inference_of(m, &self.state);
+            for c in chosen.comps {
                 c.ensure_compiled()?;
             }
-        }
-        for p in &self.prologues {
-            p.comp.ensure_compiled()?;
+            for &i in chosen.hoisted.iter().flat_map(|h| &h.prologue) {
+                if let Some(p) = self.prologues.get(i) {
+                    p.comp.ensure_compiled()?;
+                }
+            }
         }
         Ok(())
     }
