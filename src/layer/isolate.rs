@@ -187,5 +187,5 @@ pub fn run_worker(request: &str, input: &mut impl Read, output: &mut impl Write)
 
 /// Loads what a worker compiled.
 pub(crate) fn load(client: &Client, bytes: &[u8], what: &str) -> Result<LoadedExecutable> {
-    client.deserialize_executable(bytes).map_err(|e| Error::IsolatedCompile { what: what.to_string(), reason: format!("the worker's executable does not load: {e}") })
+    client.deserialize_trusted(bytes).map_err(|e| Error::IsolatedCompile { what: what.to_string(), reason: format!("the worker's executable does not load: {e}") })
 }

@@ -28,4 +28,4 @@ pub use inputs::AsInputs;
 pub use jax_layer::{Flax, Jax, JaxLayer, Kind, Layer};
 pub use mode::Mode;
 pub use options::{Build, Builder, BundleSource, Options, Restore, VariablesSource};
-pub use trainer::{epoch_batches, epoch_permutation, Batch, Metrics, Trainer, OPT_STATE_FILE, TRAINER_FILE};
+pub use trainer::{epoch_batches, epoch_permutation, Batch, TrainMetrics, Trainer, OPT_STATE_FILE, TRAINER_FILE};

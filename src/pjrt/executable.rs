@@ -115,7 +115,25 @@ impl Client {
     }
 
     /// Loads an executable that [`LoadedExecutable::serialize`] wrote, on this client.
-    pub fn deserialize_executable(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
+    ///
+    /// The library's own callers are its compile cache (whose directory is trusted as the
+    /// binary is: see [`crate::layer::cache`]) and its untrusted-compile worker (see
+    /// [`crate::layer::isolate`]); both go through a crate-private path.
+    ///
+    /// # Safety
+    ///
+    /// A serialized executable is native code: the plugin maps and runs what `bytes` hold
+    /// (XLA:CPU's carry the machine code LLVM compiled) without being able to check it. The
+    /// caller must know that `bytes` are what `serialize` wrote, on a plugin of the same build,
+    /// in a place only trusted code could write; bytes from a file or a peer that anyone else
+    /// could have written run their author's code in this process.
+    pub unsafe fn deserialize_executable(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
+        self.deserialize_trusted(bytes)
+    }
+
+    /// [`Client::deserialize_executable`] for the crate's compile cache and compile worker,
+    /// whose bytes come from places trusted as the executable is (their modules document it).
+    pub(crate) fn deserialize_trusted(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
         let mut a = ffi::PJRT_Executable_DeserializeAndLoad_Args::new();
         a.client = self.raw();
         a.serialized_executable = bytes.as_ptr().cast();
