@@ -1,4 +1,4 @@
-//! `Trainer`: a bundle's exported optimizer step and evaluation step over a [`JaxLayer`],
+//! `Trainer`: a bundle's exported optimizer step and evaluation step over a [`FlaxLayer`],
 //! with params, state, optimizer state and RNG key kept on the device between steps
 //! (docs/training.md).
 
@@ -17,8 +17,7 @@ use super::computation::{Computation, Names, Sink, Source};
 use super::init::relayout;
 use super::jax_layer::layout_in;
 use super::placement::Layout;
-use super::flax_layer::FlaxLayer;
-use super::jax_layer::JaxLayer;
+use super::jax_layer::FlaxLayer;
 use super::options::{Build, Builder, BundleSource, Options, VariablesSource};
 use super::placement::DeviceArray;
 use crate::bundle::{Bundle, TrainSpec};
@@ -30,7 +29,7 @@ use batch::gather_rows;
 ///
 /// Params, state (`batch_stats`, ...), optimizer state and RNG key live on the device and are
 /// donated to each step: only the batch goes up and a few scalar metrics come down. The model
-/// is a [`JaxLayer`] ([`Trainer::layer`]), so its variables, key and inference are at hand.
+/// is a [`FlaxLayer`] ([`Trainer::layer`]), so its variables, key and inference are at hand.
 ///
 /// ```no_run
 /// # fn main() -> flaxlayer::Result<()> {
@@ -49,7 +48,7 @@ use batch::gather_rows;
 /// # }
 /// ```
 pub struct Trainer {
-    layer: JaxLayer,
+    layer: FlaxLayer,
     spec: TrainSpec,
     shuffle_seed: u64,
     steps: u64,
@@ -105,7 +104,7 @@ impl Trainer {
         }
         let shuffle_seed = options.shuffle_seed;
         let how = options.compile_how(&bundle);
-        let mut layer = JaxLayer::new(bundle.clone(), options)?;
+        let mut layer = FlaxLayer::new(bundle.clone(), options)?;
         let shuffle_seed = shuffle_seed.unwrap_or(layer.seed());
         let placement = layer.state().placement().clone();
         let names = Names { variables: &bundle.manifest().variables, opt_state: &spec.opt_state };
@@ -136,7 +135,7 @@ impl Trainer {
     }
 
     /// The model: its variables, key, inference.
-    pub fn layer(&self) -> &JaxLayer {
+    pub fn layer(&self) -> &FlaxLayer {
         &self.layer
     }
 

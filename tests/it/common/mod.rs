@@ -117,7 +117,7 @@ impl Drop for Served {
 /// Greedy decoding with a decoder bundle's layer (hlo/decoder*, batch 1): feeds `prompt` one
 /// token per inference call, then `steps` times the argmax of the last logits; returns the
 /// chosen tokens.
-pub fn greedy_decode<K: flaxlayer::layer::Kind>(layer: &mut flaxlayer::layer::Layer<K>, prompt: &[i32], steps: usize) -> Vec<i32> {
+pub fn greedy_decode(layer: &mut flaxlayer::FlaxLayer, prompt: &[i32], steps: usize) -> Vec<i32> {
     let token = |t: i32| flaxlayer::PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![t]).unwrap());
     let mut logits = flaxlayer::PyTree::None;
     for &t in prompt {
