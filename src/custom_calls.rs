@@ -284,7 +284,7 @@ module @m {
         // column-major for the call, as `operand_layouts` asks).
         let a = [4f32, 2., 2., 5., 1., 2., 2., 1.];
         let x = c.buffer_from_slice(&a, &[2, 2, 2], &c.device(0).unwrap()).unwrap();
-        let signature = vec![crate::pjrt::ArgSpec { dtype: crate::DType::F32, dims: vec![2, 2, 2] }];
+        let signature = vec![crate::TensorSpec::new("x", crate::DType::F32, vec![2, 2, 2])];
         let out = exe.with_input_signature(signature).execute(&[&x], &[false]).unwrap();
         // L = [[2, 0], [1, 2]]; the upper entry keeps its input (2).
         assert_eq!(out[0].to_vec::<f32>().unwrap()[..4], [2., 2., 1., 2.]);

@@ -258,10 +258,13 @@ impl<T: Build> Builder<T> {
         self
     }
 
-    /// Treat the bundle as untrusted: compile each computation in a child process (the
-    /// `flaxlayer compile-worker` command) with a time limit, so a payload that crashes or
-    /// hangs XLA's compiler is an [`Error::IsolatedCompile`](crate::Error::IsolatedCompile)
-    /// here. The executables still run in this process: see the README's trust model.
+    /// Treat the bundle as untrusted: compile each computation in a child process with a time
+    /// limit, so a payload that crashes or hangs XLA's compiler is an
+    /// [`Error::IsolatedCompile`](crate::Error::IsolatedCompile) here. The child is the current
+    /// executable run again, whose `main` must call
+    /// [`maybe_run_worker`](super::isolate::maybe_run_worker) first (see
+    /// [`isolate`](super::isolate)). The executables still run in this process: see the
+    /// README's trust model.
     pub fn untrusted(mut self, isolation: Isolation) -> Self {
         self.options.isolation = Some(isolation);
         self

@@ -91,7 +91,7 @@ fn generation_stops_on_stop_tokens_and_eos() {
 fn bad_prompts_and_options_are_refused_and_the_generator_still_works() {
     let (n, cases) = cases("lm_gpt2");
     let mut g = generator("lm_gpt2");
-    let max_len = g.spec().max_len;
+    let max_len = g.spec().max_len();
     let sampled = |s: Sampling| opts(4, Some(s));
     let refusals: Vec<(Vec<i64>, GenerateOptions, &str)> = vec![
         (vec![], opts(4, None), "empty"),

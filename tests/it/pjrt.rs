@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use flaxlayer::pjrt::{ArgSpec, Buffer, Client, CompileOptions, Device, LoadedExecutable, Program};
+use flaxlayer::pjrt::{Buffer, Client, CompileOptions, Device, LoadedExecutable, Program};
 use flaxlayer::{DType, Error};
 
 fn fixtures() -> PathBuf {
@@ -226,7 +226,7 @@ fn wrong_argument_count_is_an_error() {
 #[test]
 fn wrong_dtype_or_shape_is_an_error() {
     let mut inputs = Saved::load("mlp").inputs();
-    let signature = inputs.iter().map(|b| ArgSpec { dtype: b.dtype(), dims: b.dims().to_vec() }).collect();
+    let signature = crate::common::signature_of(&inputs);
     let exe = compile("mlp.mlirbc").with_input_signature(signature);
     inputs[0] = client().buffer_from_slice(&[0i32; 64], &[4, 16], &device()).unwrap();
     let refs: Vec<&Buffer> = inputs.iter().collect();

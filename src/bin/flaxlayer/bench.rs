@@ -48,12 +48,12 @@ pub struct BenchArgs {
 /// The bundle file of the method's computation for the mode and an exported batch size.
 fn computation_file(layer: &FlaxLayer, mode: Mode, batch: Option<usize>) -> Result<String> {
     let method = layer.method_spec()?;
-    let list = if mode.is_training() { &method.training } else { &method.inference };
+    let list = if mode.is_training() { method.training() } else { method.inference() };
     let spec = match batch {
         None => list.first(),
-        Some(b) => list.iter().find(|c| c.batch_size == Some(b)),
+        Some(b) => list.iter().find(|c| c.batch_size() == Some(b)),
     };
-    Ok(spec.context("--raw needs an exported batch size")?.file.clone())
+    Ok(spec.context("--raw needs an exported batch size")?.file().to_string())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -105,8 +105,8 @@ pub fn run(args: TrainArgs, common: &crate::Common) -> Result<()> {
         eprintln!(
             "training {} ({} loss, {}) on {n} examples: {per_epoch} batches of {} per epoch",
             args.bundle.display(),
-            spec.loss,
-            spec.optimizer,
+            spec.loss(),
+            spec.optimizer(),
             trainer.batch_size()
         );
     }

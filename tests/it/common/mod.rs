@@ -136,6 +136,6 @@ pub fn greedy_decode(layer: &mut flaxlayer::FlaxLayer, prompt: &[i32], steps: us
 /// The input signature of buffers that hold JAX's arguments of a program (the dtypes and
 /// shapes JAX traced it with): what an executable compiled straight from the program checks
 /// its arguments against.
-pub fn signature_of<'a>(buffers: impl IntoIterator<Item = &'a flaxlayer::pjrt::Buffer>) -> Vec<flaxlayer::pjrt::ArgSpec> {
-    buffers.into_iter().map(|b| flaxlayer::pjrt::ArgSpec { dtype: b.dtype(), dims: b.dims().to_vec() }).collect()
+pub fn signature_of<'a>(buffers: impl IntoIterator<Item = &'a flaxlayer::pjrt::Buffer>) -> Vec<flaxlayer::TensorSpec> {
+    buffers.into_iter().map(|b| flaxlayer::TensorSpec::new("", b.dtype(), b.dims().iter().map(|&d| d as usize).collect())).collect()
 }
