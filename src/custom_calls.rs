@@ -5,7 +5,7 @@
 //! **Registration.** [`register`] registers the `lapack_*_ffi` kernels on a CPU client's
 //! plugin (once per plugin: later calls return the first outcome). A layer calls it on its
 //! client before it compiles anything, as does the isolated compile worker; a program you
-//! compile yourself on a [`Client`](crate::pjrt::Client) needs `register(&client)` first if
+//! compile yourself on a [`Client`] needs `register(&client)` first if
 //! it calls a LAPACK target. Nothing registers behind your back when a client is created.
 //!
 //! **The check.** Every custom-call target a computation calls (the manifest's

@@ -1,5 +1,5 @@
 //! One exported function as `jax.export.Exported.serialize()` stores it: [`Exported`] and
-//! its [`Aval`]s.
+//! its avals ([`TensorSpec`]s in the public API).
 //!
 //! The format is JAX's flatbuffer (schema `jax_export.fbs`, a copy of JAX's
 //! `jax/_src/export/serialization.fbs`); `decode.rs` reads it, through `jax_schema.rs` (the

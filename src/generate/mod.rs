@@ -250,7 +250,7 @@ impl Generator {
     fn decode(&mut self, token: i64) -> Result<Tensor> {
         let ids = Tensor::from_vec(vec![1, 1], vec![token as i32])?;
         let name = self.spec.decode.clone();
-        take_logits(self.layer.call_method(&name, &PyTree::dict([("input_ids", PyTree::leaf(ids))]), Mode::Inference)?)
+        take_logits(self.layer.call_method(&name, PyTree::dict([("input_ids", PyTree::leaf(ids))]), Mode::Inference)?)
     }
 
     fn sample(&mut self, logits: &Tensor, key: [u32; 2], s: &Sampling) -> Result<(i64, [u32; 2])> {

@@ -124,7 +124,7 @@ impl WorkerRequest {
 
 impl Isolation {
     /// The worker program to run: the one named, else the current executable.
-    fn worker(&self) -> Result<PathBuf> {
+    fn worker_program(&self) -> Result<PathBuf> {
         match &self.worker {
             Some(w) => Ok(w.clone()),
             None => std::env::current_exe().map_err(|e| Error::IsolatedCompile {
@@ -137,7 +137,7 @@ impl Isolation {
     /// Serializes `program` compiled on `client` in a child process.
     pub(crate) fn compile(&self, client: &Client, mlir: &[u8], options: &CompileOptions, what: &str) -> Result<Vec<u8>> {
         let fail = |reason: String| Error::IsolatedCompile { what: what.to_string(), reason };
-        let worker = self.worker()?;
+        let worker = self.worker_program()?;
         let request = serde_json::to_string(&WorkerRequest::new(client, options)).map_err(|e| Error::json("worker request", e))?;
         let mut child = Command::new(&worker)
             .args(&self.worker_args)

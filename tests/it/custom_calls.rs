@@ -262,6 +262,6 @@ fn no_ffi_extension_child() {
     // Without the check, XLA would refuse at compile time (what the check anticipates).
     let bundle = flaxlayer::Bundle::open(hlo("lstm")).unwrap();
     let init = bundle.computation("init.jaxexport").unwrap();
-    let err = c.compile(Program::Mlir(&init.exported().mlir_module()), &CompileOptions::default()).map(|_| ()).unwrap_err();
+    let err = c.compile(Program::Mlir(init.exported().mlir_module()), &CompileOptions::default()).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("lapack_sgeqrf_ffi"), "{err}");
 }

@@ -342,7 +342,7 @@ fn jax_layer_takes_params_and_state_apart_as_keras_does() {
     let (params, state): (Vec<_>, Vec<_>) = vars.iter().cloned().partition(|(n, _)| n.starts_with("params/"));
     assert!(!params.is_empty() && !state.is_empty());
     let mut layer = FlaxLayer::jax_layer(bundle(name), Some(params.clone()), Some(state.clone())).unwrap().client(client()).build().unwrap();
-    let out = layer.call(&inputs(&layer, &golden), Mode::Inference).unwrap();
+    let out = layer.call(inputs(&layer, &golden), Mode::Inference).unwrap();
     assert_close(&format!("{name} jax_layer inference"), &named(&out), &golden.group("inference"));
     // Neither: init runs on the device under the seed, as Keras' JaxLayer calls init_fn.
     let init = FlaxLayer::jax_layer(bundle(name), None, None).unwrap();
