@@ -76,7 +76,7 @@ impl MeshSection {
 /// of mesh axis names (major first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct PartitionSpec(pub Vec<Option<DimAxes>>);
+pub struct PartitionSpec(pub(crate) Vec<Option<DimAxes>>);
 
 /// The mesh axes that split one dimension.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +89,11 @@ pub enum DimAxes {
 }
 
 impl PartitionSpec {
+    /// Per dimension, the mesh axes that split it, as the JSON has them (`None`: not split).
+    pub fn dims(&self) -> &[Option<DimAxes>] {
+        &self.0
+    }
+
     /// Per dimension, the mesh axes that split it (empty: not split), without trailing
     /// dimensions that are not split: the form [`NamedSharding::spec`] compares in.
     pub fn axes(&self) -> Vec<Vec<String>> {
