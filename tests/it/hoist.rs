@@ -54,9 +54,9 @@ fn hoisted_inference_equals_jax() {
     assert_eq!(l.residual_bytes(), 0, "no residuals before the first call");
     assert_close("hoisted call", &outputs(&mut l), &group("inference"));
     assert_close("hoisted predict", &predicted(&l), &group("inference"));
-    let h = l.method_spec().unwrap().inference[0].hoisted.clone().unwrap();
-    assert_eq!(l.residual_bytes(), h.residual_bytes, "the residuals the manifest announces are on the device");
-    assert!(h.residual_bytes > 0 && h.prologue.results.len() == 3, "{h:?}");
+    let h = l.method_spec().unwrap().inference()[0].hoisted().cloned().unwrap();
+    assert_eq!(l.residual_bytes(), h.residual_bytes(), "the residuals the manifest announces are on the device");
+    assert!(h.residual_bytes() > 0 && h.prologue().results().len() == 3, "{h:?}");
     // the plain computation gives the same
     let mut plain = FlaxLayer::builder(fixture()).client(client()).without_hoisted().build().unwrap();
     assert!(!plain.runs_hoisted());
@@ -137,7 +137,7 @@ fn generation_bundles_run_the_hoisted_decode_and_prefill() {
     assert!(l.runs_hoisted());
     let m = l.bundle().manifest();
     let prologues: std::collections::BTreeSet<&str> =
-        m.methods.iter().filter_map(|(_, s)| s.inference[0].hoisted.as_deref()).map(|h| h.prologue.file.as_str()).collect();
+        m.methods().iter().filter_map(|(_, s)| s.inference()[0].hoisted()).map(|h| h.prologue().file()).collect();
     assert_eq!(prologues.len(), 1, "decode and every prefill share one prologue: {prologues:?}");
-    assert!(m.methods["decode"].inference[0].hoisted.is_some() && m.methods["prefill_8"].inference[0].hoisted.is_some());
+    assert!(m.methods()["decode"].inference()[0].hoisted().is_some() && m.methods()["prefill_8"].inference()[0].hoisted().is_some());
 }
