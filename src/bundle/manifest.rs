@@ -895,7 +895,7 @@ fn validate_generation(g: &GenerationSpec, m: &Manifest) -> Result<()> {
     if let Some(p) = g.prefill.iter().find(|p| p.length < 2 || p.length > g.max_len) {
         return bad(format!("prefill length {} is not in 2..={}", p.length, g.max_len));
     }
-    if let Some(c) = g.counters.iter().find(|c| m.variable(c).map_or(true, |v| v.is_param())) {
+    if let Some(c) = g.counters.iter().find(|c| m.variable(c).is_none_or(|v| v.is_param())) {
         return bad(format!("counters names {c:?}, which is not a state variable"));
     }
     let method = |name: &str| m.methods.get(name).ok_or_else(|| Error::format("manifest.json", format!("generation names method {name:?}, which the bundle lacks")));

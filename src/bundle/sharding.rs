@@ -76,7 +76,7 @@ impl Mesh {
             return bad(format!("axis {:?} has size 0", self.axis_names[i]));
         }
         let total = self.axis_sizes.iter().try_fold(1usize, |n, &s| n.checked_mul(s));
-        if total.map_or(true, |t| t > MAX_MESH_DEVICES) {
+        if total.is_none_or(|t| t > MAX_MESH_DEVICES) {
             return bad(format!("axis sizes {:?} make more than {MAX_MESH_DEVICES} devices", self.axis_sizes));
         }
         Ok(())
@@ -189,7 +189,7 @@ impl NamedSharding {
     /// `shape[d] / (product of the sizes of axes)`, if it divides evenly.
     fn block_len(&self, shape: &[usize], d: usize, n: usize, axes: &[usize]) -> Result<usize> {
         let parts: usize = axes.iter().map(|&a| self.mesh.axis_sizes[a]).product();
-        if n % parts != 0 {
+        if !n.is_multiple_of(parts) {
             let names: Vec<&str> = axes.iter().map(|&a| self.mesh.axis_names[a].as_str()).collect();
             return Err(Error::invalid(
                 format!("sharding an array of shape {shape:?}"),

@@ -200,7 +200,7 @@ impl Generator {
         }
         // The last token is never fed back, so the cache holds prompt + new - 1 tokens.
         let needed = prompt.len().checked_add(opts.max_new_tokens).map(|n| n - 1);
-        if needed.map_or(true, |n| n > max_len) {
+        if needed.is_none_or(|n| n > max_len) {
             return Err(Error::invalid(
                 "prompt and max_new_tokens",
                 format!("{} prompt tokens + {} new tokens - 1 exceed the bundle's max_len {max_len}", prompt.len(), opts.max_new_tokens),
