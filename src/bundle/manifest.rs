@@ -696,7 +696,7 @@ fn check_hoisted(c: &ComputationSpec, h: &Hoisted) -> Result<()> {
         }
     }
     for s in b.args.iter().filter(|s| s.role == Role::Residual) {
-        if s.residual_index().map_or(true, |k| k >= p.results.len()) {
+        if s.residual_index().is_none_or(|k| k >= p.results.len()) {
             return bad(format!("body {} takes {:?}, which prologue {} does not give", b.file, s.name, p.file));
         }
     }

@@ -38,12 +38,12 @@ fn layer() -> FlaxLayer {
 }
 
 fn outputs(layer: &mut FlaxLayer) -> Vec<(String, Tensor)> {
-    let out = layer.call(&get("inputs/inputs"), Mode::Inference).unwrap();
+    let out = layer.call(get("inputs/inputs"), Mode::Inference).unwrap();
     vec![("outputs".to_string(), out.as_tensor().unwrap().clone())]
 }
 
 fn predicted(layer: &FlaxLayer) -> Vec<(String, Tensor)> {
-    let out = layer.predict(&get("inputs/inputs")).unwrap();
+    let out = layer.predict(get("inputs/inputs")).unwrap();
     vec![("outputs".to_string(), out.as_tensor().unwrap().clone())]
 }
 
@@ -116,10 +116,10 @@ fn a_failing_prologue_leaves_the_layer_as_it_was() {
     }
     l.set_variables(&bad).unwrap();
     let (vars, key) = (l.variables().unwrap(), l.key().unwrap());
-    let err = l.call(&get("inputs/inputs"), Mode::Inference).unwrap_err();
+    let err = l.call(get("inputs/inputs"), Mode::Inference).unwrap_err();
     assert!(matches!(err, Error::Prologue { .. }), "{err:?}");
     assert!(err.to_string().contains("prologue"), "{err}");
-    let err = l.predict(&get("inputs/inputs")).unwrap_err();
+    let err = l.predict(get("inputs/inputs")).unwrap_err();
     assert!(matches!(err, Error::Prologue { .. }), "{err:?}");
     assert_eq!(l.residual_bytes(), 0, "no stale residuals are kept");
     assert_close("variables after the failed call", &l.variables().unwrap(), &vars);
@@ -137,7 +137,7 @@ fn generation_bundles_run_the_hoisted_decode_and_prefill() {
     assert!(l.runs_hoisted());
     let m = l.bundle().manifest();
     let prologues: std::collections::BTreeSet<&str> =
-        m.methods().iter().filter_map(|(_, s)| s.inference()[0].hoisted()).map(|h| h.prologue().file()).collect();
+        m.methods().values().filter_map(|s| s.inference()[0].hoisted()).map(|h| h.prologue().file()).collect();
     assert_eq!(prologues.len(), 1, "decode and every prefill share one prologue: {prologues:?}");
     assert!(m.methods()["decode"].inference()[0].hoisted().is_some() && m.methods()["prefill_8"].inference()[0].hoisted().is_some());
 }
