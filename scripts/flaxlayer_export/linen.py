@@ -22,6 +22,7 @@ from jax import export as jax_export
 from . import _jax_internals
 from .batching import (batched_names, batched_state_names, padding_check, resolve_batch_sizes,
                        with_batch, written_state)
+from .init_golden import init_golden
 from .manifest_json import manifest_bytes
 from .methods import (check_signature, file_stem, input_error, method_name_of, method_title,
                       takes_training)
@@ -157,6 +158,26 @@ def check_frozen(frozen: bool, sharding) -> bool:
     return bool(frozen)
 
 
+def frozen_sizes(frozen: bool, frozen_batch_sizes, batch_sizes) -> tuple[int, ...]:
+    """The batch sizes that get a frozen inference: every exported size with frozen=True and
+    no `frozen_batch_sizes`, else those (each an exported size); () without frozen."""
+    if frozen_batch_sizes is None:
+        return tuple(batch_sizes) if frozen else ()
+    if isinstance(frozen_batch_sizes, (str, bytes)) or not all(
+            isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in frozen_batch_sizes):
+        raise TypeError(f"frozen_batch_sizes must be a list of batch sizes, got {frozen_batch_sizes!r}")
+    want = sorted({int(b) for b in frozen_batch_sizes})
+    if not frozen:
+        raise ValueError(f"frozen_batch_sizes={want} needs frozen=True")
+    if not want:
+        raise ValueError("frozen_batch_sizes is empty: leave frozen=False for no frozen inference")
+    missing = [b for b in want if b not in batch_sizes]
+    if missing:
+        raise ValueError(f"frozen_batch_sizes {missing} are not among the exported batch sizes "
+                         f"{list(batch_sizes)}")
+    return tuple(want)
+
+
 FROZEN_TOLERANCE = 1e-5
 
 
@@ -246,7 +267,7 @@ def _mark(specs: list[dict], batched: dict[str, bool]) -> list[dict]:
 def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=None, seed=0,
                  rng_streams=None, init_inputs=None, platforms=("cpu",), batch_sizes=None,
                  max_batch=DEFAULT_MAX_BATCH, sharding=None, frozen=False,
-                 batching=True, bundle_variables=True) -> "_LinenExport":
+                 frozen_batch_sizes=None, batching=True, bundle_variables=True) -> "_LinenExport":
     """The export of a linen module, ready to `build`; `sharding`: a sharding.MeshRequest
     for a mesh export (export.py makes it from export_flax's mesh arguments)."""
     check_signature(module, method)
@@ -259,6 +280,7 @@ def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=Non
                         seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                         init_inputs=init_inputs, sample_batch=sample_batch, batch_sizes=sizes,
                         given=variables, sharding=sharding, frozen=check_frozen(frozen, sharding),
+                        frozen_sizes=frozen_sizes(frozen, frozen_batch_sizes, sizes),
                         check_batching=bool(batching), bundle_variables=bool(bundle_variables))
 
 
@@ -370,6 +392,7 @@ class _LinenExport:
     sharding: Any = None  # sharding.MeshRequest of a mesh export
     plan: Any = None  # its sharding.MeshPlan, once the variables are known
     frozen: bool = False  # also export inference with the params compiled in (export_flax's `frozen`)
+    frozen_sizes: tuple[int, ...] = ()  # the batch sizes that get it (`frozen_batch_sizes`)
     check_batching: bool = True  # run the padding check (export_flax's `batching`)
     bundle_variables: bool = True  # write variables.safetensors (else "init-only")
 
@@ -467,10 +490,11 @@ class _LinenExport:
                              "the bundled variables in")
 
     def golden_init(self, given, init_entry, init_variables):
-        """What init computes, for golden `init/...` when it is not variables.safetensors
-        (given variables, an init-only bundle, or an init that reads its inputs' values);
-        else None."""
-        if given is not None or not self.bundle_variables or "inputs_file" in init_entry:
+        """What init computes, for golden `init...` (init_golden.py) when variables.safetensors
+        is not init's result (given variables, an init-only bundle); else None: an init that
+        reads its inputs' values is checked against variables.safetensors, which is its
+        result on the bundled init inputs."""
+        if given is not None or not self.bundle_variables:
             return init_variables or self.plain_init()
         return None
 
@@ -554,7 +578,7 @@ class _LinenExport:
                 files[fname] = c.data
                 entry = {"batch_size": b, "file": fname, "args": args, "results": results,
                          "custom_call_targets": c.custom_call_targets}
-                if self.frozen and mode == "inference":
+                if self.frozen and mode == "inference" and b in self.frozen_sizes:
                     entry["frozen"] = {"batch_size": b,
                                        **self.export_frozen(params, state, x_sds, args, results, fname, files)}
                 entries[mode].append(entry)
@@ -636,10 +660,8 @@ class _LinenExport:
         for n, x in named_leaves(cur, "state"):
             g[f"after_training/{n}"] = np.asarray(x)
         g["key/after_training"] = np.asarray(jax.random.key_data(K))
-        if init_variables is not None:
-            # variables.safetensors is not init's result, or init's result depends on its inputs
-            for n, x in named_leaves(init_variables, "variables"):
-                g[f"init/{n}"] = np.asarray(x)
+        if init_variables is not None:  # variables.safetensors is not init's result
+            g.update(init_golden(named_leaves(init_variables, "variables")))
         if callable(extra_golden):
             extra_golden = extra_golden(variables)
         for n, x in (extra_golden or {}).items():
