@@ -349,8 +349,9 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
 
     files["variables.safetensors"] = safetensors_bytes(
         dict(named_leaves(variables, "variables")), _meta("variables"))
-    for f in frozen_entries:
-        f["variables_sha256"] = hashlib.sha256(files["variables.safetensors"]).hexdigest()
+    digest = hashlib.sha256(files["variables.safetensors"]).hexdigest() if frozen_entries else None
+    for f in frozen_entries:  # one hash of the file, not one per frozen copy
+        f["variables_sha256"] = digest
     eos = _eos_ids(eos_token_id)
     manifest = {
         "format": FORMAT,
