@@ -99,6 +99,7 @@ import bench_peers as bp  # noqa: E402
 WORK = os.path.join(REPO, "target", "bench-real")
 FL_BIN = os.path.join(REPO, "target", "release", "flaxlayer")
 BEGIN, END = "<!-- real:begin -->", "<!-- real:end -->"
+PROF_BEGIN, PROF_END = "<!-- real-profile:begin -->", "<!-- real-profile:end -->"
 # Outputs agree when max|x - jax| <= RTOL * max(max|jax|, 1): deep f32 networks compiled by
 # another XLA (the PJRT plugin's) or another compiler reassociate sums differently.
 RTOL = 1e-4
@@ -110,6 +111,11 @@ IMG = 224
 
 def run(cmd, timeout=3600, env=None):
     return bp.run(cmd, timeout=timeout, env=env)
+
+
+def fl_env() -> dict:
+    """flaxlayer's environment: the CPU plugin from the repo's .venv, the compile cache here."""
+    return {"VIRTUAL_ENV": os.path.join(REPO, ".venv"), "FLAXLAYER_CACHE": os.path.join(WORK, "fl-cache")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +328,7 @@ def fl_check(w: Workload, x, frozen: bool):
         cmd += ["--method", w.method]
     if not frozen:
         cmd += ["--no-frozen"]
-    run(cmd, env={"FLAXLAYER_CACHE": os.path.join(WORK, "fl-cache")})
+    run(cmd, env=fl_env())
     return compare(w, load_file(out))
 
 
@@ -333,7 +339,7 @@ def fl_bench(w: Workload, frozen: bool, info: dict) -> list[float]:
         cmd += ["--method", w.method]
     if not frozen:
         cmd += ["--no-frozen"]
-    line = bp.last_json(run(cmd, env={"FLAXLAYER_CACHE": os.path.join(WORK, "fl-cache")}).stdout)
+    line = bp.last_json(run(cmd, env=fl_env()).stdout)
     info.update(line)
     return [line["median_us"]]  # per-call times stay in the process: its median
 
@@ -351,15 +357,20 @@ def ort_system(w: Workload, x):
     path = os.path.join(d, "model.onnx")
     if w.method == "decode":
         step = gpt2_step(m)
-        leaves, tree = jax.tree_util.tree_flatten(m.cache)
+        paths, tree = jax.tree_util.tree_flatten_with_path(m.cache)
+        leaves = [a for _, a in paths]
+        # the updated keys and values are outputs; the per-layer `cache_index` counters are one
+        # value (start + 1) that jax2onnx cannot name once per layer, so they are left out
+        kv = [i for i, (p, _) in enumerate(paths) if getattr(p[-1], "key", None) != "cache_index"]
         params = m.hf.params
 
         def f(*args):
             logits, new_cache = step(params, jax.tree_util.tree_unflatten(tree, list(args[:-1])), args[-1])
-            return (logits, *jax.tree_util.tree_leaves(new_cache))
+            new = jax.tree_util.tree_leaves(new_cache)
+            return (logits, *[new[i] for i in kv])
         ins = [np.asarray(a) for a in leaves] + [x]
         in_names = [f"c{i}" for i in range(len(leaves))] + ["input_ids"]
-        out_names = ["logits"] + [f"new_c{i}" for i in range(len(leaves))]
+        out_names = ["logits"] + [f"new_c{i}" for i in kv]
         n_named = 1
     else:
         variables = m.variables
@@ -421,8 +432,9 @@ def iree_system(w: Workload, x):
     config = rt.Config("local-task")
     ctx = rt.SystemContext(config=config)
     with open(vmfb, "rb") as f:
-        ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, f.read()))
-    fn = ctx.modules.module["main"]
+        vm_module = rt.VmModule.copy_buffer(ctx.instance, f.read())
+    ctx.add_vm_module(vm_module)
+    fn = ctx.modules[vm_module.name]["main"]
     dev = config.device
     on_device = {i: rt.asdevicearray(dev, variables[a["name"]]) for i, a in enumerate(args)
                  if a["role"] in ("param", "state")}
@@ -435,6 +447,82 @@ def iree_system(w: Workload, x):
     res_names = [r.get("name", r["role"]) for r in c["results"]]
     got = dict(zip(res_names, call()))
     return compare(w, got), (lambda: timed(call, w.warmup, w.iters)), ctx
+
+
+# ---------------------------------------------------------------------------------------------
+# per-op profile (JAX's profiler on the XLA CPU executable of the same Flax call)
+# ---------------------------------------------------------------------------------------------
+
+def op_category(name: str) -> str:
+    n = name.lower()
+    for key, cat in (("ynn", "YNNPACK fusions (matmuls, convolutions with their epilogues)"),
+                     ("xnn", "XNNPACK fusions"), ("onednn", "oneDNN calls"),
+                     ("convolution", "convolutions (XLA)"), ("dot", "dots / matmuls (XLA)"),
+                     ("transpose", "transposes"), ("copy", "copies"), ("reduce", "reductions"),
+                     ("fusion", "elementwise / loop fusions (XLA JIT)")):
+        if key in n:
+            return cat
+    return "other"
+
+
+def op_profile(fam: str, batch: int, calls: int = 5) -> dict:
+    """Per-op time of `calls` calls of jax.jit of the model's Flax call: the XLA CPU runtime's
+    trace events (one per executed thunk: YNNPACK/XNNPACK/oneDNN fusions, XLA fusions, copies),
+    summed by op name and by kind, per call."""
+    import glob
+    import tempfile
+    import jax
+    from jax.profiler import ProfileData
+    m = FAMILIES[fam]()
+    x = m.inputs(batch)
+    f = jax.jit(lambda v, x: m.module.apply(v, x, method=m.fn))
+    for _ in range(2):
+        jax.block_until_ready(f(m.variables, x))
+    d = tempfile.mkdtemp(prefix="real-prof-", dir=WORK)
+    t0 = time.perf_counter()
+    with jax.profiler.trace(d):
+        for _ in range(calls):
+            jax.block_until_ready(f(m.variables, x))
+    wall = (time.perf_counter() - t0) / calls
+    (path,) = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+    pd = ProfileData.from_file(path)
+    by_op: dict[str, float] = {}
+    for plane in pd.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            if line.name == "python":
+                continue
+            for e in line.events:
+                if e.name.startswith("ThreadpoolListener") or e.duration_ns <= 0:
+                    continue
+                by_op[e.name] = by_op.get(e.name, 0.0) + e.duration_ns / 1e3 / calls
+    shutil.rmtree(d, ignore_errors=True)
+    by_cat: dict[str, float] = {}
+    for n, us in by_op.items():
+        by_cat[op_category(n)] = by_cat.get(op_category(n), 0.0) + us
+    return {"wall_us": wall * 1e6, "ops": sorted(by_op.items(), key=lambda kv: -kv[1]),
+            "cats": sorted(by_cat.items(), key=lambda kv: -kv[1])}
+
+
+def op_profile_markdown(profiles: dict) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"""Per-op profile (`python3 scripts/bench_real.py --op-profile ...`, {now}, load average
+{bp.loadavg()}): JAX's profiler (`jax.profiler.trace`) over 5 calls of `jax.jit` of the same
+Flax call, after 2 warm-up calls; the XLA CPU runtime records one event per executed thunk (a
+YNNPACK fusion, an XLA loop fusion, a copy), summed by name and by kind, per call. Thunks run
+on two threads, so the busy time can exceed the wall time. flaxlayer runs the same StableHLO
+through the PJRT plugin's XLA (lammps-jax-pjrt-cpu), a build without symbols and without a
+profiler hook, so the breakdown is JAX's; the plugin's XLA makes the same kinds of thunks."""]
+    for name, p in profiles.items():
+        total = sum(us for _, us in p["cats"]) or 1.0
+        cats = bp.md_table(["kind", "busy time per call", "share"],
+                           [[c, fmt_ms(us), f"{100 * us / total:.1f}%"] for c, us in p["cats"]])
+        ops = bp.md_table(["op (thunk)", "time per call", "share"],
+                          [[f"`{n}`", fmt_ms(us), f"{100 * us / total:.1f}%"] for n, us in p["ops"][:10]])
+        parts.append(f"**{WORKLOADS[name][0]}**: wall {fmt_ms(p['wall_us'])} per call, "
+                     f"{fmt_ms(total)} of thunk time.\n\n{cats}\n\nTop ops:\n\n{ops}")
+    return "\n\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,7 +654,26 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     ap.add_argument("--keep", action="store_true", help="keep target/bench-real (bundles: ~1 GB each)")
     ap.add_argument("--no-build", action="store_true", help="use target/release/flaxlayer as it is")
+    ap.add_argument("--op-profile", nargs="+", choices=[n for n in WORKLOADS if WORKLOADS[n][3] == "__call__"],
+                    help="only the per-op profiles of these workloads (JAX's profiler), into the "
+                         "real-profile block of BENCHMARKS.md")
     args = ap.parse_args(argv)
+    if args.op_profile:
+        import jax
+        jax.config.update("jax_platforms", "cpu")
+        os.makedirs(WORK, exist_ok=True)
+        profiles = {}
+        for n in args.op_profile:
+            log(f"[real] op profile of {n}")
+            profiles[n] = op_profile(WORKLOADS[n][1], WORKLOADS[n][2])
+        body = op_profile_markdown(profiles)
+        print(body)
+        if not args.no_write:
+            path = os.path.join(REPO, "BENCHMARKS.md")
+            text = open(path).read()
+            with open(path, "w") as f:
+                f.write(bp.replace_block(text, PROF_BEGIN, PROF_END, body))
+        return 0
     t_start = time.time()
     names = args.only or list(WORKLOADS)
     os.makedirs(WORK, exist_ok=True)
