@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "[matrix] $*" >&2; }
+. scripts/lib/pip.sh
 
 VENV=.venv-jax012
 HF=.venv-hf
@@ -33,11 +34,11 @@ setup() {
       exit 1
     fi
     log "creating $VENV with $("$PY312" --version)"
-    "$PY312" -m venv "$VENV"
+    make_venv "$VENV" "$PY312"
   fi
   local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
   log "installing scripts/requirements-jax012.txt into $VENV"
-  "${pip[@]}" -r scripts/requirements-jax012.txt
+  pip_install "$VENV/bin/python" -r scripts/requirements-jax012.txt
   local before after
   before=$("$VENV/bin/python" -m pip freeze | grep -iE '^(jax|jaxlib|flax|numpy)==' | sort)
   log "installing the flaxlayer_export package (editable, scripts/) into $VENV"
@@ -50,7 +51,7 @@ setup() {
   fi
   log "installing scripts/requirements-hf.txt (--no-deps) into $HF"
   rm -rf "$HF"
-  "${pip[@]}" --no-deps --target "$HF" -r scripts/requirements-hf.txt
+  pip_install "$VENV/bin/python" --no-deps --target "$HF" -r scripts/requirements-hf.txt
   echo "$want" > "$stamp"
 }
 

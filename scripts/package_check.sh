@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks that `cargo package` gives a crate that stands alone: unpacks the .crate into a temp
 # directory (no .venv, no hlo/, no scripts, no build-machine paths reachable from it), then
-# builds it and runs its unit tests there, and builds a new project that depends on the
-# unpacked package (the library alone), which runs a bundle and compares its outputs with
+# builds it and runs its unit tests there (library and CLI), and builds a new project that depends on the
+# unpacked package (the library alone, without the `cli` feature), which runs a bundle and compares its outputs with
 # JAX's golden values.
 #
 # Builds are reused: the package is unpacked at one fixed path with the files' own times
@@ -42,16 +42,17 @@ cd "$tmp/flaxlayer-$version"
 # The repository's target directory, so that every dependency build is shared with the test
 # command's own builds (same lock, same features). Cargo gives the packaged crate the same
 # artifact names as the repo's (a path package's hash leaves its path out): a profile setting
-# of its own (an unused codegen-units value) gives it other names, and the CLI binary is only
-# checked, so that target/debug/flaxlayer stays the repo's.
+# of its own (an unused codegen-units value) gives it other names; its CLI is built as a test
+# harness only, so that target/debug/flaxlayer stays the repo's.
 export CARGO_TARGET_DIR="$repo/target"
 own=(--config 'profile.dev.package.flaxlayer.codegen-units=255')
 export PJRT_PLUGIN_PATH="$plugin"
 unset VIRTUAL_ENV
 export FLAXLAYER_CACHE=0
-echo "== package: unit tests (default features) and the CLI checked, in $PWD"
-cargo test "${own[@]}" --locked --quiet --lib
-cargo check "${own[@]}" --locked --quiet --bins
+echo "== package: the library's and the CLI's unit tests (default features), in $PWD"
+# One command builds the library, its unit tests and the CLI's (a `cargo check` would check
+# every dependency again instead of reusing their builds).
+cargo test "${own[@]}" --locked --quiet --lib --bins
 package=$PWD
 
 echo "== a new project that depends on the unpacked package by path (no default features), outside the repo, with no .venv anywhere"
@@ -59,6 +60,9 @@ app="$tmp/app"
 cargo new --quiet --vcs none "$app"
 cd "$app"
 unset PJRT_C_API_HEADER
+# Without debug info, as the test build's dependencies are (the repo's dev profile), and as the
+# quick start's project (scripts/quickstart_check.sh), which shares these builds.
+export CARGO_PROFILE_DEV_DEBUG=false
 cp "$package/Cargo.lock" .
 cargo add --quiet --path "$package" --no-default-features
 cat > src/main.rs <<'RUST'

@@ -13,9 +13,11 @@
 #     (scripts/setup.sh installs it, editable), and its python is the `python3` on PATH, so
 #     `flaxlayer plugin install` copies the plugin from the package installed there instead of
 #     downloading it;
+#   - the new project starts from this repo's Cargo.lock (the versions that were tested);
 #   - `cargo install` builds the debug profile (`--debug --locked`) in this repo's target/
-#     (reused from the test build), and the new project builds in target/quickstart, from a
-#     fixed temporary path, so that a second run rebuilds nothing (the first takes minutes).
+#     (dependencies reused from the test build), and so does the new project (dependencies
+#     reused from scripts/package_check.sh's dependent app), from a fixed temporary path, so
+#     that a second run rebuilds nothing.
 # Usage: scripts/quickstart_check.sh   (scripts/test.sh runs it as its own phase)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,16 +65,23 @@ echo "JAX:  $jax_row"
 
 echo "== 2. the project and the plugin (the quick start's shell block)"
 # cargo install: the debug build, in the repo's target directory (see above).
+# cargo add: the new project starts from this repo's Cargo.lock, so that it builds the
+# dependency versions that were tested (and already built) instead of the newest ones.
 cargo() {
   if [ "$1" = install ]; then
     shift
-    CARGO_TARGET_DIR="$repo/target" command cargo install --quiet --debug --locked "$@"
+    command cargo install --quiet --debug --locked "$@"
   else
+    if [ "$1" = add ] && [ ! -e Cargo.lock ]; then cp "$repo/Cargo.lock" .; fi
     command cargo "$@"
   fi
 }
 export -f cargo
-export CARGO_TARGET_DIR="$repo/target/quickstart"
+# The new project builds in the repo's target directory too: its dependencies are those of
+# the library without default features, which scripts/package_check.sh's dependent app builds.
+export CARGO_TARGET_DIR="$repo/target"
+# Without debug info, as the test build's dependencies are (Cargo.toml's dev profile).
+export CARGO_PROFILE_DEV_DEBUG=false
 ( set -e; . "$tmp/setup.sh" )
 [ -x "$CARGO_INSTALL_ROOT/bin/flaxlayer" ] || { echo "quickstart_check: cargo install gave no flaxlayer" >&2; exit 1; }
 ls "$XDG_DATA_HOME"/flaxlayer/plugins/*.so >/dev/null || { echo "quickstart_check: no plugin in the per-user directory" >&2; exit 1; }

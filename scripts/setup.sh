@@ -2,17 +2,20 @@
 # Installs what flaxlayer needs to build and test, idempotently; quick when nothing is missing.
 # - Debian's libclang-dev (tests/abi_check's bindgen reads pjrt_c_api.h with it; the crate
 #   itself builds without it), if absent;
-# - .venv with every Python pin of scripts/requirements.txt (JAX, Flax, the PJRT CPU plugins)
-#   and the exporter package scripts/flaxlayer_export installed in editable mode;
+# - .venv with every Python pin of scripts/requirements.txt (JAX, Flax, the PJRT CPU plugins),
+#   installed with uv (scripts/lib/pip.sh; pip without it), and the exporter package
+#   scripts/flaxlayer_export installed with pip in editable mode;
 # - the version matrix's .venv-jax012 (pyenv's Python 3.12.1, jax 0.12.0.1, flax 0.12.12) and
 #   .venv-hf (transformers for the Hugging Face test zoo), by `scripts/matrix.sh setup`.
 #   FLAXLAYER_NO_MATRIX=1 leaves them out.
-# Nothing is written outside the repo except Debian packages.
+# Nothing is written outside the repo except Debian packages, and uv with its download cache
+# (~/.cache/flaxlayer-tools/uv-VERSION, ~/.cache/uv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { echo "[setup] $*" >&2; }
 . scripts/lib/apt.sh
+. scripts/lib/pip.sh
 
 need_apt=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
@@ -26,7 +29,7 @@ command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) fir
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PY --version)"
-  $PY -m venv .venv
+  make_venv .venv "$(command -v "$PY")"
 fi
 # The stamp covers the pins, the package's pyproject.toml and this checkout's path (an editable
 # install points at it), so nothing is reinstalled when none of them changed.
@@ -34,14 +37,14 @@ stamp=.venv/.requirements.sha256
 want=$( { echo "$PWD"; cat scripts/requirements.txt scripts/pyproject.toml; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python requirements into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
+  pip_install .venv/bin/python -r scripts/requirements.txt
   rm -f "$stamp"
 fi
 # The exporter package, editable: .venv imports flaxlayer_export from this checkout's scripts/.
 where=$(.venv/bin/python -c 'import importlib.util as u; s = u.find_spec("flaxlayer_export"); print(s.submodule_search_locations[0] if s else "")')
 if [ ! -f "$stamp" ] || [ "$where" != "$PWD/scripts/flaxlayer_export" ]; then
   log "installing the flaxlayer_export package (editable, scripts/) into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ./scripts
+  pip_install .venv/bin/python -e ./scripts
   echo "$want" > "$stamp"
 fi
 
@@ -60,7 +63,7 @@ hf_want=$(sha256sum scripts/requirements-hf.txt | cut -d' ' -f1)
 if [ "$(cat "$hf/.pins.sha256" 2>/dev/null)" != "$hf_want" ]; then
   log "installing scripts/requirements-hf.txt (--no-deps) into $hf"
   rm -rf "$hf"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target "$hf" -r scripts/requirements-hf.txt
+  pip_install .venv/bin/python --no-deps --target "$hf" -r scripts/requirements-hf.txt
   echo "$hf_want" > "$hf/.pins.sha256"
 fi
 # ... importable from .venv: a .pth file puts the folder on sys.path after .venv's own

@@ -181,6 +181,21 @@ fn the_cli_prints_hugging_faces_tokens() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no generation section"));
 }
 
+/// A token that can't be written ends `flaxlayer generate` with an error (it was dropped, and
+/// the command decoded on and exited 0).
+#[test]
+fn the_cli_fails_when_its_tokens_cant_be_written() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flaxlayer"))
+        .args(["generate", hlo("lm_gpt2").to_str().unwrap(), "--prompt-ids", "1,2,3", "--max-new-tokens", "4"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit 0 with every token lost: {stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into()
 }

@@ -27,7 +27,7 @@ transformers = pytest.importorskip("transformers")
 
 import flaxlayer_export as ef  # noqa: E402
 
-from test_jax_range import flaxlayer_bin, group, run_cli, rust_matches_jax  # noqa: E402,F401
+from test_jax_range import group, run_cli, rust_matches_jax  # noqa: E402
 
 B = 2
 

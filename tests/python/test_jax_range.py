@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 # running bundles in Rust
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def flaxlayer_bin():
-    """The Rust CLI (target/debug/flaxlayer; built here when cargo is on PATH)."""
-    path = Path(os.environ.get("FLAXLAYER_BIN", REPO / "target" / "debug" / "flaxlayer"))
-    if shutil.which("cargo"):
-        subprocess.run(["cargo", "build", "--quiet", "--bin", "flaxlayer"], cwd=REPO, check=True,
-                       timeout=3600)
-    if not path.is_file():
-        pytest.skip(f"no Rust CLI at {path} and no cargo to build it")
-    return path
+# flaxlayer_bin: the Rust CLI, a fixture of conftest.py.
 
 
 def run_cli(binary, *args, ok=True):

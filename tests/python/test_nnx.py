@@ -16,7 +16,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -597,17 +596,7 @@ def test_cli_exports_an_nnx_instance(tmp_path):
 # acceptance: export -> Rust inference and training -> saved variables -> nnx.update
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def flaxlayer_bin():
-    """The Rust CLI (target/debug/flaxlayer, which `cargo test` builds; built here if cargo is
-    on PATH)."""
-    path = Path(os.environ.get("FLAXLAYER_BIN", REPO / "target" / "debug" / "flaxlayer"))
-    if shutil.which("cargo"):
-        subprocess.run(["cargo", "build", "--quiet", "--bin", "flaxlayer"], cwd=REPO, check=True,
-                       timeout=3600)
-    if not path.is_file():
-        pytest.skip(f"no Rust CLI at {path} and no cargo to build it")
-    return path
+# flaxlayer_bin: the Rust CLI, a fixture of conftest.py.
 
 
 def run_cli(binary, *args):

@@ -60,7 +60,7 @@ TRITON_DTYPES = {"float32": "FP32", "bfloat16": "BF16", "int32": "INT32", "float
 # ---------------------------------------------------------------------------
 
 def server_binary() -> str:
-    if os.environ.get("FLAXLAYER_BIN"):
+    if os.environ.get("FLAXLAYER_BIN"):  # scripts/test.sh: the binary its build phase made
         return os.environ["FLAXLAYER_BIN"]
     build = subprocess.run(["cargo", "build", "--quiet", "--features", "serve", "--bin", "flaxlayer"], cwd=REPO,
                            capture_output=True, text=True)

@@ -3,9 +3,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use flaxlayer::generate::{GenerateOptions, Generator, Sampling};
+use flaxlayer::generate::{GenerateOptions, Generation, Generator, Sampling, StopReason};
 use flaxlayer::JaxLayer;
 
 #[derive(clap::Args)]
@@ -57,12 +58,19 @@ pub fn run(args: GenerateArgs, common: &super::Common) -> Result<()> {
     let layer = common.apply(JaxLayer::builder(&args.bundle)).build().with_context(|| format!("loading bundle {}", args.bundle.display()))?;
     let mut generator = Generator::from_layer(layer)?;
     let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, stop_token_ids: args.stop_token_ids.clone(), stop_on_eos: !args.ignore_eos };
-    let stdout = std::io::stdout();
-    let g = generator.generate(&args.prompt_ids, &opts, |t| {
-        let mut out = stdout.lock();
-        let _ = writeln!(out, "{t}");
-        let _ = out.flush();
-    })?;
+    // Each token is printed as it comes; a failed write (a closed pipe, a full disk) ends the
+    // generation there instead of decoding the rest for nobody.
+    let mut stream = generator.stream(&args.prompt_ids, &opts)?;
+    let (prefill, started) = (stream.prefill_time(), Instant::now());
+    let mut output_ids = Vec::new();
+    for t in stream.by_ref() {
+        let t = t?;
+        outln!("{t}");
+        std::io::stdout().flush().context("writing the tokens to standard output")?;
+        output_ids.push(t);
+    }
+    let stop = stream.stop_reason().unwrap_or(StopReason::MaxNewTokens);
+    let g = Generation { output_ids, prompt_tokens: args.prompt_ids.len(), prefill, decode: started.elapsed(), stop };
     if args.json {
         let line = serde_json::json!({
             "output_ids": g.output_ids,
