@@ -453,6 +453,9 @@ def iree_system(w: Workload, x):
 # per-op profile (JAX's profiler on the XLA CPU executable of the same Flax call)
 # ---------------------------------------------------------------------------------------------
 
+WRAPPER_EVENTS = ("ThreadpoolListener", "ThunkExecutor", "SlinkyThreadPool")
+
+
 def op_category(name: str) -> str:
     n = name.lower()
     for key, cat in (("ynn", "YNNPACK fusions (matmuls, convolutions with their epilogues)"),
@@ -494,7 +497,8 @@ def op_profile(fam: str, batch: int, calls: int = 5) -> dict:
             if line.name == "python":
                 continue
             for e in line.events:
-                if e.name.startswith("ThreadpoolListener") or e.duration_ns <= 0:
+                # the executor's and thread pool's own events enclose the thunks: left out
+                if e.name.startswith(WRAPPER_EVENTS) or e.duration_ns <= 0:
                     continue
                 by_op[e.name] = by_op.get(e.name, 0.0) + e.duration_ns / 1e3 / calls
     shutil.rmtree(d, ignore_errors=True)
