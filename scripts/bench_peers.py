@@ -541,14 +541,14 @@ def perf_profile(calls: int) -> dict:
 
 def callgrind_profile(calls: int) -> dict | None:
     """valgrind --tool=callgrind on `flaxlayer bench hlo/mlp --batch 1`, collecting only inside
-    `JaxLayer::call`: instructions per call by library (self) and by flaxlayer function
+    `FlaxLayer::call`: instructions per call by library (self) and by flaxlayer function
     (inclusive). Instruction counts don't depend on what else the machine runs."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         return None
     out = os.path.join(WORK, "callgrind.out")
     warmup = 10
     run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         "--toggle-collect=flaxlayer::layer::jax_layer::JaxLayer::call", FL_BIN, "bench",
+         "--toggle-collect=flaxlayer::layer::jax_layer::FlaxLayer::call", FL_BIN, "bench",
          os.path.join(HLO, "mlp"), "--batch", "1", "--warmup", str(warmup), "--iters", str(calls), "--json"],
         env={"FLAXLAYER_CACHE": os.path.join(WORK, "fl-cache")}, timeout=1800)
     n = calls + warmup
@@ -578,7 +578,7 @@ def callgrind_profile(calls: int) -> dict | None:
     for ir, fn, obj in annotate(True):
         if obj == "flaxlayer" and fn.startswith(("flaxlayer::", "<flaxlayer::", "core::ptr::drop_in_place<flaxlayer::")):
             incl[fn] = max(incl.get(fn, 0), ir)
-    wanted = ["JaxLayer::call", "Computation::run_with_opt_state", "LoadedExecutable::execute_on",
+    wanted = ["FlaxLayer::call", "Computation::run_with_opt_state", "LoadedExecutable::execute_on",
               "Computation::executable", "jax_layer::prepare", "buffer_from_bytes", "jax_layer::download_outputs",
               "Buffer::copy_to_host_bytes", "jax_layer::to_tensor"]
     fn_rows = []
@@ -696,7 +696,7 @@ def profile_markdown(profile, callgrind, now, load) -> str | None:
                            [[c, f"{ir:,.0f}", f"{p:.1f}%"] for c, ir, p in callgrind["categories"] if p >= 0.05])
         cg_fns = md_table(["flaxlayer function (inclusive)", "instructions per call", "share"],
                           [[f"`{fn}`", f"{ir:,.0f}", f"{p:.1f}%"] for fn, ir, p in callgrind["functions"]])
-        parts.append(f"""**Instructions** (`valgrind --tool=callgrind`, collecting inside `JaxLayer::call` only,
+        parts.append(f"""**Instructions** (`valgrind --tool=callgrind`, collecting inside `FlaxLayer::call` only,
 {callgrind['calls']:,} calls of `flaxlayer bench hlo/mlp --batch 1`): {callgrind['per_call']:,.0f} instructions per
 call. These counts don't depend on the machine's load. The first call also loads the executable
 from the compile cache (`Computation::executable`); that is a one-time cost, counted here once.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust suite (unit, integration, doc tests), the ABI check of our PJRT
+# Runs every test: the Rust suite (unit, integration, doc tests), clippy, the ABI check of our PJRT
 # mirror against pjrt_c_api.h, the generated gRPC code against its .proto, a fixed sample under
 # valgrind, the packaged crate on its own (which also builds the library without the `cli`
 # feature, as a dependent crate does), the README's quick start in a new project, the Python
@@ -81,6 +81,8 @@ phase "cargo test (unit, integration, benches in test mode)"
 cargo test --locked --all-targets --features serve
 phase "doc tests"
 cargo test --locked --doc
+phase "clippy (warnings are errors; src/pjrt denies unsafe blocks without a SAFETY comment)"
+cargo clippy --locked --quiet --all-targets --features serve -- -D warnings
 if [ "$FLAXLAYER_NETWORK_TESTS" = 1 ]; then
   phase "network tests (FLAXLAYER_NETWORK_TESTS=1)"
   cargo test --locked --features serve --test it -- --ignored --exact plugin_cli::plugin_install_fills_the_per_user_directory_that_discovery_reads

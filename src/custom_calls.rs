@@ -5,7 +5,7 @@
 //! **Registration.** [`register`] registers the `lapack_*_ffi` kernels on a CPU client's
 //! plugin (once per plugin: later calls return the first outcome). A layer calls it on its
 //! client before it compiles anything, as does the isolated compile worker; a program you
-//! compile yourself on a [`Client`](crate::pjrt::Client) needs `register(&client)` first if
+//! compile yourself on a [`Client`] needs `register(&client)` first if
 //! it calls a LAPACK target. Nothing registers behind your back when a client is created.
 //!
 //! **The check.** Every custom-call target a computation calls (the manifest's
@@ -284,7 +284,7 @@ module @m {
         // column-major for the call, as `operand_layouts` asks).
         let a = [4f32, 2., 2., 5., 1., 2., 2., 1.];
         let x = c.buffer_from_slice(&a, &[2, 2, 2], &c.device(0).unwrap()).unwrap();
-        let signature = vec![crate::pjrt::ArgSpec { dtype: crate::DType::F32, dims: vec![2, 2, 2] }];
+        let signature = vec![crate::TensorSpec::new("x", crate::DType::F32, vec![2, 2, 2])];
         let out = exe.with_input_signature(signature).execute(&[&x], &[false]).unwrap();
         // L = [[2, 0], [1, 2]]; the upper entry keeps its input (2).
         assert_eq!(out[0].to_vec::<f32>().unwrap()[..4], [2., 2., 1., 2.]);

@@ -24,7 +24,9 @@ pub mod tensor;
 pub use bundle::Bundle;
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorCode, Result};
-pub use layer::{AsInputs, Batch, Builder, FlaxLayer, FlaxLayerConfig, JaxLayer, Layer, Metrics, Mode, Trainer};
+pub use layer::{AsInputs, Batch, Builder, FlaxLayer, FlaxLayerConfig, Mode, TrainMetrics, Trainer};
+#[doc(hidden)]
+pub use layer::JaxLayer;
 pub use pytree::{PyTree, Tree, TreeDef, TreeView};
 pub use spec::{TensorSpec, ValueSpec};
 pub use tensor::{Tensor, TensorView};

@@ -68,7 +68,7 @@ fn check_version(bytes: &[u8], what: &str, named_only: bool) -> Result<()> {
     }
     let jax_version =
         root.string(ex::JAX_VERSION).ok().flatten().map(|v| v.chars().filter(|c| !c.is_control()).take(64).collect::<String>());
-    if named_only && jax_version.as_deref().map_or(true, |v| !v.starts_with(|c: char| c.is_ascii_digit())) {
+    if named_only && jax_version.as_deref().is_none_or(|v| !v.starts_with(|c: char| c.is_ascii_digit())) {
         return Ok(());
     }
     let advice = if version > *SUPPORTED_SERIALIZATION_VERSIONS.end() {

@@ -1,5 +1,5 @@
 //! One exported function as `jax.export.Exported.serialize()` stores it: [`Exported`] and
-//! its [`Aval`]s.
+//! its avals ([`TensorSpec`]s in the public API).
 //!
 //! The format is JAX's flatbuffer (schema `jax_export.fbs`, a copy of JAX's
 //! `jax/_src/export/serialization.fbs`); `decode.rs` reads it, through `jax_schema.rs` (the
@@ -10,8 +10,7 @@ use std::ops::RangeInclusive;
 
 use super::sharding::NamedSharding;
 use crate::pytree::TreeDef;
-use crate::tensor::Tensor;
-use crate::{DType, Error, Result};
+use crate::{DType, Error, Result, TensorSpec};
 
 /// The values of the `serialization_version` field this reader accepts. JAX's own readers
 /// accepted 2 and 3 before 11/2025; JAX 0.10.x writes 3 while its format is at version 11,
@@ -24,9 +23,10 @@ pub const SUPPORTED_SERIALIZATION_VERSIONS: RangeInclusive<u16> = 2..=12;
 /// current JAX can call (`jax._src.export._export`, minimum and maximum supported).
 pub const SUPPORTED_CALLING_CONVENTIONS: RangeInclusive<u32> = 9..=10;
 
-/// The shape and dtype of one flat argument or result.
+/// The shape and dtype of one flat argument or result, as decoded (the public face of an aval
+/// is a [`TensorSpec`]: [`Exported::in_avals`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Aval {
+pub(crate) struct Aval {
     /// The element type.
     pub dtype: DType,
     /// The dimensions (concrete: symbolic dimensions are refused when parsed).
@@ -34,29 +34,9 @@ pub struct Aval {
 }
 
 impl Aval {
-    /// Checks that `t` has this dtype and shape; `what` names the value in errors.
-    pub fn check(&self, what: &str, t: &Tensor) -> Result<()> {
-        if t.dtype() != self.dtype {
-            return Err(Error::DTypeMismatch {
-                what: what.to_string(),
-                expected: self.dtype,
-                got: t.dtype(),
-            });
-        }
-        if t.shape() != self.shape.as_slice() {
-            return Err(Error::ShapeMismatch { what: what.to_string(), expected: self.shape.clone(), got: t.shape().to_vec() });
-        }
-        Ok(())
-    }
-
-    /// The number of elements, or `None` on overflow.
-    pub fn num_elements(&self) -> Option<usize> {
-        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
-    }
-
     /// This aval named: the spec of a leaf.
-    pub fn spec(&self, name: impl Into<String>) -> crate::TensorSpec {
-        crate::TensorSpec::new(name, self.dtype, self.shape.clone())
+    pub fn spec(&self, name: impl Into<String>) -> TensorSpec {
+        TensorSpec::new(name, self.dtype, self.shape.clone())
     }
 }
 
@@ -78,46 +58,146 @@ impl std::fmt::Display for Aval {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exported {
     /// The `serialization_version` field as stored (JAX writes 3 for its format version 11).
-    pub serialization_version: u16,
+    pub(crate) serialization_version: u16,
     /// The version of the JAX that serialized it (`jax_version`, serialization version 12
     /// and later; `None` before).
-    pub jax_version: Option<String>,
+    pub(crate) jax_version: Option<String>,
     /// The exported function's name (`fun_name`).
-    pub function_name: String,
+    pub(crate) function_name: String,
     /// The structure of `(args, kwargs)`: a tuple of the args tuple and the kwargs dict.
-    pub in_tree: TreeDef,
+    pub(crate) in_tree: TreeDef,
     /// The structure of the results.
-    pub out_tree: TreeDef,
+    pub(crate) out_tree: TreeDef,
     /// One per leaf of `in_tree`, in flatten order.
-    pub in_avals: Vec<Aval>,
+    pub(crate) in_avals: Vec<Aval>,
     /// One per leaf of `out_tree`, in flatten order.
-    pub out_avals: Vec<Aval>,
+    pub(crate) out_avals: Vec<Aval>,
     /// How each of `in_avals` is split over the devices; `None`: unspecified (left to XLA).
-    pub in_shardings: Vec<Option<NamedSharding>>,
+    pub(crate) in_shardings: Vec<Option<NamedSharding>>,
     /// How each of `out_avals` is split over the devices; `None`: unspecified.
-    pub out_shardings: Vec<Option<NamedSharding>>,
+    pub(crate) out_shardings: Vec<Option<NamedSharding>>,
     /// The platforms the module was lowered for, in the order of the platform index.
-    pub platforms: Vec<String>,
+    pub(crate) platforms: Vec<String>,
     /// The sorted indices of the `in_avals` that the module takes; the others are unused.
-    pub module_kept_var_idx: Vec<usize>,
+    pub(crate) module_kept_var_idx: Vec<usize>,
     /// The type names of the ordered effects (`str(effect.__class__)`).
-    pub ordered_effects: Vec<String>,
+    pub(crate) ordered_effects: Vec<String>,
     /// The type names of the unordered effects.
-    pub unordered_effects: Vec<String>,
+    pub(crate) unordered_effects: Vec<String>,
     /// The safety checks disabled at export: `platform`, `shape_assertions`,
     /// `custom_call:<target>`.
-    pub disabled_checks: Vec<String>,
+    pub(crate) disabled_checks: Vec<String>,
     /// The number of devices the module was lowered for (every sharding's mesh has as many).
-    pub nr_devices: u32,
+    pub(crate) nr_devices: u32,
     /// The calling convention version of the module.
-    pub calling_convention_version: u32,
+    pub(crate) calling_convention_version: u32,
     /// Whether the module uses global constants (the platform index, or dimension
     /// variables), which need StableHLO shape refinement before compilation.
-    pub uses_global_constants: bool,
+    pub(crate) uses_global_constants: bool,
     /// Whether a vjp export is serialized along (it is not read).
-    pub has_vjp: bool,
+    pub(crate) has_vjp: bool,
     /// The module: a StableHLO portable artifact (MLIR bytecode of the VHLO dialect).
-    pub mlir_module: Vec<u8>,
+    pub(crate) mlir_module: Vec<u8>,
+}
+
+impl Exported {
+    /// The `serialization_version` field as stored (JAX writes 3 for its format version 11).
+    pub fn serialization_version(&self) -> u16 {
+        self.serialization_version
+    }
+
+    /// The version of the JAX that serialized it (`jax_version`, serialization version 12
+    /// and later; `None` before).
+    pub fn jax_version(&self) -> Option<&str> {
+        self.jax_version.as_deref()
+    }
+
+    /// The exported function's name (`fun_name`).
+    pub fn function_name(&self) -> &str {
+        &self.function_name
+    }
+
+    /// The structure of `(args, kwargs)`: a tuple of the args tuple and the kwargs dict.
+    pub fn in_tree(&self) -> &TreeDef {
+        &self.in_tree
+    }
+
+    /// The structure of the results.
+    pub fn out_tree(&self) -> &TreeDef {
+        &self.out_tree
+    }
+
+    /// One spec per leaf of `in_tree`, in flatten order, named `in_avals[i]`.
+    pub fn in_avals(&self) -> Vec<TensorSpec> {
+        self.in_avals.iter().enumerate().map(|(i, a)| a.spec(format!("in_avals[{i}]"))).collect()
+    }
+
+    /// One spec per leaf of `out_tree`, in flatten order, named `out_avals[i]`.
+    pub fn out_avals(&self) -> Vec<TensorSpec> {
+        self.out_avals.iter().enumerate().map(|(i, a)| a.spec(format!("out_avals[{i}]"))).collect()
+    }
+
+    /// How each of `in_avals` is split over the devices; `None`: unspecified (left to XLA).
+    pub fn in_shardings(&self) -> &[Option<NamedSharding>] {
+        &self.in_shardings
+    }
+
+    /// How each of `out_avals` is split over the devices; `None`: unspecified.
+    pub fn out_shardings(&self) -> &[Option<NamedSharding>] {
+        &self.out_shardings
+    }
+
+    /// The platforms the module was lowered for, in the order of the platform index.
+    pub fn platforms(&self) -> &[String] {
+        &self.platforms
+    }
+
+    /// The sorted indices of the `in_avals` that the module takes; the others are unused.
+    pub fn module_kept_var_idx(&self) -> &[usize] {
+        &self.module_kept_var_idx
+    }
+
+    /// The type names of the ordered effects (`str(effect.__class__)`).
+    pub fn ordered_effects(&self) -> &[String] {
+        &self.ordered_effects
+    }
+
+    /// The type names of the unordered effects.
+    pub fn unordered_effects(&self) -> &[String] {
+        &self.unordered_effects
+    }
+
+    /// The safety checks disabled at export: `platform`, `shape_assertions`,
+    /// `custom_call:<target>`.
+    pub fn disabled_checks(&self) -> &[String] {
+        &self.disabled_checks
+    }
+
+    /// The number of devices the module was lowered for (every sharding's mesh has as many).
+    pub fn nr_devices(&self) -> u32 {
+        self.nr_devices
+    }
+
+    /// The calling convention version of the module.
+    pub fn calling_convention_version(&self) -> u32 {
+        self.calling_convention_version
+    }
+
+    /// Whether the module uses global constants (the platform index, or dimension
+    /// variables), which need StableHLO shape refinement before compilation.
+    pub fn uses_global_constants(&self) -> bool {
+        self.uses_global_constants
+    }
+
+    /// Whether a vjp export is serialized along (it is not read).
+    pub fn has_vjp(&self) -> bool {
+        self.has_vjp
+    }
+
+    /// The module: a StableHLO portable artifact (MLIR bytecode of the VHLO dialect).
+    pub fn mlir_module(&self) -> &[u8] {
+        &self.mlir_module
+    }
 }
 
 impl Exported {
@@ -138,7 +218,8 @@ impl Exported {
     }
 
     /// The avals of the arguments the module takes, in order.
-    pub fn kept_in_avals(&self) -> Vec<&Aval> {
+    #[cfg(test)]
+    pub(crate) fn kept_in_avals(&self) -> Vec<&Aval> {
         self.module_kept_var_idx.iter().filter_map(|&i| self.in_avals.get(i)).collect()
     }
 
@@ -146,17 +227,13 @@ impl Exported {
     /// ([`LoadedExecutable::with_input_signature`](crate::pjrt::LoadedExecutable::with_input_signature)):
     /// the platform index (`int32[]`) when the module has one, then the kept avals. A module
     /// with ordered effects (token arguments) has none that buffers can match: an error.
-    pub fn input_signature(&self) -> Result<Vec<crate::pjrt::ArgSpec>> {
+    pub fn input_signature(&self) -> Result<Vec<TensorSpec>> {
         if !self.ordered_effects.is_empty() {
             return Err(Error::invalid("exported module", "it takes effect tokens, which no buffer signature describes"));
         }
-        let platform = self.has_platform_index_arg().then(|| crate::pjrt::ArgSpec { dtype: DType::I32, dims: vec![] });
-        let kept = self.kept_in_avals().into_iter().map(|a| {
-            let dims = a.shape.iter().map(|&d| i64::try_from(d)).collect::<std::result::Result<Vec<i64>, _>>();
-            dims.map(|dims| crate::pjrt::ArgSpec { dtype: a.dtype, dims })
-                .map_err(|_| Error::invalid("exported module", format!("aval {a} has a dimension beyond i64")))
-        });
-        platform.into_iter().map(Ok).chain(kept).collect()
+        let platform = self.has_platform_index_arg().then(|| TensorSpec::new("platform index", DType::I32, vec![]));
+        let kept = self.module_kept_var_idx.iter().filter_map(|&i| self.in_avals.get(i).map(|a| a.spec(format!("in_avals[{i}]"))));
+        Ok(platform.into_iter().chain(kept).collect())
     }
 
     /// How many arguments `main` takes: platform index, effect tokens, kept arrays.

@@ -18,48 +18,125 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     /// Always `flaxlayer.bundle`.
-    pub format: String,
+    pub(crate) format: String,
     /// The format version (1).
-    pub version: u32,
+    pub(crate) version: u32,
     /// The Flax module's class name.
     #[serde(default)]
-    pub module: String,
+    pub(crate) module: String,
     /// The seed of `init` and of the initial key.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// The RNG streams the key feeds (`dropout`, ...).
     #[serde(default)]
-    pub rng_streams: Vec<String>,
+    pub(crate) rng_streams: Vec<String>,
     /// The platforms the computations were lowered for.
-    pub platforms: Vec<String>,
+    pub(crate) platforms: Vec<String>,
     /// The method a layer calls when none is named.
-    pub default_method: String,
+    pub(crate) default_method: String,
     /// Where `variables.safetensors` came from: `init` (the module's init under the seed) or
     /// `given` (the exporter's `variables=`). Absent in older bundles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variables_origin: Option<String>,
+    pub(crate) variables_origin: Option<String>,
     /// Every variable leaf, by Flax path (`params/Dense_0/kernel`); its collection is the
     /// first component.
-    pub variables: Vec<TensorSpec>,
+    pub(crate) variables: Vec<TensorSpec>,
     /// The `init` computation; absent when nothing can build the variables again (an NNX
     /// module exported as an instance: its variables are `variables.safetensors`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init: Option<InitSpec>,
+    pub(crate) init: Option<InitSpec>,
     /// The exported methods, by name.
-    pub methods: BTreeMap<String, MethodSpec>,
+    pub(crate) methods: BTreeMap<String, MethodSpec>,
     /// The partitioner the multi-device computations were lowered for: `shardy` (JAX's
     /// default, and the default when absent) or `gspmd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partitioner: Option<String>,
+    pub(crate) partitioner: Option<String>,
     /// The mesh of a bundle exported for several devices, and how its variables, inputs and
     /// outputs are split over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mesh: Option<MeshSection>,
+    pub(crate) mesh: Option<MeshSection>,
     /// The training loop's computations (the exporter's `export_train_step`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train: Option<TrainSpec>,
+    pub(crate) train: Option<TrainSpec>,
     /// A causal LM's generation methods (`export_causal_lm`), when exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<GenerationSpec>,
+    pub(crate) generation: Option<GenerationSpec>,
+}
+
+impl Manifest {
+    /// The format version (1).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The Flax module's class name.
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    /// The seed of `init` and of the initial key.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The RNG streams the key feeds (`dropout`, ...).
+    pub fn rng_streams(&self) -> &[String] {
+        &self.rng_streams
+    }
+
+    /// The platforms the computations were lowered for.
+    pub fn platforms(&self) -> &[String] {
+        &self.platforms
+    }
+
+    /// The method a layer calls when none is named.
+    pub fn default_method(&self) -> &str {
+        &self.default_method
+    }
+
+    /// Where `variables.safetensors` came from: `init` (the module's init under the seed) or
+    /// `given` (the exporter's `variables=`). Absent in older bundles.
+    pub fn variables_origin(&self) -> Option<&str> {
+        self.variables_origin.as_deref()
+    }
+
+    /// Every variable leaf, by Flax path (`params/Dense_0/kernel`); its collection is the
+    /// first component.
+    pub fn variables(&self) -> &[TensorSpec] {
+        &self.variables
+    }
+
+    /// The `init` computation; absent when nothing can build the variables again (an NNX
+    /// module exported as an instance: its variables are `variables.safetensors`).
+    pub fn init(&self) -> Option<&InitSpec> {
+        self.init.as_ref()
+    }
+
+    /// The exported methods, by name.
+    pub fn methods(&self) -> &BTreeMap<String, MethodSpec> {
+        &self.methods
+    }
+
+    /// The partitioner the multi-device computations were lowered for: `shardy` (JAX's
+    /// default, and the default when absent) or `gspmd`.
+    pub fn partitioner(&self) -> Option<&str> {
+        self.partitioner.as_deref()
+    }
+
+    /// The mesh of a bundle exported for several devices, and how its variables, inputs and
+    /// outputs are split over it.
+    pub fn mesh(&self) -> Option<&MeshSection> {
+        self.mesh.as_ref()
+    }
+
+    /// The training loop's computations (the exporter's `export_train_step`), when exported.
+    pub fn train(&self) -> Option<&TrainSpec> {
+        self.train.as_ref()
+    }
+
+    /// A causal LM's generation methods (`export_causal_lm`), when exported.
+    pub fn generation(&self) -> Option<&GenerationSpec> {
+        self.generation.as_ref()
+    }
 }
 
 /// The optional `train` section: an optimizer step and an evaluation step over batches
@@ -68,27 +145,84 @@ pub struct Manifest {
 pub struct TrainSpec {
     /// The method the steps apply.
     #[serde(default)]
-    pub method: Option<String>,
+    pub(crate) method: Option<String>,
     /// `softmax_cross_entropy` or `mse`.
-    pub loss: String,
+    pub(crate) loss: String,
     /// A human description of the optax optimizer, e.g. `adam(learning_rate=0.001)`.
-    pub optimizer: String,
+    pub(crate) optimizer: String,
     /// The leading dimension of every batch input.
-    pub batch_size: i64,
+    pub(crate) batch_size: i64,
     /// The training batch's leaves (`x`, `y`).
-    pub batch: Vec<TensorSpec>,
+    pub(crate) batch: Vec<TensorSpec>,
     /// What `train_step` reports: `loss`, `accuracy` (batch means).
-    pub metrics: Vec<String>,
+    pub(crate) metrics: Vec<String>,
     /// What `eval_step` reports: `loss_sum`, `correct`, `count` (weighted sums).
-    pub eval_metrics: Vec<String>,
+    pub(crate) eval_metrics: Vec<String>,
     /// The optimizer state's leaves (`opt_state/0/mu/Dense_0/kernel`, ...), in the steps' order.
-    pub opt_state: Vec<TensorSpec>,
+    pub(crate) opt_state: Vec<TensorSpec>,
     /// `init_opt_state(params) -> opt_state`.
-    pub init_opt_state: ComputationSpec,
+    pub(crate) init_opt_state: ComputationSpec,
     /// `train_step(params, state, opt_state, key, batch) -> (params, state, opt_state, key, metrics)`.
-    pub train_step: ComputationSpec,
+    pub(crate) train_step: ComputationSpec,
     /// `eval_step(params, state, batch + w) -> metric sums`.
-    pub eval_step: ComputationSpec,
+    pub(crate) eval_step: ComputationSpec,
+}
+
+impl TrainSpec {
+    /// The method the steps apply.
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// `softmax_cross_entropy` or `mse`.
+    pub fn loss(&self) -> &str {
+        &self.loss
+    }
+
+    /// A human description of the optax optimizer, e.g. `adam(learning_rate=0.001)`.
+    pub fn optimizer(&self) -> &str {
+        &self.optimizer
+    }
+
+    /// The leading dimension of every batch input.
+    pub fn batch_size(&self) -> i64 {
+        self.batch_size
+    }
+
+    /// The training batch's leaves (`x`, `y`).
+    pub fn batch(&self) -> &[TensorSpec] {
+        &self.batch
+    }
+
+    /// What `train_step` reports: `loss`, `accuracy` (batch means).
+    pub fn metrics(&self) -> &[String] {
+        &self.metrics
+    }
+
+    /// What `eval_step` reports: `loss_sum`, `correct`, `count` (weighted sums).
+    pub fn eval_metrics(&self) -> &[String] {
+        &self.eval_metrics
+    }
+
+    /// The optimizer state's leaves (`opt_state/0/mu/Dense_0/kernel`, ...), in the steps' order.
+    pub fn opt_state(&self) -> &[TensorSpec] {
+        &self.opt_state
+    }
+
+    /// `init_opt_state(params) -> opt_state`.
+    pub fn init_opt_state(&self) -> &ComputationSpec {
+        &self.init_opt_state
+    }
+
+    /// `train_step(params, state, opt_state, key, batch) -> (params, state, opt_state, key, metrics)`.
+    pub fn train_step(&self) -> &ComputationSpec {
+        &self.train_step
+    }
+
+    /// `eval_step(params, state, batch + w) -> metric sums`.
+    pub fn eval_step(&self) -> &ComputationSpec {
+        &self.eval_step
+    }
 }
 
 /// The `init` computation: `init(key, inputs) -> variables`.
@@ -96,16 +230,36 @@ pub struct TrainSpec {
 pub struct InitSpec {
     /// The computation itself.
     #[serde(flatten)]
-    pub computation: ComputationSpec,
+    pub(crate) computation: ComputationSpec,
     /// The inputs `init` was traced with (their shapes; their values are in `inputs_file`
     /// when init reads them).
     #[serde(default)]
-    pub inputs: Vec<TensorSpec>,
+    pub(crate) inputs: Vec<TensorSpec>,
     /// A safetensors file of the bundle holding the init inputs' values, by input name. The
     /// exporter writes it when init keeps an input argument (data-dependent init, such as
     /// ActNorm): then the runtime feeds these values, as `module.init(key, x)` saw them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inputs_file: Option<String>,
+    pub(crate) inputs_file: Option<String>,
+}
+
+impl InitSpec {
+    /// The computation itself.
+    pub fn computation(&self) -> &ComputationSpec {
+        &self.computation
+    }
+
+    /// The inputs `init` was traced with (their shapes; their values are in `inputs_file`
+    /// when init reads them).
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// A safetensors file of the bundle holding the init inputs' values, by input name. The
+    /// exporter writes it when init keeps an input argument (data-dependent init, such as
+    /// ActNorm): then the runtime feeds these values, as `module.init(key, x)` saw them.
+    pub fn inputs_file(&self) -> Option<&str> {
+        self.inputs_file.as_deref()
+    }
 }
 
 /// One exported method: an inference and (unless it is inference-only, as a generation
@@ -114,21 +268,53 @@ pub struct InitSpec {
 pub struct MethodSpec {
     /// Whether the method takes a `training` argument.
     #[serde(default)]
-    pub takes_training: bool,
+    pub(crate) takes_training: bool,
     /// The input leaves as exported with the sample batch.
     #[serde(default)]
-    pub inputs: Vec<TensorSpec>,
+    pub(crate) inputs: Vec<TensorSpec>,
     /// The output leaves at the sample batch.
     #[serde(default)]
-    pub outputs: Vec<TensorSpec>,
+    pub(crate) outputs: Vec<TensorSpec>,
     /// The inference computations, one per exported batch size.
-    pub inference: Vec<ComputationSpec>,
+    pub(crate) inference: Vec<ComputationSpec>,
     /// The training computations, one per exported batch size (none: inference only).
     #[serde(default)]
-    pub training: Vec<ComputationSpec>,
+    pub(crate) training: Vec<ComputationSpec>,
     /// Whether inference may run a batch padded up to an exported size (absent: no).
     #[serde(default)]
-    pub batching: Batching,
+    pub(crate) batching: Batching,
+}
+
+impl MethodSpec {
+    /// The input leaves as exported with the sample batch.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// Whether the method takes a `training` argument.
+    pub fn takes_training(&self) -> bool {
+        self.takes_training
+    }
+
+    /// The output leaves at the sample batch.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// The inference computations, one per exported batch size.
+    pub fn inference(&self) -> &[ComputationSpec] {
+        &self.inference
+    }
+
+    /// The training computations, one per exported batch size (none: inference only).
+    pub fn training(&self) -> &[ComputationSpec] {
+        &self.training
+    }
+
+    /// Whether inference may run a batch padded up to an exported size (absent: no).
+    pub fn batching(&self) -> &Batching {
+        &self.batching
+    }
 }
 
 /// What the exporter verified about the method's batch axis (the leading axis of every
@@ -138,16 +324,38 @@ pub struct MethodSpec {
 pub struct Batching {
     /// Inference rows are independent: padded and chunked calls give the rows' own outputs.
     #[serde(default)]
-    pub paddable: bool,
+    pub(crate) paddable: bool,
     /// The value padding rows are filled with.
     #[serde(default)]
-    pub pad_value: f64,
+    pub(crate) pad_value: f64,
     /// Why the method is not paddable, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Inference writes back state (a decode cache): padding must then keep the state's size.
     #[serde(default)]
-    pub stateful: bool,
+    pub(crate) stateful: bool,
+}
+
+impl Batching {
+    /// Inference rows are independent: padded and chunked calls give the rows' own outputs.
+    pub fn paddable(&self) -> bool {
+        self.paddable
+    }
+
+    /// The value padding rows are filled with.
+    pub fn pad_value(&self) -> f64 {
+        self.pad_value
+    }
+
+    /// Why the method is not paddable, when it is not.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    /// Inference writes back state (a decode cache): padding must then keep the state's size.
+    pub fn stateful(&self) -> bool {
+        self.stateful
+    }
 }
 
 /// One serialized computation and the roles of its flat arguments and results.
@@ -155,40 +363,99 @@ pub struct Batching {
 pub struct ComputationSpec {
     /// The leading dimension of every input leaf, for a method computation.
     #[serde(default)]
-    pub batch_size: Option<usize>,
+    pub(crate) batch_size: Option<usize>,
     /// The `*.jaxexport` file in the bundle.
-    pub file: String,
+    pub(crate) file: String,
     /// The role of each flat argument (JAX's `in_avals` order).
-    pub args: Vec<Slot>,
+    pub(crate) args: Vec<Slot>,
     /// The role of each flat result (JAX's `out_avals` order).
-    pub results: Vec<Slot>,
+    pub(crate) results: Vec<Slot>,
     /// The custom-call targets the module calls (`lapack_sgeqrf_ffi`, ...), which the
     /// plugin must have handlers for. Absent in older bundles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_call_targets: Option<Vec<String>>,
+    pub(crate) custom_call_targets: Option<Vec<String>>,
     /// For an inference computation: the same computation with the bundle's params compiled
     /// in as constants (`export_flax(..., frozen=True)`), whose arguments are this one's
     /// without the params. A layer runs it while its params are the bundle's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frozen: Option<Box<ComputationSpec>>,
+    pub(crate) frozen: Option<Box<ComputationSpec>>,
     /// For a frozen variant: the SHA-256 (hex) of the `variables.safetensors` its constants
     /// came from. The runtime runs it only with params loaded from that very file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variables_sha256: Option<String>,
+    pub(crate) variables_sha256: Option<String>,
+}
+
+impl ComputationSpec {
+    /// The leading dimension of every input leaf, for a method computation.
+    pub fn batch_size(&self) -> Option<usize> {
+        self.batch_size
+    }
+
+    /// The `*.jaxexport` file in the bundle.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The role of each flat argument (JAX's `in_avals` order).
+    pub fn args(&self) -> &[Slot] {
+        &self.args
+    }
+
+    /// The role of each flat result (JAX's `out_avals` order).
+    pub fn results(&self) -> &[Slot] {
+        &self.results
+    }
+
+    /// The custom-call targets the module calls (`lapack_sgeqrf_ffi`, ...), which the
+    /// plugin must have handlers for. Absent in older bundles.
+    pub fn custom_call_targets(&self) -> Option<&Vec<String>> {
+        self.custom_call_targets.as_ref()
+    }
+
+    /// For an inference computation: the same computation with the bundle's params compiled
+    /// in as constants (`export_flax(..., frozen=True)`), whose arguments are this one's
+    /// without the params. A layer runs it while its params are the bundle's.
+    pub fn frozen(&self) -> Option<&ComputationSpec> {
+        self.frozen.as_deref()
+    }
+
+    /// For a frozen variant: the SHA-256 (hex) of the `variables.safetensors` its constants
+    /// came from. The runtime runs it only with params loaded from that very file.
+    pub fn variables_sha256(&self) -> Option<&str> {
+        self.variables_sha256.as_deref()
+    }
 }
 
 /// What a flat argument or result is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     /// What the value is.
-    pub role: Role,
+    pub(crate) role: Role,
     /// Its name: a variable's Flax path, an input's or output's PyTree path, a metric.
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// For an output: whether its leading axis is the batch (it is the batch size in every
     /// exported batch size). Absent: unknown, and the runtime does not pad.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batched: Option<bool>,
+    pub(crate) batched: Option<bool>,
+}
+
+impl Slot {
+    /// What the value is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Its name: a variable's Flax path, an input's or output's PyTree path, a metric.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// For an output: whether its leading axis is the batch (it is the batch size in every
+    /// exported batch size). Absent: unknown, and the runtime does not pad.
+    pub fn batched(&self) -> Option<bool> {
+        self.batched
+    }
 }
 
 /// The role of a flat argument or result.
@@ -486,7 +753,7 @@ fn validate_generation(g: &GenerationSpec, m: &Manifest) -> Result<()> {
     if let Some(p) = g.prefill.iter().find(|p| p.length < 2 || p.length > g.max_len) {
         return bad(format!("prefill length {} is not in 2..={}", p.length, g.max_len));
     }
-    if let Some(c) = g.counters.iter().find(|c| m.variable(c).map_or(true, |v| v.is_param())) {
+    if let Some(c) = g.counters.iter().find(|c| m.variable(c).is_none_or(|v| v.is_param())) {
         return bad(format!("counters names {c:?}, which is not a state variable"));
     }
     let method = |name: &str| m.methods.get(name).ok_or_else(|| Error::format("manifest.json", format!("generation names method {name:?}, which the bundle lacks")));

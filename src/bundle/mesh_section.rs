@@ -15,31 +15,68 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshSection {
     /// The mesh axes' names, major to minor (`data`, `model`).
-    pub axis_names: Vec<String>,
+    pub(crate) axis_names: Vec<String>,
     /// The axes' sizes; their product is the number of devices.
-    pub shape: Vec<usize>,
+    pub(crate) shape: Vec<usize>,
     /// Each variable's partition spec, by Flax path.
     #[serde(default)]
-    pub variables: BTreeMap<String, PartitionSpec>,
+    pub(crate) variables: BTreeMap<String, PartitionSpec>,
     /// The default method's inputs' partition specs, by PyTree path.
     #[serde(default)]
-    pub inputs: BTreeMap<String, PartitionSpec>,
+    pub(crate) inputs: BTreeMap<String, PartitionSpec>,
     /// The default method's outputs' partition specs.
     #[serde(default)]
-    pub outputs: BTreeMap<String, PartitionSpec>,
+    pub(crate) outputs: BTreeMap<String, PartitionSpec>,
     /// Training bundles: the batch leaves' partition specs (`x`, `y`, `w`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub batch: BTreeMap<String, PartitionSpec>,
+    pub(crate) batch: BTreeMap<String, PartitionSpec>,
     /// Training bundles: the optimizer state's partition specs (`opt_state/...`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub opt_state: BTreeMap<String, PartitionSpec>,
+    pub(crate) opt_state: BTreeMap<String, PartitionSpec>,
+}
+
+impl MeshSection {
+    /// The mesh axes' names, major to minor (`data`, `model`).
+    pub fn axis_names(&self) -> &[String] {
+        &self.axis_names
+    }
+
+    /// The axes' sizes; their product is the number of devices.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Each variable's partition spec, by Flax path.
+    pub fn variables(&self) -> &BTreeMap<String, PartitionSpec> {
+        &self.variables
+    }
+
+    /// The default method's inputs' partition specs, by PyTree path.
+    pub fn inputs(&self) -> &BTreeMap<String, PartitionSpec> {
+        &self.inputs
+    }
+
+    /// The default method's outputs' partition specs.
+    pub fn outputs(&self) -> &BTreeMap<String, PartitionSpec> {
+        &self.outputs
+    }
+
+    /// Training bundles: the batch leaves' partition specs (`x`, `y`, `w`).
+    pub fn batch(&self) -> &BTreeMap<String, PartitionSpec> {
+        &self.batch
+    }
+
+    /// Training bundles: the optimizer state's partition specs (`opt_state/...`).
+    pub fn opt_state(&self) -> &BTreeMap<String, PartitionSpec> {
+        &self.opt_state
+    }
 }
 
 /// A partition spec as JSON: per dimension `null` (not split), a mesh axis name, or a list
 /// of mesh axis names (major first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct PartitionSpec(pub Vec<Option<DimAxes>>);
+pub struct PartitionSpec(pub(crate) Vec<Option<DimAxes>>);
 
 /// The mesh axes that split one dimension.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +89,11 @@ pub enum DimAxes {
 }
 
 impl PartitionSpec {
+    /// Per dimension, the mesh axes that split it, as the JSON has them (`None`: not split).
+    pub fn dims(&self) -> &[Option<DimAxes>] {
+        &self.0
+    }
+
     /// Per dimension, the mesh axes that split it (empty: not split), without trailing
     /// dimensions that are not split: the form [`NamedSharding::spec`] compares in.
     pub fn axes(&self) -> Vec<Vec<String>> {

@@ -13,7 +13,7 @@ mod sharding;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub use exported::{Aval, Exported};
+pub use exported::Exported;
 pub use generation::{GenerationSpec, PrefillSpec, GENERATION_VERSION};
 pub use manifest::{Batching, ComputationSpec, InitSpec, Manifest, MethodSpec, Role, Slot, TrainSpec};
 pub use mesh_section::{spec_text, DimAxes, MeshSection, PartitionSpec};
@@ -36,9 +36,21 @@ pub const INIT_ONLY: &str = "init-only";
 #[derive(Debug, Clone)]
 pub struct BundleComputation {
     /// The manifest's entry.
-    pub spec: ComputationSpec,
+    pub(crate) spec: ComputationSpec,
     /// JAX's serialized export, parsed.
-    pub exported: Exported,
+    pub(crate) exported: Exported,
+}
+
+impl BundleComputation {
+    /// The manifest's entry.
+    pub fn spec(&self) -> &ComputationSpec {
+        &self.spec
+    }
+
+    /// JAX's serialized export, parsed.
+    pub fn exported(&self) -> &Exported {
+        &self.exported
+    }
 }
 
 /// An opened bundle: the manifest and every computation, parsed and cross-checked.

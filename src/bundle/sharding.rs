@@ -29,11 +29,28 @@ pub enum AxisType {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Mesh {
     /// The axes' names (`data`, `model`, ...), major to minor.
-    pub axis_names: Vec<String>,
+    pub(crate) axis_names: Vec<String>,
     /// The axes' sizes; their product is the number of devices.
-    pub axis_sizes: Vec<usize>,
+    pub(crate) axis_sizes: Vec<usize>,
     /// One per axis.
-    pub axis_types: Vec<AxisType>,
+    pub(crate) axis_types: Vec<AxisType>,
+}
+
+impl Mesh {
+    /// The axes' names (`data`, `model`, ...), major to minor.
+    pub fn axis_names(&self) -> &[String] {
+        &self.axis_names
+    }
+
+    /// The axes' sizes; their product is the number of devices.
+    pub fn axis_sizes(&self) -> &[usize] {
+        &self.axis_sizes
+    }
+
+    /// One per axis.
+    pub fn axis_types(&self) -> &[AxisType] {
+        &self.axis_types
+    }
 }
 
 impl Mesh {
@@ -59,7 +76,7 @@ impl Mesh {
             return bad(format!("axis {:?} has size 0", self.axis_names[i]));
         }
         let total = self.axis_sizes.iter().try_fold(1usize, |n, &s| n.checked_mul(s));
-        if total.map_or(true, |t| t > MAX_MESH_DEVICES) {
+        if total.is_none_or(|t| t > MAX_MESH_DEVICES) {
             return bad(format!("axis sizes {:?} make more than {MAX_MESH_DEVICES} devices", self.axis_sizes));
         }
         Ok(())
@@ -75,20 +92,46 @@ impl Mesh {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamedSharding {
     /// The mesh the array is laid out over.
-    pub mesh: Mesh,
+    pub(crate) mesh: Mesh,
     /// Per array dimension, the mesh axes it is split over, outermost (major) first; empty
     /// means not split. Dimensions past the end are not split. Mesh axes named nowhere
     /// replicate the array.
-    pub spec: Vec<Vec<String>>,
+    pub(crate) spec: Vec<Vec<String>>,
     /// JAX's memory kind (`device`, `pinned_host`, ...), if recorded.
-    pub memory_kind: Option<String>,
+    pub(crate) memory_kind: Option<String>,
+}
+
+impl NamedSharding {
+    /// The mesh the array is laid out over.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// Per array dimension, the mesh axes it is split over, outermost (major) first; empty
+    /// means not split. Dimensions past the end are not split. Mesh axes named nowhere
+    /// replicate the array.
+    pub fn spec(&self) -> &[Vec<String>] {
+        &self.spec
+    }
+
+    /// JAX's memory kind (`device`, `pinned_host`, ...), if recorded.
+    pub fn memory_kind(&self) -> Option<&str> {
+        self.memory_kind.as_deref()
+    }
 }
 
 /// The block of an array that one device holds: per dimension, `start..end`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DeviceSlice {
     /// Per array dimension, the rows the device holds.
-    pub ranges: Vec<Range<usize>>,
+    pub(crate) ranges: Vec<Range<usize>>,
+}
+
+impl DeviceSlice {
+    /// Per array dimension, the rows the device holds.
+    pub fn ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
 }
 
 impl DeviceSlice {
@@ -146,7 +189,7 @@ impl NamedSharding {
     /// `shape[d] / (product of the sizes of axes)`, if it divides evenly.
     fn block_len(&self, shape: &[usize], d: usize, n: usize, axes: &[usize]) -> Result<usize> {
         let parts: usize = axes.iter().map(|&a| self.mesh.axis_sizes[a]).product();
-        if n % parts != 0 {
+        if !n.is_multiple_of(parts) {
             let names: Vec<&str> = axes.iter().map(|&a| self.mesh.axis_names[a].as_str()).collect();
             return Err(Error::invalid(
                 format!("sharding an array of shape {shape:?}"),

@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use crate::bundle::{Bundle, GenerationSpec};
-use crate::layer::{BundleSource, JaxLayer, Mode};
+use crate::layer::{BundleSource, FlaxLayer, Mode};
 use crate::{DType, Error, PyTree, Result, Tensor};
 
 /// How the next token is drawn: Hugging Face's Flax sampling (`do_sample=True`) with its
@@ -107,7 +107,7 @@ impl Generation {
 /// A causal LM bundle on a device, ready to generate: its prefill, decode and sample methods
 /// over one device-resident cache. One generation at a time (`&mut self`).
 pub struct Generator {
-    layer: JaxLayer,
+    layer: FlaxLayer,
     spec: GenerationSpec,
     /// What puts the cache back to empty: the counters at zero, or every state variable's
     /// initial value when the section names no counters.
@@ -125,14 +125,14 @@ impl Generator {
     /// A generator over the bundle at `bundle` on the default plugin's first device.
     pub fn new(bundle: impl Into<BundleSource>) -> Result<Generator> {
         let bundle = bundle.into().open()?;
-        let layer = JaxLayer::builder(bundle.clone()).build()?;
+        let layer = FlaxLayer::builder(bundle.clone()).build()?;
         Generator::from_layer(layer)
     }
 
     /// A generator over a layer built on a generation bundle (any method chosen: it calls
     /// them by name). The layer's state should hold an empty cache; each generation starts
     /// from one.
-    pub fn from_layer(layer: JaxLayer) -> Result<Generator> {
+    pub fn from_layer(layer: FlaxLayer) -> Result<Generator> {
         let spec = generation_spec(layer.bundle())?;
         let specs = layer.non_trainable_weights();
         let reset = if spec.counters.is_empty() {
@@ -157,7 +157,7 @@ impl Generator {
     }
 
     /// The layer underneath.
-    pub fn layer(&self) -> &JaxLayer {
+    pub fn layer(&self) -> &FlaxLayer {
         &self.layer
     }
 
@@ -200,7 +200,7 @@ impl Generator {
         }
         // The last token is never fed back, so the cache holds prompt + new - 1 tokens.
         let needed = prompt.len().checked_add(opts.max_new_tokens).map(|n| n - 1);
-        if needed.map_or(true, |n| n > max_len) {
+        if needed.is_none_or(|n| n > max_len) {
             return Err(Error::invalid(
                 "prompt and max_new_tokens",
                 format!("{} prompt tokens + {} new tokens - 1 exceed the bundle's max_len {max_len}", prompt.len(), opts.max_new_tokens),
@@ -250,7 +250,7 @@ impl Generator {
     fn decode(&mut self, token: i64) -> Result<Tensor> {
         let ids = Tensor::from_vec(vec![1, 1], vec![token as i32])?;
         let name = self.spec.decode.clone();
-        take_logits(self.layer.call_method(&name, &PyTree::dict([("input_ids", PyTree::leaf(ids))]), Mode::Inference)?)
+        take_logits(self.layer.call_method(&name, PyTree::dict([("input_ids", PyTree::leaf(ids))]), Mode::Inference)?)
     }
 
     fn sample(&mut self, logits: &Tensor, key: [u32; 2], s: &Sampling) -> Result<(i64, [u32; 2])> {

@@ -56,7 +56,7 @@ impl Plan {
 
     /// Whether the plan runs one computation on the inputs as they are.
     pub fn is_exact(&self, comps: &[Computation]) -> bool {
-        matches!(self.chunks.as_slice(), [c] if c.start == 0 && comps[c.comp].batch_size.map_or(true, |b| b == c.len))
+        matches!(self.chunks.as_slice(), [c] if c.start == 0 && comps[c.comp].batch_size.is_none_or(|b| b == c.len))
     }
 }
 

@@ -122,7 +122,7 @@ pub(crate) fn compile_cached(
     let key = cache_key(client, program, options)?;
     let path = dir.join(format!("{key}.pjrtexe"));
     let outcome = match read_entry(&path) {
-        Some(Some(payload)) => match client.deserialize_executable(&payload) {
+        Some(Some(payload)) => match client.deserialize_trusted(&payload) {
             Ok(exe) => return Ok((exe, Outcome::Hit)),
             Err(_) => Outcome::Replaced,
         },

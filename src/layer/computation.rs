@@ -8,7 +8,7 @@ use super::cache::CompileSetting;
 use super::isolate::Isolation;
 use super::placement::{block_shape, slot_layout, DeviceArray, Layout, Placement};
 use crate::bundle::{BundleComputation, Exported, Role, Slot};
-use crate::pjrt::{ArgSpec, Buffer, CompileOptions, LoadedExecutable, Program};
+use crate::pjrt::{Buffer, CompileOptions, LoadedExecutable, Program};
 use crate::pytree::TreeDef;
 use crate::spec::TensorSpec;
 use crate::{DType, Error, Result};
@@ -66,7 +66,7 @@ pub(crate) struct Computation {
     placement: Placement,
     options: CompileOptions,
     mlir: Vec<u8>,
-    signature: Vec<ArgSpec>,
+    signature: Vec<TensorSpec>,
     /// The compile cache directory, if caching is on.
     cache: Option<PathBuf>,
     /// Compile in a child process (bundles from elsewhere).
@@ -189,11 +189,13 @@ impl Computation {
         let platform_index = platform_index_arg(placement, exp, file, devices)?;
         let mut signature = Vec::new();
         if platform_index.is_some() {
-            signature.push(ArgSpec { dtype: DType::I32, dims: vec![] });
+            signature.push(TensorSpec::new("platform index", DType::I32, vec![]));
         }
         // Each device gets its block of every argument.
-        for (aval, layout) in exp.kept_in_avals().into_iter().zip(&kept_layouts) {
-            signature.push(ArgSpec { dtype: aval.dtype, dims: block_shape(layout, &aval.shape)?.iter().map(|&d| d as i64).collect() });
+        for (&i, layout) in exp.module_kept_var_idx.iter().zip(&kept_layouts) {
+            let Some(aval) = exp.in_avals.get(i) else { continue };
+            let name = spec.args.get(i).and_then(|s| s.name.clone()).unwrap_or_else(|| format!("in_avals[{i}]"));
+            signature.push(TensorSpec::new(name, aval.dtype, block_shape(layout, &aval.shape)?));
         }
         let inputs_tree = last_positional_arg(&exp.in_tree, file)?;
         let outputs_tree = match &exp.out_tree {

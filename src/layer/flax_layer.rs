@@ -1,6 +1,5 @@
-//! `FlaxLayer`: the Rust counterpart of Keras' `keras.layers.FlaxLayer`, over a bundle that
-//! the exporter (`flaxlayer_export.export_flax`) wrote: the general [`Layer`] with a config
-//! and saving.
+//! [`FlaxLayer`]'s Keras face: its builders (`builder`, and `jax_layer` for Keras'
+//! `JaxLayer` arguments), its config, and saving.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::jax_layer::{Flax, Layer};
+use super::jax_layer::FlaxLayer;
 use super::options::{Build, Builder, BundleSource, Options, Restore, VariablesSource};
 use super::saved::{self, SAVE_ID_KEY};
 use crate::bundle::{Bundle, VARIABLES_FILE};
@@ -19,15 +18,6 @@ use crate::{Error, Result, Tensor};
 pub const LAYER_FILE: &str = "layer.json";
 const LAYER_FORMAT: &str = "flaxlayer.layer";
 
-
-/// A Flax module's exported method, run on a PJRT device (Keras' `FlaxLayer`). Params are
-/// the `params` collection; every other collection (`batch_stats`, `cache`, ...) is
-/// non-trainable state, as with Keras' `FlaxLayer` (`mutable=DenyList(["params"])`).
-///
-/// It starts from the bundle's own variables (what the exporter bundled), or runs the
-/// bundle's `init` on the device when asked ([`Builder::init_variables`]) or when the bundle
-/// has none. It has every method of [`Layer`], plus a config and saving.
-pub type FlaxLayer = Layer<Flax>;
 
 /// What [`FlaxLayer::get_config`] returns: enough to rebuild the layer, without its trained
 /// weights, as in Keras. The plugin is not part of it: a config (or a saved layer) never
@@ -69,18 +59,6 @@ struct SavedLayer {
     save_id: Option<String>,
 }
 
-impl From<Layer<super::jax_layer::Jax>> for FlaxLayer {
-    fn from(layer: Layer<super::jax_layer::Jax>) -> FlaxLayer {
-        layer.into_kind()
-    }
-}
-
-impl From<FlaxLayer> for Layer<super::jax_layer::Jax> {
-    fn from(layer: FlaxLayer) -> Layer<super::jax_layer::Jax> {
-        layer.into_kind()
-    }
-}
-
 impl FlaxLayer {
     /// Starts building a layer over a bundle directory or an opened [`Bundle`].
     ///
@@ -92,6 +70,53 @@ impl FlaxLayer {
     /// ```
     pub fn builder(bundle: impl Into<BundleSource>) -> Builder<FlaxLayer> {
         Builder::new(bundle)
+    }
+
+    /// Keras' `JaxLayer(call_fn, init_fn, params=None, state=None, seed=None)`, over a bundle:
+    /// the bundle's exported computations are `call_fn` and `init_fn` (inference
+    /// `(params, state, inputs) -> (outputs, new_state)`, training with the key, and
+    /// `init(key, inputs) -> variables`: docs/bundle-format.md). As in Keras, the params and
+    /// the state are given apart, or neither:
+    ///
+    /// - neither (`None`, `None`): `init` runs on the device under the seed
+    ///   ([`Builder::init_variables`]), as Keras' `JaxLayer` calls `init_fn`;
+    /// - params only: a model without state (the build fails if the bundle has state);
+    /// - both: every variable, by Flax path.
+    ///
+    /// Every param must be in the `params` collection and every state leaf outside it
+    /// ([`InvalidArgument`](Error::InvalidArgument) naming the first that is not); the build
+    /// then checks every name, dtype and shape against the bundle. The result is the same
+    /// [`FlaxLayer`] as [`FlaxLayer::builder`] gives, with all its methods.
+    ///
+    /// ```no_run
+    /// # fn main() -> flaxlayer::Result<()> {
+    /// let trained = flaxlayer::Tensor::read_safetensors("trained.safetensors")?;
+    /// let (params, state): (Vec<_>, Vec<_>) = trained.into_iter().partition(|(name, _)| name.starts_with("params/"));
+    /// let layer = flaxlayer::FlaxLayer::jax_layer("hlo/cnn", Some(params), Some(state))?.seed(0).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn jax_layer(
+        bundle: impl Into<BundleSource>,
+        params: Option<Vec<(String, Tensor)>>,
+        state: Option<Vec<(String, Tensor)>>,
+    ) -> Result<Builder<FlaxLayer>> {
+        let builder = Builder::new(bundle);
+        let (params, state) = match (params, state) {
+            (None, None) => return Ok(builder.init_variables()),
+            (None, Some(_)) => {
+                return Err(Error::invalid("params", "is None while state is given: give the params too, or neither (init runs)"))
+            }
+            (Some(params), state) => (params, state.unwrap_or_default()),
+        };
+        let collection = |name: &str| name.split('/').next().unwrap_or_default().to_string();
+        if let Some((name, _)) = params.iter().find(|(n, _)| collection(n) != "params") {
+            return Err(Error::invalid(format!("params leaf {name:?}"), "is not in the `params` collection (it is state)"));
+        }
+        if let Some((name, _)) = state.iter().find(|(n, _)| collection(n) == "params") {
+            return Err(Error::invalid(format!("state leaf {name:?}"), "is in the `params` collection (it is a param)"));
+        }
+        Ok(builder.variables(params.into_iter().chain(state).collect()))
     }
 
     /// The layer's config.

@@ -1,16 +1,15 @@
-//! `Layer`: a bundle's method on a device — its computations per mode and batch size, over
-//! the device-resident variables and RNG key. [`JaxLayer`] is the general layer;
-//! [`FlaxLayer`](super::FlaxLayer) is the same layer with Keras' Flax face (config, saving).
+//! [`FlaxLayer`]: a bundle's method on a device — its computations per mode and batch size,
+//! over the device-resident variables and RNG key. Its config and saving are in
+//! `flax_layer.rs`.
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::batching::{self, Plan};
 use super::computation::{Computation, Names, Sink, Source};
 use super::inputs::AsInputs;
 use super::mode::Mode;
-use super::options::{Build, Builder, BundleSource, Options};
+use super::options::{Build, Options};
 use super::placement::{DeviceArray, Layout, Placement};
 use super::state::DeviceState;
 use crate::bundle::{Batching, Bundle, MethodSpec};
@@ -20,41 +19,31 @@ use crate::spec::{TensorSpec, ValueSpec};
 use crate::tensor::TensorView;
 use crate::{Error, Result, Tensor};
 
-/// What kind of layer a [`Layer`] is: [`Jax`] (the general one) or
-/// [`Flax`] (Keras' `FlaxLayer` face). Sealed.
-pub trait Kind: sealed::Sealed + Send + Sync + 'static {}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Jax {}
-    impl Sealed for super::Flax {}
-}
-
-/// The general kind: a bundle's plain `init` / `call` computations (Keras' `JaxLayer`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Jax {}
-
-impl Kind for Jax {}
-
-/// The Keras `FlaxLayer` kind of [`Layer`]: config and saving on top of the general layer
-/// ([`FlaxLayer`](super::FlaxLayer)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flax {}
-
-impl Kind for Flax {}
-
-/// A layer over a bundle's plain `init` / `call` computations (Keras' `JaxLayer`).
-pub type JaxLayer = Layer<Jax>;
-
-/// A bundle's method on a device. Params and state live on the device between calls: only
-/// inputs go up and outputs come down. Training calls thread the device-resident key.
+/// A bundle's method on a PJRT device: the Rust counterpart of Keras'
+/// `keras.layers.FlaxLayer` (and of `JaxLayer`, which Keras' `FlaxLayer` extends: see
+/// [`FlaxLayer::jax_layer`]). Params and state live on the device between calls: only inputs
+/// go up and outputs come down. Training calls thread the device-resident key.
 ///
-/// Use it as [`JaxLayer`] or [`FlaxLayer`](super::FlaxLayer): the kind only adds methods
-/// (the Flax kind has a config and saving), and converts for free with `From`.
-pub struct Layer<K: Kind> {
-    kind: PhantomData<K>,
+/// Params are the `params` collection; every other collection (`batch_stats`, `cache`, ...)
+/// is non-trainable state, as with Keras' `FlaxLayer` (`mutable=DenyList(["params"])`). A
+/// layer starts from the bundle's own variables (what the exporter bundled), or runs the
+/// bundle's `init` on the device when asked ([`Builder::init_variables`](super::Builder::init_variables)) or when the bundle
+/// has none. It has a config ([`FlaxLayer::get_config`]) and saves and loads as a whole
+/// ([`FlaxLayer::save`], [`FlaxLayer::load`]).
+///
+/// ```no_run
+/// use flaxlayer::{FlaxLayer, Mode, Tensor};
+/// # fn main() -> flaxlayer::Result<()> {
+/// let mut layer = FlaxLayer::builder("hlo/mlp").seed(0).build()?;
+/// let x = Tensor::zeros(flaxlayer::DType::F32, vec![8, 12])?;
+/// let y = layer.call(&x, Mode::Inference)?;
+/// # Ok(())
+/// # }
+/// ```
+#[doc(alias = "JaxLayer")]
+pub struct FlaxLayer {
     bundle: Arc<Bundle>,
-    /// The method [`Layer::call`] runs; [`Layer::call_method`] runs any of `methods`.
+    /// The method [`FlaxLayer::call`] runs; [`FlaxLayer::call_method`] runs any of `methods`.
     method: String,
     seed: u64,
     state: DeviceState,
@@ -89,9 +78,9 @@ fn named<'a>(methods: &'a BTreeMap<String, Method>, name: &str) -> Result<&'a Me
     })
 }
 
-impl<K: Kind> std::fmt::Debug for Layer<K> {
+impl std::fmt::Debug for FlaxLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct(std::any::type_name::<K>().rsplit("::").next().unwrap_or("Layer"))
+        f.debug_struct("FlaxLayer")
             .field("bundle", &self.bundle.dir())
             .field("method", &self.method)
             .field("variables", &self.state.variable_specs().len())
@@ -99,27 +88,20 @@ impl<K: Kind> std::fmt::Debug for Layer<K> {
     }
 }
 
-impl<K: Kind> super::options::sealed::Sealed for Layer<K> {}
+impl super::options::sealed::Sealed for FlaxLayer {}
 
-impl<K: Kind> Build for Layer<K> {
-    fn build(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
-        Layer::new(bundle, options)
+impl Build for FlaxLayer {
+    fn build(bundle: Arc<Bundle>, options: Options) -> Result<FlaxLayer> {
+        FlaxLayer::new(bundle, options)
     }
 }
 
-impl JaxLayer {
-    /// Starts building a layer over a bundle directory or an opened [`Bundle`].
-    pub fn builder(bundle: impl Into<BundleSource>) -> Builder<JaxLayer> {
-        Builder::new(bundle)
-    }
-}
-
-impl<K: Kind> Layer<K> {
+impl FlaxLayer {
     /// Sets up the computations of every method of the bundle (each compiles on its first
     /// call, or loads from the compile cache), the variables and the key. All methods share
-    /// the device-resident variables and key; [`Layer::call`] runs the chosen method
-    /// ([`Builder::method`], else the bundle's default), [`Layer::call_method`] any of them.
-    pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<Layer<K>> {
+    /// the device-resident variables and key; [`FlaxLayer::call`] runs the chosen method
+    /// ([`Builder::method`](super::Builder::method), else the bundle's default), [`FlaxLayer::call_method`] any of them.
+    pub fn new(bundle: Arc<Bundle>, options: Options) -> Result<FlaxLayer> {
         let client = options.client()?;
         // flaxlayer's custom-call handlers (LAPACK) on the client's plugin, before anything
         // compiles: once per plugin, a no-op after the first layer.
@@ -153,7 +135,7 @@ impl<K: Kind> Layer<K> {
         if methods.values().any(|m| m.frozen.is_some()) {
             state.mark_params_from_bundle();
         }
-        Ok(Layer { kind: PhantomData, bundle, method, seed, state, methods })
+        Ok(FlaxLayer { bundle, method, seed, state, methods })
     }
 
     /// The shapes of each variable's buffers, one per device that holds it: a sharded
@@ -165,12 +147,6 @@ impl<K: Kind> Layer<K> {
     /// How many devices the layer runs on.
     pub fn num_devices(&self) -> usize {
         self.state.placement().len()
-    }
-
-    /// The same layer as another kind (free: nothing is copied).
-    pub fn into_kind<L: Kind>(self) -> Layer<L> {
-        let Layer { bundle, method, seed, state, methods, .. } = self;
-        Layer { kind: PhantomData, bundle, method, seed, state, methods }
     }
 
     /// The bundle.
@@ -237,7 +213,7 @@ impl<K: Kind> Layer<K> {
         Ok(())
     }
 
-    /// The names of the bundle's methods, each callable with [`Layer::call_method`].
+    /// The names of the bundle's methods, each callable with [`FlaxLayer::call_method`].
     pub fn method_names(&self) -> impl Iterator<Item = &str> {
         self.methods.keys().map(String::as_str)
     }
@@ -249,7 +225,7 @@ impl<K: Kind> Layer<K> {
     /// leaves params, state and key as they were. Inference takes any batch size when the
     /// method is paddable (see the README's "Any batch size").
     pub fn call(&mut self, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
-        let Layer { method, methods, state, .. } = self;
+        let FlaxLayer { method, methods, state, .. } = self;
         call_in(&methods[method.as_str()], state, inputs, mode)
     }
 
@@ -257,19 +233,19 @@ impl<K: Kind> Layer<K> {
     /// Flax's `module.apply(variables, ..., method=name)` with the non-param collections
     /// mutable: each method has its own inputs and batch sizes, and all of them read and
     /// write the same device-resident state (a decoder's `prefill_16` and `decode` share its
-    /// cache). Otherwise as [`Layer::call`].
+    /// cache). Otherwise as [`FlaxLayer::call`].
     pub fn call_method(&mut self, name: &str, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
-        let Layer { methods, state, .. } = self;
+        let FlaxLayer { methods, state, .. } = self;
         call_in(named(methods, name)?, state, inputs, mode)
     }
 
-    /// [`Layer::predict`] with the bundle's method `name`.
+    /// [`FlaxLayer::predict`] with the bundle's method `name`.
     pub fn predict_method(&self, name: &str, inputs: impl AsInputs) -> Result<PyTree> {
         predict_in(self.named(name)?, &self.state, inputs)
     }
 
     /// An inference call that takes `&self`, safe from several threads at once: it neither
-    /// donates nor writes back state. Use [`JaxLayer::call`] for models whose inference
+    /// donates nor writes back state. Use [`FlaxLayer::call`] for models whose inference
     /// advances state (decode caches).
     pub fn predict(&self, inputs: impl AsInputs) -> Result<PyTree> {
         predict_in(self.default(), &self.state, inputs)
@@ -378,7 +354,7 @@ impl<K: Kind> Layer<K> {
     }
 }
 
-/// A call of `method` over `state` (see [`Layer::call`]).
+/// A call of `method` over `state` (see [`FlaxLayer::call`]).
 fn call_in(method: &Method, state: &mut DeviceState, inputs: impl AsInputs, mode: Mode) -> Result<PyTree> {
     let view = inputs.as_inputs();
     let comps = match mode {
@@ -391,7 +367,7 @@ fn call_in(method: &Method, state: &mut DeviceState, inputs: impl AsInputs, mode
     })
 }
 
-/// An inference of `method` that neither donates nor writes back `state` (see [`Layer::predict`]).
+/// An inference of `method` that neither donates nor writes back `state` (see [`FlaxLayer::predict`]).
 fn predict_in(method: &Method, state: &DeviceState, inputs: impl AsInputs) -> Result<PyTree> {
     let view = inputs.as_inputs();
     run_plan(inference_of(&method.inference, &method.frozen, state), &method.batching, Mode::Inference, &view, |comp, inputs| {
@@ -455,4 +431,4 @@ fn upload_chunk(comp: &Computation, plan: &Plan, chunk: &batching::Chunk, pad: f
     leaves.iter().enumerate().map(|(i, l)| comp.upload_input(i, &batching::rows(l, chunk.start, chunk.len, to, pad)?.view())).collect()
 }
 
-static_assertions::assert_impl_all!(JaxLayer: Send, Sync);
+static_assertions::assert_impl_all!(FlaxLayer: Send, Sync);

@@ -1,7 +1,8 @@
 //! Layers over a bundle, as a pipeline: a [`Builder`] collects [`Options`] → the device
 //! state (variables, optimizer state, key) → computations compiled per mode and batch size →
-//! [`Layer`], as [`JaxLayer`] (the general layer) or [`FlaxLayer`] (Keras' face: config,
-//! saving), and [`Trainer`] (the exported training step over a `JaxLayer`).
+//! [`FlaxLayer`] (Keras' `FlaxLayer`; Keras' `JaxLayer` arguments through
+//! [`FlaxLayer::jax_layer`]), and [`Trainer`] (the exported training step over a
+//! `FlaxLayer`).
 
 pub(crate) mod batching;
 pub mod cache;
@@ -22,10 +23,14 @@ mod state;
 mod trainer;
 
 pub use crate::custom_calls::BUILTIN_CUSTOM_CALL_TARGETS;
-pub use flax_layer::{FlaxLayer, FlaxLayerConfig, LAYER_FILE};
+pub use flax_layer::{FlaxLayerConfig, LAYER_FILE};
 pub use init::seed_key;
 pub use inputs::AsInputs;
-pub use jax_layer::{Flax, Jax, JaxLayer, Kind, Layer};
+pub use jax_layer::FlaxLayer;
+/// The name [`FlaxLayer`] had as the general layer; Keras' `JaxLayer` is
+/// [`FlaxLayer::jax_layer`].
+#[doc(hidden)]
+pub type JaxLayer = FlaxLayer;
 pub use mode::Mode;
 pub use options::{Build, Builder, BundleSource, Options, Restore, VariablesSource};
-pub use trainer::{epoch_batches, epoch_permutation, Batch, Metrics, Trainer, OPT_STATE_FILE, TRAINER_FILE};
+pub use trainer::{epoch_batches, epoch_permutation, Batch, TrainMetrics, Trainer, OPT_STATE_FILE, TRAINER_FILE};

@@ -1,6 +1,5 @@
-//! The one builder of [`JaxLayer`](super::JaxLayer), [`FlaxLayer`](super::FlaxLayer) and
-//! [`Trainer`](super::Trainer): which bundle, which method, where the variables and the key
-//! come from, and where it runs.
+//! The one builder of [`FlaxLayer`](super::FlaxLayer) and [`Trainer`](super::Trainer):
+//! which bundle, which method, where the variables and the key come from, and where it runs.
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -134,8 +133,8 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
-/// What a [`Builder`] builds: [`JaxLayer`](super::JaxLayer), [`FlaxLayer`](super::FlaxLayer)
-/// and [`Trainer`](super::Trainer). Sealed.
+/// What a [`Builder`] builds: [`FlaxLayer`](super::FlaxLayer) and
+/// [`Trainer`](super::Trainer). Sealed.
 pub trait Build: Sized + sealed::Sealed {
     /// Builds from an opened bundle and the options.
     fn build(bundle: Arc<Bundle>, options: Options) -> Result<Self>;
@@ -148,13 +147,19 @@ pub trait Restore: Build {
     fn restore(bundle: Arc<Bundle>, options: Options) -> Result<Self>;
 }
 
-/// Builds a [`JaxLayer`](super::JaxLayer), a [`FlaxLayer`](super::FlaxLayer) or a
-/// [`Trainer`](super::Trainer): `FlaxLayer::builder(dir).seed(0).build()?`.
+/// Builds a [`FlaxLayer`](super::FlaxLayer) or a [`Trainer`](super::Trainer):
+/// `FlaxLayer::builder(dir).seed(0).build()?`.
 #[must_use = "a builder does nothing until .build()"]
 pub struct Builder<T> {
     source: BundleSource,
     pub(crate) options: Options,
     target: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Builder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").field("source", &self.source).field("options", &self.options).finish()
+    }
 }
 
 impl<T: Build> Builder<T> {
@@ -253,10 +258,13 @@ impl<T: Build> Builder<T> {
         self
     }
 
-    /// Treat the bundle as untrusted: compile each computation in a child process (the
-    /// `flaxlayer compile-worker` command) with a time limit, so a payload that crashes or
-    /// hangs XLA's compiler is an [`Error::IsolatedCompile`](crate::Error::IsolatedCompile)
-    /// here. The executables still run in this process: see the README's trust model.
+    /// Treat the bundle as untrusted: compile each computation in a child process with a time
+    /// limit, so a payload that crashes or hangs XLA's compiler is an
+    /// [`Error::IsolatedCompile`](crate::Error::IsolatedCompile) here. The child is the current
+    /// executable run again, whose `main` must call
+    /// [`maybe_run_worker`](super::isolate::maybe_run_worker) first (see
+    /// [`isolate`](super::isolate)). The executables still run in this process: see the
+    /// README's trust model.
     pub fn untrusted(mut self, isolation: Isolation) -> Self {
         self.options.isolation = Some(isolation);
         self

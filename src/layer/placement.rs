@@ -31,7 +31,7 @@ impl Placement {
     /// `count` devices of `client` from index `first` on; `what` names the bundle in errors.
     pub fn new(client: Client, first: usize, count: usize, what: &str) -> Result<Placement> {
         let all = client.devices()?;
-        if first.checked_add(count).map_or(true, |end| end > all.len()) {
+        if first.checked_add(count).is_none_or(|end| end > all.len()) {
             return Err(Error::TooFewDevices { what: what.to_string(), needed: count, first, available: all.len() });
         }
         let devices = all.into_iter().skip(first).take(count).collect();

@@ -7,7 +7,7 @@ use super::buffer::{Buffer, OutputInfo};
 use super::client::{Client, ClientInner, Device};
 use super::compile_options::CompileOptions;
 use super::{call, event, ffi};
-use crate::{DType, Error, ErrorCode, Result};
+use crate::{Error, ErrorCode, Result, TensorSpec};
 
 /// A program to compile.
 #[derive(Debug, Clone, Copy)]
@@ -33,19 +33,10 @@ pub struct LoadedExecutable {
     client: Arc<ClientInner>,
     raw: NonNull<ffi::PJRT_LoadedExecutable>,
     num_outputs: usize,
-    inputs: Option<Vec<ArgSpec>>,
+    inputs: Option<Vec<TensorSpec>>,
     /// The outputs' dtypes, dimensions and host readability, learned from the first
     /// single-device execution so that later ones wrap their outputs without asking.
     outputs: OnceLock<Vec<OutputInfo>>,
-}
-
-/// The dtype and dimensions an argument must have.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ArgSpec {
-    /// The element type.
-    pub dtype: DType,
-    /// The dimensions, as PJRT counts them.
-    pub dims: Vec<i64>,
 }
 
 // SAFETY: a PJRT_LoadedExecutable wraps an xla::PjRtLoadedExecutable, whose Execute may be
@@ -115,7 +106,25 @@ impl Client {
     }
 
     /// Loads an executable that [`LoadedExecutable::serialize`] wrote, on this client.
-    pub fn deserialize_executable(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
+    ///
+    /// The library's own callers are its compile cache (whose directory is trusted as the
+    /// binary is: see [`crate::layer::cache`]) and its untrusted-compile worker (see
+    /// [`crate::layer::isolate`]); both go through a crate-private path.
+    ///
+    /// # Safety
+    ///
+    /// A serialized executable is native code: the plugin maps and runs what `bytes` hold
+    /// (XLA:CPU's carry the machine code LLVM compiled) without being able to check it. The
+    /// caller must know that `bytes` are what `serialize` wrote, on a plugin of the same build,
+    /// in a place only trusted code could write; bytes from a file or a peer that anyone else
+    /// could have written run their author's code in this process.
+    pub unsafe fn deserialize_executable(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
+        self.deserialize_trusted(bytes)
+    }
+
+    /// [`Client::deserialize_executable`] for the crate's compile cache and compile worker,
+    /// whose bytes come from places trusted as the executable is (their modules document it).
+    pub(crate) fn deserialize_trusted(&self, bytes: &[u8]) -> Result<LoadedExecutable> {
         let mut a = ffi::PJRT_Executable_DeserializeAndLoad_Args::new();
         a.client = self.raw();
         a.serialized_executable = bytes.as_ptr().cast();
@@ -169,13 +178,13 @@ impl LoadedExecutable {
     /// Required: an executable without a signature refuses to run, because PJRT does not
     /// check arguments on every plugin (the CPU plugins reinterpret a buffer of the wrong type
     /// or size, which would read past it), and its C API cannot tell the parameters.
-    pub fn with_input_signature(mut self, inputs: Vec<ArgSpec>) -> Self {
+    pub fn with_input_signature(mut self, inputs: Vec<TensorSpec>) -> Self {
         self.inputs = Some(inputs);
         self
     }
 
     /// The declared arguments, if any.
-    pub fn input_signature(&self) -> Option<&[ArgSpec]> {
+    pub fn input_signature(&self) -> Option<&[TensorSpec]> {
         self.inputs.as_deref()
     }
 
@@ -190,18 +199,18 @@ impl LoadedExecutable {
             return Err(Error::ArgumentCount { what: "executable".into(), expected: specs.len(), got: inputs.len() });
         }
         for (i, (spec, b)) in specs.iter().zip(inputs).enumerate() {
+            let what = || if spec.name.is_empty() { format!("argument {i}") } else { format!("argument {i} {:?}", spec.name) };
             if spec.dtype != b.dtype() {
-                return Err(Error::DTypeMismatch {
-                    what: format!("argument {i}"),
-                    expected: spec.dtype,
-                    got: b.dtype(),
-                });
+                return Err(Error::DTypeMismatch { what: what(), expected: spec.dtype, got: b.dtype() });
             }
-            if spec.dims != b.dims() {
+            // PJRT's dimensions are i64; a negative one (which no buffer has) matches nothing.
+            let same = spec.shape.len() == b.dims().len()
+                && spec.shape.iter().zip(b.dims()).all(|(&want, &got)| usize::try_from(got).is_ok_and(|got| got == want));
+            if !same {
                 return Err(Error::ShapeMismatch {
-                    what: format!("argument {i}"),
-                    expected: spec.dims.iter().map(|&d| d as usize).collect(),
-                    got: b.dims().iter().map(|&d| d as usize).collect(),
+                    what: what(),
+                    expected: spec.shape.clone(),
+                    got: b.dims().iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect(),
                 });
             }
         }

@@ -32,7 +32,7 @@ pub use buffer::Buffer;
 pub(crate) use buffer::Dims;
 pub use client::{Client, Device};
 pub use compile_options::{CompileOptions, Spmd};
-pub use executable::{ArgSpec, LoadedExecutable, Program};
+pub use executable::{LoadedExecutable, Program};
 pub use options::{ClientOptions, OptionValue};
 pub use plugin::{Plugin, PluginSource};
 pub use xla_ffi::XlaFfiHandler;

@@ -85,10 +85,28 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<Plugin>>> {
 }
 
 impl Plugin {
-    /// Loads the plugin at exactly `path` (once per process; later calls share it). The file's
-    /// code runs: see the trust this assumes in the type's docs. A library that is not a
-    /// usable PJRT plugin is refused, and stays loaded (its initializers already ran).
-    pub fn load_path(path: &Path, source: PluginSource) -> Result<Arc<Plugin>> {
+    /// Loads the plugin at exactly `path` (once per process; later calls share it). A library
+    /// that is not a usable PJRT plugin is refused, and stays loaded (its initializers already
+    /// ran).
+    ///
+    /// The safe way to load a plugin is [`Plugin::load`] (or [`Client::new`](super::Client::new)),
+    /// which takes a path the caller names or searches only the places of [`crate::plugins`].
+    ///
+    /// # Safety
+    ///
+    /// The file's code runs in this process with its rights: its initializers when it is
+    /// opened, then `GetPjrtApi` and `PJRT_Plugin_Initialize`, and every PJRT call after. The
+    /// caller must know that `path` names a PJRT plugin it trusts as it trusts its own
+    /// executable (see the type's docs): nothing here can contain a hostile or broken library.
+    pub unsafe fn load_path(path: &Path, source: PluginSource) -> Result<Arc<Plugin>> {
+        Plugin::load_trusted(path, source)
+    }
+
+    /// [`Plugin::load_path`] for the crate's own searches ([`crate::plugins`]): `path` is a
+    /// file the user named (an explicit path, `$PJRT_PLUGIN_PATH`) or put in one of the places
+    /// the plugin search documents, which hold code trusted as the executable is (see the
+    /// type's docs).
+    pub(crate) fn load_trusted(path: &Path, source: PluginSource) -> Result<Arc<Plugin>> {
         if !path.is_file() {
             return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
         }

@@ -195,7 +195,7 @@ module @m {
         let exe = c.compile(Program::Mlir(PROGRAM.as_bytes()), &CompileOptions::default()).unwrap();
         let x = c.buffer_from_slice(&[1f32, 2., 3., 4.], &[4], &c.device(0).unwrap()).unwrap();
         let before = CALLS.load(Ordering::SeqCst);
-        let exe = exe.with_input_signature(vec![crate::pjrt::ArgSpec { dtype: crate::DType::F32, dims: vec![4] }]);
+        let exe = exe.with_input_signature(vec![crate::TensorSpec::new("x", crate::DType::F32, vec![4])]);
         let out: Vec<Buffer> = exe.execute(&[&x], &[false]).unwrap();
         assert_eq!(out[0].dims(), &[4]);
         assert_eq!(CALLS.load(Ordering::SeqCst), before + 1, "the handler ran once for the execution");

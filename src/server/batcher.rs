@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::metrics::{observe, Metrics, ModelLabels};
 use crate::layer::batching::{self, Plan};
-use crate::{Error, JaxLayer, Result, Tensor, TensorView};
+use crate::{Error, FlaxLayer, Result, Tensor, TensorView};
 
 /// One checked request: its inputs in the layer's flatten order, all with `rows` rows.
 pub struct Job {
@@ -226,7 +226,7 @@ struct Queue {
 
 /// What a worker needs to run batches.
 struct Runner {
-    layer: Arc<JaxLayer>,
+    layer: Arc<FlaxLayer>,
     policy: Policy,
     metrics: Arc<Metrics>,
     labels: ModelLabels,
@@ -234,7 +234,7 @@ struct Runner {
 
 impl Batcher {
     /// Starts `instances` worker threads for `layer`.
-    pub fn start(layer: Arc<JaxLayer>, policy: Policy, instances: usize, arrivals: Arc<Arrivals>, metrics: Arc<Metrics>, labels: ModelLabels) -> Result<Batcher> {
+    pub fn start(layer: Arc<FlaxLayer>, policy: Policy, instances: usize, arrivals: Arc<Arrivals>, metrics: Arc<Metrics>, labels: ModelLabels) -> Result<Batcher> {
         let (sender, rx) = mpsc::channel();
         if let Ok(mut n) = arrivals.nudge.lock() {
             *n = Some(sender.clone());

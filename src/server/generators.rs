@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::repository::Repository;
 use crate::generate::Generator;
 use crate::pjrt::Client;
-use crate::{JaxLayer, Result};
+use crate::{FlaxLayer, Result};
 
 /// The generators of the repository's generation bundles, by model name and version.
 #[derive(Default)]
@@ -26,7 +26,7 @@ impl Generators {
                 if bundle.manifest().generation.is_none() {
                     continue;
                 }
-                let layer = JaxLayer::builder(bundle).client(client.clone()).build()?;
+                let layer = FlaxLayer::builder(bundle).client(client.clone()).build()?;
                 by_model.insert((name.to_string(), m.version()), Arc::new(Mutex::new(Generator::from_layer(layer)?)));
             }
         }

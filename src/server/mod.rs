@@ -3,7 +3,7 @@
 //! binary tensor data extension and over gRPC ([`grpc`]: `inference.GRPCInferenceService`), and
 //! TensorFlow Serving's REST `predict`. Requests to a model
 //! are merged into batches when the bundle allows it. Inference only: every call is
-//! [`predict`](crate::Layer::predict) over the bundle's variables, which are never changed.
+//! [`predict`](crate::FlaxLayer::predict) over the bundle's variables, which are never changed.
 //!
 //! The pipeline: [`Repository`] (`DIR/MODEL/VERSION/`, [`ModelConfig`] per model) →
 //! [`Model`] (signature, request checks) → the dynamic batcher (worker threads) →

@@ -17,13 +17,13 @@ use super::error::ApiError;
 use super::metrics::{Metrics, ModelLabels};
 use crate::bundle::Role;
 use crate::pjrt::Client;
-use crate::{DType, JaxLayer, Mode, Result, Tensor, TensorSpec};
+use crate::{DType, FlaxLayer, Mode, Result, Tensor, TensorSpec};
 
 /// One version of a model, loaded and ready to serve.
 pub struct Model {
     name: String,
     version: u64,
-    layer: Arc<JaxLayer>,
+    layer: Arc<FlaxLayer>,
     /// Input leaves in flatten order (names are PyTree paths), as the first exported
     /// computation has them.
     inputs: Vec<TensorSpec>,
@@ -95,7 +95,7 @@ impl Model {
     pub(crate) fn load(name: &str, version: u64, dir: &Path, config: &ModelConfig, server: &ServerConfig, client: &Client, metrics: Arc<Metrics>) -> Result<Model> {
         // The server keeps the compile cache on, as the command line does (the library's default
         // is off unless $FLAXLAYER_CACHE names a directory).
-        let mut builder = JaxLayer::builder(dir).client(client.clone()).compile_cache(crate::layer::cache::CacheSetting::FromEnv);
+        let mut builder = FlaxLayer::builder(dir).client(client.clone()).compile_cache(crate::layer::cache::CacheSetting::FromEnv);
         if let Some(iso) = &server.untrusted {
             builder = builder.untrusted(iso.clone());
         }
@@ -191,7 +191,7 @@ impl Model {
     }
 
     /// The layer serving it.
-    pub fn layer(&self) -> &Arc<JaxLayer> {
+    pub fn layer(&self) -> &Arc<FlaxLayer> {
         &self.layer
     }
 
@@ -442,7 +442,7 @@ fn dims(per_size: &[Vec<TensorSpec>], any: impl Fn(usize) -> bool) -> Vec<Vec<i6
 /// Runs every exported computation on zeros, so that each is compiled (or loaded from the
 /// compile cache) before the first request; returns each batch size with the least time of
 /// its calls after the first, in seconds.
-fn warm_up(layer: &JaxLayer, per_size: &[Vec<TensorSpec>]) -> Result<Vec<(usize, f64)>> {
+fn warm_up(layer: &FlaxLayer, per_size: &[Vec<TensorSpec>]) -> Result<Vec<(usize, f64)>> {
     const TIMED_CALLS: usize = 3;
     let mut costs = Vec::with_capacity(per_size.len());
     for specs in per_size {

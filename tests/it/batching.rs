@@ -31,7 +31,7 @@ fn every_batch_from_1_to_40_equals_jax_at_that_size() {
     let g = golden("buckets");
     let mut layer = layer("buckets");
     assert_eq!(layer.batch_sizes(Mode::Inference), [1, 4, 16]);
-    assert!(layer.batching().paddable);
+    assert!(layer.batching().paddable());
     for n in 1..=40 {
         let x = PyTree::dict([("a", PyTree::leaf(row_range(&g["rows/a"], 0, n))), ("b", PyTree::leaf(row_range(&g["rows/b"], 0, n)))]);
         for (how, out) in [("predict", layer.predict(&x).unwrap()), ("call", layer.call(&x, Mode::Inference).unwrap())] {
@@ -57,8 +57,8 @@ fn training_calls_never_pad() {
 fn a_model_that_mixes_rows_is_not_paddable() {
     // BatchNorm with batch statistics at inference: padding would change every row.
     let layer = layer("bn_batch_stats");
-    assert!(!layer.batching().paddable);
-    assert!(layer.batching().reason.as_deref().unwrap_or("").contains("mixes rows"));
+    assert!(!layer.batching().paddable());
+    assert!(layer.batching().reason().unwrap_or("").contains("mixes rows"));
     let x = PyTree::leaf(Tensor::zeros(DType::F32, vec![3, layer.input_specs(Mode::Inference)[0][0].shape[1]]).unwrap());
     let err = layer.predict(&x).unwrap_err();
     assert!(matches!(&err, Error::BatchSize { got: 3, available, reason, .. } if available == &[4, 8] && reason.contains("not paddable")), "{err}");
@@ -98,7 +98,7 @@ fn a_decode_cache_pads_to_the_size_it_was_created_at_and_refuses_more() {
     // 3 rows are padded to 4, and the real rows' tokens must be JAX's.
     let g = golden("decoder_b4");
     let mut layer = layer("decoder_b4");
-    assert!(layer.batching().paddable && layer.batching().stateful);
+    assert!(layer.batching().paddable() && layer.batching().stateful());
     for n in [3usize, 4] {
         let want = g[&format!("greedy/{n}/tokens")].to_vec::<i32>().unwrap();
         let steps = want.len() / n;

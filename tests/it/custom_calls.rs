@@ -78,9 +78,9 @@ fn lstm_init_runs_on_the_device_and_the_layer_matches_jax() {
 
 #[test]
 fn an_isolated_compile_worker_registers_the_handlers_too() {
-    // The worker (`flaxlayer compile-worker`, the untrusted-bundle mode) compiles in its own
+    // The worker (the `flaxlayer` CLI here, the untrusted-bundle mode) compiles in its own
     // process, on a client of its own, which registers the handlers before compiling.
-    let iso = Isolation { worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_flaxlayer"))), timeout: Duration::from_secs(120) };
+    let iso = Isolation { worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_flaxlayer"))), timeout: Duration::from_secs(120), ..Isolation::default() };
     let layer = FlaxLayer::builder(hlo("lstm"))
         .init_variables()
         .untrusted(iso)
@@ -262,6 +262,6 @@ fn no_ffi_extension_child() {
     // Without the check, XLA would refuse at compile time (what the check anticipates).
     let bundle = flaxlayer::Bundle::open(hlo("lstm")).unwrap();
     let init = bundle.computation("init.jaxexport").unwrap();
-    let err = c.compile(Program::Mlir(&init.exported.mlir_module), &CompileOptions::default()).map(|_| ()).unwrap_err();
+    let err = c.compile(Program::Mlir(init.exported().mlir_module()), &CompileOptions::default()).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("lapack_sgeqrf_ffi"), "{err}");
 }

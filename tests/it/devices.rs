@@ -288,11 +288,11 @@ mod trainer {
 #[test]
 fn the_manifest_mesh_must_agree_with_the_computations() {
     let bundle = Bundle::open(hlo("tp_mlp")).unwrap();
-    let mesh = bundle.manifest().mesh.as_ref().unwrap();
-    assert_eq!((mesh.axis_names.clone(), mesh.shape.clone()), (vec!["model".to_string()], vec![4]));
-    assert_eq!(mesh.variables["params/Dense_0/kernel"].to_string(), "P(None, 'model')");
-    assert_eq!(bundle.variable_sharding("__call__", "params/Dense_1/kernel").unwrap().spec[0], ["model"]);
-    assert!(bundle.variable_sharding("__call__", "params/Dense_2/kernel").map_or(true, |s| s.spec.iter().all(Vec::is_empty)));
+    let mesh = bundle.manifest().mesh().unwrap();
+    assert_eq!((mesh.axis_names().to_vec(), mesh.shape().to_vec()), (vec!["model".to_string()], vec![4]));
+    assert_eq!(mesh.variables()["params/Dense_0/kernel"].to_string(), "P(None, 'model')");
+    assert_eq!(bundle.variable_sharding("__call__", "params/Dense_1/kernel").unwrap().spec()[0], ["model"]);
+    assert!(bundle.variable_sharding("__call__", "params/Dense_2/kernel").is_none_or(|s| s.spec().iter().all(Vec::is_empty)));
     // A manifest that claims another split than the computations record is refused.
     let dir = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(hlo("tp_mlp")).unwrap() {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use flaxlayer::generate::{GenerateOptions, Generator, Sampling, StopReason};
-use flaxlayer::{JaxLayer, Mode, PyTree, Tensor};
+use flaxlayer::{FlaxLayer, Mode, PyTree, Tensor};
 use serde_json::{json, Value};
 
 use crate::common::{client, hlo, start_server};
@@ -39,7 +39,7 @@ fn cases(model: &str) -> (usize, Vec<Case>) {
 }
 
 fn generator(model: &str) -> Generator {
-    Generator::from_layer(JaxLayer::builder(hlo(model)).client(client()).build().unwrap()).unwrap()
+    Generator::from_layer(FlaxLayer::builder(hlo(model)).client(client()).build().unwrap()).unwrap()
 }
 
 fn opts(n: usize, sampling: Option<Sampling>) -> GenerateOptions {
@@ -82,7 +82,7 @@ fn generation_stops_on_stop_tokens_and_eos() {
     let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
     m["generation"]["eos_token_id"] = json!([stop]);
     std::fs::write(&mpath, m.to_string()).unwrap();
-    let mut g = Generator::from_layer(JaxLayer::builder(dir.path()).client(client()).build().unwrap()).unwrap();
+    let mut g = Generator::from_layer(FlaxLayer::builder(dir.path()).client(client()).build().unwrap()).unwrap();
     let got = g.generate(&c.prompt, &GenerateOptions { stop_on_eos: true, ..opts(n, None) }, |_| {}).unwrap();
     assert_eq!((got.output_ids.as_slice(), got.stop), (&c.output_ids[..=first], StopReason::Eos));
 }
@@ -91,7 +91,7 @@ fn generation_stops_on_stop_tokens_and_eos() {
 fn bad_prompts_and_options_are_refused_and_the_generator_still_works() {
     let (n, cases) = cases("lm_gpt2");
     let mut g = generator("lm_gpt2");
-    let max_len = g.spec().max_len;
+    let max_len = g.spec().max_len();
     let sampled = |s: Sampling| opts(4, Some(s));
     let refusals: Vec<(Vec<i64>, GenerateOptions, &str)> = vec![
         (vec![], opts(4, None), "empty"),
@@ -122,7 +122,7 @@ fn bad_prompts_and_options_are_refused_and_the_generator_still_works() {
 fn a_layer_calls_every_method_of_its_bundle_over_one_state() {
     let (_, cases) = cases("lm_mistral");
     let c = &cases[0]; // an 8-token prompt, exported length 8
-    let mut layer = JaxLayer::builder(hlo("lm_mistral")).client(client()).build().unwrap();
+    let mut layer = FlaxLayer::builder(hlo("lm_mistral")).client(client()).build().unwrap();
     assert_eq!(layer.method(), "decode");
     let names: Vec<&str> = layer.method_names().collect();
     assert_eq!(names, ["decode", "prefill_16", "prefill_8", "sample"]);

@@ -97,11 +97,11 @@ fn specs_mark_the_batch_axis_that_varies() {
     assert!(layer.inputs()[0].accepts(DType::F32, &[7, 8, 8, 1]));
     // A method exported at one batch size that may not pad keeps that size...
     let decoder = FlaxLayer::builder(hlo("decoder")).build().unwrap();
-    assert!(!decoder.batching().paddable);
+    assert!(!decoder.batching().paddable());
     assert_eq!(decoder.inputs()[0].shape, [Some(1), Some(1)]);
     // ...and one exported at several sizes that may not pad varies among them.
     let bn = FlaxLayer::builder(hlo("bn_batch_stats")).build().unwrap();
-    assert!(!bn.batching().paddable);
+    assert!(!bn.batching().paddable());
     assert_eq!(bn.inputs()[0].shape, [None, Some(5)]);
     assert!(!bn.inputs()[0].accepts(DType::F32, &[4, 6]));
 }

@@ -331,3 +331,32 @@ fn compile_cache_setting_is_honoured() {
     assert_eq!(again.call(&x, Mode::Inference).unwrap(), off.call(&x, Mode::Inference).unwrap());
     assert_eq!(entries(), 3, "a warm cache adds nothing");
 }
+
+#[test]
+fn jax_layer_takes_params_and_state_apart_as_keras_does() {
+    // dense_bn_dropout has params and batch_stats (state): Keras' JaxLayer(call_fn, init_fn,
+    // params, state) is FlaxLayer::jax_layer(bundle, params, state).
+    let name = "dense_bn_dropout";
+    let golden = Golden::load(name);
+    let vars = read_safetensors(hlo(name).join("variables.safetensors")).unwrap();
+    let (params, state): (Vec<_>, Vec<_>) = vars.iter().cloned().partition(|(n, _)| n.starts_with("params/"));
+    assert!(!params.is_empty() && !state.is_empty());
+    let mut layer = FlaxLayer::jax_layer(bundle(name), Some(params.clone()), Some(state.clone())).unwrap().client(client()).build().unwrap();
+    let out = layer.call(inputs(&layer, &golden), Mode::Inference).unwrap();
+    assert_close(&format!("{name} jax_layer inference"), &named(&out), &golden.group("inference"));
+    // Neither: init runs on the device under the seed, as Keras' JaxLayer calls init_fn.
+    let init = FlaxLayer::jax_layer(bundle(name), None, None).unwrap();
+    assert!(matches!(init.options().variables, flaxlayer::layer::VariablesSource::Init));
+    let layer = init.client(client()).build().unwrap();
+    assert_close(&format!("{name} jax_layer init"), &layer.variables().unwrap(), &vars);
+    // A leaf in the wrong collection, or state without params, is refused by name.
+    let err = FlaxLayer::jax_layer(bundle(name), Some(vars.clone()), None).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument { what, .. } if what.contains("batch_stats/")), "{err}");
+    let err = FlaxLayer::jax_layer(bundle(name), Some(params.clone()), Some(vars.clone())).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument { what, .. } if what.starts_with("state leaf \"params/")), "{err}");
+    let err = FlaxLayer::jax_layer(bundle(name), None, Some(state)).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument { what, .. } if what == "params"), "{err}");
+    // Params only, on a bundle with state: the build names what is missing.
+    let err = FlaxLayer::jax_layer(bundle(name), Some(params), None).unwrap().client(client()).build().unwrap_err();
+    assert!(err.to_string().contains("batch_stats"), "{err}");
+}

@@ -190,7 +190,7 @@ fn a_step_count_at_the_end_of_u64_is_an_error_not_a_wrap() {
     assert_eq!(t.layer().variables().unwrap(), before, "a refused step changes nothing");
 }
 
-fn try_trainer_step(t: &mut Trainer) -> flaxlayer::Result<flaxlayer::Metrics> {
+fn try_trainer_step(t: &mut Trainer) -> flaxlayer::Result<flaxlayer::TrainMetrics> {
     t.step(&Batch::new(Tensor::zeros(DType::F32, vec![32, 64])?, Tensor::zeros(DType::I32, vec![32])?))
 }
 

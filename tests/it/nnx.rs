@@ -83,8 +83,8 @@ fn init_on_device_builds_the_nnx_module_again() {
 fn an_instance_bundle_has_no_init() {
     for name in ["nnx_attention", "nnx_counter"] {
         let bundle = Bundle::open(hlo(name)).unwrap();
-        assert!(bundle.manifest().init.is_none(), "{name}");
-        assert_eq!(bundle.manifest().variables_origin.as_deref(), Some("module"));
+        assert!(bundle.manifest().init().is_none(), "{name}");
+        assert_eq!(bundle.manifest().variables_origin(), Some("module"));
         let err = FlaxLayer::builder(hlo(name)).init_variables().client(client()).build().unwrap_err();
         assert!(matches!(&err, Error::InvalidArgument { reason, .. } if reason.contains("no init computation")), "{err}");
         layer(name); // its variables.safetensors is enough
@@ -146,7 +146,7 @@ fn the_counter_counts_calls_in_both_modes() {
     assert_eq!(count(&layer), 2, "predict writes nothing back");
     layer.call(&x, Mode::Training).unwrap();
     assert_eq!(count(&layer), 4, "training adds 2");
-    assert!(layer.batching().stateful);
+    assert!(layer.batching().stateful());
 }
 
 #[test]

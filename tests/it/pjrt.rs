@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use flaxlayer::pjrt::{ArgSpec, Buffer, Client, CompileOptions, Device, LoadedExecutable, Program};
+use flaxlayer::pjrt::{Buffer, Client, CompileOptions, Device, LoadedExecutable, Program};
 use flaxlayer::{DType, Error};
 
 fn fixtures() -> PathBuf {
@@ -163,14 +163,17 @@ fn serialized_executable_runs_the_same() {
     let bytes = exe.serialize().unwrap();
     assert!(!bytes.is_empty());
     let inputs = Saved::load("mlp").inputs();
-    let again = client().deserialize_executable(&bytes).unwrap();
+    // SAFETY: the bytes `serialize` just wrote in this process, on this plugin.
+    let again = unsafe { client().deserialize_executable(&bytes) }.unwrap();
     let err = again.execute(&inputs.iter().collect::<Vec<_>>(), &[false; 5]).unwrap_err();
     assert!(err.to_string().contains("no input signature"), "an executable without a signature does not run: {err}");
     let again = again.with_input_signature(crate::common::signature_of(&inputs));
     let refs: Vec<&Buffer> = inputs.iter().collect();
     let outs = again.execute(&refs, &[false; 5]).unwrap();
     assert!(check_outputs("mlp", &outs) < 1e-6);
-    assert!(client().deserialize_executable(b"not an executable").is_err());
+    // SAFETY: bytes that are no executable at all: the plugin's parser refuses them (a payload
+    // crafted to pass it is what the function's safety contract is about).
+    assert!(unsafe { client().deserialize_executable(b"not an executable") }.is_err());
 }
 
 #[test]
@@ -223,7 +226,7 @@ fn wrong_argument_count_is_an_error() {
 #[test]
 fn wrong_dtype_or_shape_is_an_error() {
     let mut inputs = Saved::load("mlp").inputs();
-    let signature = inputs.iter().map(|b| ArgSpec { dtype: b.dtype(), dims: b.dims().to_vec() }).collect();
+    let signature = crate::common::signature_of(&inputs);
     let exe = compile("mlp.mlirbc").with_input_signature(signature);
     inputs[0] = client().buffer_from_slice(&[0i32; 64], &[4, 16], &device()).unwrap();
     let refs: Vec<&Buffer> = inputs.iter().collect();
@@ -289,7 +292,8 @@ fn with_entries(entries: usize) -> usize {
 fn a_plugin_of_another_major_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let so = fake_plugin(dir.path(), 1, with_entries(4));
-    let err = flaxlayer::pjrt::Plugin::load_path(&so, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+    // SAFETY: the fake plugin this test wrote (its code only returns a table).
+    let err = unsafe { flaxlayer::pjrt::Plugin::load_path(&so, flaxlayer::pjrt::PluginSource::Explicit) }.unwrap_err();
     assert!(matches!(err, Error::PluginVersion { major: 1, minor: 81, expected_major: 0, .. }), "{err}");
     let err = Client::new(Some(&so)).unwrap_err();
     assert!(err.to_string().contains("C API 1.81"), "{err}");
@@ -302,12 +306,14 @@ fn a_plugin_missing_an_entry_point_is_unsupported_not_a_crash() {
     // (and past it is an inaccessible page).
     for entries in [0, 3] {
         let short = fake_plugin(dir.path(), 0, with_entries(entries));
-        let err = flaxlayer::pjrt::Plugin::load_path(&short, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+        // SAFETY: the fake plugin this test wrote (its code only returns a table).
+    let err = unsafe { flaxlayer::pjrt::Plugin::load_path(&short, flaxlayer::pjrt::PluginSource::Explicit) }.unwrap_err();
         assert!(matches!(err, Error::Unsupported { function: "PJRT_Plugin_Initialize" }), "{err}");
     }
     // A table that has the slots, but null: every call is Unsupported too.
     let nulls = fake_plugin(dir.path(), 0, with_entries(8));
-    let err = flaxlayer::pjrt::Plugin::load_path(&nulls, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+    // SAFETY: the fake plugin this test wrote (its code only returns a table).
+    let err = unsafe { flaxlayer::pjrt::Plugin::load_path(&nulls, flaxlayer::pjrt::PluginSource::Explicit) }.unwrap_err();
     assert!(matches!(err, Error::Unsupported { function: "PJRT_Plugin_Initialize" }), "{err}");
 }
 
@@ -317,7 +323,8 @@ fn a_table_too_short_for_its_version_is_refused_without_reading_past_it() {
     // inaccessible page. Reading it would crash; it must be refused instead.
     let dir = tempfile::tempdir().unwrap();
     let so = fake_plugin(dir.path(), 0, 16);
-    let err = flaxlayer::pjrt::Plugin::load_path(&so, flaxlayer::pjrt::PluginSource::Explicit).unwrap_err();
+    // SAFETY: the fake plugin this test wrote (its code only returns a table).
+    let err = unsafe { flaxlayer::pjrt::Plugin::load_path(&so, flaxlayer::pjrt::PluginSource::Explicit) }.unwrap_err();
     assert!(matches!(err, Error::Unsupported { function: "PJRT_Api.pjrt_api_version" }), "{err}");
 }
 

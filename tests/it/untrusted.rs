@@ -1,5 +1,6 @@
-//! The untrusted-bundle mode: computations compile in a child process (`flaxlayer
-//! compile-worker`) with a time limit. Payloads that crash or hang XLA's compiler (fixtures
+//! The untrusted-bundle mode: computations compile in a child process with a time limit. The
+//! child is this test binary, run again as the library does it for any program: its
+//! `compile_worker` test calls `maybe_run_worker` (no `flaxlayer` CLI involved). Payloads that crash or hang XLA's compiler (fixtures
 //! from `tests/fixtures/hostile/make_hostile_bundles.py`, found by fuzzing) must be typed
 //! errors here, within the limit, and this process must go on working.
 
@@ -18,8 +19,18 @@ fn hostile(name: &str) -> PathBuf {
 }
 
 
+/// The current executable (this test binary) as the worker, routed to [`compile_worker`].
 fn isolation(timeout: Duration) -> Isolation {
-    Isolation { worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_flaxlayer"))), timeout }
+    let args = ["--exact", "--ignored", "--nocapture", "untrusted::compile_worker", "--"];
+    Isolation { worker: None, worker_args: args.map(String::from).to_vec(), timeout }
+}
+
+/// The worker's entry: what a program's `main` does first. Run only by `isolation`'s child
+/// processes (in which it compiles and exits); without a worker request it returns at once.
+#[test]
+#[ignore = "the compile worker, run by the untrusted tests' child processes"]
+fn compile_worker() {
+    flaxlayer::layer::isolate::maybe_run_worker();
 }
 
 fn x() -> PyTree {
@@ -71,7 +82,25 @@ fn a_hanging_compile_is_killed_at_the_time_limit() {
 
 #[test]
 fn a_missing_worker_is_a_clear_error() {
-    let iso = Isolation { worker: Some(PathBuf::from("/nonexistent/flaxlayer")), timeout: Duration::from_secs(5) };
+    let iso = Isolation { worker: Some(PathBuf::from("/nonexistent/flaxlayer")), timeout: Duration::from_secs(5), ..Isolation::default() };
     let err = FlaxLayer::builder(hlo("mlp")).untrusted(iso).compile_cache(CacheSetting::Off).client(client()).build().and_then(|mut l| l.call(x(), Mode::Inference)).unwrap_err();
     assert!(matches!(&err, Error::IsolatedCompile { reason, .. } if reason.contains("cannot start")), "{err}");
+}
+
+#[test]
+fn a_worker_that_does_not_call_the_hook_is_a_clear_error() {
+    // This test binary, not routed to `compile_worker`: it does not run the worker, and the
+    // library says what is missing instead of hanging or loading garbage.
+    let iso = Isolation { worker: None, worker_args: vec![], timeout: Duration::from_secs(60) };
+    let err = FlaxLayer::builder(hlo("mlp")).untrusted(iso).compile_cache(CacheSetting::Off).client(client()).build().and_then(|mut l| l.call(x(), Mode::Inference)).unwrap_err();
+    assert!(matches!(&err, Error::IsolatedCompile { reason, .. } if reason.contains("maybe_run_worker")), "{err}");
+}
+
+#[test]
+fn the_cli_is_a_worker_too() {
+    // `Isolation::worker` naming another binary that calls the hook: the `flaxlayer` CLI.
+    let iso = Isolation { worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_flaxlayer"))), ..Isolation::default() };
+    let mut layer = FlaxLayer::builder(hlo("mlp")).untrusted(iso).compile_cache(CacheSetting::Off).client(client()).build().unwrap();
+    let mut trusted = FlaxLayer::builder(hlo("mlp")).compile_cache(CacheSetting::Off).client(client()).build().unwrap();
+    assert_eq!(layer.call(x(), Mode::Inference).unwrap(), trusted.call(x(), Mode::Inference).unwrap());
 }

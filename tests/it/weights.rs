@@ -156,7 +156,7 @@ fn serialization_versions_up_to_12_load_and_a_newer_one_says_what_to_do() {
         }
         match (Bundle::open(dir.path()), ok) {
             (Ok(b), true) => {
-                assert!(b.computation("init.jaxexport").unwrap().exported.serialization_version == 12);
+                assert!(b.computation("init.jaxexport").unwrap().exported().serialization_version() == 12);
                 assert_close("mlp, version 12", &inference(&mut build(dir.path()).unwrap(), &golden), &golden.group("inference"));
                 let out = std::process::Command::new(env!("CARGO_BIN_EXE_flaxlayer")).arg("inspect").arg(dir.path()).output().unwrap();
                 let stdout = String::from_utf8_lossy(&out.stdout);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use flaxlayer::layer::raw::RawLoop;
-use flaxlayer::{JaxLayer, Mode, PyTree};
+use flaxlayer::{FlaxLayer, Mode, PyTree};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -46,14 +46,14 @@ pub struct BenchArgs {
 }
 
 /// The bundle file of the method's computation for the mode and an exported batch size.
-fn computation_file(layer: &JaxLayer, mode: Mode, batch: Option<usize>) -> Result<String> {
+fn computation_file(layer: &FlaxLayer, mode: Mode, batch: Option<usize>) -> Result<String> {
     let method = layer.method_spec()?;
-    let list = if mode.is_training() { &method.training } else { &method.inference };
+    let list = if mode.is_training() { method.training() } else { method.inference() };
     let spec = match batch {
         None => list.first(),
-        Some(b) => list.iter().find(|c| c.batch_size == Some(b)),
+        Some(b) => list.iter().find(|c| c.batch_size() == Some(b)),
     };
-    Ok(spec.context("--raw needs an exported batch size")?.file.clone())
+    Ok(spec.context("--raw needs an exported batch size")?.file().to_string())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -67,7 +67,7 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
         bail!("--iters must be at least 1");
     }
     let mode = Mode::from_training(args.training);
-    let mut b = common.apply(JaxLayer::builder(&args.bundle));
+    let mut b = common.apply(FlaxLayer::builder(&args.bundle));
     if let Some(m) = &args.method {
         b = b.method(m);
     }
@@ -99,7 +99,7 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
         let method = layer.method().to_string();
         for _ in 0..iters {
             let t = Instant::now();
-            let mut fresh = JaxLayer::builder(&args.bundle).method(&method).client(client.clone()).compile_cache(flaxlayer::layer::cache::CacheSetting::FromEnv).build()?;
+            let mut fresh = FlaxLayer::builder(&args.bundle).method(&method).client(client.clone()).compile_cache(flaxlayer::layer::cache::CacheSetting::FromEnv).build()?;
             let out = fresh.call(&inputs, mode)?;
             us.push(t.elapsed().as_secs_f64() * 1e6);
             drop(out);
@@ -156,7 +156,7 @@ pub fn run(args: BenchArgs, common: &crate::Common) -> Result<()> {
 }
 
 /// `threads` threads call `predict` on one layer, `--iters` times each after `--warmup`.
-fn threads_bench(layer: &JaxLayer, inputs: &PyTree, threads: usize, batch: usize, iters: usize, args: &BenchArgs) -> Result<()> {
+fn threads_bench(layer: &FlaxLayer, inputs: &PyTree, threads: usize, batch: usize, iters: usize, args: &BenchArgs) -> Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }

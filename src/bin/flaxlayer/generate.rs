@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use flaxlayer::generate::{GenerateOptions, Generation, Generator, Sampling, StopReason};
-use flaxlayer::JaxLayer;
+use flaxlayer::FlaxLayer;
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
@@ -55,7 +55,7 @@ pub fn run(args: GenerateArgs, common: &super::Common) -> Result<()> {
         top_p: args.top_p.unwrap_or(1.0),
         seed: args.seed.unwrap_or(0),
     });
-    let layer = common.apply(JaxLayer::builder(&args.bundle)).build().with_context(|| format!("loading bundle {}", args.bundle.display()))?;
+    let layer = common.apply(FlaxLayer::builder(&args.bundle)).build().with_context(|| format!("loading bundle {}", args.bundle.display()))?;
     let mut generator = Generator::from_layer(layer)?;
     let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, stop_token_ids: args.stop_token_ids.clone(), stop_on_eos: !args.ignore_eos };
     // Each token is printed as it comes; a failed write (a closed pipe, a full disk) ends the

@@ -120,14 +120,6 @@ enum Command {
         #[command(flatten)]
         flags: ServeFlags,
     },
-    /// Compile a program read on stdin and write the executable to stdout (the child process
-    /// of --untrusted; not for direct use).
-    #[command(name = "compile-worker", hide = true)]
-    CompileWorker {
-        /// The request: plugin and compile options, as JSON.
-        #[arg(long)]
-        request: String,
-    },
 }
 
 /// Settings every command that builds a layer uses.
@@ -143,9 +135,10 @@ pub struct Common {
 }
 
 fn isolation(untrusted: bool, seconds: u64) -> Option<flaxlayer::layer::isolate::Isolation> {
+    // The worker is this executable, run again (`main` calls `maybe_run_worker` first).
     untrusted.then(|| flaxlayer::layer::isolate::Isolation {
-        worker: std::env::current_exe().ok(),
         timeout: std::time::Duration::from_secs(seconds),
+        ..Default::default()
     })
 }
 
@@ -215,6 +208,9 @@ fn quiet_plugin_logs() {
 }
 
 fn main() {
+    // Run as the compile worker of --untrusted (this executable, started again by the
+    // library), this compiles and exits.
+    flaxlayer::layer::isolate::maybe_run_worker();
     quiet_plugin_logs();
     if let Err(e) = run(Cli::parse()) {
         // A reader that went away (`flaxlayer inspect B | head -1`) is not an error: stop
@@ -252,10 +248,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate { args, flags } => generate::run(args, &flags.into()),
         #[cfg(feature = "serve")]
         Command::Serve { args, flags } => serve::run(args, &flags.into()),
-        Command::CompileWorker { request } => {
-            let (mut stdin, mut stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
-            Ok(flaxlayer::layer::isolate::run_worker(&request, &mut stdin, &mut stdout)?)
-        }
         Command::Plugin(args) => plugin::run(args),
     }
 }
@@ -267,9 +259,9 @@ fn shape(dtype: flaxlayer::DType, dims: &[usize]) -> String {
 fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     let bundle = Bundle::open(path).with_context(|| format!("opening bundle {}", path.display()))?;
     let m = bundle.manifest();
-    outln!("bundle {}  (module {}, seed {}, platforms {:?})", path.display(), m.module, m.seed, m.platforms);
-    outln!("rng streams: {:?}", m.rng_streams);
-    let origin = match (bundle.variables_file(), m.variables_origin.as_deref()) {
+    outln!("bundle {}  (module {}, seed {}, platforms {:?})", path.display(), m.module(), m.seed(), m.platforms());
+    outln!("rng streams: {:?}", m.rng_streams());
+    let origin = match (bundle.variables_file(), m.variables_origin()) {
         (Ok(None), _) => "none bundled (init-only): init runs on the device under the seed".to_string(),
         (Ok(Some(_)), Some(o)) => format!("variables.safetensors ({o})"),
         (Ok(Some(_)), None) => "variables.safetensors".to_string(),
@@ -278,67 +270,67 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
     outln!("variables: {origin}");
     let mut versions: Vec<String> = m
         .computations()
-        .filter_map(|c| bundle.computation(&c.file).ok())
-        .map(|c| match &c.exported.jax_version {
-            Some(jax) => format!("{} (jax {jax})", c.exported.serialization_version),
-            None => c.exported.serialization_version.to_string(),
+        .filter_map(|c| bundle.computation(c.file()).ok())
+        .map(|c| match c.exported().jax_version() {
+            Some(jax) => format!("{} (jax {jax})", c.exported().serialization_version()),
+            None => c.exported().serialization_version().to_string(),
         })
         .collect();
     versions.sort();
     versions.dedup();
     outln!("jax.export serialization version: {}", versions.join(", "));
-    if let Some(g) = &m.generation {
-        let lens: Vec<usize> = g.prefill.iter().map(|p| p.length).collect();
-        outln!("generation: max_len {}, vocab {}, eos {:?}, prefill lengths {lens:?}, decode {:?}, sample {:?} (flaxlayer generate)", g.max_len, g.vocab_size, g.eos_token_id, g.decode, g.sample);
+    if let Some(g) = m.generation() {
+        let lens: Vec<usize> = g.prefill().iter().map(|p| p.length()).collect();
+        outln!("generation: max_len {}, vocab {}, eos {:?}, prefill lengths {lens:?}, decode {:?}, sample {:?} (flaxlayer generate)", g.max_len(), g.vocab_size(), g.eos_token_id(), g.decode(), g.sample());
     }
-    if m.init.is_none() {
+    if m.init().is_none() {
         outln!("init: none (the variables cannot be built again on the device)");
     }
-    let (params, state): (Vec<_>, Vec<_>) = m.variables.iter().partition(|v| v.is_param());
+    let (params, state): (Vec<_>, Vec<_>) = m.variables().iter().partition(|v| v.is_param());
     let count = |vs: &[&flaxlayer::TensorSpec]| -> u64 { vs.iter().map(|v| v.num_elements().unwrap_or(0) as u64).sum() };
     outln!("trainable weights: {} ({} params)", params.len(), count(&params));
     outln!("non-trainable weights: {} ({} values)", state.len(), count(&state));
     let mesh = bundle.mesh().filter(|_| bundle.devices() > 1);
     if let Some(mesh) = &mesh {
-        let axes: Vec<String> = mesh.axis_names.iter().zip(&mesh.axis_sizes).map(|(n, s)| format!("{n}={s}")).collect();
-        let partitioner = m.partitioner.as_deref().unwrap_or("shardy");
+        let axes: Vec<String> = mesh.axis_names().iter().zip(mesh.axis_sizes()).map(|(n, s)| format!("{n}={s}")).collect();
+        let partitioner = m.partitioner().unwrap_or("shardy");
         outln!("mesh: {} ({} devices, partitioner {partitioner})", axes.join(" x "), bundle.devices());
     }
-    for v in &m.variables {
+    for v in m.variables() {
         let split = match &mesh {
             None => String::new(),
-            Some(_) => sharding_text(bundle.variable_sharding(&m.default_method, &v.name), &v.shape),
+            Some(_) => sharding_text(bundle.variable_sharding(m.default_method(), &v.name), &v.shape),
         };
         outln!("  {:<48} {:<20}{split}", v.name, shape(v.dtype, &v.shape));
     }
-    for (name, method) in &m.methods {
-        let default = if *name == m.default_method { " (default)" } else { "" };
+    for (name, method) in m.methods() {
+        let default = if *name == m.default_method() { " (default)" } else { "" };
         outln!("method {name}{default}");
-        let b = &method.batching;
-        let batching = if b.paddable {
-            format!("any batch size (padded to an exported size, split above the largest; pad value {})", b.pad_value)
+        let b = method.batching();
+        let batching = if b.paddable() {
+            format!("any batch size (padded to an exported size, split above the largest; pad value {})", b.pad_value())
         } else {
-            format!("exported sizes only ({})", b.reason.as_deref().unwrap_or("not marked paddable"))
+            format!("exported sizes only ({})", b.reason().unwrap_or("not marked paddable"))
         };
-        outln!("  batching: {batching}{}", if b.stateful { "; stateful inference" } else { "" });
-        for (mode, comps) in [("inference", &method.inference), ("training", &method.training)] {
+        outln!("  batching: {batching}{}", if b.stateful() { "; stateful inference" } else { "" });
+        for (mode, comps) in [("inference", method.inference()), ("training", method.training())] {
             for c in comps {
-                let comp = bundle.computation(&c.file)?;
-                let exp = &comp.exported;
-                let split = exp.nr_devices > 1;
-                let leaves = |slots: &[flaxlayer::bundle::Slot], avals: &[flaxlayer::bundle::Aval], shardings: &[Option<flaxlayer::bundle::NamedSharding>], role| -> Vec<String> {
+                let comp = bundle.computation(c.file())?;
+                let exp = comp.exported();
+                let split = exp.nr_devices() > 1;
+                let leaves = |slots: &[flaxlayer::bundle::Slot], avals: &[flaxlayer::TensorSpec], shardings: &[Option<flaxlayer::bundle::NamedSharding>], role| -> Vec<String> {
                     slots.iter().zip(avals).enumerate()
-                        .filter(|(_, (s, _))| s.role == role)
+                        .filter(|(_, (s, _))| s.role() == role)
                         .map(|(i, (s, a))| {
                             let how = if split { format!(" {}", spec_only(shardings.get(i).and_then(Option::as_ref))) } else { String::new() };
-                            format!("{}: {}{how}", s.name.as_deref().unwrap_or(""), shape(a.dtype, &a.shape.clone()))
+                            format!("{}: {}{how}", s.name().unwrap_or(""), shape(a.dtype, &a.shape.clone()))
                         })
                         .collect()
                 };
-                let ins = leaves(&c.args, &exp.in_avals, &exp.in_shardings, flaxlayer::bundle::Role::Input);
-                let outs = leaves(&c.results, &exp.out_avals, &exp.out_shardings, flaxlayer::bundle::Role::Output);
-                let frozen = if c.frozen.is_some() { "  + frozen (params compiled in)" } else { "" };
-                outln!("  {mode:<9} batch {:>4}  in ({})  out ({}){frozen}", c.batch_size.map_or("-".into(), |b| b.to_string()), ins.join(", "), outs.join(", "));
+                let ins = leaves(c.args(), &exp.in_avals(), exp.in_shardings(), flaxlayer::bundle::Role::Input);
+                let outs = leaves(c.results(), &exp.out_avals(), exp.out_shardings(), flaxlayer::bundle::Role::Output);
+                let frozen = if c.frozen().is_some() { "  + frozen (params compiled in)" } else { "" };
+                outln!("  {mode:<9} batch {:>4}  in ({})  out ({}){frozen}", c.batch_size().map_or("-".into(), |b| b.to_string()), ins.join(", "), outs.join(", "));
             }
         }
     }
@@ -352,7 +344,7 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
 
 /// A recorded sharding in JAX's notation (`P(None, 'model')`; `P()` when replicated).
 fn spec_only(sharding: Option<&flaxlayer::bundle::NamedSharding>) -> String {
-    let mut axes = sharding.map(|s| s.spec.clone()).unwrap_or_default();
+    let mut axes = sharding.map(|s| s.spec().to_vec()).unwrap_or_default();
     while axes.last().is_some_and(Vec::is_empty) {
         axes.pop();
     }

@@ -90,7 +90,7 @@ fn install(args: InstallArgs) -> Result<()> {
         for name in plugins::plugin_file_names() {
             let path = dir.join(name);
             if path.is_file() {
-                if let Ok(plugin) = Plugin::load_path(&path, PluginSource::UserDir) {
+                if let Ok(plugin) = Plugin::load(Some(&path)) {
                     let (major, minor) = plugin.api_version();
                     outln!("already installed: {} (PJRT C API {major}.{minor}); --force installs again", path.display());
                     return Ok(());
@@ -103,7 +103,7 @@ fn install(args: InstallArgs) -> Result<()> {
     if !args.download {
         if let Some(from) = installed_plugin(&args.python, &args.package, &args.version) {
             let installed = copy_plugin(&from, &dir)?;
-            let plugin = Plugin::load_path(&installed, PluginSource::UserDir)
+            let plugin = Plugin::load(Some(&installed))
                 .with_context(|| format!("the copied plugin {} does not load", installed.display()))?;
             let (major, minor) = plugin.api_version();
             outln!("installed {} from {spec} installed in {} (PJRT C API {major}.{minor})", installed.display(), args.python);
@@ -123,7 +123,7 @@ fn install(args: InstallArgs) -> Result<()> {
     }
     let wheel = find_wheel(download.path())?;
     let installed = unpack_plugin(&args.python, &wheel, &dir)?;
-    let plugin = Plugin::load_path(&installed, PluginSource::UserDir)
+    let plugin = Plugin::load(Some(&installed))
         .with_context(|| format!("the unpacked plugin {} does not load", installed.display()))?;
     let (major, minor) = plugin.api_version();
     outln!("installed {} (PJRT C API {major}.{minor})", installed.display());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use flaxlayer::tensor::write_safetensors;
-use flaxlayer::{DType, JaxLayer, Mode, PyTree, Tensor, TensorSpec};
+use flaxlayer::{DType, FlaxLayer, Mode, PyTree, Tensor, TensorSpec};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -80,7 +80,7 @@ pub enum Fill {
 
 /// Inputs for `batch` rows (default: the first exported size), filled with zeros or random
 /// values (normal floats, small non-negative integers, random bools).
-pub fn synthetic_inputs(layer: &JaxLayer, mode: Mode, batch: Option<usize>, fill: Fill) -> Result<PyTree> {
+pub fn synthetic_inputs(layer: &FlaxLayer, mode: Mode, batch: Option<usize>, fill: Fill) -> Result<PyTree> {
     let specs = layer.input_specs(mode);
     let sig = specs.first().context("the method has no computations")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(match fill {
@@ -112,8 +112,8 @@ pub fn synthetic_inputs(layer: &JaxLayer, mode: Mode, batch: Option<usize>, fill
     Ok(PyTree::from_named_leaves(layer.input_tree(), "inputs", leaves)?)
 }
 
-fn build_layer(args: &RunArgs, common: &crate::Common) -> Result<JaxLayer> {
-    let mut b = common.apply(JaxLayer::builder(&args.bundle));
+fn build_layer(args: &RunArgs, common: &crate::Common) -> Result<FlaxLayer> {
+    let mut b = common.apply(FlaxLayer::builder(&args.bundle));
     if let Some(m) = &args.method {
         b = b.method(m);
     }
@@ -152,7 +152,7 @@ fn takes(specs: &[TensorSpec]) -> String {
 
 /// The method's inputs for messages, with `?` for a dimension that varies:
 /// `image: float32[?, 8, 8, 1], meta: float32[?, 3]`.
-fn takes_any(layer: &JaxLayer) -> String {
+fn takes_any(layer: &FlaxLayer) -> String {
     layer.inputs().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
@@ -331,7 +331,7 @@ pub fn run(args: RunArgs, common: &crate::Common) -> Result<()> {
 
 /// The `--input` files as the method's input tree: every input present, extra tensors
 /// refused (or dropped with --ignore-extra), each error naming the file.
-fn named_inputs(layer: &JaxLayer, args: &RunArgs, specs: &[TensorSpec]) -> Result<PyTree> {
+fn named_inputs(layer: &FlaxLayer, args: &RunArgs, specs: &[TensorSpec]) -> Result<PyTree> {
     let given = read_inputs(args, specs)?;
     let wanted: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();

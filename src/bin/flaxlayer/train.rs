@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use flaxlayer::tensor::read_safetensors;
-use flaxlayer::{Metrics, Tensor, Trainer};
+use flaxlayer::{TrainMetrics, Tensor, Trainer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(clap::Args)]
@@ -105,8 +105,8 @@ pub fn run(args: TrainArgs, common: &crate::Common) -> Result<()> {
         eprintln!(
             "training {} ({} loss, {}) on {n} examples: {per_epoch} batches of {} per epoch",
             args.bundle.display(),
-            spec.loss,
-            spec.optimizer,
+            spec.loss(),
+            spec.optimizer(),
             trainer.batch_size()
         );
     }
@@ -147,7 +147,7 @@ fn progress_bar(hidden: bool, len: u64, epoch: u64) -> ProgressBar {
     bar
 }
 
-fn report(epoch: u64, train: &Metrics, test: Option<&Metrics>, seconds: f64, json: bool) -> Result<()> {
+fn report(epoch: u64, train: &TrainMetrics, test: Option<&TrainMetrics>, seconds: f64, json: bool) -> Result<()> {
     if json {
         let mut line = serde_json::Map::new();
         line.insert("epoch".into(), epoch.into());
@@ -158,8 +158,8 @@ fn report(epoch: u64, train: &Metrics, test: Option<&Metrics>, seconds: f64, jso
         };
         put("loss", train.loss());
         put("train_accuracy", train.accuracy());
-        put("test_loss", test.and_then(Metrics::loss));
-        put("test_accuracy", test.and_then(Metrics::accuracy));
+        put("test_loss", test.and_then(TrainMetrics::loss));
+        put("test_accuracy", test.and_then(TrainMetrics::accuracy));
         put("seconds", Some(seconds));
         outln!("{}", serde_json::Value::Object(line));
         return Ok(());
@@ -172,8 +172,8 @@ fn report(epoch: u64, train: &Metrics, test: Option<&Metrics>, seconds: f64, jso
     };
     fmt("loss", train.loss());
     fmt("train_accuracy", train.accuracy());
-    fmt("test_loss", test.and_then(Metrics::loss));
-    fmt("test_accuracy", test.and_then(Metrics::accuracy));
+    fmt("test_loss", test.and_then(TrainMetrics::loss));
+    fmt("test_accuracy", test.and_then(TrainMetrics::accuracy));
     parts.push(format!("({seconds:.2} s)"));
     outln!("{}", parts.join("  "));
     Ok(())

@@ -1,4 +1,4 @@
-//! What a training step takes and gives: a [`Batch`] of named leaves, [`Metrics`] by name,
+//! What a training step takes and gives: a [`Batch`] of named leaves, [`TrainMetrics`] by name,
 //! and the rows of a data set gathered into a batch.
 
 use std::collections::BTreeMap;
@@ -31,11 +31,12 @@ impl Batch {
     }
 }
 
-/// Named scalar metrics: `loss`, `accuracy`, `count`, ...
+/// A training or evaluation step's named scalar metrics: `loss`, `accuracy`, `count`, ...
+/// (The server's request counters are `server::Metrics`, a different thing.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Metrics(BTreeMap<String, f64>);
+pub struct TrainMetrics(BTreeMap<String, f64>);
 
-impl Metrics {
+impl TrainMetrics {
     /// The metric `name`.
     pub fn get(&self, name: &str) -> Option<f64> {
         self.0.get(name).copied()

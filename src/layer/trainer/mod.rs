@@ -1,4 +1,4 @@
-//! `Trainer`: a bundle's exported optimizer step and evaluation step over a [`JaxLayer`],
+//! `Trainer`: a bundle's exported optimizer step and evaluation step over a [`FlaxLayer`],
 //! with params, state, optimizer state and RNG key kept on the device between steps
 //! (docs/training.md).
 
@@ -9,7 +9,7 @@ mod checkpoint;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use batch::{Batch, Metrics};
+pub use batch::{Batch, TrainMetrics};
 pub use batch_order::{epoch_batches, epoch_permutation};
 pub use checkpoint::{OPT_STATE_FILE, TRAINER_FILE};
 
@@ -17,8 +17,7 @@ use super::computation::{Computation, Names, Sink, Source};
 use super::init::relayout;
 use super::jax_layer::layout_in;
 use super::placement::Layout;
-use super::flax_layer::FlaxLayer;
-use super::jax_layer::JaxLayer;
+use super::jax_layer::FlaxLayer;
 use super::options::{Build, Builder, BundleSource, Options, VariablesSource};
 use super::placement::DeviceArray;
 use crate::bundle::{Bundle, TrainSpec};
@@ -30,7 +29,7 @@ use batch::gather_rows;
 ///
 /// Params, state (`batch_stats`, ...), optimizer state and RNG key live on the device and are
 /// donated to each step: only the batch goes up and a few scalar metrics come down. The model
-/// is a [`JaxLayer`] ([`Trainer::layer`]), so its variables, key and inference are at hand.
+/// is a [`FlaxLayer`] ([`Trainer::layer`]), so its variables, key and inference are at hand.
 ///
 /// ```no_run
 /// # fn main() -> flaxlayer::Result<()> {
@@ -49,7 +48,7 @@ use batch::gather_rows;
 /// # }
 /// ```
 pub struct Trainer {
-    layer: JaxLayer,
+    layer: FlaxLayer,
     spec: TrainSpec,
     shuffle_seed: u64,
     steps: u64,
@@ -105,7 +104,7 @@ impl Trainer {
         }
         let shuffle_seed = options.shuffle_seed;
         let how = options.compile_how(&bundle);
-        let mut layer = JaxLayer::new(bundle.clone(), options)?;
+        let mut layer = FlaxLayer::new(bundle.clone(), options)?;
         let shuffle_seed = shuffle_seed.unwrap_or(layer.seed());
         let placement = layer.state().placement().clone();
         let names = Names { variables: &bundle.manifest().variables, opt_state: &spec.opt_state };
@@ -136,7 +135,7 @@ impl Trainer {
     }
 
     /// The model: its variables, key, inference.
-    pub fn layer(&self) -> &JaxLayer {
+    pub fn layer(&self) -> &FlaxLayer {
         &self.layer
     }
 
@@ -191,7 +190,7 @@ impl Trainer {
     ///
     /// The batch is checked (names, dtypes, shapes; the exported batch size) before anything
     /// runs: a bad batch is an error naming the input and leaves the trainer unchanged.
-    pub fn step(&mut self, batch: &Batch) -> Result<Metrics> {
+    pub fn step(&mut self, batch: &Batch) -> Result<TrainMetrics> {
         let steps = self.steps.checked_add(1).ok_or_else(|| Error::invalid("trainer", "the step count overflows u64"))?;
         let inputs = self.upload_batch(&self.train, batch)?;
         let rest = self.layer.state_mut().run_and_apply(&self.train, &inputs)?;
@@ -203,12 +202,12 @@ impl Trainer {
     /// in the documented batch order: epoch `steps / steps_per_epoch`, from batch
     /// `steps % steps_per_epoch`, so a resumed trainer continues where it stopped. Returns
     /// the mean of the steps' metrics and `steps` (how many ran).
-    pub fn fit_epoch(&mut self, x: &Tensor, y: &Tensor) -> Result<Metrics> {
+    pub fn fit_epoch(&mut self, x: &Tensor, y: &Tensor) -> Result<TrainMetrics> {
         self.fit_epoch_with(x, y, |_| {})
     }
 
     /// [`Trainer::fit_epoch`], calling `on_step` with each step's metrics (progress bars).
-    pub fn fit_epoch_with(&mut self, x: &Tensor, y: &Tensor, mut on_step: impl FnMut(&Metrics)) -> Result<Metrics> {
+    pub fn fit_epoch_with(&mut self, x: &Tensor, y: &Tensor, mut on_step: impl FnMut(&TrainMetrics)) -> Result<TrainMetrics> {
         let n = self.check_data(&self.train, x, y)?;
         let per_epoch = self.steps_per_epoch(n);
         if per_epoch == 0 {
@@ -228,7 +227,7 @@ impl Trainer {
             }
             count += 1;
         }
-        let mut out = Metrics::default();
+        let mut out = TrainMetrics::default();
         for (k, v) in sums {
             out.insert(k, v / count.max(1) as f64);
         }
@@ -239,7 +238,7 @@ impl Trainer {
     /// Evaluates on `x`, `y` (all rows, in order) with the inference-mode `eval_step`: the
     /// last partial batch is padded with weight 0, so the metrics are exact over the data set:
     /// `loss` (mean), `accuracy` (classification), `count`. Changes nothing.
-    pub fn evaluate(&self, x: &Tensor, y: &Tensor) -> Result<Metrics> {
+    pub fn evaluate(&self, x: &Tensor, y: &Tensor) -> Result<TrainMetrics> {
         let n = self.check_data(&self.eval, x, y)?;
         if n == 0 {
             return Err(Error::invalid("evaluation data", "has no examples"));
@@ -264,7 +263,7 @@ impl Trainer {
         }
         let sums: BTreeMap<&str, f64> = self.eval.metric_names.iter().map(String::as_str).zip(sums).collect();
         let count = sums.get("count").copied().unwrap_or(n as f64);
-        let mut out = Metrics::default();
+        let mut out = TrainMetrics::default();
         for (&name, &v) in &sums {
             match name {
                 "loss_sum" => out.insert("loss", v / count),
@@ -320,8 +319,8 @@ impl Trainer {
 }
 
 /// The metrics among a step's results.
-fn metrics(comp: &Computation, rest: Vec<(Sink, DeviceArray)>) -> Result<Metrics> {
-    let mut out = Metrics::default();
+fn metrics(comp: &Computation, rest: Vec<(Sink, DeviceArray)>) -> Result<TrainMetrics> {
+    let mut out = TrainMetrics::default();
     for (sink, array) in rest {
         if let Sink::Metric(i) = sink {
             out.insert(comp.metric_names[i].clone(), scalar(&array)?);
@@ -337,7 +336,7 @@ fn scalar(array: &DeviceArray) -> Result<f64> {
 }
 
 static_assertions::assert_impl_all!(Trainer: Send, Sync);
-static_assertions::assert_impl_all!(Metrics: Send, Sync);
+static_assertions::assert_impl_all!(TrainMetrics: Send, Sync);
 static_assertions::assert_impl_all!(Batch: Send, Sync);
 
 impl Builder<Trainer> {

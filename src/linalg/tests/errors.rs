@@ -327,6 +327,7 @@ fn attrs_map_replaces_and_ignores_extras() {
 
 /// Empty matrices and empty batches run without touching faer's asserts.
 #[test]
+#[allow(clippy::type_complexity)] // one table of cases, read row by row
 fn empty_shapes_run() {
     let f = DType::F64;
     let i = DType::I32;

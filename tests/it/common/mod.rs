@@ -117,7 +117,7 @@ impl Drop for Served {
 /// Greedy decoding with a decoder bundle's layer (hlo/decoder*, batch 1): feeds `prompt` one
 /// token per inference call, then `steps` times the argmax of the last logits; returns the
 /// chosen tokens.
-pub fn greedy_decode<K: flaxlayer::layer::Kind>(layer: &mut flaxlayer::layer::Layer<K>, prompt: &[i32], steps: usize) -> Vec<i32> {
+pub fn greedy_decode(layer: &mut flaxlayer::FlaxLayer, prompt: &[i32], steps: usize) -> Vec<i32> {
     let token = |t: i32| flaxlayer::PyTree::leaf(Tensor::from_vec(vec![1, 1], vec![t]).unwrap());
     let mut logits = flaxlayer::PyTree::None;
     for &t in prompt {
@@ -136,6 +136,6 @@ pub fn greedy_decode<K: flaxlayer::layer::Kind>(layer: &mut flaxlayer::layer::La
 /// The input signature of buffers that hold JAX's arguments of a program (the dtypes and
 /// shapes JAX traced it with): what an executable compiled straight from the program checks
 /// its arguments against.
-pub fn signature_of<'a>(buffers: impl IntoIterator<Item = &'a flaxlayer::pjrt::Buffer>) -> Vec<flaxlayer::pjrt::ArgSpec> {
-    buffers.into_iter().map(|b| flaxlayer::pjrt::ArgSpec { dtype: b.dtype(), dims: b.dims().to_vec() }).collect()
+pub fn signature_of<'a>(buffers: impl IntoIterator<Item = &'a flaxlayer::pjrt::Buffer>) -> Vec<flaxlayer::TensorSpec> {
+    buffers.into_iter().map(|b| flaxlayer::TensorSpec::new("", b.dtype(), b.dims().iter().map(|&d| d as usize).collect())).collect()
 }
