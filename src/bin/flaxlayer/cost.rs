@@ -14,28 +14,28 @@ fn roles(bundle: &Bundle) -> BTreeMap<String, String> {
     r.insert("variables.safetensors".to_string(), "weights: the bundled variables (params and state)".to_string());
     r.insert("golden.safetensors".to_string(), "golden test data: inputs and JAX's outputs (not needed to deploy)".to_string());
     r.insert("init_inputs.safetensors".to_string(), "the inputs data-dependent init reads".to_string());
-    if let Some(init) = &m.init {
-        r.insert(init.computation.file.clone(), "init computation".to_string());
+    if let Some(init) = m.init() {
+        r.insert(init.computation().file().to_string(), "init computation".to_string());
     }
-    let batch = |c: &ComputationSpec| c.batch_size.map_or(String::new(), |b| format!(" b{b}"));
-    for (name, method) in &m.methods {
-        for c in &method.inference {
-            r.insert(c.file.clone(), format!("computation: {name} inference{}", batch(c)));
-            if let Some(f) = c.frozen.as_deref() {
-                r.insert(f.file.clone(), format!("frozen copy: {name} inference{} with the params compiled in as constants", batch(f)));
+    let batch = |c: &ComputationSpec| c.batch_size().map_or(String::new(), |b| format!(" b{b}"));
+    for (name, method) in m.methods() {
+        for c in method.inference() {
+            r.insert(c.file().to_string(), format!("computation: {name} inference{}", batch(c)));
+            if let Some(f) = c.frozen() {
+                r.insert(f.file().to_string(), format!("frozen copy: {name} inference{} with the params compiled in as constants", batch(f)));
             }
         }
-        for c in &method.training {
-            r.insert(c.file.clone(), format!("computation: {name} training{}", batch(c)));
+        for c in method.training() {
+            r.insert(c.file().to_string(), format!("computation: {name} training{}", batch(c)));
         }
     }
-    if let Some(t) = &m.train {
-        for (what, c) in [("optimizer init", &t.init_opt_state), ("train step", &t.train_step), ("eval step", &t.eval_step)] {
-            r.insert(c.file.clone(), format!("computation: {what}{}", batch(c)));
+    if let Some(t) = m.train() {
+        for (what, c) in [("optimizer init", t.init_opt_state()), ("train step", t.train_step()), ("eval step", t.eval_step())] {
+            r.insert(c.file().to_string(), format!("computation: {what}{}", batch(c)));
         }
     }
     for c in m.computations() {
-        r.entry(c.file.clone()).or_insert_with(|| "computation".to_string());
+        r.entry(c.file().to_string()).or_insert_with(|| "computation".to_string());
     }
     r
 }
