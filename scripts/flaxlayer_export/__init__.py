@@ -12,6 +12,7 @@ from ._jax_internals import SUPPORTED_JAX_TEXT, UnsupportedJaxError, check_jax_v
 from .batching import resolve_batch_sizes
 from .bundle_dir import write_bundle
 from .export import build_flax_bundle, export_flax
+from .init_golden import init_golden, init_mismatches
 from .linen import KEY_IMPL
 from .methods import InputStructureError, method_name_of, takes_training
 from .names import leaf_name, named_leaves
@@ -38,6 +39,8 @@ __all__ = [
     "resolve_batch_sizes",
     "read_safetensors",
     "write_safetensors",
+    "init_golden",
+    "init_mismatches",
 ]
 
 

@@ -99,21 +99,45 @@ def _serialize(module, target: str) -> bytes:
 
 
 def strip_locations(exp: jax_export.Exported) -> jax_export.Exported:
-    """`exp` with all MLIR debug locations replaced by loc(unknown).
+    """`exp` with all MLIR debug locations replaced by loc(unknown) (see
+    `stripped_and_custom_calls`)."""
+    return stripped_and_custom_calls(exp)[0]
+
+
+def stripped_and_custom_calls(exp: jax_export.Exported) -> tuple[jax_export.Exported, list[str]]:
+    """(`exp` with all MLIR debug locations replaced by loc(unknown), its custom-call targets),
+    from one parse of the module: a frozen BERT-base module carries 438 MB of constants, and
+    each parse of it took seconds.
 
     The module is deserialized from its portable artifact, run through MLIR's
     `strip-debuginfo` pass and re-serialized as a portable artifact with the same StableHLO
-    target version; the Exported is then `dataclasses.replace`d with the new bytes."""
+    target version; the Exported is then `dataclasses.replace`d with the new bytes. The
+    targets: sorted unique `call_target_name`s of every `stablehlo.custom_call`, in every
+    function and nested region (e.g. `lapack_sgeqrf_ffi`, `Sharding`)."""
     p = _mlir()
     target = _artifact_target_version(exp.mlir_module_serialized)
     ctx = _context()
     with ctx, p.ir.Location.unknown(ctx):
         module = p.mlir.deserialize_portable_artifact(exp.mlir_module_serialized)
         p.passmanager.PassManager.parse("builtin.module(strip-debuginfo)").run(module.operation)
+        names = _custom_call_names(p, module)
         data = _serialize(module, target)
     if _artifact_target_version(data) != target:
         raise RuntimeError(f"re-serialized artifact changed StableHLO version from {target}")
-    return dataclasses.replace(exp, mlir_module_serialized=data)
+    return dataclasses.replace(exp, mlir_module_serialized=data), names
+
+
+def _custom_call_names(p, module) -> list[str]:
+    names: set[str] = set()
+
+    def visit(op):
+        op = getattr(op, "operation", op)
+        if op.name == "stablehlo.custom_call":
+            names.add(p.ir.StringAttr(op.attributes["call_target_name"]).value)
+        return p.ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    return sorted(names)
 
 
 def custom_call_targets(exp: jax_export.Exported) -> list[str]:
@@ -121,18 +145,8 @@ def custom_call_targets(exp: jax_export.Exported) -> list[str]:
     in every function and nested region (e.g. `lapack_sgeqrf_ffi`, `Sharding`)."""
     p = _mlir()
     ctx = _context()
-    names: set[str] = set()
     with ctx, p.ir.Location.unknown(ctx):
-        module = p.mlir.deserialize_portable_artifact(exp.mlir_module_serialized)
-
-        def visit(op):
-            op = getattr(op, "operation", op)
-            if op.name == "stablehlo.custom_call":
-                names.add(p.ir.StringAttr(op.attributes["call_target_name"]).value)
-            return p.ir.WalkResult.ADVANCE
-
-        module.operation.walk(visit)
-    return sorted(names)
+        return _custom_call_names(p, p.mlir.deserialize_portable_artifact(exp.mlir_module_serialized))
 
 
 def stripped_module(exp: jax_export.Exported) -> tuple[str, bytes]:

@@ -33,7 +33,7 @@ from jax import lax
 from .bundle_dir import write_bundle
 from .hoist import hoisted_entry
 from .linen import (FORMAT, FORMAT_VERSION, KEY_IMPL, _meta, check_exported, check_same_outputs,
-                    export_computation, sds, to_plain)
+                    export_computation, frozen_sizes, sds, to_plain)
 from .manifest_json import manifest_bytes
 from .names import dtype_name, named_leaves, spec
 from .safetensors_io import safetensors_bytes
@@ -106,6 +106,8 @@ def _eos_ids(value) -> list[int]:
 
 def export_causal_lm(model, out_dir: str, *, max_len: int, prefill_lens: Sequence[int] | None = None,
                      batch_sizes: Sequence[int] = (1,), frozen: bool = False,
+                     frozen_batch_sizes: Sequence[int] | None = None,
+                     frozen_methods: Sequence[str] | None = None,
                      params=None, platforms: Sequence[str] = ("cpu",), hoist: bool = True) -> dict:
     """Export a transformers Flax causal LM (`FlaxPreTrainedModel`: FlaxGPT2LMHeadModel,
     FlaxLlamaForCausalLM, FlaxMistralForCausalLM, FlaxGemmaForCausalLM, ...) for generation
@@ -121,6 +123,9 @@ def export_causal_lm(model, out_dir: str, *, max_len: int, prefill_lens: Sequenc
       batch_sizes: the batch sizes of every prefill and decode method; the cache is made at
         the largest (smaller batches are padded inside the computation).
       frozen: also export prefill and decode with the params compiled in (see export_flax).
+      frozen_batch_sizes: with frozen, the batch sizes that get frozen copies (default all).
+      frozen_methods: with frozen, the methods that get them (e.g. ["decode"]; default all:
+        "decode" and every "prefill_<L>"). Each frozen copy holds the params once more.
       platforms: lowering platforms.
       hoist: also export prefill and decode split into a params-only prologue and a per-call
         body (GPT-2's `kernel.T` once per param write, not per token; see export_flax).
@@ -138,6 +143,7 @@ def export_causal_lm(model, out_dir: str, *, max_len: int, prefill_lens: Sequenc
     return export_lm(hf_step(model, max_len), params, cache, out_dir, max_len=max_len,
                      vocab_size=vocab, eos_token_id=eos, start=hf_start(cache),
                      prefill_lens=prefill_lens, batch_sizes=batch_sizes, frozen=frozen,
+                     frozen_batch_sizes=frozen_batch_sizes, frozen_methods=frozen_methods,
                      platforms=platforms, module=type(model).__name__, hoist=hoist,
                      pad_token_id=getattr(config, "pad_token_id", None),
                      counters=[n for n, _ in named_leaves(cache, "cache")
@@ -209,6 +215,8 @@ def _slots(params, state, x, outputs, new_state):
 def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_size: int,
               eos_token_id=None, start: Callable[[Any], jax.Array], prefill_lens=None,
               batch_sizes: Sequence[int] = (1,), frozen: bool = False,
+              frozen_batch_sizes: Sequence[int] | None = None,
+              frozen_methods: Sequence[str] | None = None,
               platforms: Sequence[str] = ("cpu",), module: str = "CausalLM",
               pad_token_id=None, counters: Sequence[str] = (), hoist: bool = True) -> dict:
     """Export a decoder given as `step` over `cache` (docs/generation.md) into `out_dir`;
@@ -226,13 +234,22 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
       counters: the cache leaves (names under the cache, `layers/0/index`) that count its
         tokens: a new generation sets them to zero; without them the runtime restores the
         whole cache.
-      prefill_lens, batch_sizes, frozen, platforms, hoist: as for export_causal_lm.
+      prefill_lens, batch_sizes, frozen, frozen_batch_sizes, frozen_methods, platforms, hoist:
+        as for export_causal_lm.
     """
     lens = _prefill_lens(prefill_lens, max_len)
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"batch_sizes {list(batch_sizes)} must be positive")
     cache_batch = sizes[-1]
+    frozen_at = frozen_sizes(frozen, frozen_batch_sizes, sizes)
+    names = ["decode", *(f"prefill_{L}" for L in lens)]
+    if frozen_methods is not None:
+        if isinstance(frozen_methods, str) or not frozen:
+            raise ValueError(f"frozen_methods={frozen_methods!r} needs frozen=True and a list of method names")
+        unknown = sorted(set(frozen_methods) - set(names))
+        if unknown:
+            raise ValueError(f"frozen_methods {unknown} are not among the methods {names}")
     state = {"cache": cache}
     variables = {"params": params, **state}
     files: dict[str, bytes] = {}
@@ -282,7 +299,7 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
                                   export_computation=export_computation, check_exported=check_exported)
                 if h is not None:
                     entry["hoisted"] = h
-            if frozen:
+            if b in frozen_at and (frozen_methods is None or name in frozen_methods):
                 consts = jax.tree_util.tree_map(np.asarray, params)
                 fz = export_computation(lambda s, x_, fn=fn: fn(consts, s, x_), f"{name}.inference.frozen",
                                         (0,), (sds(state), x), platforms)
@@ -347,8 +364,9 @@ def export_lm(step: Step, params, cache, out_dir: str, *, max_len: int, vocab_si
 
     files["variables.safetensors"] = safetensors_bytes(
         dict(named_leaves(variables, "variables")), _meta("variables"))
-    for f in frozen_entries:
-        f["variables_sha256"] = hashlib.sha256(files["variables.safetensors"]).hexdigest()
+    digest = hashlib.sha256(files["variables.safetensors"]).hexdigest() if frozen_entries else None
+    for f in frozen_entries:  # one hash of the file, not one per frozen copy
+        f["variables_sha256"] = digest
     eos = _eos_ids(eos_token_id)
     manifest = {
         "format": FORMAT,

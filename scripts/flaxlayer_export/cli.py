@@ -132,6 +132,15 @@ def parse_batch_sizes(text: str | None):
         raise CliError(f'--batch-sizes must be "auto" or comma-separated integers, got {text!r}') from e
 
 
+def parse_frozen_sizes(text: str | None):
+    if text is None:
+        return None
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError as e:
+        raise CliError(f"--frozen-batch-sizes must be comma-separated integers, got {text!r}") from e
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="flaxlayer-export",
@@ -167,6 +176,9 @@ def _parser():
     p.add_argument("--no-hoist", action="store_true",
                    help="do not split inference into a params-only prologue and a per-call body "
                         "(docs/exporter.md, hoist)")
+    p.add_argument("--frozen-batch-sizes", default=None, metavar="B,B,...",
+                   help="with --frozen: only these exported batch sizes get a frozen inference "
+                        "(default: all; each frozen one holds the params once more)")
     p.add_argument("--no-batching-check", action="store_true",
                    help="skip the padding check (the method is marked not paddable: the runtime "
                         "serves only the exported batch sizes)")
@@ -196,7 +208,8 @@ def run(args) -> int:
             init_inputs=init_inputs,
             platforms=tuple(split(args.platforms)),
             batch_sizes=parse_batch_sizes(args.batch_sizes), max_batch=args.max_batch,
-            frozen=args.frozen, batching=not args.no_batching_check, hoist=not args.no_hoist)
+            frozen=args.frozen, frozen_batch_sizes=parse_frozen_sizes(args.frozen_batch_sizes),
+            batching=not args.no_batching_check, hoist=not args.no_hoist)
     except InputStructureError as e:
         names = [name for name, _, _ in args.input]
         if isinstance(inputs, dict):

@@ -22,6 +22,7 @@ from jax import export as jax_export
 from . import _jax_internals
 from .batching import (batched_names, batched_state_names, padding_check, resolve_batch_sizes,
                        with_batch, written_state)
+from .init_golden import init_golden
 from .manifest_json import manifest_bytes
 from .methods import (check_signature, file_stem, input_error, method_name_of, method_title,
                       takes_training)
@@ -145,8 +146,8 @@ def export_computation(fn, name: str, donate: tuple[int, ...], avals, platforms,
     exp = jax_export.export(
         jax.jit(fn, donate_argnums=donate, **on_mesh), platforms=tuple(platforms),
         disabled_checks=_jax_internals.disabled_custom_call_checks(_ALLOWED_CUSTOM_CALLS.get()))(*avals)
-    exp = _jax_internals.strip_locations(exp)
-    return Computation(exp, bytes(exp.serialize()), _jax_internals.custom_call_targets(exp))
+    exp, targets = _jax_internals.stripped_and_custom_calls(exp)
+    return Computation(exp, bytes(exp.serialize()), targets)
 
 
 def check_frozen(frozen: bool, sharding) -> bool:
@@ -155,6 +156,26 @@ def check_frozen(frozen: bool, sharding) -> bool:
         raise NotImplementedError("frozen=True is for single-device exports: on a mesh every "
                                   "device would hold all of the params as constants")
     return bool(frozen)
+
+
+def frozen_sizes(frozen: bool, frozen_batch_sizes, batch_sizes) -> tuple[int, ...]:
+    """The batch sizes that get a frozen inference: every exported size with frozen=True and
+    no `frozen_batch_sizes`, else those (each an exported size); () without frozen."""
+    if frozen_batch_sizes is None:
+        return tuple(batch_sizes) if frozen else ()
+    if isinstance(frozen_batch_sizes, (str, bytes)) or not all(
+            isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in frozen_batch_sizes):
+        raise TypeError(f"frozen_batch_sizes must be a list of batch sizes, got {frozen_batch_sizes!r}")
+    want = sorted({int(b) for b in frozen_batch_sizes})
+    if not frozen:
+        raise ValueError(f"frozen_batch_sizes={want} needs frozen=True")
+    if not want:
+        raise ValueError("frozen_batch_sizes is empty: leave frozen=False for no frozen inference")
+    missing = [b for b in want if b not in batch_sizes]
+    if missing:
+        raise ValueError(f"frozen_batch_sizes {missing} are not among the exported batch sizes "
+                         f"{list(batch_sizes)}")
+    return tuple(want)
 
 
 FROZEN_TOLERANCE = 1e-5
@@ -252,7 +273,8 @@ def _mark(specs: list[dict], batched: dict[str, bool]) -> list[dict]:
 def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=None, seed=0,
                  rng_streams=None, init_inputs=None, platforms=("cpu",), batch_sizes=None,
                  max_batch=DEFAULT_MAX_BATCH, sharding=None, frozen=False,
-                 batching=True, bundle_variables=True, hoist=True) -> "_LinenExport":
+                 frozen_batch_sizes=None, batching=True, bundle_variables=True,
+                 hoist=True) -> "_LinenExport":
     """The export of a linen module, ready to `build`; `sharding`: a sharding.MeshRequest
     for a mesh export (export.py makes it from export_flax's mesh arguments)."""
     check_signature(module, method)
@@ -265,6 +287,7 @@ def linen_export(module: nn.Module, sample_inputs, *, method=None, variables=Non
                         seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                         init_inputs=init_inputs, sample_batch=sample_batch, batch_sizes=sizes,
                         given=variables, sharding=sharding, frozen=check_frozen(frozen, sharding),
+                        frozen_sizes=frozen_sizes(frozen, frozen_batch_sizes, sizes),
                         check_batching=bool(batching), bundle_variables=bool(bundle_variables),
                         hoist=bool(hoist) and sharding is None)
 
@@ -377,6 +400,7 @@ class _LinenExport:
     sharding: Any = None  # sharding.MeshRequest of a mesh export
     plan: Any = None  # its sharding.MeshPlan, once the variables are known
     frozen: bool = False  # also export inference with the params compiled in (export_flax's `frozen`)
+    frozen_sizes: tuple[int, ...] = ()  # the batch sizes that get it (`frozen_batch_sizes`)
     check_batching: bool = True  # run the padding check (export_flax's `batching`)
     bundle_variables: bool = True  # write variables.safetensors (else "init-only")
     hoist: bool = True  # also export inference as prologue + body (export_flax's `hoist`)
@@ -419,9 +443,11 @@ class _LinenExport:
         if self.bundle_variables:
             files["variables.safetensors"] = safetensors_bytes(
                 dict(named_leaves(variables, "variables")), _meta("variables"))
+        digest = None
         for e in entries["inference"]:
             if "frozen" in e:  # the file its constants came from (the runtime checks it)
-                e["frozen"]["variables_sha256"] = hashlib.sha256(files["variables.safetensors"]).hexdigest()
+                digest = digest or hashlib.sha256(files["variables.safetensors"]).hexdigest()
+                e["frozen"]["variables_sha256"] = digest
         manifest = self.manifest(variables, self.origin(given_variables), init_entry,
                                  _mark([spec(n, x) for n, x in named_leaves(
                                      shapes["inference"][self.sample_batch], "outputs")], batched["inference"]),
@@ -477,10 +503,11 @@ class _LinenExport:
                              "the bundled variables in")
 
     def golden_init(self, given, init_entry, init_variables):
-        """What init computes, for golden `init/...` when it is not variables.safetensors
-        (given variables, an init-only bundle, or an init that reads its inputs' values);
-        else None."""
-        if given is not None or not self.bundle_variables or "inputs_file" in init_entry:
+        """What init computes, for golden `init...` (init_golden.py) when variables.safetensors
+        is not init's result (given variables, an init-only bundle); else None: an init that
+        reads its inputs' values is checked against variables.safetensors, which is its
+        result on the bundled init inputs."""
+        if given is not None or not self.bundle_variables:
             return init_variables or self.plain_init()
         return None
 
@@ -568,7 +595,7 @@ class _LinenExport:
                     h = self.export_hoisted(params, state, x_sds, args, results, b, files)
                     if h is not None:
                         entry["hoisted"] = h
-                if self.frozen and mode == "inference":
+                if self.frozen and mode == "inference" and b in self.frozen_sizes:
                     entry["frozen"] = {"batch_size": b,
                                        **self.export_frozen(params, state, x_sds, args, results, fname, files)}
                 entries[mode].append(entry)
@@ -602,7 +629,9 @@ class _LinenExport:
         check_exported(c.exp, f_args, results)
         x = jax.tree_util.tree_map(lambda t, s: np.resize(np.asarray(s), t.shape).astype(t.dtype),
                                    x_sds, self.sample_inputs)
-        check_frozen_outputs(jax.jit(self.fns.inference)(params, state, x), c.exp.call(state, x), fname)
+        # against the plain-Flax oracle: its compile is shared with the golden data and the
+        # padding check (a jit of fns.inference here compiled the model once more per size)
+        check_frozen_outputs(self.fns.plain_inference(params, state, x), c.exp.call(state, x), fname)
         name = fname.replace(".jaxexport", ".frozen.jaxexport")
         files[name] = c.data
         return {"file": name, "args": f_args, "results": results, "custom_call_targets": c.custom_call_targets}
@@ -662,10 +691,8 @@ class _LinenExport:
         for n, x in named_leaves(cur, "state"):
             g[f"after_training/{n}"] = np.asarray(x)
         g["key/after_training"] = np.asarray(jax.random.key_data(K))
-        if init_variables is not None:
-            # variables.safetensors is not init's result, or init's result depends on its inputs
-            for n, x in named_leaves(init_variables, "variables"):
-                g[f"init/{n}"] = np.asarray(x)
+        if init_variables is not None:  # variables.safetensors is not init's result
+            g.update(init_golden(named_leaves(init_variables, "variables")))
         if callable(extra_golden):
             extra_golden = extra_golden(variables)
         for n, x in (extra_golden or {}).items():

@@ -26,7 +26,7 @@ from flax import nnx
 
 from .batching import resolve_batch_sizes
 from .kinds import NNX_FACTORY, module_kind
-from .linen import DEFAULT_MAX_BATCH, KEY_IMPL, _LinenExport, prepare_inputs
+from .linen import DEFAULT_MAX_BATCH, KEY_IMPL, _LinenExport, frozen_sizes, prepare_inputs
 from .methods import check_signature, takes_training
 from .names import named_leaves
 from .nnx_state import PARAMS, StateError, StateLayout
@@ -238,7 +238,7 @@ def manifest_section(model: NnxModel, rng_streams) -> dict:
 
 def nnx_export(module, sample_inputs, *, method=None, variables=None, seed=0, rng_streams=None,
                init_inputs=None, platforms=("cpu",), batch_sizes=None,
-               max_batch=DEFAULT_MAX_BATCH, frozen=False, batching=True,
+               max_batch=DEFAULT_MAX_BATCH, frozen=False, frozen_batch_sizes=None, batching=True,
                bundle_variables=True, hoist=True) -> "_NnxExport":
     """The export of an NNX module (an instance or a factory), ready to `build`."""
     if init_inputs is not None:
@@ -248,12 +248,14 @@ def nnx_export(module, sample_inputs, *, method=None, variables=None, seed=0, rn
     check_signature(model.module, method)
     sample_inputs, init_inputs, sample_batch = prepare_inputs(sample_inputs, None)
     streams = resolve_streams(model, rng_streams)
+    sizes = resolve_batch_sizes(batch_sizes, max_batch, sample_batch)
     return _NnxExport(module=model.module, method=method, fns=nnx_functions(model, method, streams),
                       seed=int(seed), platforms=tuple(platforms), sample_inputs=sample_inputs,
                       init_inputs=init_inputs, sample_batch=sample_batch,
-                      batch_sizes=resolve_batch_sizes(batch_sizes, max_batch, sample_batch),
-                      model=model, frozen=bool(frozen), check_batching=bool(batching),
-                      bundle_variables=bool(bundle_variables), hoist=bool(hoist))
+                      batch_sizes=sizes, model=model, frozen=bool(frozen),
+                      frozen_sizes=frozen_sizes(frozen, frozen_batch_sizes, sizes),
+                      check_batching=bool(batching), bundle_variables=bool(bundle_variables),
+                      hoist=bool(hoist))
 
 
 @dataclasses.dataclass

@@ -87,6 +87,28 @@ fn inspect_lists_methods_inputs_and_weights() {
 }
 
 #[test]
+fn inspect_says_what_each_file_costs() {
+    let dir = hlo("mlp_frozen");
+    let out = flaxlayer(&["inspect", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |file: &str| text.lines().find(|l| l.trim_start().starts_with(file)).unwrap_or_else(|| panic!("no line for {file}:\n{text}")).to_string();
+    let bytes = |file: &str| std::fs::metadata(dir.join(file)).unwrap().len();
+    // Sizes under 1000 bytes are exact; larger ones in kB with one decimal.
+    let kb = |n: u64| if n < 1000 { format!("{n} B") } else { format!("{:.1} kB", n as f64 / 1000.0) };
+    let weights = line("variables.safetensors");
+    assert!(weights.contains(&kb(bytes("variables.safetensors"))) && weights.contains("weights"), "{weights}");
+    let frozen = line("__call__.inference.b8.frozen.jaxexport");
+    assert!(frozen.contains("frozen copy: __call__ inference b8") && frozen.contains(&kb(bytes("__call__.inference.b8.frozen.jaxexport"))), "{frozen}");
+    assert!(line("__call__.training.b1.jaxexport").contains("computation: __call__ training b1"), "{text}");
+    assert!(line("golden.safetensors").contains("golden test data"), "{text}");
+    assert!(line("init.jaxexport").contains("init computation"), "{text}");
+    let n = std::fs::read_dir(&dir).unwrap().count();
+    assert!(text.contains(&format!(" in {n} files):")), "{text}");
+    assert!(text.contains("by kind: ") && text.contains("frozen copies "), "{text}");
+}
+
+#[test]
 fn bad_input_file_is_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.safetensors");

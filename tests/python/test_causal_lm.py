@@ -152,8 +152,13 @@ def test_hf_gpt2_prefill_at_an_unexported_length_and_frozen_decode(tmp_path):
                                            initializer_range=0.3), seed=0)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         export_causal_lm(model, str(tmp_path / "x"), max_len=33)
-    m = export_causal_lm(model, str(tmp_path / "lm"), max_len=24, prefill_lens=(8,), frozen=True)
+    with pytest.raises(ValueError, match=r"frozen_methods \['prefill_9'\] are not among the methods"):
+        export_causal_lm(model, str(tmp_path / "x"), max_len=24, prefill_lens=(8,), frozen=True,
+                         frozen_methods=["prefill_9"])
+    m = export_causal_lm(model, str(tmp_path / "lm"), max_len=24, prefill_lens=(8,), frozen=True,
+                         frozen_methods=["decode"])
     assert m["methods"]["decode"]["inference"][0]["frozen"]["variables_sha256"]
+    assert "frozen" not in m["methods"]["prefill_8"]["inference"][0]  # frozen_methods: decode only
     prompt = [3, 1, 4, 1, 5]
     want = model.generate(jnp.array([prompt]), max_new_tokens=6, do_sample=False).sequences[0, 5:].tolist()
     assert Bundle(str(tmp_path / "lm")).greedy(prompt, 6) == want

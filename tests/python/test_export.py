@@ -451,6 +451,62 @@ def test_cli_frozen(tmp_path):
     (e,) = m["methods"]["__call__"]["inference"]
     assert [a["role"] for a in e["frozen"]["args"]] == ["input"]
     assert (out / e["frozen"]["file"]).is_file()
+    # --frozen-batch-sizes: only the sizes named get a frozen copy
+    out2 = tmp_path / "b2"
+    subprocess.run([str(CLI), f"{src}:M", "--input", "inputs=2,4:float32", "--out", str(out2), "--frozen",
+                    "--batch-sizes", "1,2", "--frozen-batch-sizes", "2"], check=True, capture_output=True, text=True)
+    m = json.loads((out2 / "manifest.json").read_text())
+    assert {e["batch_size"]: "frozen" in e for e in m["methods"]["__call__"]["inference"]} == {1: False, 2: True}
+    assert sorted(f.name for f in out2.glob("*.frozen.jaxexport")) == ["__call__.inference.b2.frozen.jaxexport"]
+    r = subprocess.run([str(CLI), f"{src}:M", "--input", "inputs=2,4:float32", "--out", str(tmp_path / "b3"),
+                        "--frozen", "--frozen-batch-sizes", "4"], capture_output=True, text=True)
+    assert r.returncode != 0 and "not among the exported batch sizes [2]" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"frozen_batch_sizes": [2]}, "needs frozen=True"),
+    ({"frozen": True, "frozen_batch_sizes": [8]}, r"\[8\] are not among the exported batch sizes \[1, 2\]"),
+    ({"frozen": True, "frozen_batch_sizes": []}, "empty"),
+    ({"frozen": True, "frozen_batch_sizes": "1"}, "list of batch sizes"),
+])
+def test_frozen_batch_sizes_are_checked(tmp_path, kwargs, error):
+    with pytest.raises((ValueError, TypeError), match=error):
+        ef.export_flax(models.TinyDense(), np.ones((2, 3), np.float32), str(tmp_path / "x"),
+                       batch_sizes=[1, 2], **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+class _Wide(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(64)(x)
+
+
+def test_given_variables_golden_records_init_without_a_copy(tmp_path):
+    """With given variables, golden.safetensors says what init computes under the seed without
+    holding a second copy of the weights: leaves up to init_golden.WHOLE_MAX elements whole,
+    larger ones as a sample and moments (docs/bundle-format.md)."""
+    mod, x = _Wide(), np.ones((2, 32), np.float32)
+    init = flax.core.unfreeze(mod.init(jax.random.key(0), x))
+    given = jax.tree_util.tree_map(lambda a: np.asarray(a) * np.float32(2) + np.float32(1), init)
+    out = tmp_path / "wide"
+    ef.export_flax(mod, x, str(out), variables=given, rng_streams=())
+    g, _ = ef.read_safetensors(str(out / "golden.safetensors"))
+    k = "params/Dense_0/kernel"
+    assert sorted(n for n in g if n.startswith("init")) == [
+        "init/params/Dense_0/bias", f"init_moments/{k}", f"init_sample/{k}", f"init_sample_index/{k}"]
+    assert g[f"init_sample/{k}"].shape == (64,) and g[f"init_sample_index/{k}"].dtype == np.int64
+    assert sum(a.nbytes for n, a in g.items() if n.startswith("init")) < given["params"]["Dense_0"]["kernel"].nbytes / 4
+    # the bundle's init (run by JAX) agrees with the record; the given variables, another seed
+    # and a permuted kernel (same moments) do not
+    exp = jax_export.deserialize(bytearray((out / "init.jaxexport").read_bytes()))
+    got = dict(ef.named_leaves(exp.call(np.asarray(jax.random.key_data(jax.random.key(0))), x), "variables"))
+    assert ef.init_mismatches(g, got) == []
+    assert any(k in p for p in ef.init_mismatches(g, dict(ef.named_leaves(given, "variables"))))
+    other = dict(ef.named_leaves(flax.core.unfreeze(mod.init(jax.random.key(1), x)), "variables"))
+    assert any(k in p for p in ef.init_mismatches(g, other))
+    permuted = {**got, k: np.asarray(got[k])[::-1]}
+    assert [p.split(":")[0] for p in ef.init_mismatches(g, permuted)] == [k]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -507,10 +563,10 @@ def test_golden_matches_flax(name):
         expected_keys.add(f"after_training/{n}")
     assert_same(g["key/after_training"], jax.random.key_data(K), "key/after_training", exact=True)
     expected_keys.add("key/after_training")
-    if b.given is not None or "inputs_file" in b.manifest["init"]:
-        for n, x in named(b.flax_init, "variables").items():
-            assert_same(g[f"init/{n}"], x, f"init/{n}", exact=True)
-            expected_keys.add(f"init/{n}")
+    if b.given is not None:  # else variables.safetensors is init's result (checked elsewhere)
+        init = named(b.flax_init, "variables")
+        assert ef.init_mismatches(g, init, atol=0) == []
+        expected_keys |= set(ef.init_golden(list(init.items())))
     expected_keys |= EXTRA_GOLDEN.get(name, set())
     assert set(g) == expected_keys
     if b.manifest["variables"] and any(v["collection"] != "params" for v in b.manifest["variables"]):

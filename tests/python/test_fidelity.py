@@ -97,7 +97,8 @@ def test_actnorm_bundles_the_inputs_its_init_reads():
     got = init.call(np.asarray(jax.random.key_data(K0)), tensors["inputs"])
     ref = flax.core.unfreeze(jax.jit(models.ActNormDense().init)(K0, x))
     assert_trees_equal(got, ref, "init")
-    assert_trees_equal(tree_of(golden("actnorm"), "init/"), ref, "golden init/")
+    # variables.safetensors is init's result: golden holds no second copy (init_golden.py)
+    assert not [k for k in golden("actnorm") if k.startswith("init")]
     assert_trees_equal(variables("actnorm"), ref, "variables.safetensors")
     # data-dependent for real: init on zeros (what a runtime feeding zeros computed) differs,
     # and the init batch comes out normalised

@@ -9,6 +9,7 @@ use flaxlayer::Bundle;
 #[macro_use]
 mod out;
 mod bench;
+mod cost;
 mod generate;
 mod run;
 mod plugin;
@@ -365,6 +366,7 @@ fn inspect(path: &Path, plugin: Option<&Path>) -> Result<()> {
             }
         }
     }
+    cost::print_files(&bundle)?;
     if let Some(p) = plugin {
         let client = flaxlayer::pjrt::Client::new(Some(p))?;
         outln!("plugin: {:?}", client.plugin());
