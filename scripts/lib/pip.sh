@@ -17,7 +17,7 @@ export UV_NATIVE_TLS=1
 uv_bin() {
   local dir="${XDG_CACHE_HOME:-$HOME/.cache}/flaxlayer-tools/uv-$UV_VERSION"
   if [ -z "${FLAXLAYER_NO_UV:-}" ] && [ ! -x "$dir/bin/uv" ]; then
-    "${PYTHON:-python3}" -m pip install -q --disable-pip-version-check --no-warn-script-location \
+    "${PYTHON:-python3}" -m pip install -q --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
       --target "$dir" "uv==$UV_VERSION" >&2 || rm -rf "$dir"
   fi
   if [ -z "${FLAXLAYER_NO_UV:-}" ] && [ -x "$dir/bin/uv" ]; then echo "$dir/bin/uv"; fi
