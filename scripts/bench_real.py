@@ -8,8 +8,8 @@ against JAX, ONNX Runtime and IREE, same weights, outputs checked against JAX fi
 
 Not part of scripts/demo.sh or scripts/test.sh (the README's two commands). It runs in
 .venv-peers (scripts/requirements-peers.txt, created on first use as scripts/bench_peers.py
-does) with transformers from target/hf-transformers (scripts/setup.sh) and the exporter from
-scripts/ on the module search path, and builds target/release/flaxlayer.
+does, plus transformers 4.57.6 with its pins from scripts/requirements-hf.txt) with the
+exporter from scripts/ (the script's own directory), and builds target/release/flaxlayer.
 
 Workloads (random weights from the default configs, seed 0):
   bert_b1, bert_b16   FlaxBertModel (BERT-base, 110M params), batch 1 / 16 x 128 tokens
@@ -61,13 +61,18 @@ def ensure_venv() -> None:
         log("[real] creating .venv-peers")
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
     stamp = os.path.join(VENV, ".requirements.sha256")
-    with open(REQUIREMENTS, "rb") as f:
-        want = hashlib.sha256(f.read()).hexdigest()
+    with open(REQUIREMENTS, "rb") as f, open(os.path.join(HERE, "requirements-hf.txt"), "rb") as g:
+        want = hashlib.sha256(f.read() + g.read()).hexdigest()
     have = open(stamp).read().strip() if os.path.exists(stamp) else ""
     if have != want:
         log("[real] installing scripts/requirements-peers.txt into .venv-peers")
         subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", REQUIREMENTS],
                        check=True)
+        # transformers 4.57.6 with its own pins, over what jax2onnx brought (a huggingface_hub
+        # too new for it), --no-deps so that jax and numpy stay as they are.
+        log("[real] installing scripts/requirements-hf.txt (--no-deps) into .venv-peers")
+        subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                        "-r", os.path.join(HERE, "requirements-hf.txt")], check=True)
         with open(stamp, "w") as f:
             f.write(want + "\n")
     os.execv(py, [py, os.path.abspath(__file__), *sys.argv[1:]])
@@ -88,12 +93,9 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import threading  # noqa: E402
 
-sys.path.insert(0, HERE)  # bench_peers (shared helpers) and the flaxlayer_export package
-HF = os.path.join(REPO, "target", "hf-transformers")
-# First: .venv-peers holds a huggingface_hub too new for transformers 4.57.6 (jax2onnx's); the
-# folder holds only transformers and its pins (scripts/requirements-hf.txt), no jax or numpy.
-sys.path.insert(1, HF)
-
+# bench_peers (shared helpers) is beside this script, on the import path of a script run;
+# transformers 4.57.6 and its pins (scripts/requirements-hf.txt) are in .venv-peers itself (see
+# ensure_venv), the flaxlayer_export package too.
 import bench_peers as bp  # noqa: E402
 
 WORK = os.path.join(REPO, "target", "bench-real")
@@ -826,13 +828,13 @@ def report(workloads, results, exports, bw, notes, args, elapsed, load_start, lo
     exp_table = bp.md_table(["model", "export time", "bundle", "by kind"], exp_rows)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     vers = (f"jax {bp.dist_version('jax')}, jaxlib {bp.dist_version('jaxlib')}, flax {bp.dist_version('flax')}, "
-            f"transformers {bp.dist_version('transformers', HF)}; onnxruntime {bp.dist_version('onnxruntime')}, "
+            f"transformers {bp.dist_version('transformers')}; onnxruntime {bp.dist_version('onnxruntime')}, "
             f"jax2onnx {bp.dist_version('jax2onnx')}; iree-base-compiler {bp.dist_version('iree-base-compiler')}, "
             f"iree-base-runtime {bp.dist_version('iree-base-runtime')}; flaxlayer {bp.git_rev()} with "
             f"lammps-jax-pjrt-cpu {bp.dist_version('lammps-jax-pjrt-cpu', bp.MAIN_SITE)}")
     iters = ", ".join(f"{w.name} {w.warmup}+{w.iters}" for w in workloads)
     return f"""Reproduce: `python3 scripts/bench_real.py` (not part of `scripts/demo.sh` or
-`scripts/test.sh`; uses `.venv-peers/`, transformers from `target/hf-transformers`, exports the
+`scripts/test.sh`; uses `.venv-peers/` (with transformers 4.57.6), exports the
 bundles into `target/bench-real/` and deletes them afterwards).
 
 - Date: {now}; **{args.rounds} rounds** (few: the machine is shared, 2 cores), alternating the

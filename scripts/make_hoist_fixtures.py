@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# (run as a script, scripts/ is on the import path: make_fault_fixtures is beside this file)
 from make_fault_fixtures import TARGET, register_jax_handler  # noqa: E402
 
 from flaxlayer_export import export_train_step  # noqa: E402
