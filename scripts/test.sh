@@ -6,10 +6,10 @@
 # suite (Python 3.11, jax 0.10.2), and the version matrix's other end with the Hugging Face zoo
 # (scripts/matrix.sh: Python 3.12, jax 0.12.0.1).
 #
-# After the setup and one build of every Rust target, two streams run side by side on the
-# machine's cores: the Rust checks (in this terminal) and the Python suites (logged to
-# target/test-logs/python.log, printed when they end). The Python suites use the CLI binary
-# that the build made ($FLAXLAYER_BIN), so no test runs cargo.
+# After the setup, three streams run side by side on the machine's cores: the Rust build and
+# checks (in this terminal), pytest and the version matrix (logged to target/test-logs/, printed
+# when they end). The Python suites use the CLI binary that the Rust build makes
+# ($FLAXLAYER_BIN; the tests that run it wait for it), so no test runs cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The CLI and the tests find the CPU plugin in the repository's .venv as in an activated
@@ -29,6 +29,7 @@ mkdir -p "$logs"
 # A stream appends "SECONDS<TAB>STREAM<TAB>PHASE" lines to its own file.
 : > "$logs/phases.main"
 : > "$logs/phases.python"
+: > "$logs/phases.matrix"
 phase_name=""
 phase_start=0
 phase_file="$logs/phases.main"
@@ -49,33 +50,45 @@ phase() {
 
 phase "setup (.venv, pinned Python packages)"
 scripts/setup.sh
-phase "build: every Rust target (cargo test --no-run)"
-cargo test --locked --all-targets --features serve --no-run
-# The CLI as this build made it, in a place of its own: the Python suites run it while the
-# Rust stream's later cargo commands (package, quick start) build other feature sets.
-mkdir -p target/test-bin
-cp target/debug/flaxlayer target/test-bin/flaxlayer
-export FLAXLAYER_BIN="$PWD/target/test-bin/flaxlayer"
 end_phase
 
-# The Python stream, in the background.
+# The CLI that the Python suites run: the build below writes it; the tests that start it wait
+# for it (tests/python/cli_binary.py), the others run while the build does.
+mkdir -p target/test-bin
+rm -f target/test-bin/flaxlayer
+export FLAXLAYER_BIN="$PWD/target/test-bin/flaxlayer" FLAXLAYER_BIN_WAIT=3600
+
+# The Python streams, in the background, each logged to its own file.
 python_stream() {
   set -euo pipefail
-  phase_file="$logs/phases.python"
-  phase "pytest (jax 0.10.2)"
-  # The test marked `network` (it downloads wheels into target/pip-wheelhouse) runs only with
-  # FLAXLAYER_NETWORK_TESTS=1 (tests/python/conftest.py).
-  .venv/bin/python -m pytest tests/python -q --durations=12
-  phase "version matrix: jax 0.12 (scripts/matrix.sh)"
-  scripts/matrix.sh
+  local name=$1
+  phase_file="$logs/phases.$name"
+  if [ "$name" = python ]; then
+    phase "pytest (jax 0.10.2)"
+    # The test marked `network` (it downloads wheels into target/pip-wheelhouse) runs only with
+    # FLAXLAYER_NETWORK_TESTS=1 (tests/python/conftest.py).
+    .venv/bin/python -m pytest tests/python -q --durations=12
+  else
+    phase "version matrix: jax 0.12 (scripts/matrix.sh)"
+    scripts/matrix.sh
+  fi
   end_phase
 }
-python_stream > "$logs/python.log" 2>&1 &
+python_stream python > "$logs/python.log" 2>&1 &
 python_pid=$!
-# On a failure here, the Python stream and what it started end too.
+python_stream matrix > "$logs/matrix.log" 2>&1 &
+matrix_pid=$!
+# On a failure here, the Python streams and what they started end too.
 killtree() { local c; for c in $(pgrep -P "$1" || true); do killtree "$c"; done; kill "$1" 2>/dev/null || true; }
-trap 'killtree "$python_pid"' EXIT
-echo "== the Python suites run in the background: $logs/python.log"
+trap 'killtree "$python_pid"; killtree "$matrix_pid"' EXIT
+echo "== the Python suites run in the background: $logs/python.log, $logs/matrix.log"
+
+phase "build: every Rust target (cargo test --no-run)"
+cargo test --locked --all-targets --features serve --no-run
+# The CLI as this build made it, in a place of its own (moved in whole): the later cargo
+# commands of this stream (package, quick start) build other feature sets into target/debug.
+cp target/debug/flaxlayer target/test-bin/flaxlayer.tmp
+mv target/test-bin/flaxlayer.tmp "$FLAXLAYER_BIN"
 
 phase "cargo test (unit, integration, benches in test mode)"
 cargo test --locked --all-targets --features serve
@@ -106,17 +119,23 @@ phase "quick start: the README's steps in a new project outside the repo"
 scripts/quickstart_check.sh
 end_phase
 
-echo "== waiting for the Python suites ($logs/python.log)"
+echo "== waiting for the Python suites ($logs/python.log, $logs/matrix.log)"
 python_status=0
+matrix_status=0
 wait "$python_pid" || python_status=$?
+wait "$matrix_pid" || matrix_status=$?
 trap - EXIT
-echo "== the Python suites' output"
+echo "== pytest's output"
 cat "$logs/python.log"
-echo "== time per phase (the two streams ran side by side after the build)"
+echo "== the version matrix's output"
+cat "$logs/matrix.log"
+echo "== time per phase (the three streams ran side by side after the setup)"
 while IFS=$'\t' read -r took name; do printf '%6ds  %s\n' "$took" "$name"; done < "$logs/phases.main"
-while IFS=$'\t' read -r took name; do printf '%6ds  [python] %s\n' "$took" "$name"; done < "$logs/phases.python"
-if [ "$python_status" != 0 ]; then
-  echo "== the Python suites failed (exit $python_status): see above" >&2
-  exit "$python_status"
+for stream in python matrix; do
+  while IFS=$'\t' read -r took name; do printf '%6ds  [%s] %s\n' "$took" "$stream" "$name"; done < "$logs/phases.$stream"
+done
+if [ "$python_status" != 0 ] || [ "$matrix_status" != 0 ]; then
+  echo "== the Python suites failed (pytest exit $python_status, matrix exit $matrix_status): see above" >&2
+  exit 1
 fi
 echo "== all tests passed in ${SECONDS}s"

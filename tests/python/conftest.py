@@ -1,13 +1,11 @@
 """pytest configuration of the exporter tests (tests/python)."""
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from cli_binary import flaxlayer_binary
 
 # The mesh bundles (flaxlayer_export.examples.registry.MESH_EXAMPLES) run on up to 8 devices:
 # JAX's CPU backend must be told before it starts, i.e. before any test module imports jax.
@@ -50,17 +48,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def flaxlayer_bin() -> Path:
-    """The Rust CLI: $FLAXLAYER_BIN (scripts/test.sh points it at the binary its build phase
-    made, so that no test runs cargo), else target/debug/flaxlayer, built here when cargo is on
-    PATH."""
-    if os.environ.get("FLAXLAYER_BIN"):
-        path = Path(os.environ["FLAXLAYER_BIN"])
-        assert path.is_file(), f"FLAXLAYER_BIN={path} is not a file"
-        return path
-    path = REPO / "target" / "debug" / "flaxlayer"
-    if shutil.which("cargo"):
-        subprocess.run(["cargo", "build", "--quiet", "--bin", "flaxlayer"], cwd=REPO, check=True,
-                       timeout=3600)
-    if not path.is_file():
-        pytest.skip(f"no Rust CLI at {path} and no cargo to build it")
+    """The Rust CLI (cli_binary.py: $FLAXLAYER_BIN, which scripts/test.sh builds, else
+    target/debug/flaxlayer built here with cargo)."""
+    path = flaxlayer_binary()
+    if path is None:
+        pytest.skip("no Rust CLI at target/debug/flaxlayer and no cargo to build it")
     return path

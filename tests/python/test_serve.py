@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cli_binary import flaxlayer_binary
 from safetensors import safe_open
 
 import tritonclient.http as httpclient
@@ -60,12 +62,9 @@ TRITON_DTYPES = {"float32": "FP32", "bfloat16": "BF16", "int32": "INT32", "float
 # ---------------------------------------------------------------------------
 
 def server_binary() -> str:
-    if os.environ.get("FLAXLAYER_BIN"):  # scripts/test.sh: the binary its build phase made
-        return os.environ["FLAXLAYER_BIN"]
-    build = subprocess.run(["cargo", "build", "--quiet", "--features", "serve", "--bin", "flaxlayer"], cwd=REPO,
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    return str(REPO / "target" / "debug" / "flaxlayer")
+    path = flaxlayer_binary()  # $FLAXLAYER_BIN (scripts/test.sh), else built with cargo
+    assert path is not None, "no flaxlayer binary and no cargo to build it"
+    return str(path)
 
 
 def marked_paddable(src: Path, dest: Path) -> None:
