@@ -6,7 +6,12 @@ adam, exported twice with export_train_step: hoist=True (the default) and hoist=
 epochs' wall time (`--json`'s `seconds`, compile excluded) over their steps. With `--old-exe`, also the hoist=False bundle under another
 flaxlayer binary (e.g. main's, before hoisting).
 
+`--model bert-base`: BERT-base (110M params, Hugging Face FlaxBertForSequenceClassification
+with random weights from the default config, 2 labels), batch 8 x 128 tokens, the issue's
+real-size case.
+
 Run: .venv/bin/python scripts/bench_train_hoist.py [--rounds 5] [--exe target/release/flaxlayer]
+     [--model conv1d|bert-base] [--old-exe OLD_BINARY]
 """
 from __future__ import annotations
 
@@ -50,27 +55,50 @@ class Net(nn.Module):
         return Conv1D(10)(h)
 
 
+def bert_base():
+    """BERT-base for sequence classification (2 labels), random weights from the default
+    config: (module, method, variables)."""
+    from transformers import BertConfig, FlaxBertForSequenceClassification
+    model = FlaxBertForSequenceClassification(BertConfig(num_labels=2), seed=0)
+
+    def fn(module, x, training):
+        return module(input_ids=x, attention_mask=jnp.ones_like(x), token_type_ids=jnp.zeros_like(x),
+                      position_ids=jnp.broadcast_to(jnp.arange(x.shape[-1]), x.shape), head_mask=None,
+                      deterministic=not training).logits
+    return model.module, fn, {"params": model.params}
+
+
 def main() -> None:
+    global BATCH, N
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--model", choices=["conv1d", "bert-base"], default="conv1d")
     ap.add_argument("--exe", default=str(ROOT / "target" / "release" / "flaxlayer"))
     ap.add_argument("--old-exe", default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((N, 256)).astype(np.float32)
-    y = rng.integers(0, 10, N).astype(np.int32)
-    OUT.mkdir(parents=True, exist_ok=True)
-    data = OUT / "data.safetensors"
+    out = OUT if args.model == "conv1d" else OUT.with_name("train_hoist_bert")
+    if args.model == "conv1d":
+        module, method, variables = Net(), None, None
+        x = rng.standard_normal((N, 256)).astype(np.float32)
+        y = rng.integers(0, 10, N).astype(np.int32)
+    else:
+        module, method, variables = bert_base()
+        BATCH, N = 8, 8 * 4
+        x = rng.integers(0, 30522, (N, 128)).astype(np.int32)
+        y = rng.integers(0, 2, N).astype(np.int32)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data.safetensors"
     data.write_bytes(safetensors_bytes({"x_train": x, "y_train": y}, {}))
     for hoist in (True, False):
-        d = OUT / f"hoist_{hoist}"
+        d = out / f"hoist_{hoist}"
         if not (d / "manifest.json").exists():
-            export_train_step(Net(), {"x": x[:BATCH], "y": y[:BATCH]}, str(d), optimizer=optax.adam(1e-3),
-                              hoist=hoist)
-    runs = {"hoisted bundle": (args.exe, OUT / "hoist_True"), "plain bundle": (args.exe, OUT / "hoist_False")}
+            export_train_step(module, {"x": x[:BATCH], "y": y[:BATCH]}, str(d), optimizer=optax.adam(1e-3),
+                              method=method, variables=variables, hoist=hoist)
+    runs = {"hoisted bundle": (args.exe, out / "hoist_True"), "plain bundle": (args.exe, out / "hoist_False")}
     if args.old_exe:
-        runs["plain bundle, old binary"] = (args.old_exe, OUT / "hoist_False")
+        runs["plain bundle, old binary"] = (args.old_exe, out / "hoist_False")
     steps = N // BATCH * args.epochs
     times: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
@@ -88,7 +116,7 @@ def main() -> None:
     print("|---|---|---|")
     for k, v in times.items():
         print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
-    shutil.rmtree(OUT / "cache", ignore_errors=True)
+    shutil.rmtree(out / "cache", ignore_errors=True)
 
 
 if __name__ == "__main__":
