@@ -104,10 +104,10 @@ def main() -> None:
     for r in range(args.rounds):
         order = list(runs.items())
         for name, (exe, bundle) in (order if r % 2 == 0 else order[::-1]):  # the order alternates too
-            out = subprocess.run([exe, "train", str(bundle), "--data", str(data), "--epochs", str(args.epochs),
+            res = subprocess.run([exe, "train", str(bundle), "--data", str(data), "--epochs", str(args.epochs),
                                   "--batch-size", str(BATCH), "--json"], check=True, capture_output=True, text=True,
                                  env={**os.environ, "VIRTUAL_ENV": os.environ.get("VIRTUAL_ENV", str(ROOT / ".venv"))})
-            seconds = sum(json.loads(line)["seconds"] for line in out.stdout.splitlines() if line.startswith("{"))
+            seconds = sum(json.loads(line)["seconds"] for line in res.stdout.splitlines() if line.startswith("{"))
             times[name].append(seconds / steps * 1e3)
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} ms/step" for k, v in times.items()), flush=True)
     if not args.rounds:
