@@ -61,7 +61,7 @@ WORKLOADS=(
 
 # Total instructions (Ir) in callgrind output files (one per thread with --separate-threads).
 total_ir() {
-  awk '/^(totals|summary):/ { n += $2; nextfile } END { print n }' "$@"
+  awk '/^(totals|summary):/ { n += $2; nextfile } END { printf "%.0f\n", n }' "$@"
 }
 
 # Every flag in "$@" is one that `BIN bench --help` lists.
