@@ -60,7 +60,8 @@ def ensure_venv() -> None:
     if not os.path.exists(py):
         log("[real] creating .venv-peers")
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    stamp = os.path.join(VENV, ".requirements.sha256")
+    # A stamp of its own: bench_peers.py's covers requirements-peers.txt alone.
+    stamp = os.path.join(VENV, ".requirements-real.sha256")
     with open(REQUIREMENTS, "rb") as f, open(os.path.join(HERE, "requirements-hf.txt"), "rb") as g:
         want = hashlib.sha256(f.read() + g.read()).hexdigest()
     have = open(stamp).read().strip() if os.path.exists(stamp) else ""
